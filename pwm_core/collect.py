@@ -1,0 +1,136 @@
+"""Roll out a behaviour policy in real environments and append whole episodes to a dataset.
+
+Episodes run in lockstep over a :class:`~pwm_core.envs.VectorEnv` (one or more worker processes);
+each finished episode is committed to the dataset at once, so an interrupted collection keeps every
+episode it finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pwm_core.data import EpisodeWriter
+from pwm_core.envs import VectorEnv, random_action
+from pwm_core.tasks import TaskSet, TaskSpec
+
+# A behaviour policy maps padded observations (N, O) and the tasks of the N envs to actions (N, A).
+Policy = Callable[[np.ndarray, list[TaskSpec]], np.ndarray]
+
+
+@dataclass
+class EpisodeStats:
+    task: str
+    ret: float  # undiscounted return
+    steps: int
+    success: float  # final-step success (Meta-World), 0 for DMC
+
+
+@dataclass
+class CollectResult:
+    episodes: list[EpisodeStats] = field(default_factory=list)
+    env_steps: int = 0
+    interrupted: bool = False
+
+
+def random_policy(seed: int, act_dim: int) -> Policy:
+    """Uniform actions in [-1, 1] on each task's own dims, zeros in the padded ones."""
+    rng = np.random.default_rng(seed)
+
+    def act(obs: np.ndarray, specs: list[TaskSpec]) -> np.ndarray:
+        return np.stack([random_action(s, rng, act_dim) for s in specs])
+
+    return act
+
+
+def collect(
+    writer: EpisodeWriter,
+    todo: dict[str, int],
+    task_set: TaskSet,
+    policy: Policy,
+    seed: int = 0,
+    workers: int = 1,
+    envs_per_worker: int = 1,
+    on_episode: Callable[[EpisodeStats], None] | None = None,
+) -> CollectResult:
+    """Collect ``todo[task]`` episodes of each task into ``writer``.
+
+    Observations are padded to ``task_set.obs_dim`` and actions to ``task_set.act_dim`` (the
+    dataset's padding). Each env slot is bound to one task; a task gets as many slots as it has
+    episodes left, up to ``workers * envs_per_worker`` slots in total. Ctrl-C (KeyboardInterrupt)
+    stops after the episodes already committed; the result says so.
+    """
+    slots = _assign_slots({t: n for t, n in todo.items() if n > 0}, max(1, workers * envs_per_worker))
+    result = CollectResult()
+    if not slots:
+        return result
+    left = dict(todo)
+    tasks = [t for t, _ in slots]
+    seeds = [seed * 10_007 + i for i in range(len(slots))]
+    O, A = task_set.obs_dim, task_set.act_dim
+    venv = VectorEnv(tasks, seeds, O, A, workers=min(workers, len(slots)))
+    try:
+        specs = venv.specs
+        active = np.ones(len(slots), dtype=bool)
+        for i, t in enumerate(tasks):  # a slot starts an episode only if its task still needs one
+            active[i] = left[t] > 0
+            left[t] -= int(active[i])
+        obs = venv.reset()
+        buffers = [_Episode(o) for o in obs]
+        while active.any():
+            actions = policy(obs, specs)
+            obs, reward, done, success = venv.step(actions)
+            result.env_steps += int(active.sum())
+            finished = []
+            for i in np.flatnonzero(active):
+                buffers[i].add(obs[i], actions[i], reward[i], success[i])
+                if done[i]:
+                    finished.append(i)
+            for i in finished:
+                ep = buffers[i]
+                writer.append_episode(np.stack(ep.obs), np.stack(ep.action), np.asarray(ep.reward, np.float32),
+                                      specs[i].id)
+                stats = EpisodeStats(tasks[i], float(np.sum(ep.reward)), len(ep.reward), ep.success)
+                result.episodes.append(stats)
+                if on_episode is not None:
+                    on_episode(stats)
+                active[i] = left[tasks[i]] > 0
+                left[tasks[i]] -= int(active[i])
+            if finished:
+                fresh = venv.reset(finished)
+                for i, o in zip(finished, fresh):
+                    buffers[i] = _Episode(o)
+                    obs[i] = o
+    except KeyboardInterrupt:
+        result.interrupted = True
+    finally:
+        venv.close()
+    return result
+
+
+class _Episode:
+    """Rows of one episode in TD-MPC2 alignment: obs[0..L], action[1..L], reward[1..L]."""
+
+    def __init__(self, obs0: np.ndarray):
+        self.obs, self.action, self.reward, self.success = [obs0.copy()], [], [], 0.0
+
+    def add(self, obs: np.ndarray, action: np.ndarray, reward: float, success: float) -> None:
+        self.obs.append(obs.copy())
+        self.action.append(np.asarray(action, np.float32).copy())
+        self.reward.append(float(reward))
+        self.success = float(success)
+
+
+def _assign_slots(todo: dict[str, int], n_slots: int) -> list[tuple[str, int]]:
+    """Spread env slots over tasks: every task gets one, extra slots go to tasks with most work."""
+    if not todo:
+        return []
+    counts = {t: 1 for t in todo}
+    for _ in range(max(0, n_slots - len(todo))):
+        t = max(todo, key=lambda k: todo[k] / counts[k])
+        if todo[t] <= counts[t]:
+            break
+        counts[t] += 1
+    return [(t, k) for t in todo for k in range(counts[t])]

@@ -1,0 +1,78 @@
+"""The root Typer app: global options, error handling, and the command tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from pwmctl import __version__
+from pwmctl.console import EXIT_USAGE, State, default_home, stderr
+
+
+class PwmGroup(typer.core.TyperGroup):
+    """Turns user errors raised anywhere below into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        from pwm_core.errors import PwmError
+        from registry.errors import RegistryError
+
+        try:
+            return super().invoke(ctx)
+        except (PwmError, RegistryError) as e:
+            stderr.print(f"[bold red]error:[/] {e}", soft_wrap=True, markup=True, highlight=False)
+            raise typer.Exit(EXIT_USAGE) from None
+
+
+app = typer.Typer(
+    cls=PwmGroup,
+    name="pwmctl",
+    help="PWM toolkit: collect data, pre-train multi-task world models, extract and evaluate policies.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pwmctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    home: Path = typer.Option(None, "--home", envvar="PWM_HOME", help="Registry folder [default: ~/.pwm].",
+                              show_default=False),
+    format: str = typer.Option("human", "--format", help="human | json (one JSON document on stdout)."),
+    verbose: int = typer.Option(0, "-v", "--verbose", count=True, help="More detail."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only results and errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    if format not in ("human", "json"):
+        raise typer.BadParameter(f"{format!r} is not one of human, json", param_hint="--format")
+    ctx.obj = State(home=(home or default_home()).expanduser(), format=format,
+                    verbosity=-1 if quiet else verbose)
+
+
+def _register() -> None:
+    from pwmctl.commands import artifacts, collect, data, system
+
+    app.command("collect", rich_help_panel="Data")(collect.collect)
+    app.add_typer(data.app, name="data", rich_help_panel="Data")
+    for name, fn in (("ls", artifacts.ls), ("show", artifacts.show), ("rm", artifacts.rm),
+                     ("verify", artifacts.verify)):
+        app.command(name, rich_help_panel="Artifacts")(fn)
+    app.command("tasks", rich_help_panel="System")(system.tasks)
+    app.command("doctor", rich_help_panel="System")(system.doctor)
+
+
+_register()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,146 @@
+"""`pwmctl ls | show | rm | verify`: the local artifact registry."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from pwmctl.commands.system import _render_table
+from pwmctl.console import emit, fail, human_size, state
+
+KINDS = ("dataset", "worldmodel", "policy", "report")
+
+
+def _summary(a) -> dict:
+    return {"ref": a.ref, "kind": a.kind, "name": a.name, "version": a.version, "created": a.created,
+            "tasks": a.tasks, "parents": a.parents, "size_bytes": a.size_bytes, "metrics": a.metrics,
+            "path": str(a.path)}
+
+
+def ls(
+    ctx: typer.Context,
+    kind: str = typer.Argument(None, help="dataset | worldmodel | policy | report [default: all]."),
+    task: str = typer.Option(None, "--task", help="Only artifacts covering this task."),
+    all_versions: bool = typer.Option(False, "--all", "-a", help="Every version, not only the latest of each name."),
+) -> None:
+    """List artifacts, newest version of each name first."""
+    st = state(ctx)
+    if kind is not None and kind not in KINDS:
+        raise fail(f"unknown artifact kind {kind!r}: use one of {', '.join(KINDS)}")
+    if task is not None:
+        from pwm_core.tasks import get_task
+
+        get_task(task)  # a typo gets a suggestion instead of an empty list
+    artifacts = st.registry().list(kind=kind, task=task)
+    if not all_versions:
+        seen: set[tuple[str, str]] = set()
+        artifacts = [a for a in artifacts if (a.kind, a.name) not in seen and not seen.add((a.kind, a.name))]
+
+    def human() -> None:
+        if not artifacts:
+            typer.echo("no artifacts" + (f" of kind {kind}" if kind else "") + (f" for {task}" if task else "")
+                       + f" in {st.home}")
+            return
+        table = Table()
+        for col in ("artifact", "created", "tasks", "size", "summary"):
+            table.add_column(col)
+        for a in artifacts:
+            tasks = ", ".join(a.tasks[:3]) + (f" +{len(a.tasks) - 3}" if len(a.tasks) > 3 else "")
+            table.add_row(a.ref, a.created[:19].replace("T", " "), tasks, human_size(a.size_bytes), _metrics_line(a))
+        typer.echo(_render_table(table))
+
+    emit(st, {"home": str(st.home), "artifacts": [_summary(a) for a in artifacts]}, human)
+
+
+def show(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Artifact ref: kind/name[:vN]."),
+) -> None:
+    """Manifest, files and lineage of one artifact version."""
+    st = state(ctx)
+    reg = st.registry()
+    a = reg.resolve(ref)
+    lineage = reg.lineage(a.ref)
+    children = [c.ref for c in reg.children(a.ref)]
+    doc = {**_summary(a), "manifest": a.manifest, "children": children, "lineage": _lineage_dict(lineage)}
+
+    def human() -> None:
+        typer.echo(f"{a.ref}  created {a.created}  {human_size(a.size_bytes)}  {a.path}")
+        if a.tasks:
+            typer.echo(f"tasks: {', '.join(a.tasks)}")
+        for key in ("config", "metrics"):
+            if a.manifest.get(key):
+                typer.echo(f"{key}: {json.dumps(a.manifest[key], default=str)}")
+        files = a.manifest.get("files", {})
+        typer.echo(f"files: {len(files)} ({human_size(sum(f['size'] for f in files.values()))})")
+        for path, f in list(files.items())[:10]:
+            typer.echo(f"  {path}  {human_size(f['size'])}  sha256 {f['sha256'][:12]}")
+        if len(files) > 10:
+            typer.echo(f"  ... {len(files) - 10} more (--format json lists all)")
+        typer.echo("lineage:")
+        for line in _lineage_lines(lineage):
+            typer.echo("  " + line)
+        if children:
+            typer.echo(f"used by: {', '.join(children)}")
+
+    emit(st, doc, human)
+
+
+def rm(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Artifact ref: kind/name:vN (a version must be named)."),
+    force: bool = typer.Option(False, "--force", help="Remove even if other artifacts name it as a parent."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete one artifact version from the registry."""
+    st = state(ctx)
+    reg = st.registry()
+    a = reg.resolve(ref)
+    if not yes and not typer.confirm(f"delete {a.ref} ({human_size(a.size_bytes)})?", err=True):
+        raise typer.Exit(1)
+    reg.remove(a.ref, force=force)
+    emit(st, {"removed": a.ref}, lambda: typer.echo(f"removed {a.ref}"))
+
+
+def verify(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Artifact ref: kind/name[:vN]."),
+) -> None:
+    """Re-hash every file of an artifact version against its manifest."""
+    st = state(ctx)
+    reg = st.registry()
+    a = reg.resolve(ref)
+    problems = reg.verify(a.ref)
+    doc = {"ref": a.ref, "ok": not problems, "files": len(a.manifest.get("files", {})),
+           "problems": [{"path": p.path, "problem": p.problem} for p in problems]}
+
+    def human() -> None:
+        if not problems:
+            typer.echo(f"{a.ref}: ok, {doc['files']} files match the manifest")
+        for p in problems:
+            typer.echo(f"{a.ref}: {p.path}: {p.problem}")
+
+    emit(st, doc, human)
+    if problems:
+        raise typer.Exit(1)
+
+
+def _metrics_line(a) -> str:
+    m = a.metrics or {}
+    parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in list(m.items())[:3]
+             if isinstance(v, (int, float))]
+    return ", ".join(parts)
+
+
+def _lineage_dict(node) -> dict:
+    return {"ref": node.ref, "local": node.exists, "parents": [_lineage_dict(p) for p in node.parents]}
+
+
+def _lineage_lines(node, depth: int = 0) -> list[str]:
+    mark = "" if node.exists else "  (not in this registry)"
+    lines = [("  " * (depth - 1) + "└─ " if depth else "") + node.ref + mark]
+    for p in node.parents:
+        lines.extend(_lineage_lines(p, depth + 1))
+    return lines

@@ -1,0 +1,155 @@
+"""`pwmctl collect`: real-environment rollouts into a dataset artifact."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import typer
+
+from pwmctl.console import Progress, emit, fail, info, interrupts_as_keyboard_interrupt, state
+
+DATASET_DIR = "data.zarr"
+
+
+def collect(
+    ctx: typer.Context,
+    tasks: str = typer.Argument(None, help="A task (walker-walk), a set (mt30, mt80) or a comma-separated list.",
+                                show_default=False),
+    episodes: int = typer.Option(10, "--episodes", "-n", min=1, help="Episodes per task."),
+    policy: str = typer.Option("random", "--policy", help="Behaviour policy: random, or a policy artifact ref."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the environments and the policy."),
+    name: str = typer.Option(None, "--name", help="Dataset name [default: the task or set name]."),
+    append: str = typer.Option(None, "--append", help="Add the episodes to a new version of this dataset."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Environment worker processes."),
+    resume: str = typer.Option(None, "--resume", help="Finish an interrupted collection (its run id)."),
+) -> None:
+    """Roll out a policy in the real environments and publish the episodes as a dataset.
+
+    Every finished episode is committed at once: Ctrl-C (or SIGTERM) publishes the episodes
+    completed so far, and after a hard kill `--resume RUN` finishes the job.
+    """
+    from pwm_core.collect import collect as run_collect, random_policy
+    from pwm_core.data import EpisodeWriter, open_dataset
+    from pwm_core.seeding import seed_everything
+    from pwm_core.tasks import resolve_tasks
+
+    st = state(ctx)
+    reg = st.registry()
+    if resume:
+        run = reg.run_dir(resume)
+        plan = _read_plan(run)
+        tasks, episodes, policy, seed, name, workers = (plan["tasks"], plan["episodes"], plan["policy"],
+                                                        plan["seed"], plan["name"], workers)
+        append = plan.get("append")
+        writer = EpisodeWriter.open(run / DATASET_DIR)
+    elif tasks is None and append is None:
+        raise fail("no task given: name a task, e.g. `pwmctl collect walker-walk --episodes 10`")
+    else:
+        run = None
+    parent = reg.resolve(append, default_kind="dataset") if append else None
+    if parent is not None and parent.kind != "dataset":
+        raise fail(f"--append needs a dataset, got {parent.ref}")
+    if tasks is None:
+        tasks = ",".join(parent.manifest.get("tasks", []))
+    task_set = resolve_tasks(tasks)
+    if policy != "random":
+        reg.resolve(policy, default_kind="policy")  # a clear "not found" first
+        raise fail("collecting with a learned policy needs `pwmctl extract`, which this version does not have yet; "
+                   "use --policy random")
+    if parent is not None:
+        data_set = open_dataset(parent.path / DATASET_DIR).task_set
+        missing = [t for t in task_set.names if t not in data_set]
+        if missing:
+            raise fail(f"{parent.ref} holds tasks {', '.join(data_set.names)}; it cannot take {', '.join(missing)}. "
+                       "Collect into a new dataset instead (drop --append)")
+        name = name or parent.name
+    else:
+        data_set = task_set
+        name = name or _default_name(task_set)
+
+    if run is None:
+        run = reg.new_run_dir("collect")
+        _write_plan(run, dict(tasks=tasks, episodes=episodes, policy=policy, seed=seed, name=name, append=
+                              parent.ref if parent else None))
+        if parent is not None:
+            shutil.copytree(parent.path / DATASET_DIR, run / DATASET_DIR)
+            writer = EpisodeWriter.open(run / DATASET_DIR)
+        else:
+            writer = EpisodeWriter.create(run / DATASET_DIR, data_set, provenance={
+                "source": "pwmctl collect", "policy": policy, "seed": seed})
+
+    have = open_dataset(run / DATASET_DIR).per_task_counts()
+    base = {} if parent is None else open_dataset(parent.path / DATASET_DIR).per_task_counts()
+    todo = {t: max(0, episodes - (have.get(t, 0) - base.get(t, 0))) for t in task_set.names}
+    seed_everything(seed)
+    info(st, f"collecting {sum(todo.values())} episodes of {len(task_set)} task(s) with a {policy} policy, "
+             f"{workers} worker(s); run {run.name}")
+    t0, steps, returns = time.monotonic(), [0], []
+
+    with Progress(st, "collect", total=sum(todo.values())) as bar:
+        def on_episode(ep) -> None:
+            returns.append(ep.ret)
+            steps[0] += ep.steps
+            dt = max(time.monotonic() - t0, 1e-9)
+            bar.update(1, ep_per_s=len(returns) / dt, steps_per_s=steps[0] / dt, mean_return=sum(returns) / len(returns))
+
+        with interrupts_as_keyboard_interrupt():
+            result = run_collect(writer, todo, data_set, random_policy(seed, data_set.act_dim), seed=seed,
+                                 workers=workers, on_episode=on_episode)
+    writer.close()
+    elapsed = time.monotonic() - t0
+    if not result.episodes and parent is None and not any(have.values()):
+        shutil.rmtree(run, ignore_errors=True)
+        raise fail("interrupted before any episode finished; nothing was published")
+    artifact = _publish(reg, run, name, data_set, parent, dict(tasks=task_set.names, episodes=episodes,
+                        policy=policy, seed=seed, workers=workers))
+    summary = {"artifact": artifact.ref, "episodes": len(result.episodes), "env_steps": result.env_steps,
+               "seconds": round(elapsed, 2), "env_steps_per_s": round(result.env_steps / max(elapsed, 1e-9), 1),
+               "mean_return": (sum(returns) / len(returns)) if returns else None,
+               "interrupted": result.interrupted}
+    emit(st, summary, lambda: typer.echo(
+        f"{'interrupted: ' if result.interrupted else ''}published {artifact.ref}: {len(result.episodes)} new episodes, "
+        f"{result.env_steps} env steps in {elapsed:.1f}s ({summary['env_steps_per_s']:.0f} steps/s)"
+        + (f", mean return {summary['mean_return']:.1f}" if returns else "")))
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
+def _publish(reg, run: Path, name: str, task_set, parent, config: dict):
+    from pwm_core.data import open_dataset
+
+    ds = open_dataset(run / DATASET_DIR)
+    with reg.stage("dataset", name) as staging:
+        os.replace(run / DATASET_DIR, staging.path / DATASET_DIR)
+        try:
+            artifact = staging.publish(
+                parents=[parent.ref] if parent else [], tasks=sorted(ds.per_task_counts()),
+                config=config, metrics={"episodes": ds.num_episodes, "transitions": ds.num_transitions,
+                                        "mean_return": float(ds.episode_returns().mean())})
+        except BaseException:  # keep the collected episodes in the run folder for --resume
+            os.replace(staging.path / DATASET_DIR, run / DATASET_DIR)
+            raise
+    shutil.rmtree(run, ignore_errors=True)
+    return artifact
+
+
+def _default_name(task_set) -> str:
+    return task_set.name if len(task_set.names) == 1 or "," not in task_set.name else "_".join(task_set.names)
+
+
+def _write_plan(run: Path, plan: dict) -> None:
+    import json
+
+    (run / "collect.json").write_text(json.dumps(plan))
+
+
+def _read_plan(run: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((run / "collect.json").read_text())
+    except FileNotFoundError:
+        raise fail(f"run {run.name} is not a collect run (no collect.json)") from None

@@ -1,0 +1,160 @@
+"""Output conventions shared by every command.
+
+Humans get Rich tables and progress on stderr; ``--format json`` prints exactly one JSON document
+on stdout. User errors print one line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+stderr = Console(stderr=True, highlight=False)
+
+EXIT_USAGE = 2
+
+
+@dataclass
+class State:
+    """Global options, set by the root callback and read by every command."""
+
+    home: Path
+    format: str = "human"  # "human" | "json"
+    verbosity: int = 0  # -1 quiet, 0 normal, 1+ verbose
+
+    @property
+    def json(self) -> bool:
+        return self.format == "json"
+
+    @property
+    def quiet(self) -> bool:
+        return self.verbosity < 0 or self.json
+
+    def registry(self):
+        from registry import Registry
+
+        return Registry(self.home)
+
+
+def state(ctx: typer.Context) -> State:
+    """The root context's State (commands may be nested in sub-apps)."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, State):  # called without the root callback (tests of sub-apps)
+        root.obj = State(home=default_home())
+    return root.obj
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("PWM_HOME") or Path.home() / ".pwm").expanduser()
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one error line and return the exit to raise: ``raise fail("...")``."""
+    stderr.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def info(st: State, message: str) -> None:
+    """A human-facing line on stderr (silent with -q or --format json)."""
+    if not st.quiet:
+        stderr.print(message, soft_wrap=True)
+
+
+def emit(st: State, document: Any, human: Callable[[], None] | None = None) -> None:
+    """Print the result: one JSON document on stdout, or the human rendering on stderr/stdout."""
+    if st.json:
+        sys.stdout.write(json.dumps(document, indent=2, default=_json_default) + "\n")
+    elif human is not None:
+        human()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+class Progress:
+    """Progress for long loops: a Rich bar on a terminal, a plain line every few seconds otherwise
+    (SLURM/CI logs), nothing with -q / --format json. ``update(advance, **fields)``."""
+
+    def __init__(self, st: State, description: str, total: int | None, every_s: float = 10.0):
+        self.enabled = not st.quiet
+        self.tty = stderr.is_terminal
+        self.description, self.total, self.every_s = description, total, every_s
+        self.done, self.fields, self._t0, self._last = 0, {}, time.monotonic(), 0.0
+        self._bar = None
+
+    def __enter__(self) -> Progress:
+        if self.enabled and self.tty:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
+                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+
+            self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TimeRemainingColumn(),
+                                     TextColumn("{task.fields[status]}"), console=stderr,
+                                     refresh_per_second=4)
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.description, total=self.total, status="")
+        return self
+
+    def update(self, advance: int = 1, **fields: Any) -> None:
+        self.done += advance
+        self.fields.update(fields)
+        if not self.enabled:
+            return
+        status = "  ".join(f"{k} {_fmt(v)}" for k, v in self.fields.items())
+        if self._bar is not None:
+            self._bar.update(self._task, advance=advance, status=status)
+        elif time.monotonic() - self._last >= self.every_s or self.done == self.total:
+            self._last = time.monotonic()
+            total = f"/{self.total}" if self.total else ""
+            stderr.print(f"{self.description} {self.done}{total} "
+                         f"[{time.monotonic() - self._t0:.0f}s] {status}", soft_wrap=True)
+
+    def log(self, message: str) -> None:
+        if self.enabled:
+            (self._bar.console if self._bar else stderr).print(message, soft_wrap=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+@contextmanager
+def interrupts_as_keyboard_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C inside the block, so long jobs can save their work on both."""
+    import signal
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
