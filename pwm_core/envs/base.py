@@ -1,4 +1,4 @@
-"""The environment interface, TD-MPC2's multi-task padding, and the padded random action."""
+"""The environment interface and factory, TD-MPC2's multi-task padding, the padded random action."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pwm_core.errors import EnvError
-from pwm_core.tasks import TaskSpec
+from pwm_core.tasks import TaskSpec, get_task
 
 
 class Env(Protocol):
@@ -32,6 +32,27 @@ class Env(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def make_env(task: str | TaskSpec, seed: int = 0) -> Env:
+    """Build one task's env (dm_control or Meta-World), seeded with ``seed``.
+
+    Unknown names raise :class:`~pwm_core.tasks.UnknownTaskError`; a simulator that fails to
+    build raises :class:`EnvError` naming the task.
+    """
+    spec = get_task(task) if isinstance(task, str) else task
+    try:
+        if spec.suite == "dmc":  # suites imported on first use: each costs ~1 s
+            from pwm_core.envs.dmc import DMCEnv
+
+            return DMCEnv(spec, seed)
+        from pwm_core.envs.metaworld import MetaWorldEnv
+
+        return MetaWorldEnv(spec, seed)
+    except EnvError:
+        raise
+    except Exception as e:
+        raise EnvError(f"cannot build {spec.name} (seed {seed}): {type(e).__name__}: {e}") from e
 
 
 def check_action(spec: TaskSpec, action: np.ndarray, dtype: type = np.float32) -> np.ndarray:
