@@ -1,0 +1,64 @@
+"""Errors the registry raises for bad input or a damaged store.
+
+The CLI prints the message as one line and exits 2, so each message says what is wrong and what
+to do about it, without needing the traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class RegistryError(Exception):
+    """Base class for user-facing registry errors."""
+
+
+class RefError(RegistryError):
+    """An artifact ref, kind or name that does not parse or validate."""
+
+
+class IntegrityError(RegistryError):
+    """Files on disk that disagree with the manifest or the index."""
+
+    @classmethod
+    def from_problems(cls, ref: str, problems: Sequence[object], shown: int = 5) -> IntegrityError:
+        """One-line error listing the first `shown` file problems found by `Registry.verify`."""
+        listed = "; ".join(str(p) for p in problems[:shown])
+        more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
+        return cls(
+            f"artifact {ref} failed verification ({len(problems)} problems: {listed}{more}); "
+            f"its files were modified after publishing: pull or re-create it"
+        )
+
+
+class ArtifactNotFound(RegistryError):
+    """A ref that names no artifact in the registry."""
+
+    @classmethod
+    def for_ref(
+        cls,
+        ref: str,
+        *,
+        versions: Sequence[int] = (),
+        suggestions: Sequence[str] = (),
+        home: str | None = None,
+    ) -> ArtifactNotFound:
+        """Build the message: the missing ref, then the versions that exist or close names.
+
+        Args:
+            ref: the ref asked for, as "kind/name:vN" or "kind/name:latest".
+            versions: the versions of that kind/name that do exist (a wrong version number).
+            suggestions: refs of close names, best first (a typo, or the wrong kind).
+            home: the registry's home folder, named so a wrong `--home` is easy to spot.
+        """
+        kind, _, rest = ref.partition("/")
+        line = rest.partition(":")[0]
+        where = f" in {home}" if home else ""
+        if versions:
+            have = ", ".join(f"v{v}" for v in versions)
+            hint = f"{kind}/{line} has versions {have}; ask for one of those or for :latest"
+        elif suggestions:
+            hint = f"did you mean {' or '.join(suggestions)}? (`pwmctl ls {kind}` lists them)"
+        else:
+            hint = f"`pwmctl ls {kind}` lists what there is; publish or pull it first"
+        return cls(f"no artifact {ref}{where}: {hint}")
