@@ -1,0 +1,144 @@
+"""Uniform H-step window sampler over episodes held in RAM (TD-MPC2's strict-length slices)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pwm_core.data.episodes import resolve_task_ids
+from pwm_core.data.reader import EpisodeDataset
+from pwm_core.errors import DatasetError
+
+
+@dataclass
+class Batch:
+    """H-step windows. obs[0] is the start state; action[t] / reward[t] lead from obs[t] to obs[t+1]."""
+
+    obs: torch.Tensor  # (H+1, B, O) float32
+    action: torch.Tensor  # (H, B, A) float32
+    reward: torch.Tensor  # (H, B) float32
+    task: torch.Tensor  # (B,) int64 global task ids
+
+    def to(self, device: str | torch.device) -> Batch:
+        return Batch(self.obs.to(device), self.action.to(device), self.reward.to(device),
+                     self.task.to(device))
+
+
+class WindowSampler:
+    """Samples windows of H+1 consecutive rows from one episode, uniformly over valid start rows.
+
+    A start row s of an episode ending (exclusive) at e is valid when s + H + 1 <= e. The window
+    gives obs[s..s+H] and action/reward[s+1..s+H] (row alignment: row t holds the action/reward
+    that led into obs t, so an episode's NaN row 0 is never returned). All datasets are loaded into
+    RAM once; they must share the padded obs/action dims.
+    """
+
+    def __init__(self, dataset: EpisodeDataset | Sequence[EpisodeDataset], horizon: int,
+                 batch_size: int, tasks: Sequence[int | str] | None = None, seed: int = 0,
+                 device: str | torch.device = "cpu") -> None:
+        datasets = [dataset] if isinstance(dataset, EpisodeDataset) else list(dataset)
+        if not datasets:
+            raise DatasetError("no dataset given to the sampler")
+        if horizon < 1 or batch_size < 1:
+            raise ValueError(f"horizon and batch_size must be >= 1, got {horizon}, {batch_size}")
+        self.horizon, self.batch_size, self.device = horizon, batch_size, torch.device(device)
+        self.obs_dim, self.act_dim = _common_dims(datasets)
+        self.generator = torch.Generator().manual_seed(seed)
+        self._load(datasets, tasks)
+        self._index_windows()
+
+    def _load(self, datasets: list[EpisodeDataset], tasks: Sequence[int | str] | None) -> None:
+        """Concatenate the selected episodes of every dataset into preallocated RAM arrays."""
+        selections = [ds.select_episodes(tasks) for ds in datasets]
+        n_rows = sum(ds.rows_of(sel) for ds, sel in zip(datasets, selections))
+        n_episodes = sum(sel.size for sel in selections)
+        if n_episodes == 0:
+            wanted = "" if tasks is None else f" of tasks {resolve_task_ids(tasks).tolist()}"
+            raise DatasetError(f"no episodes{wanted} in {[ds.path for ds in datasets]}")
+        _check_memory(n_rows * 4 * (self.obs_dim + self.act_dim + 1) + n_episodes * 24, tasks)
+        obs = np.empty((n_rows, self.obs_dim), np.float32)
+        action = np.empty((n_rows, self.act_dim), np.float32)
+        reward = np.empty(n_rows, np.float32)
+        lengths, episode_task, pos = [], [], 0
+        for ds, sel in zip(datasets, selections):
+            k = ds.rows_of(sel)
+            ds.read_rows_into(sel, {"obs": obs[pos:pos + k], "action": action[pos:pos + k],
+                                    "reward": reward[pos:pos + k]})
+            lengths.append(ds.episode_lengths[sel])
+            episode_task.append(ds.episode_task[sel])
+            pos += k
+        self.obs, self.action, self.reward = map(torch.from_numpy, (obs, action, reward))
+        self.episode_lengths = torch.from_numpy(np.concatenate(lengths).astype(np.int64))
+        self.episode_task = torch.from_numpy(np.concatenate(episode_task).astype(np.int64))
+
+    def _index_windows(self) -> None:
+        """Per episode, the number of valid starts and their cumulative count (no per-row index)."""
+        H = self.horizon
+        starts = torch.cumsum(self.episode_lengths, 0) - self.episode_lengths
+        n_windows = (self.episode_lengths - H).clamp(min=0)  # starts s with s + H + 1 <= end
+        keep = n_windows > 0
+        if not keep.any():
+            raise DatasetError(f"no episode has the {H + 1} rows a window of horizon {H} needs "
+                               f"(longest: {int(self.episode_lengths.max())} rows)")
+        self._starts, self._task = starts[keep], self.episode_task[keep]
+        self._n_windows = n_windows[keep]
+        self._cum_windows = torch.cumsum(self._n_windows, 0)
+        self.num_windows = int(self._cum_windows[-1])
+        self.num_episodes = int(keep.sum())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the rows held in RAM."""
+        return sum(t.numel() * t.element_size() for t in (self.obs, self.action, self.reward))
+
+    def sample(self) -> Batch:
+        """B windows drawn uniformly (with replacement) over all valid start rows."""
+        B, H = self.batch_size, self.horizon
+        u = torch.randint(self.num_windows, (B,), generator=self.generator)
+        episode = torch.searchsorted(self._cum_windows, u, right=True)  # window u -> its episode
+        offset = u - (self._cum_windows[episode] - self._n_windows[episode])  # window inside it
+        s = self._starts[episode] + offset  # (B,) start rows
+        rows = s[None, :] + torch.arange(H + 1)[:, None]  # (H+1, B) vectorised gather index
+        batch = Batch(obs=self.obs[rows], action=self.action[rows[1:]],
+                      reward=self.reward[rows[1:]], task=self._task[episode])
+        return batch.to(self.device)
+
+
+def _common_dims(datasets: list[EpisodeDataset]) -> tuple[int, int]:
+    dims = {(ds.obs_dim, ds.act_dim) for ds in datasets}
+    if len(dims) > 1:
+        listing = ", ".join(f"{ds.path} (obs {ds.obs_dim}, action {ds.act_dim})" for ds in datasets)
+        raise DatasetError(f"datasets differ in padded obs/action dims and cannot be sampled "
+                           f"together: {listing}")
+    return dims.pop()
+
+
+def available_memory_bytes() -> int:
+    """RAM available to this process: MemAvailable, capped by a cgroup v2 limit if one is set."""
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        with open("/proc/meminfo") as f:
+            meminfo = dict(line.split(":", 1) for line in f)
+        available = int(meminfo["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f_max, open("/sys/fs/cgroup/memory.current") as f_cur:
+            limit = f_max.read().strip()
+            if limit != "max":
+                available = min(available, int(limit) - int(f_cur.read()))
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def _check_memory(needed: int, tasks: Sequence[int | str] | None) -> None:
+    available = available_memory_bytes()
+    if needed > available:
+        hint = "" if tasks is not None else "; sample a subset of tasks with the task filter (--tasks)"
+        raise DatasetError(f"the sampler needs {needed / 1e9:.1f} GB of RAM for these episodes but "
+                           f"only {available / 1e9:.1f} GB is available{hint}")
