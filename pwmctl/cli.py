@@ -11,8 +11,36 @@ from pwmctl import __version__
 from pwmctl.console import EXIT_USAGE, State, default_home, stderr
 
 
+_GLOBAL_WITH_VALUE = ("--format", "--home")
+_GLOBAL_FLAGS = ("-q", "--quiet", "-v", "-vv", "--verbose")
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Let global options follow the command too (`pwmctl ls --format json`): move them to the front."""
+    front, rest, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            rest.extend(args[i:])
+            break
+        if a in _GLOBAL_WITH_VALUE and i + 1 < len(args):
+            front += args[i:i + 2]
+            i += 2
+            continue
+        if a.split("=", 1)[0] in _GLOBAL_WITH_VALUE or a in _GLOBAL_FLAGS:
+            front.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return front + rest
+
+
 class PwmGroup(typer.core.TyperGroup):
-    """Turns user errors raised anywhere below into one line on stderr and exit code 2."""
+    """Root group: global options anywhere on the line; user errors raised anywhere below become
+    one line on stderr and exit code 2."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(list(args)))
 
     def invoke(self, ctx: typer.Context) -> Any:
         from pwm_core.errors import PwmError
@@ -45,7 +73,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     ctx: typer.Context,
-    home: Path = typer.Option(None, "--home", envvar="PWM_HOME", help="Registry folder [default: ~/.pwm].",
+    home: Path = typer.Option(None, "--home", envvar="PWM_HOME", help="Registry folder (default ~/.pwm).",
                               show_default=False),
     format: str = typer.Option("human", "--format", help="human | json (one JSON document on stdout)."),
     verbose: int = typer.Option(0, "-v", "--verbose", count=True, help="More detail."),

@@ -39,6 +39,9 @@ def ls(
         artifacts = [a for a in artifacts if (a.kind, a.name) not in seen and not seen.add((a.kind, a.name))]
 
     def human() -> None:
+        if st.verbosity < 0:  # -q: refs only, for scripts
+            typer.echo("\n".join(a.ref for a in artifacts))
+            return
         if not artifacts:
             typer.echo("no artifacts" + (f" of kind {kind}" if kind else "") + (f" for {task}" if task else "")
                        + f" in {st.home}")

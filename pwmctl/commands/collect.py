@@ -119,16 +119,18 @@ def collect(
 
 
 def _publish(reg, run: Path, name: str, task_set, parent, config: dict):
-    from pwm_core.data import open_dataset
+    from pwm_core.data import fsck, open_dataset
 
+    fsck(run / DATASET_DIR, repair=True)  # an interrupt inside an append leaves an uncommitted tail
     ds = open_dataset(run / DATASET_DIR)
+    tasks = sorted(ds.per_task_counts())
+    metrics = {"episodes": ds.num_episodes, "transitions": ds.num_transitions,
+               "mean_return": float(ds.episode_returns().mean())}
     with reg.stage("dataset", name) as staging:
         os.replace(run / DATASET_DIR, staging.path / DATASET_DIR)
         try:
-            artifact = staging.publish(
-                parents=[parent.ref] if parent else [], tasks=sorted(ds.per_task_counts()),
-                config=config, metrics={"episodes": ds.num_episodes, "transitions": ds.num_transitions,
-                                        "mean_return": float(ds.episode_returns().mean())})
+            artifact = staging.publish(parents=[parent.ref] if parent else [], tasks=tasks, config=config,
+                                       metrics=metrics)
         except BaseException:  # keep the collected episodes in the run folder for --resume
             os.replace(staging.path / DATASET_DIR, run / DATASET_DIR)
             raise

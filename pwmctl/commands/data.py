@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import typer
@@ -32,24 +31,19 @@ def import_tdmpc2(
         raise fail(f"no such file or folder: {', '.join(missing)}")
     task_set = resolve_tasks(tasks) if tasks else None
     reg = st.registry()
-    t0 = time.monotonic()
     with reg.stage("dataset", name or (task_set.name if task_set else "tdmpc2")) as staging:
-        with Progress(st, "import", total=None) as bar:
-            run_import(paths, staging.path / DATASET_DIR, task_set,
+        with Progress(st, "import chunks", total=None) as bar:
+            report = run_import(paths, staging.path / DATASET_DIR, task_set,
                                 provenance={"source": "TD-MPC2 chunks", "files": [p.name for p in paths]},
                                 progress=lambda done, total: bar.update(1, chunk=f"{done}/{total}"))
-        from pwm_core.data import open_dataset
-
-        ds = open_dataset(staging.path / DATASET_DIR)
-        staging.name = name or ds.task_set.name  # the inferred set names the dataset
-        artifact = staging.publish(tasks=sorted(ds.per_task_counts()),
+        staging.name = name or report.task_set  # without --tasks, the inferred set (mt30/mt80) names it
+        artifact = staging.publish(tasks=sorted(report.per_task),
                                    config={"source": "tdmpc2", "files": [str(p) for p in paths]},
-                                   metrics={"episodes": ds.num_episodes, "transitions": ds.num_transitions})
-    dt = time.monotonic() - t0
-    emit(st, {"artifact": artifact.ref, "episodes": ds.num_episodes, "transitions": ds.num_transitions,
-              "seconds": round(dt, 2)},
-         lambda: typer.echo(f"published {artifact.ref}: {ds.num_episodes} episodes, {ds.num_transitions} "
-                            f"transitions from {len(paths)} path(s) in {dt:.1f}s"))
+                                   metrics={"episodes": report.episodes, "transitions": report.transitions})
+    emit(st, {"artifact": artifact.ref, "episodes": report.episodes, "transitions": report.transitions,
+              "files": len(report.files), "seconds": round(report.seconds, 2)},
+         lambda: typer.echo(f"published {artifact.ref}: {report.episodes} episodes, {report.transitions} "
+                            f"transitions from {len(report.files)} chunk(s) in {report.seconds:.1f}s"))
 
 
 @app.command("info")

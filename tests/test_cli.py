@@ -1,0 +1,167 @@
+"""End-to-end CLI behaviour, as a user types it, on tiny real collections."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pwmctl.cli import app
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "pwm"
+
+
+def run(home: Path, *args: str, ok: bool = True):
+    result = CliRunner().invoke(app, ["--home", str(home), *args], env={"NO_COLOR": "1", "COLUMNS": "200"})
+    if ok:
+        assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    return result
+
+
+def run_json(home: Path, *args: str) -> dict:
+    return json.loads(run(home, "--format", "json", *args).stdout)
+
+
+def test_global_options_may_follow_the_command(home):
+    from pwmctl.cli import hoist_global_options
+
+    assert hoist_global_options(["ls", "--format", "json", "-q"]) == ["--format", "json", "-q", "ls"]
+    assert hoist_global_options(["collect", "x", "--home=/h", "--", "--format"]) == ["--home=/h", "collect", "x",
+                                                                                        "--", "--format"]
+    result = CliRunner().invoke(app, ["ls", "--home", str(home), "--format", "json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["artifacts"] == []
+
+
+def test_version_and_tasks(home):
+    assert run(home, "--version").stdout.startswith("pwmctl ")
+    doc = run_json(home, "tasks", "mt30")
+    assert len(doc["tasks"]) == 30 and doc["obs_dim"] == 24 and doc["act_dim"] == 6
+
+
+def test_collect_walker_publishes_four_episodes_of_501_rows(home):
+    doc = run_json(home, "collect", "walker-walk", "--episodes", "4", "--workers", "2")
+    assert doc["artifact"] == "dataset/walker-walk:v1" and doc["episodes"] == 4 and doc["env_steps"] == 2000
+    info = run_json(home, "data", "info", "walker-walk")
+    assert info["episodes"] == 4 and info["episode_rows"] == [501] and info["transitions"] == 2000
+    assert info["tasks"][0]["task"] == "walker-walk"
+    human = run(home, "data", "info", "dataset/walker-walk:v1").stdout
+    assert "4 episodes of 501 rows" in human
+
+    # --append makes v2 with the old episodes plus new ones, and names v1 as its parent
+    doc = run_json(home, "collect", "--append", "walker-walk", "--episodes", "1")
+    assert doc["artifact"] == "dataset/walker-walk:v2"
+    assert run_json(home, "data", "info", "walker-walk:v2")["episodes"] == 5
+    assert run_json(home, "data", "info", "walker-walk:v1")["episodes"] == 4  # versions are immutable
+    shown = run_json(home, "show", "dataset/walker-walk:v2")
+    assert shown["parents"] == ["dataset/walker-walk:v1"]
+
+    listing = run_json(home, "ls")
+    assert [a["ref"] for a in listing["artifacts"]] == ["dataset/walker-walk:v2"]
+    assert len(run_json(home, "ls", "dataset", "--all")["artifacts"]) == 2
+    assert run_json(home, "ls", "--task", "cheetah-run")["artifacts"] == []
+    assert run_json(home, "verify", "dataset/walker-walk:v1")["ok"]
+
+
+def test_collect_metaworld_reach(home):
+    doc = run_json(home, "collect", "mw-reach", "--episodes", "2")
+    assert doc["episodes"] == 2 and doc["env_steps"] == 200
+    info = run_json(home, "data", "info", "mw-reach")
+    assert info["episode_rows"] == [101] and info["obs_dim"] == 39
+
+
+def test_typo_in_task_suggests_the_right_name(home):
+    result = run(home, "collect", "walker-wlak", ok=False)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "walker-walk" in lines[0]
+    assert not (home / "artifacts").exists() or not any((home / "artifacts").rglob("manifest.json"))
+
+
+def test_missing_artifact_and_bad_kind_give_one_line(home):
+    for args in (["data", "info", "nope"], ["show", "dataset/nope:v3"], ["ls", "datasets"],
+                 ["collect", "--append", "ghost", "-n", "1"], ["data", "import-tdmpc2", "/no/such/chunk.pt"]):
+        result = run(home, *args, ok=False)
+        assert result.exit_code == 2, args
+        assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+
+
+def test_verify_reports_a_tampered_file_and_rm_removes(home):
+    run(home, "collect", "cartpole-balance", "-n", "1")
+    artifact = run_json(home, "show", "dataset/cartpole-balance")
+    victim = next(p for p in Path(artifact["path"]).rglob("*") if p.is_file() and p.name != "manifest.json")
+    victim.write_bytes(victim.read_bytes() + b"x")
+    result = run(home, "--format", "json", "verify", "dataset/cartpole-balance:v1", ok=False)
+    assert result.exit_code == 1 and json.loads(result.stdout)["problems"]
+    run(home, "rm", "dataset/cartpole-balance:v1", "--yes")
+    assert run_json(home, "ls")["artifacts"] == []
+
+
+def test_killed_collect_leaves_a_readable_dataset_and_resumes(home):
+    """SIGKILL in the middle of a collection: the run's dataset opens with every finished episode,
+    and `--resume` completes and publishes it."""
+    from pwm_core.data import open_dataset
+
+    env = {**os.environ, "PWM_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-m", "pwmctl", "collect", "cartpole-balance", "-n", "40"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    datasets: list[Path] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until a few episodes are committed
+        datasets = list((home / "runs").glob("*/data.zarr")) if (home / "runs").exists() else []
+        if datasets:
+            try:
+                if open_dataset(datasets[0]).num_episodes >= 2:
+                    break
+            except Exception:
+                pass
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert datasets, proc.stderr.read().decode()
+    ds = open_dataset(datasets[0])
+    done = ds.num_episodes
+    assert 2 <= done < 40
+    assert all(len(ds.episode(i)["obs"]) == 501 for i in range(done))
+    assert run_json(home, "ls")["artifacts"] == []  # nothing half-published
+
+    doc = run_json(home, "collect", "--resume", datasets[0].parent.name)
+    assert doc["artifact"] == "dataset/cartpole-balance:v1"
+    assert run_json(home, "data", "info", "cartpole-balance")["episodes"] == 40
+
+
+def test_sigint_publishes_completed_episodes(home):
+    env = {**os.environ, "PWM_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-m", "pwmctl", "collect", "cartpole-balance", "-n", "200"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    from pwm_core.data import open_dataset
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        runs = list((home / "runs").glob("*/data.zarr")) if (home / "runs").exists() else []
+        try:
+            if runs and open_dataset(runs[0]).num_episodes >= 1:
+                break
+        except Exception:
+            pass
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert b"interrupted: published dataset/cartpole-balance:v1" in out
+    n = run_json(home, "data", "info", "cartpole-balance")["episodes"]
+    assert 1 <= n < 200
+
+
+def test_doctor_json(home):
+    doc = run_json(home, "doctor")
+    assert doc["versions"]["torch"].startswith("2.") and "egl" in doc["render"]
