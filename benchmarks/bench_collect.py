@@ -2,7 +2,9 @@
 
 Baseline measured in the same run: the raw environment stepped in a plain loop, no writer.
 
-    python benchmarks/bench_collect.py [--task walker-walk] [--episodes 4]
+    python benchmarks/bench_collect.py [--task walker-walk] [--episodes 16]
+
+Collect timings include starting the envs (and the worker processes), as a user sees them.
 
 Prints a markdown table and appends one JSON line to benchmarks/results.jsonl.
 """
@@ -52,7 +54,7 @@ def collect_steps_per_s(task: str, episodes: int, workers: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="walker-walk")
-    parser.add_argument("--episodes", type=int, default=4)
+    parser.add_argument("--episodes", type=int, default=16)
     args = parser.parse_args()
     steps = resolve_tasks(args.task).tasks[0].episode_length * 2
     rows = {"raw env loop (1 process)": raw_env_steps_per_s(args.task, steps)}

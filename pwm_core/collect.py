@@ -52,16 +52,19 @@ def collect(
     policy: Policy,
     seed: int = 0,
     workers: int = 1,
-    envs_per_worker: int = 1,
+    envs_per_worker: int | None = None,
     on_episode: Callable[[EpisodeStats], None] | None = None,
 ) -> CollectResult:
     """Collect ``todo[task]`` episodes of each task into ``writer``.
 
     Observations are padded to ``task_set.obs_dim`` and actions to ``task_set.act_dim`` (the
     dataset's padding). Each env slot is bound to one task; a task gets as many slots as it has
-    episodes left, up to ``workers * envs_per_worker`` slots in total. Ctrl-C (KeyboardInterrupt)
+    episodes left, up to ``workers * envs_per_worker`` slots in total (default: 1 env in-process,
+    4 per worker process, to amortise the pipe round trip of each step). Ctrl-C (KeyboardInterrupt)
     stops after the episodes already committed; the result says so.
     """
+    if envs_per_worker is None:
+        envs_per_worker = 1 if workers == 1 else 4
     slots = _assign_slots({t: n for t, n in todo.items() if n > 0}, max(1, workers * envs_per_worker))
     result = CollectResult()
     if not slots:
