@@ -145,3 +145,29 @@ def test_missing_chunk_path_is_a_clear_error(tmp_path):
         import_tdmpc2([tmp_path / "chunk_9.pt"], tmp_path / "d.zarr", task_set=None)
     with pytest.raises(DatasetError, match="no \\*.pt chunks in directory"):
         import_tdmpc2([tmp_path], tmp_path / "d.zarr", task_set=None)
+
+
+def test_cli_import_publishes_a_dataset_that_round_trips(tmp_path):
+    """`pwmctl data import-tdmpc2 FOLDER` as a user runs it: the set is inferred and named mt30."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from pwmctl.cli import app
+
+    folder = tmp_path / "mt30"
+    folder.mkdir()
+    chunks = [write_synthetic_tdmpc2_chunk(folder / f"chunk_{i}.pt", 3, 501, [1, 8, 26], seed=i) for i in range(2)]
+    home = tmp_path / "home"
+    result = CliRunner().invoke(app, ["--home", str(home), "--format", "json", "data", "import-tdmpc2", str(folder)])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["artifact"] == "dataset/mt30:v1" and doc["episodes"] == 6 and doc["transitions"] == 6 * 500
+    ds = open_dataset(home / "artifacts" / "dataset" / "mt30" / "v1" / "data.zarr")
+    assert_imported_exactly(ds, chunks)
+
+    bad = tmp_path / "bad.pt"
+    write_synthetic_tdmpc2_chunk(bad, 2, 101, [1], obs_dim=30)
+    result = CliRunner().invoke(app, ["--home", str(home), "data", "import-tdmpc2", str(bad)])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert [p.name for p in (home / "tmp").iterdir()] == []  # nothing half-written left behind

@@ -66,13 +66,19 @@ def is_local(path: str) -> bool:
     return "://" not in path
 
 
+def normalize_path(path: str | os.PathLike) -> str:
+    """A local path with ``~`` expanded, or a store URL (``s3://...``) as given."""
+    path = os.fspath(path)
+    return os.path.expanduser(path) if is_local(path) else path
+
+
 def open_layout(path: str | os.PathLike, mode: str = "r") -> Layout:
     """Open and validate an episode group; every failure is a :class:`DatasetError`.
 
     Checks: the group exists, ``format`` is ours, ``format_version`` is not newer than this code,
     every array is present with the dtype and trailing dims the task set implies.
     """
-    path = os.fspath(path)
+    path = normalize_path(path)
     if is_local(path) and not Path(path).exists():
         raise DatasetError(f"no dataset at {path}")
     try:

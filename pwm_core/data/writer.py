@@ -26,6 +26,7 @@ from zarr.codecs import BloscCodec
 from pwm_core.data.episodes import (
     ACTION, CHUNK_ROWS, DATA_ARRAYS, ENDS_FILL, EPISODE_ENDS, EPISODE_TASK, FORMAT, FORMAT_VERSION,
     META_CHUNK, OBS, REWARD, SHARD_ROWS, TASK, Layout, acquire_writer_lock, committed_prefix, is_local,
+    normalize_path,
     open_layout, release_writer_lock, structure_problems,
 )
 from pwm_core.errors import DatasetError
@@ -55,7 +56,7 @@ class EpisodeWriter:
     def create(cls, path: str | os.PathLike, task_set: TaskSet, provenance: dict | None = None, *,
                chunk_rows: int = CHUNK_ROWS, shard_rows: int = SHARD_ROWS) -> EpisodeWriter:
         """Create an empty dataset at ``path`` (which must not exist) and open it for appending."""
-        path = os.fspath(path)
+        path = normalize_path(path)
         if is_local(path) and Path(path).exists():
             raise DatasetError(f"{path} already exists; choose a new path, or append with "
                                "EpisodeWriter.open")
