@@ -20,6 +20,12 @@ MW_EPISODE_LENGTH = 100  # agent decisions (200 Meta-World steps, action repeat 
 ACTION_REPEAT = 2
 
 
+def discount_for_length(episode_length: int) -> float:
+    """TD-MPC2's per-task discount: clip((L/5 - 1) / (L/5), 0.95, 0.995); 0.99 for DMC, 0.95 for MW."""
+    frac = episode_length / 5
+    return min(max((frac - 1) / frac, 0.95), 0.995)
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """One task as the agent sees it (after action repeat and flattening)."""
@@ -34,9 +40,7 @@ class TaskSpec:
 
     @property
     def discount(self) -> float:
-        """TD-MPC2's per-task discount: clip((L/5 - 1) / (L/5), 0.95, 0.995)."""
-        frac = self.episode_length / 5
-        return min(max((frac - 1) / frac, 0.95), 0.995)
+        return discount_for_length(self.episode_length)
 
     @property
     def custom(self) -> bool:
