@@ -88,10 +88,12 @@ def root(
 
 
 def _register() -> None:
-    from pwmctl.commands import artifacts, collect, data, system
+    from pwmctl.commands import artifacts, collect, data, pretrain, system
 
     app.command("collect", rich_help_panel="Data")(collect.collect)
     app.add_typer(data.app, name="data", rich_help_panel="Data")
+    app.command("pretrain", rich_help_panel="Training")(pretrain.pretrain)
+    app.command("import-checkpoint", rich_help_panel="Training")(pretrain.import_checkpoint)
     for name, fn in (("ls", artifacts.ls), ("show", artifacts.show), ("rm", artifacts.rm),
                      ("verify", artifacts.verify)):
         app.command(name, rich_help_panel="Artifacts")(fn)

@@ -39,34 +39,50 @@ class WindowSampler:
 
     def __init__(self, dataset: EpisodeDataset | Sequence[EpisodeDataset], horizon: int,
                  batch_size: int, tasks: Sequence[int | str] | None = None, seed: int = 0,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", *,
+                 episodes: Sequence[np.ndarray] | None = None, obs_dim: int | None = None,
+                 act_dim: int | None = None) -> None:
+        """``episodes``: per dataset, the episode indices to use (e.g. a train / held-out split),
+        combined with ``tasks``. ``obs_dim`` / ``act_dim``: zero-pad every dataset's rows to these
+        dims (a model's task-set dims), so that datasets of different padding compose; by default
+        the datasets must share their dims."""
         datasets = [dataset] if isinstance(dataset, EpisodeDataset) else list(dataset)
         if not datasets:
             raise DatasetError("no dataset given to the sampler")
         if horizon < 1 or batch_size < 1:
             raise ValueError(f"horizon and batch_size must be >= 1, got {horizon}, {batch_size}")
+        if episodes is not None and len(episodes) != len(datasets):
+            raise ValueError(f"episodes must hold one index array per dataset ({len(datasets)}), "
+                             f"got {len(episodes)}")
         self.horizon, self.batch_size, self.device = horizon, batch_size, torch.device(device)
-        self.obs_dim, self.act_dim = _common_dims(datasets)
+        self.obs_dim, self.act_dim = _target_dims(datasets, obs_dim, act_dim)
         self.generator = torch.Generator().manual_seed(seed)
-        self._load(datasets, tasks)
+        self._load(datasets, tasks, episodes)
         self._index_windows()
 
-    def _load(self, datasets: list[EpisodeDataset], tasks: Sequence[int | str] | None) -> None:
+    def _load(self, datasets: list[EpisodeDataset], tasks: Sequence[int | str] | None,
+              episodes: Sequence[np.ndarray] | None) -> None:
         """Concatenate the selected episodes of every dataset into preallocated RAM arrays."""
         selections = [ds.select_episodes(tasks) for ds in datasets]
+        if episodes is not None:
+            selections = [np.intersect1d(sel, np.asarray(ep, np.int64))
+                          for sel, ep in zip(selections, episodes)]
         n_rows = sum(ds.rows_of(sel) for ds, sel in zip(datasets, selections))
         n_episodes = sum(sel.size for sel in selections)
         if n_episodes == 0:
             wanted = "" if tasks is None else f" of tasks {resolve_task_ids(tasks).tolist()}"
             raise DatasetError(f"no episodes{wanted} in {[ds.path for ds in datasets]}")
         _check_memory(n_rows * 4 * (self.obs_dim + self.act_dim + 1) + n_episodes * 24, tasks)
-        obs = np.empty((n_rows, self.obs_dim), np.float32)
-        action = np.empty((n_rows, self.act_dim), np.float32)
+        padded = any((ds.obs_dim, ds.act_dim) != (self.obs_dim, self.act_dim) for ds in datasets)
+        alloc = np.zeros if padded else np.empty  # zero padding, as TD-MPC2's multi-task wrapper
+        obs = alloc((n_rows, self.obs_dim), np.float32)
+        action = alloc((n_rows, self.act_dim), np.float32)
         reward = np.empty(n_rows, np.float32)
         lengths, episode_task, pos = [], [], 0
         for ds, sel in zip(datasets, selections):
             k = ds.rows_of(sel)
-            ds.read_rows_into(sel, {"obs": obs[pos:pos + k], "action": action[pos:pos + k],
+            ds.read_rows_into(sel, {"obs": obs[pos:pos + k, :ds.obs_dim],
+                                    "action": action[pos:pos + k, :ds.act_dim],
                                     "reward": reward[pos:pos + k]})
             lengths.append(ds.episode_lengths[sel])
             episode_task.append(ds.episode_task[sel])
@@ -106,6 +122,19 @@ class WindowSampler:
         batch = Batch(obs=self.obs[rows], action=self.action[rows[1:]],
                       reward=self.reward[rows[1:]], task=self._task[episode])
         return batch.to(self.device)
+
+
+def _target_dims(datasets: list[EpisodeDataset], obs_dim: int | None,
+                 act_dim: int | None) -> tuple[int, int]:
+    if obs_dim is None and act_dim is None:
+        return _common_dims(datasets)
+    obs_dim = max(ds.obs_dim for ds in datasets) if obs_dim is None else obs_dim
+    act_dim = max(ds.act_dim for ds in datasets) if act_dim is None else act_dim
+    for ds in datasets:
+        if ds.obs_dim > obs_dim or ds.act_dim > act_dim:
+            raise DatasetError(f"{ds.path} has obs {ds.obs_dim} / action {ds.act_dim} dims, more than "
+                               f"the {obs_dim} / {act_dim} it should be padded to")
+    return obs_dim, act_dim
 
 
 def _common_dims(datasets: list[EpisodeDataset]) -> tuple[int, int]:

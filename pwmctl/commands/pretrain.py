@@ -1,0 +1,280 @@
+"""`pwmctl pretrain`: train a multi-task world model on episode datasets and publish it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+
+from pwmctl.commands.collect import DATASET_DIR
+from pwmctl.console import Progress, emit, fail, info, interrupts_as_keyboard_interrupt, state
+
+PLAN = "plan.json"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+def pretrain(
+    ctx: typer.Context,
+    tasks: str = typer.Option(None, "--tasks", help="mt30 | mt80 | comma-separated tasks (the model's task set)."),
+    data: list[str] = typer.Option(None, "--data", help="Dataset ref (repeatable) [default: every local dataset "
+                                   "covering tasks of the set]."),
+    size: str = typer.Option(None, "--size", help="Model size preset: 1M, 5M, 19M, 48M, 317M [default: 5M]."),
+    steps: int = typer.Option(None, "--steps", min=1, help="Training steps."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Windows per step [default: 1024]."),
+    horizon: int = typer.Option(None, "--horizon", min=1, help="Rollout horizon H [default: 16]."),
+    seed: int = typer.Option(None, "--seed", help="Seeds python, numpy, torch and the sampler."),
+    name: str = typer.Option(None, "--name", help="World-model name [default: <tasks>-<size>]."),
+    device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N]."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the update."),
+    amp: str = typer.Option(None, "--amp", help="bf16: bfloat16 autocast."),
+    config: Path = typer.Option(None, "--config", help="YAML file of PretrainConfig fields."),
+    overrides: list[str] = typer.Option(None, "--set", help="key=value override (repeatable), e.g. --set rho=0.5."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Train even if some tasks have no data."),
+    resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and parameter counts; train nothing."),
+) -> None:
+    """Pre-train a TD-MPC2-style multi-task world model (PWM's recipe: H=16, rho=0.99, batch 1024).
+
+    Checkpoints every --set checkpoint_every=N steps and on Ctrl-C / SIGTERM; `--resume RUN` continues with
+    the same step count, optimiser and RNG state. Under `torchrun --nproc-per-node N -m pwmctl pretrain ...`
+    the ranks train with data parallelism and rank 0 publishes.
+    """
+    from pwm_core.config import apply_overrides, load_yaml_into
+    from pwm_core.nn import count_parameters
+    from pwm_core.tasks import resolve_tasks
+    from pwm_core.train import distributed as dist
+    from pwm_core.train.pretrain import PretrainConfig, model_config
+
+    st = state(ctx)
+    reg = st.registry()
+    run = reg.run_dir(resume) if resume else None
+    if run is not None:
+        plan = _read_plan(run)
+        task_set = resolve_tasks(plan["tasks"])
+        refs = plan["datasets"]
+        cfg = PretrainConfig.from_dict(plan["pretrain"])
+        if steps is not None:  # allow extending a run
+            cfg.steps = steps
+    else:
+        if tasks is None:
+            raise fail("name the model's task set: --tasks mt30, --tasks mt80 or --tasks walker-walk,cheetah-run")
+        task_set = resolve_tasks(tasks)
+        cfg = PretrainConfig()
+        if config is not None:
+            load_yaml_into(cfg, config)
+        apply_overrides(cfg, overrides or [])
+        for field, value in (("size", size), ("steps", steps), ("batch_size", batch_size), ("horizon", horizon),
+                             ("seed", seed), ("device", device), ("amp", amp)):
+            if value is not None:
+                setattr(cfg, field, value)
+        cfg.compile = cfg.compile or compile
+        refs = _choose_datasets(reg, task_set, data, allow_missing or dry_run, st)
+    model_cfg = model_config(cfg, task_set)
+    counts = count_parameters(model_cfg)
+    name = (plan["name"] if run is not None else None) or name or f"{task_set.name.replace(',', '_')}-{cfg.size.lower()}"
+
+    if dry_run:
+        doc = {"name": name, "tasks": list(task_set.names), "datasets": refs, "pretrain": cfg.to_dict(),
+               "model": model_cfg.to_dict(), "parameters": counts}
+        emit(st, doc, lambda: _print_dry_run(doc))
+        return
+
+    from pwm_core.data import open_dataset
+    from pwm_core.train.pretrain import Pretrainer
+
+    datasets = [open_dataset(reg.resolve(r).path / DATASET_DIR) for r in refs]
+    ctx_dist = dist.setup(cfg.device)
+    main = dist.is_main()
+    if run is None:
+        run = reg.new_run_dir("pretrain") if main else None
+        if main:
+            _write_plan(run, {"name": name, "tasks": ",".join(task_set.names), "datasets": refs,
+                              "pretrain": cfg.to_dict()})
+        run = dist.broadcast_path(run)
+    trainer = Pretrainer(cfg, model_cfg, datasets, task_set, device=ctx_dist.device)
+    if (run / CHECKPOINT).exists():
+        trainer.load_checkpoint(run / CHECKPOINT)
+        info(st, f"resumed {run.name} at step {trainer.step_count}")
+    if main:
+        info(st, f"pretraining {name}: {counts['total'] / 1e6:.2f}M parameters, {len(task_set)} task(s), "
+                 f"{cfg.steps} steps, batch {cfg.batch_size}, H={cfg.horizon}, on {ctx_dist.device}"
+                 f"{f' x{dist.world_size()} ranks' if dist.world_size() > 1 else ''}; run {run.name}")
+    first_val = _first_validation(run, trainer, main)
+    t0, start = time.monotonic(), trainer.step_count
+    interrupted = False
+    with Progress(st if main else _silent(st), "pretrain", total=cfg.steps) as bar, \
+            interrupts_as_keyboard_interrupt():
+        bar.update(trainer.step_count)
+        try:
+            while trainer.step_count < cfg.steps:
+                metrics = trainer.step()
+                n = trainer.step_count
+                if main and (n % cfg.log_every == 0 or n == cfg.steps):
+                    rate = (n - start) / max(time.monotonic() - t0, 1e-9)
+                    _append_metrics(run, {"step": n, "steps_per_s": rate, **metrics})
+                if n % cfg.val_every == 0 or n == cfg.steps:
+                    val = trainer.validate()
+                    if main:
+                        _append_metrics(run, {"step": n, **{f"val/{k}": v for k, v in val.items()}})
+                        bar.log(f"step {n}: " + "  ".join(f"val {k} {v:.4g}" for k, v in val.items()))
+                if main and n % cfg.checkpoint_every == 0:
+                    trainer.save_checkpoint(run / CHECKPOINT)
+                bar.update(1, **{k: metrics[k] for k in ("consistency", "reward_ce", "value_ce")})
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        if main:
+            trainer.save_checkpoint(run / CHECKPOINT)
+        dist.cleanup()
+        info(st, f"interrupted at step {trainer.step_count}; checkpoint saved. "
+                 f"Continue with `pwmctl pretrain --resume {run.name}`")
+        raise typer.Exit(130)
+    if not main:
+        dist.cleanup()
+        return
+    trainer.save_checkpoint(run / CHECKPOINT)
+    final = trainer.validate()
+    artifact = _publish(reg, run, name, trainer, cfg, model_cfg, refs, task_set, first_val, final,
+                        time.monotonic() - t0)
+    dist.cleanup()
+    doc = {"artifact": artifact.ref, "steps": trainer.step_count, "parameters": counts["total"],
+           "val_initial": first_val, "val_final": final, "run": run.name}
+    emit(st, doc, lambda: typer.echo(
+        f"published {artifact.ref}: {trainer.step_count} steps; held-out "
+        + ", ".join(f"{k} {first_val[k]:.4g} -> {final[k]:.4g}" for k in final)))
+
+
+def _choose_datasets(reg, task_set, data, allow_missing: bool, st) -> list[str]:
+    """Explicit --data refs, or every local dataset (newest version of each name) with tasks of the set."""
+    from pwm_core.data import open_dataset
+
+    if data:
+        artifacts = [reg.resolve(r, default_kind="dataset") for r in data]
+        wrong = [a.ref for a in artifacts if a.kind != "dataset"]
+        if wrong:
+            raise fail(f"--data needs datasets, got {', '.join(wrong)}")
+    else:
+        seen: set[str] = set()
+        artifacts = []
+        for a in reg.list(kind="dataset"):
+            if a.name not in seen and set(a.tasks) & set(task_set.names):
+                artifacts.append(a)
+            seen.add(a.name)
+    counts: dict[str, int] = {}
+    for a in artifacts:
+        for task, n in open_dataset(a.path / DATASET_DIR).per_task_counts().items():
+            if task in task_set:
+                counts[task] = counts.get(task, 0) + n
+    missing = [t for t in task_set.names if not counts.get(t)]
+    if not artifacts and allow_missing:  # --dry-run: show the plan even before any data exists
+        info(st, f"no local dataset has any task of {task_set.name} yet")
+        return []
+    if not artifacts:
+        raise fail(f"no local dataset has any task of {task_set.name}; collect some with "
+                   f"`pwmctl collect {task_set.name} --episodes 100` or import TD-MPC2's with "
+                   f"`pwmctl data import-tdmpc2 PATH`")
+    if missing and not allow_missing:
+        shown = ",".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise fail(f"no data for {len(missing)} task(s) of {task_set.name}: {shown}; run "
+                   f"`pwmctl collect {','.join(missing)} --episodes 100` (or `pwmctl data import-tdmpc2 PATH`), "
+                   f"or pass --allow-missing to train on what exists")
+    info(st, "datasets: " + ", ".join(a.ref for a in artifacts) + "; episodes per task: "
+         + ", ".join(f"{t} {n}" for t, n in counts.items()))
+    return [a.ref for a in artifacts]
+
+
+def _first_validation(run: Path, trainer, main: bool) -> dict:
+    """Held-out metrics of the untrained model, kept in the run folder so a resumed run reports them too."""
+    path = run / "val_initial.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    val = trainer.validate()
+    if main:
+        path.write_text(json.dumps(val))
+        _append_metrics(run, {"step": trainer.step_count, **{f"val/{k}": v for k, v in val.items()}})
+    return val
+
+
+def _publish(reg, run, name, trainer, cfg, model_cfg, refs, task_set, first_val, final, seconds):
+    from pwm_core.nn import save_world_model
+
+    with reg.stage("worldmodel", name) as staging:
+        save_world_model(trainer.model, staging.path)
+        (staging.path / "metrics.jsonl").write_bytes((run / METRICS).read_bytes())
+        return staging.publish(
+            parents=refs, tasks=list(task_set.names),
+            config={"pretrain": cfg.to_dict(), "model": model_cfg.to_dict()},
+            metrics={"steps": trainer.step_count, "train_seconds": round(seconds, 1),
+                     **{f"val_initial/{k}": v for k, v in first_val.items()},
+                     **{f"val/{k}": v for k, v in final.items()}},
+            extra={"run": run.name})
+
+
+def _print_dry_run(doc: dict) -> None:
+    typer.echo(f"world model {doc['name']}: tasks {', '.join(doc['tasks'][:6])}"
+               + (f" (+{len(doc['tasks']) - 6} more)" if len(doc["tasks"]) > 6 else ""))
+    typer.echo(f"datasets: {', '.join(doc['datasets']) or '(none)'}")
+    m = doc["model"]
+    typer.echo(f"model: size {doc['pretrain']['size']}, obs {m['obs_dim']}, act {m['act_dim']}, latent "
+               f"{m['latent_dim']}, task_dim {m['task_dim']}, enc {m['enc_dim']}x{m['num_enc_layers'] - 1}, "
+               f"mlp {m['mlp_dim']}, {m['num_q']} Q heads")
+    typer.echo("parameters: " + ", ".join(f"{k} {v:,}" for k, v in doc["parameters"].items()))
+    typer.echo("pretrain config: " + json.dumps(doc["pretrain"]))
+
+
+def _append_metrics(run: Path, row: dict) -> None:
+    with open(run / METRICS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _write_plan(run: Path, plan: dict) -> None:
+    (run / PLAN).write_text(json.dumps(plan, indent=2))
+
+
+def _read_plan(run: Path) -> dict:
+    try:
+        return json.loads((run / PLAN).read_text())
+    except FileNotFoundError:
+        raise fail(f"run {run.name} is not a pretrain run (no {PLAN})") from None
+
+
+def _silent(st):
+    from dataclasses import replace
+
+    return replace(st, verbosity=-1)
+
+
+def import_checkpoint(
+    ctx: typer.Context,
+    path: Path = typer.Argument(..., help="TD-MPC2 or PWM checkpoint (.pt; state dict under 'model')."),
+    tasks: str = typer.Option(..., "--tasks", help="mt30 | mt80: the set the checkpoint was trained on."),
+    size: str = typer.Option(..., "--size", help="1M, 5M, 19M, 48M or 317M: must match the file."),
+    name: str = typer.Option(None, "--name", help="World-model name [default: <tasks>-<size>]."),
+) -> None:
+    """Convert a released TD-MPC2 / PWM `.pt` checkpoint into a worldmodel artifact (safetensors).
+
+    Loads with `torch.load(weights_only=True)`: nothing is unpickled beyond tensors. Any missing,
+    unexpected or mis-shaped tensor fails with the list of them.
+    """
+    from pwm_core.nn import count_parameters, save_world_model, world_model_config
+    from pwm_core.nn.checkpoint import import_tdmpc2_checkpoint
+    from pwm_core.tasks import resolve_tasks
+
+    st = state(ctx)
+    if not path.is_file():
+        raise fail(f"no such checkpoint file: {path}")
+    task_set = resolve_tasks(tasks)
+    model_cfg = world_model_config(size, task_set)
+    model = import_tdmpc2_checkpoint(path, model_cfg)
+    reg = st.registry()
+    name = name or f"{task_set.name}-{model_cfg.size.lower()}"
+    with reg.stage("worldmodel", name) as staging:
+        save_world_model(model, staging.path)
+        artifact = staging.publish(tasks=list(task_set.names), config={"model": model_cfg.to_dict()},
+                                   metrics={"parameters": count_parameters(model_cfg)["total"]},
+                                   extra={"imported_from": str(path.resolve())})
+    emit(st, {"artifact": artifact.ref, "source": str(path)},
+         lambda: typer.echo(f"published {artifact.ref} from {path}"))

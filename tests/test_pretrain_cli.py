@@ -1,0 +1,132 @@
+"""`pwmctl pretrain` and `pwmctl import-checkpoint` as a user runs them, on tiny data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pwmctl.cli import app
+
+TINY = ["--size", "1M", "--batch-size", "8", "--horizon", "3", "--set", "val_every=10", "--set", "log_every=5",
+        "--set", "val_batches=1"]
+
+
+def run(home: Path, *args: str, code: int = 0):
+    result = CliRunner().invoke(app, ["--home", str(home), *args], env={"NO_COLOR": "1", "COLUMNS": "200"})
+    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
+    return result
+
+
+def run_json(home: Path, *args: str) -> dict:
+    return json.loads(run(home, "--format", "json", *args).stdout)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    """A registry with two tiny real datasets (cartpole-balance, pendulum-swingup)."""
+    home = tmp_path_factory.mktemp("pwm")
+    run(home, "collect", "cartpole-balance", "-n", "2")
+    run(home, "collect", "pendulum-swingup", "-n", "2")
+    return home
+
+
+def test_dry_run_prints_tdmpc2_parameter_counts(tmp_path):
+    doc = run_json(tmp_path, "pretrain", "--tasks", "mt80", "--size", "48M", "--dry-run")
+    assert round(doc["parameters"]["total"] / 1e6, 1) == 48.8
+    assert doc["model"]["task_dim"] == 96 and doc["model"]["latent_dim"] == 768
+    doc = run_json(tmp_path, "pretrain", "--tasks", "mt30", "--size", "5M", "--dry-run")
+    assert round(doc["parameters"]["total"] / 1e6, 2) == 5.24
+    human = run(tmp_path, "pretrain", "--tasks", "mt80", "--size", "48M", "--dry-run").stdout
+    assert "total 48," in human
+
+
+def test_pretrain_without_data_names_the_missing_tasks(home):
+    result = run(home, "pretrain", "--tasks", "cartpole-balance,walker-walk", *TINY, "--steps", "2", code=2)
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "walker-walk" in line and "pwmctl collect walker-walk" in line
+
+
+def test_pretrain_publishes_a_world_model_with_lineage(home):
+    doc = run_json(home, "pretrain", "--tasks", "cartpole-balance,pendulum-swingup", *TINY, "--steps", "20")
+    assert doc["artifact"] == "worldmodel/cartpole-balance_pendulum-swingup-1m:v1" and doc["steps"] == 20
+    assert set(doc["val_final"]) >= {"consistency", "reward_ce", "reward_mae"}
+    shown = run_json(home, "show", doc["artifact"])
+    assert sorted(shown["parents"]) == ["dataset/cartpole-balance:v1", "dataset/pendulum-swingup:v1"]
+    files = set(shown["manifest"]["files"])
+    assert {"model.safetensors", "config.yaml", "metrics.jsonl"} <= files
+
+    from pwm_core.nn import load_world_model
+
+    model = load_world_model(Path(shown["path"]))
+    assert model.cfg.task_names == ["cartpole-balance", "pendulum-swingup"]
+
+
+def test_corrupted_weights_give_one_clear_error(home, tmp_path):
+    from pwm_core.errors import PwmError
+    from pwm_core.nn import load_world_model
+
+    doc = run_json(home, "ls", "worldmodel")
+    if not doc["artifacts"]:
+        pytest.skip("needs the published world model of the test above")
+    src = Path(doc["artifacts"][0]["path"])
+    broken = tmp_path / "wm"
+    broken.mkdir()
+    (broken / "config.yaml").write_bytes((src / "config.yaml").read_bytes())
+    (broken / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(PwmError) as e:
+        load_world_model(broken)
+    assert "corrupt" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_killed_pretrain_resumes_from_its_checkpoint(home):
+    env = {**os.environ, "PWM_HOME": str(home)}
+    args = [sys.executable, "-m", "pwmctl", "pretrain", "--tasks", "cartpole-balance", *TINY,
+            "--steps", "100000", "--set", "checkpoint_every=5", "--name", "killed"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline, ckpt = time.monotonic() + 180, None
+    while time.monotonic() < deadline and ckpt is None:
+        found = list(home.glob("runs/pretrain-*/checkpoint.pt"))
+        ckpt = next((p for p in found if "killed" in (p.parent / "plan.json").read_text()), None)
+        time.sleep(0.5)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt is not None, proc.stderr.read().decode()
+    assert run_json(home, "ls", "worldmodel", "--all")["artifacts"] == [] or all(
+        a["name"] != "killed" for a in run_json(home, "ls", "worldmodel", "--all")["artifacts"])
+
+    import torch
+
+    saved = torch.load(ckpt, weights_only=True)["step"]
+    assert saved >= 5 and saved % 5 == 0
+    doc = run_json(home, "pretrain", "--resume", ckpt.parent.name, "--steps", str(saved + 5))
+    assert doc["steps"] == saved + 5 and doc["artifact"] == "worldmodel/killed:v1"
+
+
+def test_import_checkpoint_round_trips_a_tdmpc2_file(tmp_path):
+    import torch
+
+    from pwm_core.nn import WorldModel, load_world_model, world_model_config
+    from pwm_core.nn.checkpoint import tdmpc2_state_dict
+    from pwm_core.tasks import resolve_tasks
+
+    cfg = world_model_config("1M", resolve_tasks("mt30"))
+    model = WorldModel(cfg).eval()
+    torch.save({"model": tdmpc2_state_dict(model)}, tmp_path / "mt30-1M.pt")
+    doc = run_json(tmp_path, "import-checkpoint", str(tmp_path / "mt30-1M.pt"), "--tasks", "mt30", "--size", "1M")
+    assert doc["artifact"] == "worldmodel/mt30-1m:v1"
+    loaded = load_world_model(tmp_path / "artifacts" / "worldmodel" / "mt30-1m" / "v1").eval()
+    obs, task = torch.randn(4, 24), torch.tensor([0, 1, 8, 29])
+    assert torch.equal(model.encode(obs, task), loaded.encode(obs, task))
+
+    result = run(tmp_path, "import-checkpoint", str(tmp_path / "mt30-1M.pt"), "--tasks", "mt30", "--size", "5M",
+                 code=2)
+    assert len(result.stderr.strip().splitlines()) == 1 and "mis-shaped" in result.stderr
