@@ -130,3 +130,17 @@ def test_import_checkpoint_round_trips_a_tdmpc2_file(tmp_path):
     result = run(tmp_path, "import-checkpoint", str(tmp_path / "mt30-1M.pt"), "--tasks", "mt30", "--size", "5M",
                  code=2)
     assert len(result.stderr.strip().splitlines()) == 1 and "mis-shaped" in result.stderr
+
+
+def test_torchrun_two_cpu_ranks_publish_one_world_model(home):
+    """`torchrun --nproc-per-node 2 -m pwmctl pretrain ...`: gloo on CPU, rank 0 publishes once."""
+    env = {**os.environ, "PWM_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "pwmctl", "--format", "json", "pretrain",
+                          "--tasks", "cartpole-balance", *TINY, "--steps", "4", "--name", "ddp"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)  # one JSON document: rank 1 prints nothing
+    assert doc["artifact"] == "worldmodel/ddp:v1" and doc["steps"] == 4
+    assert [a["ref"] for a in run_json(home, "ls", "worldmodel", "--all")["artifacts"] if a["name"] == "ddp"] == [
+        "worldmodel/ddp:v1"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def pretrain(
     from pwm_core.train.pretrain import PretrainConfig, model_config
 
     st = state(ctx)
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 talks
+        st = _silent(st)
     reg = st.registry()
     run = reg.run_dir(resume) if resume else None
     if run is not None:
