@@ -88,7 +88,7 @@ def root(
 
 
 def _register() -> None:
-    from pwmctl.commands import artifacts, collect, data, pretrain, system
+    from pwmctl.commands import artifacts, collect, config, data, pretrain, system
 
     app.command("collect", rich_help_panel="Data")(collect.collect)
     app.add_typer(data.app, name="data", rich_help_panel="Data")
@@ -97,6 +97,7 @@ def _register() -> None:
     for name, fn in (("ls", artifacts.ls), ("show", artifacts.show), ("rm", artifacts.rm),
                      ("verify", artifacts.verify)):
         app.command(name, rich_help_panel="Artifacts")(fn)
+    app.add_typer(config.app, name="config", rich_help_panel="System")
     app.command("tasks", rich_help_panel="System")(system.tasks)
     app.command("doctor", rich_help_panel="System")(system.doctor)
 

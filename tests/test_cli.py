@@ -165,3 +165,17 @@ def test_sigint_publishes_completed_episodes(home):
 def test_doctor_json(home):
     doc = run_json(home, "doctor")
     assert doc["versions"]["torch"].startswith("2.") and "egl" in doc["render"]
+
+
+def test_config_set_get_list_and_typos(home):
+    run(home, "config", "set", "hub.namespace", "me")
+    assert run(home, "config", "get", "hub.namespace").stdout.strip() == "me"
+    assert run_json(home, "config", "list")["settings"] == {"hub.namespace": "me"}
+    assert run(home, "config", "get", "device", ok=False).exit_code == 1  # unset
+    bad = run(home, "config", "set", "hub.namespac", "x", ok=False)
+    assert bad.exit_code == 2 and "hub.namespace" in bad.stderr
+    assert run(home, "config", "set", "size", "7M", ok=False).exit_code == 2
+    run(home, "config", "set", "size", "48M")
+    assert run_json(home, "pretrain", "--tasks", "mt30", "--dry-run")["pretrain"]["size"] == "48M"
+    run(home, "config", "unset", "size")
+    assert "size" not in run_json(home, "config", "list")["settings"]

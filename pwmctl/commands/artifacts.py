@@ -47,7 +47,9 @@ def ls(
                        + f" in {st.home}")
             return
         table = Table()
-        for col in ("artifact", "created", "tasks", "size", "summary"):
+        table.add_column("artifact", no_wrap=True)
+        table.add_column("created", no_wrap=True)
+        for col in ("tasks", "size", "summary"):
             table.add_column(col)
         for a in artifacts:
             tasks = ", ".join(a.tasks[:3]) + (f" +{len(a.tasks) - 3}" if len(a.tasks) > 3 else "")
@@ -130,10 +132,18 @@ def verify(
         raise typer.Exit(1)
 
 
+# The metrics worth a glance in `ls`, per kind (all of them are in `show` and --format json).
+_SUMMARY_KEYS = {
+    "dataset": ("episodes", "transitions", "mean_return"),
+    "worldmodel": ("steps", "val/consistency", "val/reward_mae"),
+}
+
+
 def _metrics_line(a) -> str:
     m = a.metrics or {}
-    parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in list(m.items())[:3]
-             if isinstance(v, (int, float))]
+    keys = _SUMMARY_KEYS.get(a.kind) or [k for k, v in m.items() if isinstance(v, (int, float))][:3]
+    parts = [f"{k.removeprefix('val/')} {m[k]:.4g}" if isinstance(m[k], float) else f"{k} {m[k]}"
+             for k in keys if k in m]
     return ", ".join(parts)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from pwmctl.commands.collect import DATASET_DIR
+from pwmctl.commands.config import read_config
 from pwmctl.console import Progress, emit, fail, info, interrupts_as_keyboard_interrupt, state
 
 PLAN = "plan.json"
@@ -66,6 +67,8 @@ def pretrain(
             raise fail("name the model's task set: --tasks mt30, --tasks mt80 or --tasks walker-walk,cheetah-run")
         task_set = resolve_tasks(tasks)
         cfg = PretrainConfig()
+        user = read_config(st.home)  # `pwmctl config set size 48M` etc.: below every explicit source
+        cfg.size, cfg.device = user.get("size", cfg.size), user.get("device", cfg.device)
         if config is not None:
             load_yaml_into(cfg, config)
         apply_overrides(cfg, overrides or [])

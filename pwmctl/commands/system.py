@@ -81,7 +81,7 @@ def tasks(
 def _render_table(table: Table) -> str:
     from rich.console import Console
 
-    console = Console(width=max(100, shutil.get_terminal_size().columns), record=True, file=open(os.devnull, "w"))
+    console = Console(width=max(120, shutil.get_terminal_size().columns), record=True, file=open(os.devnull, "w"))
     console.print(table)
     return console.export_text().rstrip()
 

@@ -1,0 +1,101 @@
+"""`pwmctl config get | set | unset | list`: user defaults in $PWM_HOME/config.yaml."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+import typer
+import yaml
+
+from pwmctl.console import emit, fail, state
+
+app = typer.Typer(help="User defaults (Hub namespace, device, model size) in $PWM_HOME/config.yaml.",
+                  no_args_is_help=True)
+
+# key -> (help, allowed values or None)
+KEYS: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "hub.namespace": ("Hub user or organisation that `pwmctl push` names repos under", None),
+    "hub.endpoint": ("Hub endpoint URL (default: huggingface_hub's, or HF_ENDPOINT)", None),
+    "device": ("default --device for training and evaluation: auto, cpu, cuda, cuda:N", None),
+    "size": ("default world-model --size", ("1M", "5M", "19M", "48M", "317M")),
+}
+
+
+def config_path(home: Path) -> Path:
+    return home / "config.yaml"
+
+
+def read_config(home: Path) -> dict[str, str]:
+    """The user's defaults (flat dotted keys); {} when there is no config file."""
+    path = config_path(home)
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise fail(f"{path} is not valid YAML ({e.__class__.__name__}); fix or delete it") from None
+    if not isinstance(data, dict):
+        raise fail(f"{path} must hold a mapping of settings; fix or delete it")
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def _write(home: Path, values: dict[str, str]) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = config_path(home).with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(dict(sorted(values.items())), sort_keys=False))
+    os.replace(tmp, config_path(home))  # never a half-written config
+
+
+def _check_key(key: str) -> None:
+    if key not in KEYS:
+        close = difflib.get_close_matches(key, KEYS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(KEYS)}"
+        raise fail(f"unknown setting {key!r}: {hint}")
+
+
+@app.command("list")
+def config_list(ctx: typer.Context) -> None:
+    """Every setting with its value (or unset) and what it does."""
+    st = state(ctx)
+    values = read_config(st.home)
+    emit(st, {"path": str(config_path(st.home)), "settings": values}, lambda: [
+        typer.echo(f"{k} = {values[k] if k in values else '(unset)'}    # {help_}") for k, (help_, _) in KEYS.items()])
+
+
+@app.command("get")
+def config_get(ctx: typer.Context, key: str = typer.Argument(..., help="Setting name, e.g. hub.namespace.")) -> None:
+    """Print one setting (exit 1 when it is unset)."""
+    st = state(ctx)
+    _check_key(key)
+    value = read_config(st.home).get(key)
+    emit(st, {"key": key, "value": value}, lambda: typer.echo(value if value is not None else "(unset)"))
+    if value is None:
+        raise typer.Exit(1)
+
+
+@app.command("set")
+def config_set(ctx: typer.Context, key: str = typer.Argument(..., help="Setting name."),
+               value: str = typer.Argument(..., help="New value.")) -> None:
+    """Set one setting."""
+    st = state(ctx)
+    _check_key(key)
+    allowed = KEYS[key][1]
+    if allowed is not None and value not in allowed:
+        raise fail(f"{key} must be one of {', '.join(allowed)}, not {value!r}")
+    values = read_config(st.home)
+    values[key] = value
+    _write(st.home, values)
+    emit(st, {"key": key, "value": value}, lambda: typer.echo(f"{key} = {value}"))
+
+
+@app.command("unset")
+def config_unset(ctx: typer.Context, key: str = typer.Argument(..., help="Setting name.")) -> None:
+    """Remove one setting."""
+    st = state(ctx)
+    _check_key(key)
+    values = read_config(st.home)
+    values.pop(key, None)
+    _write(st.home, values)
+    emit(st, {"key": key, "value": None}, lambda: typer.echo(f"{key} unset"))
