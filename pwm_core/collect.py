@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pwm_core.data import EpisodeWriter
-from pwm_core.envs import VectorEnv, random_action
+from pwm_core.envs import VectorEnv, lockstep, random_action
 from pwm_core.tasks import TaskSet, TaskSpec
 
 # A behaviour policy maps padded observations (N, O) and the tasks of the N envs to actions (N, A).
@@ -72,40 +72,30 @@ def collect(
     left = dict(todo)
     tasks = [t for t, _ in slots]
     seeds = [seed * 10_007 + i for i in range(len(slots))]
-    O, A = task_set.obs_dim, task_set.act_dim
-    venv = VectorEnv(tasks, seeds, O, A, workers=min(workers, len(slots)))
+    venv = VectorEnv(tasks, seeds, task_set.obs_dim, task_set.act_dim, workers=min(workers, len(slots)))
+    specs = venv.specs
+    episodes: list[_Episode | None] = [None] * len(slots)
+
+    def begin(i: int) -> bool:  # a slot starts another episode while its task still needs one
+        if left[tasks[i]] <= 0:
+            return False
+        left[tasks[i]] -= 1
+        return True
+
     try:
-        specs = venv.specs
-        active = np.ones(len(slots), dtype=bool)
-        for i, t in enumerate(tasks):  # a slot starts an episode only if its task still needs one
-            active[i] = left[t] > 0
-            left[t] -= int(active[i])
-        obs = venv.reset()
-        buffers = [_Episode(o) for o in obs]
-        while active.any():
-            actions = policy(obs, specs)
-            obs, reward, done, success = venv.step(actions)
-            result.env_steps += int(active.sum())
-            finished = []
-            for i in np.flatnonzero(active):
-                buffers[i].add(obs[i], actions[i], reward[i], success[i])
-                if done[i]:
-                    finished.append(i)
-            for i in finished:
-                ep = buffers[i]
-                writer.append_episode(np.stack(ep.obs), np.stack(ep.action), np.asarray(ep.reward, np.float32),
-                                      specs[i].id)
-                stats = EpisodeStats(tasks[i], float(np.sum(ep.reward)), len(ep.reward), ep.success)
-                result.episodes.append(stats)
-                if on_episode is not None:
-                    on_episode(stats)
-                active[i] = left[tasks[i]] > 0
-                left[tasks[i]] -= int(active[i])
-            if finished:
-                fresh = venv.reset(finished)
-                for i, o in zip(finished, fresh):
-                    buffers[i] = _Episode(o)
-                    obs[i] = o
+        for step in lockstep(venv, lambda obs, rows: policy(obs, [specs[i] for i in rows]), begin):
+            result.env_steps += len(step.rows)
+            for j, i in enumerate(step.rows):
+                ep = episodes[i] = episodes[i] or _Episode(step.obs[j])
+                ep.add(step.next_obs[j], step.action[j], step.reward[j], step.success[j])
+                if step.done[j]:  # commit the whole episode at once
+                    writer.append_episode(np.stack(ep.obs), np.stack(ep.action),
+                                          np.asarray(ep.reward, np.float32), specs[i].id)
+                    stats = EpisodeStats(tasks[i], float(np.sum(ep.reward)), len(ep.reward), ep.success)
+                    result.episodes.append(stats)
+                    if on_episode is not None:
+                        on_episode(stats)
+                    episodes[i] = None
     except KeyboardInterrupt:
         result.interrupted = True
     finally:

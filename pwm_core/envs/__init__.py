@@ -7,6 +7,7 @@
 """
 
 from pwm_core.envs.base import Env, PaddedEnv, make_env, random_action
+from pwm_core.envs.lockstep import Step, lockstep
 from pwm_core.envs.vector import VectorEnv
 
-__all__ = ["Env", "PaddedEnv", "VectorEnv", "make_env", "random_action"]
+__all__ = ["Env", "PaddedEnv", "Step", "VectorEnv", "lockstep", "make_env", "random_action"]

@@ -1,5 +1,6 @@
 """Neural networks: TD-MPC2's multi-task world model, its building blocks and checkpoint formats."""
 
+from pwm_core.nn.actor_critic import Actor, CriticEnsemble
 from pwm_core.nn.checkpoint import (
     import_tdmpc2_checkpoint,
     load_world_model,
@@ -12,7 +13,7 @@ from pwm_core.nn.sizes import SIZES, WorldModelConfig, count_parameters, world_m
 from pwm_core.nn.world_model import WorldModel
 
 __all__ = [
-    "SIZES", "NormedLinear", "QEnsemble", "SimNorm", "WorldModel", "WorldModelConfig",
+    "SIZES", "Actor", "CriticEnsemble", "NormedLinear", "QEnsemble", "SimNorm", "WorldModel", "WorldModelConfig",
     "almost_two_hot_inv", "count_parameters", "import_tdmpc2_checkpoint", "load_world_model", "mlp",
     "save_world_model", "soft_ce", "symexp", "symlog", "tdmpc2_state_dict", "two_hot",
     "two_hot_inv", "world_model_config",

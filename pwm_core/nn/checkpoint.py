@@ -59,15 +59,15 @@ def load_world_model(folder: str | Path, device: str | torch.device = "cpu") -> 
     try:
         raw = yaml.safe_load((folder / CONFIG_FILE).read_text())
     except yaml.YAMLError as e:
-        raise PwmError(f"{CONFIG_FILE} in {folder} is not valid YAML: {_one_line(e)}") from None
+        raise PwmError(f"{CONFIG_FILE} in {folder} is not valid YAML: {one_line(e)}") from None
     cfg = WorldModelConfig.from_dict(raw)
     try:
         tensors = load_file(folder / MODEL_FILE)
     except (SafetensorError, OSError, ValueError) as e:
-        raise PwmError(f"{MODEL_FILE} in {folder} is corrupt or truncated: {_one_line(e)}") from None
+        raise PwmError(f"{MODEL_FILE} in {folder} is corrupt or truncated: {one_line(e)}") from None
     model = WorldModel(cfg)
     expected = model.state_dict()
-    problems = _mismatch({k: v.shape for k, v in tensors.items()},
+    problems = shape_mismatch({k: v.shape for k, v in tensors.items()},
                          {k: v.shape for k, v in expected.items()})
     if problems:
         raise PwmError(f"{MODEL_FILE} does not match {CONFIG_FILE} in {folder}: {problems}")
@@ -109,7 +109,7 @@ def import_tdmpc2_checkpoint(path: str | Path, cfg: WorldModelConfig) -> WorldMo
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated zips and foreign pickles
-        raise PwmError(f"cannot read {path} as a TD-MPC2 checkpoint: {_one_line(e)}") from None
+        raise PwmError(f"cannot read {path} as a TD-MPC2 checkpoint: {one_line(e)}") from None
     sd = obj["model"] if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
     if not isinstance(sd, dict):
         raise PwmError(f"{path} holds a {type(sd).__name__}, not a state dict (or {{'model': ...}})")
@@ -145,7 +145,7 @@ def import_tdmpc2_checkpoint(path: str | Path, cfg: WorldModelConfig) -> WorldMo
         found["_action_masks"] = special["_action_masks"]
         required["_action_masks"] = expected["_action_masks"].shape
     shapes = {k: v.shape for k, v in found.items()}
-    problems = _mismatch(shapes, required, source, unexpected)
+    problems = shape_mismatch(shapes, required, source, unexpected)
     if problems:
         raise PwmError(f"{path} does not match the world-model config "
                        f"({cfg.size or 'custom size'}, {cfg.n_tasks} tasks): {problems}")
@@ -181,7 +181,7 @@ def _our_key(key: str) -> str:
     return key
 
 
-def _mismatch(found: dict[str, torch.Size], required: dict[str, torch.Size],
+def shape_mismatch(found: dict[str, torch.Size], required: dict[str, torch.Size],
               source: dict[str, str] | None = None, extra_unexpected: list[str] | None = None) -> str:
     """'' if ``found`` has exactly the ``required`` shapes; else one line naming every difference
     (under the file's key names given by ``source``)."""
@@ -202,6 +202,6 @@ def _listing(items: list[str]) -> str:
     return shown if len(items) <= _LIST_AT_MOST else f"{shown}, ... +{len(items) - _LIST_AT_MOST} more"
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return text or type(e).__name__

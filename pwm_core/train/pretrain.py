@@ -14,7 +14,6 @@ trained because their losses shape the latent space, and are dropped by PWM afte
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -32,7 +31,8 @@ from pwm_core.data.sampler import WindowSampler
 from pwm_core.errors import DatasetError, PwmError
 from pwm_core.nn import WorldModel, WorldModelConfig, world_model_config
 from pwm_core.nn.math import soft_ce, two_hot_inv
-from pwm_core.seeding import seed_everything
+from pwm_core.io import atomic_write
+from pwm_core.seeding import derived_seed, global_rng_state, seed_everything, set_global_rng_state
 from pwm_core.tasks import TaskSet
 from pwm_core.train import distributed
 
@@ -376,7 +376,7 @@ class Pretrainer:
             "model": self.model.state_dict(), "optim": self.optim.state_dict(),
             "pi_optim": self.pi_optim.state_dict(), "scale": self.scale.state_dict(),
             "sampler": self.sampler.generator.get_state(),
-            "rng": {**_global_rng_state(), "step": self._rng},
+            "rng": {**global_rng_state(), "step": self._rng},
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
@@ -394,14 +394,14 @@ class Pretrainer:
         self.pi_optim.load_state_dict(sd["pi_optim"])
         self.scale.load_state_dict(sd["scale"])
         self.step_count = int(sd["step"])
-        _set_global_rng_state(sd["rng"])
+        set_global_rng_state(sd["rng"])
         if self.rank == 0:
             self.sampler.generator.set_state(sd["sampler"])
             self._rng = dict(sd["rng"]["step"])
             if self.device.type == "cuda" and self._rng["cuda"].numel() == 0:  # written on CPU
                 self._rng["cuda"] = _seeded_rng_state(self.cfg.seed, self.device)["cuda"]
         else:  # the checkpoint holds rank 0's streams: give the other ranks fresh, distinct ones
-            seed = _derived_seed(self.cfg.seed, self.rank, self.step_count)
+            seed = derived_seed(self.cfg.seed, self.rank, self.step_count)
             self.sampler.generator.manual_seed(seed)
             self._rng = _seeded_rng_state(seed + 1, self.device)
 
@@ -409,14 +409,7 @@ class Pretrainer:
         """Write :meth:`state_dict` atomically (temporary file + rename); main rank only."""
         if not distributed.is_main():
             return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            torch.save(self.state_dict(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(Path(path), lambda f: torch.save(self.state_dict(), f))
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint file written by :meth:`save_checkpoint` (every rank reads it)."""
@@ -506,27 +499,3 @@ def _seeded_rng_state(seed: int, device: torch.device) -> dict[str, Tensor]:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         return _current_rng_state(device)
-
-
-def _global_rng_state() -> dict[str, Any]:
-    """torch / numpy / python global generators (model init and user code; the update has its own)."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": random.getstate(),
-    }
-
-
-def _set_global_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def _derived_seed(seed: int, rank: int, step: int) -> int:
-    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])

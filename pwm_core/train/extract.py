@@ -1,0 +1,663 @@
+"""PWM policy extraction: first-order policy learning through a frozen multi-task world model.
+
+For one task, a new actor and a 3-critic ensemble are trained on latents only (pwm-spec §4, §5).
+One iteration (:meth:`Extractor.step`, the official ``PWM.update`` with ``finetune_wm=False``):
+
+1. set the linearly decayed learning rates;
+2. z_0 = h(o, e) for B start observations of the task (obs[0] of H+1-step dataset windows);
+3. imagined rollout, H = 16: a_t = tanh(mu(sg z_t) + sigma eps), r_t = R(z_t, a_t) decoded in symlog
+   units, z_{t+1} = d(z_t, a_t), V_{t+1} = min_k V_k(z_{t+1});
+4. actor loss = mean_b -(sum_t gamma^t r_t + gamma^(H+1) V_H) / running std, one Adam step (clip 1);
+5. critic targets r_t + gamma V_{t+1} (the code's TD(lambda) with an all-ones done mask), then 8 passes
+   x 4 unshuffled time-major minibatches of MSE Adam steps (clip 100).
+
+Defaults reproduce the official multitask code, quirks included; the paper's variants are flags
+(``critic_target``, ``bootstrap``, ``mask_actions``, ``batch_size``). The world model's parameters
+take no gradient here: the official code computes world-model (and critic) gradients in the actor's
+backward pass and never uses them.
+
+The extracted policy is written as a self-contained artifact (:func:`save_policy`): encoder, the
+task's embedding row, actor and critics, enough to act from raw observations without the world model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+from torch import Tensor
+from torch.nn.utils import clip_grad_norm_
+
+from pwm_core.config import ConfigError, from_dict, to_dict
+from pwm_core.data import EpisodeDataset
+from pwm_core.data.sampler import WindowSampler
+from pwm_core.errors import PwmError
+from pwm_core.nn.actor_critic import Actor, CriticEnsemble
+from pwm_core.nn.checkpoint import one_line, shape_mismatch
+from pwm_core.nn.layers import SimNorm, mlp
+from pwm_core.nn.math import almost_two_hot_inv
+from pwm_core.nn.world_model import WorldModel
+from pwm_core.tasks import TASKS
+from pwm_core.train import distributed
+from pwm_core.io import atomic_write
+from pwm_core.seeding import derived_seed, global_rng_state, set_global_rng_state
+
+CHECKPOINT_FORMAT = "pwm-extract-checkpoint"
+CHECKPOINT_VERSION = 1
+POLICY_FORMAT = "pwm-policy"
+POLICY_VERSION = 1
+POLICY_FILE = "policy.safetensors"
+POLICY_CONFIG_FILE = "policy.yaml"
+RET_RMS_EPS = 1e-5  # official: actor_loss / sqrt(ret_rms.var + 1e-5)
+MAX_ABS_VALUE = 1e6  # official: abort when an imagined value exceeds this ("next value error")
+
+
+@dataclass
+class ExtractConfig:
+    """PWM's policy-extraction recipe; defaults = the official multitask run (config_mt30/80 + pwm_48M)."""
+
+    steps: int = 10_000  # actor updates; also the lr-decay length (general.epochs overrides max_epochs)
+    batch_size: int = 512  # imagination start states per update (buffer batch; the paper: 64)
+    horizon: int = 16  # H, imagined rollout length
+    gamma: float = 0.99  # discount, the same for every task (not TD-MPC2's per-task discount)
+    lam: float = 0.95  # TD(lambda) lambda (only with critic_target="td-lambda")
+    actor_lr: float = 5e-4  # initial actor lr
+    critic_lr: float = 5e-4  # initial critic lr
+    lr_end: float = 1e-5  # lr reached after `steps` updates (linear schedule, hard-coded in the code)
+    betas: tuple[float, float] = (0.7, 0.95)  # Adam betas of actor and critic
+    actor_grad_clip: float = 1.0  # actor gradient-norm clip
+    critic_grad_clip: float = 100.0  # critic gradient-norm clip
+    critic_iterations: int = 8  # passes over the critic dataset per update
+    critic_batches: int = 4  # minibatches per pass (size B*H/4 = 2048)
+    num_critics: int = 3  # value heads; min over heads for bootstrap and targets
+    # critic targets: the code's done mask is all ones, so TD(lambda) is one-step (§4.5); paper: td-lambda
+    critic_target: Literal["one-step", "td-lambda"] = "one-step"
+    bootstrap: Literal["gamma-h1", "gamma-h"] = "gamma-h1"  # code: gamma^(H+1) V(z_H) (§9.2); paper, SHAC: gamma^H
+    mask_actions: bool = False  # code drives padded action dims too (§9.6); True: zero them, as TD-MPC2
+    ret_rms: bool = True  # divide the actor loss by the running std of per-sample losses; False: by H
+    detach: bool = True  # the actor reads sg(z_t); the dynamics still get the live z_t
+    shuffle_critic: bool = False  # code: unshuffled time-major critic minibatches (§9.13)
+    actor_units: tuple[int, ...] = (400, 200, 100)  # actor hidden widths (alg yaml)
+    critic_units: tuple[int, ...] = (400, 200)  # critic hidden widths (alg yaml)
+    init_logstd: float = -1.0  # initial actor log-std (sigma ~ 0.368)
+    min_logstd: float = -1.427  # lower clamp of the actor log-std (sigma >= 0.240); no upper clamp
+    return_states: int = 64  # ours: fixed start states of the model_return metric
+    seed: int = 0  # actor/critic init, action noise, critic shuffling (the official runs use 42)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str | None = None  # None (fp32) or "bf16": rollout and critic forward passes under autocast
+    compile: bool = False  # torch.compile the imagined rollout
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExtractConfig:
+        """Inverse of :meth:`to_dict`; missing keys keep their defaults, unknown keys are an error."""
+        return from_dict(cls, d)
+
+
+# ----------------------------------------------------------------------------------- pure math
+def td_lambda_targets(rewards: Tensor, next_values: Tensor, done: Tensor, gamma: float, lam: float) -> Tensor:
+    """SHAC's TD(lambda) recursion (pwm-spec §4.4), backwards over t = H-1..0.
+
+    rewards r_t, next_values V(z_{t+1}), done d_t (1 where the rollout ends after step t): (H, B) ->
+    targets (H, B). With every d_t = 1 this is exactly r_t + gamma V(z_{t+1}).
+    """
+    H, B = rewards.shape
+    A = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
+    B_ = torch.zeros_like(A)
+    ell = torch.ones_like(A)  # lambda weight of the longest return
+    targets = torch.empty_like(rewards)
+    for t in reversed(range(H)):
+        d = done[t]
+        ell = ell * lam * (1.0 - d) + d
+        A = (1.0 - d) * (lam * gamma * A + gamma * next_values[t] + (1.0 - ell) / (1.0 - lam) * rewards[t])
+        B_ = gamma * (next_values[t] * d + B_ * (1.0 - d)) + rewards[t]
+        targets[t] = (1.0 - lam) * A + ell * B_
+    return targets
+
+
+def one_step_targets(rewards: Tensor, next_values: Tensor, gamma: float) -> Tensor:
+    """r_t + gamma V(z_{t+1}): (H, B), (H, B) -> (H, B)."""
+    return rewards + gamma * next_values
+
+
+def discounted_return(rewards: Tensor, terminal_value: Tensor, gamma: float, bootstrap: str) -> Tensor:
+    """sum_t gamma^t r_t + gamma^k V(z_H), k = H+1 ("gamma-h1", the code) or H ("gamma-h").
+
+    rewards (H, B), terminal_value (B,) -> (B,). The discount is a running product, as in the code.
+    """
+    if bootstrap not in ("gamma-h1", "gamma-h"):
+        raise ValueError(f"bootstrap must be 'gamma-h1' or 'gamma-h', got {bootstrap!r}")
+    G = torch.zeros_like(terminal_value)
+    discount = torch.ones_like(terminal_value)
+    for r in rewards:
+        G = G + discount * r
+        discount = discount * gamma
+    if bootstrap == "gamma-h1":
+        return G + gamma * discount * terminal_value  # the code advances the discount once more (§9.2)
+    return G + discount * terminal_value
+
+
+class RunningMeanStd:
+    """Running mean and population variance, merged batch by batch (Chan et al.'s parallel update).
+
+    Starts at count 1e-4, mean 0, var 1 (the official ``RunningMeanStd``). ``mean`` / ``var`` have
+    ``shape``; a batch is (N, *shape).
+    """
+
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4,
+                 device: torch.device | str = "cpu") -> None:
+        self.mean = torch.zeros(shape, device=device)
+        self.var = torch.ones(shape, device=device)
+        self.count = epsilon
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        batch_mean, batch_var, n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + n
+        m2 = self.var * self.count + batch_var * n + delta.square() * self.count * n / total
+        self.mean = self.mean + delta * n / total
+        self.var = m2 / total
+        self.count = total
+
+    def scale(self, x: Tensor) -> Tensor:
+        """x / sqrt(var + 1e-5): only the spread is divided out, the mean is not subtracted."""
+        return x / torch.sqrt(self.var + RET_RMS_EPS)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"mean": self.mean.clone(), "var": self.var.clone(),
+                "count": torch.tensor(self.count, dtype=torch.float64)}
+
+    def load_state_dict(self, sd: dict[str, Tensor]) -> None:
+        self.mean = sd["mean"].to(self.mean.device, self.mean.dtype).clone()
+        self.var = sd["var"].to(self.var.device, self.var.dtype).clone()
+        self.count = float(sd["count"])
+
+
+def critic_minibatches(z: Tensor, targets: Tensor, n_batches: int, shuffle: bool = False,
+                       generator: torch.Generator | None = None) -> list[tuple[Tensor, Tensor]]:
+    """The official ``CriticDataset``: z (H, B, L) and targets (H, B) flattened time-major to H*B rows,
+    rows whose latent has a NaN dropped, then contiguous slices of H*B // n_batches rows (the size is
+    fixed before dropping, so the last slice may be short). Unshuffled, batch k holds time steps
+    k*H/n .. (k+1)*H/n - 1 of every sample; ``shuffle`` permutes the rows once first.
+    """
+    H, B = targets.shape
+    size = H * B // n_batches
+    z, targets = z.reshape(H * B, -1), targets.reshape(H * B)
+    keep = ~z.isnan().any(-1)
+    z, targets = z[keep], targets[keep]
+    if shuffle:
+        perm = torch.randperm(targets.shape[0], generator=generator, device=targets.device)
+        z, targets = z[perm], targets[perm]
+    return [(z[i:i + size], targets[i:i + size]) for i in range(0, targets.shape[0], size)]
+
+
+def linear_lr(step: int, total: int, lr0: float, lr_end: float) -> float:
+    """lr at iteration ``step``: lr0 at 0, lr_end from ``total`` on (the code's float expression; the
+    code never runs past ``total``, where its expression would go on falling)."""
+    return (lr_end - lr0) * float(min(step, total) / total) + lr0
+
+
+# ---------------------------------------------------------------------------- imagined rollout
+class Rollout(NamedTuple):
+    z: Tensor  # (H, B, L) sg(z_t), t = 0..H-1: the critic's training inputs
+    reward: Tensor  # (H, B) r_t = R(z_t, a_t) in symlog units, NaN -> 0
+    next_value: Tensor  # (H, B) min_k V_k(z_{t+1}); [-1] carries the bootstrap's gradient
+
+
+def imagine(world_model: WorldModel, actor: Actor, critic: CriticEnsemble, z0: Tensor, task: Tensor,
+            horizon: int, eps: Tensor | None = None, mask: Tensor | None = None, detach: bool = True) -> Rollout:
+    """Roll the actor through the world model for ``horizon`` steps from z0 (B, L) (pwm-spec §4.3).
+
+    ``eps`` (H, B, A): the actor's noise; None = deterministic actions tanh(mu). ``mask`` (A,): multiply
+    the actions by the task's action mask. Gradients reach the actor through every later dynamics,
+    reward and value step; the critic's parameters take none (the code computes and discards them).
+    """
+    vmin, vmax = world_model.cfg.vmin, world_model.cfg.vmax
+    zs, rewards, values = [], [], []
+    z = z0
+    for t in range(horizon):
+        zs.append(z.detach())
+        a = actor(z.detach() if detach else z, deterministic=eps is None, eps=None if eps is None else eps[t])
+        if mask is not None:
+            a = a * mask  # action masking (TD-MPC2; not in PWM)
+        logits = world_model.reward(z, a, task).float()  # r_t from the pre-step latent z_t
+        r = almost_two_hot_inv(logits, vmin, vmax).squeeze(-1)  # symlog units: no symexp (§2.3)
+        rewards.append(torch.nan_to_num(r, 0.0, 0.0, 0.0))  # official: NaN reward -> 0
+        z = world_model.next(z, a, task)
+        values.append(critic.min(z, detach=True).squeeze(-1).float())
+    return Rollout(torch.stack(zs), torch.stack(rewards), torch.stack(values))
+
+
+# ------------------------------------------------------------------------------------ extractor
+class StartStates(Protocol):
+    """A WindowSampler-like source: ``sample()`` returns windows with ``obs`` (H+1, B, O), ``task`` (B,)."""
+
+    def sample(self) -> Any: ...
+
+
+class Extractor:
+    """Policy extraction for one task of a frozen world model; ``step()`` is one official ``update``.
+
+    ``start_states``: a WindowSampler-like object (its ``obs[0]`` are the start states, see
+    :func:`start_state_sampler`) or a callable returning (B, O) padded observations. Checkpoints
+    resume bitwise (on the same device type) when the source is a sampler with a ``generator`` (saved)
+    or a callable that draws from torch's, numpy's or python's global generators (restored).
+    Attributes: ``actor``, ``critic``, ``ret_rms``, ``step_count`` (updates done), ``world_model``
+    (moved to the device, switched to eval mode and frozen in place), ``task_row``, ``task_name``.
+    """
+
+    def __init__(self, cfg: ExtractConfig, world_model: WorldModel, task_row: int,
+                 start_states: Callable[[], Tensor] | StartStates, device: str | torch.device | None = None) -> None:
+        _check_config(cfg)
+        mcfg = world_model.cfg
+        if not 0 <= int(task_row) < mcfg.n_tasks:
+            raise PwmError(f"task row {task_row} out of range: the world model has {mcfg.n_tasks} tasks")
+        self.cfg, self.task_row, self.task_name = cfg, int(task_row), mcfg.task_names[int(task_row)]
+        self.device = distributed.resolve_device(cfg.device if device is None else device)
+        self.step_count = 0
+
+        # Frozen world model: no optimiser and no gradient to its weights (finetune_wm=False)
+        self.world_model = world_model.to(self.device).eval().requires_grad_(False)
+        self._task = torch.tensor(self.task_row, device=self.device)  # embedding row
+        self._mask = world_model.action_masks[self.task_row] if cfg.mask_actions else None
+
+        # Actor and critics from their own seed, leaving torch's global generator untouched
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)
+            self.actor = Actor(mcfg.latent_dim, mcfg.act_dim, cfg.actor_units, cfg.init_logstd,
+                               cfg.min_logstd).to(self.device)
+            self.critic = CriticEnsemble(mcfg.latent_dim, cfg.num_critics, cfg.critic_units).to(self.device)
+        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, betas=cfg.betas)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, betas=cfg.betas)
+        self.ret_rms = RunningMeanStd(device=self.device)
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed)  # action noise, shuffling
+
+        # Start states; the first draw also fixes the states of the model_return metric
+        self._sampler = start_states if hasattr(start_states, "sample") else None
+        self._source = None if self._sampler is not None else start_states
+        if self._sampler is not None:
+            batch = self._sampler.sample()
+            self._check_task(batch.task)
+            first = self._checked(batch.obs[0])
+        else:
+            first = self._start_obs()
+        self.return_obs = first[:cfg.return_states].clone()
+        self._rollout = torch.compile(imagine) if cfg.compile else imagine
+
+    # ------------------------------------------------------------------------------- training
+    def step(self) -> dict[str, float]:
+        """One update. Returns actor_loss, value_loss (mean over the critic minibatches),
+        actor_grad_norm and critic_grad_norm (before clipping; critic: its last minibatch),
+        imagined_reward (mean r_t of the rollout, symlog units), ret_std (the actor-loss divisor) and
+        model_return (see :meth:`model_return`)."""
+        cfg, H = self.cfg, self.cfg.horizon
+        # Linear lr decay towards lr_end over cfg.steps, set at the start of the iteration
+        for optim, lr0 in ((self.actor_optim, cfg.actor_lr), (self.critic_optim, cfg.critic_lr)):
+            for group in optim.param_groups:
+                group["lr"] = linear_lr(self.step_count, cfg.steps, lr0, cfg.lr_end)
+
+        # 1. Imagined rollout from B start states of this task (obs[0] of the windows only)
+        obs = self._start_obs()
+        eps = torch.randn(H, obs.shape[0], self.world_model.cfg.act_dim, generator=self.generator,
+                          device=self.device)
+        with self._autocast():
+            z0 = self.world_model.encode(obs, self._task)
+            roll = self._rollout(self.world_model, self.actor, self.critic, z0, self._task, H, eps,
+                                 self._mask, cfg.detach)
+        self._check_values(roll.next_value)
+
+        # 2. Actor: maximise the discounted imagined return plus the critic's bootstrap
+        loss = -discounted_return(roll.reward, roll.next_value[-1], cfg.gamma, cfg.bootstrap)  # (B,)
+        if cfg.ret_rms:
+            self.ret_rms.update(loss.detach())  # return normalisation: statistics include this batch,
+            loss = self.ret_rms.scale(loss)  # divide by the running std, no mean subtraction, no /H
+        else:
+            loss = loss / H
+        actor_loss = loss.mean()
+        self.actor_optim.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        actor_grad_norm = clip_grad_norm_(self.actor.parameters(), cfg.actor_grad_clip)
+        if torch.isnan(actor_grad_norm):
+            raise PwmError(f"NaN actor gradient at update {self.step_count}: the imagined rollout diverged; "
+                           "lower actor_lr or check the world model")
+        self.actor_optim.step()
+
+        # 3. Critic targets from this rollout's values (current critic, no target network)
+        reward, next_value = roll.reward.detach(), roll.next_value.detach()
+        if cfg.critic_target == "one-step":  # = the code's TD(lambda) recursion with its all-ones done mask
+            targets = one_step_targets(reward, next_value, cfg.gamma)
+        else:  # the paper's TD(lambda): the imagined trajectory ends only at the horizon
+            done = torch.zeros_like(reward)
+            done[-1] = 1.0
+            targets = td_lambda_targets(reward, next_value, done, cfg.gamma, cfg.lam)
+
+        # 4. Critic regression: critic_iterations passes x critic_batches minibatches of MSE
+        minibatches = critic_minibatches(roll.z, targets, cfg.critic_batches, cfg.shuffle_critic,
+                                         self.generator)
+        value_losses = []
+        for _ in range(cfg.critic_iterations):
+            for z, target in minibatches:
+                with self._autocast():
+                    values = self.critic(z).squeeze(-1).float()  # (K, n)
+                value_loss = (values - target).pow(2).mean()  # all heads regress the same target
+                self.critic_optim.zero_grad(set_to_none=True)
+                value_loss.backward()
+                for p in self.critic.parameters():
+                    p.grad.nan_to_num_(0.0, 0.0, 0.0)  # the code's "NaN fix": NaN/inf gradients -> 0
+                critic_grad_norm = clip_grad_norm_(self.critic.parameters(), cfg.critic_grad_clip)
+                self.critic_optim.step()
+                value_losses.append(value_loss.detach())
+
+        self.step_count += 1
+        out = {"actor_loss": actor_loss.detach(), "value_loss": torch.stack(value_losses).mean(),
+               "actor_grad_norm": actor_grad_norm, "critic_grad_norm": critic_grad_norm,
+               "imagined_reward": reward.mean(),
+               "ret_std": torch.sqrt(self.ret_rms.var + RET_RMS_EPS) if cfg.ret_rms else torch.tensor(float(H)),
+               "model_return": self._model_return()}
+        return dict(zip(out, torch.stack([v.float().to(self.device) for v in out.values()]).tolist()))
+
+    @torch.no_grad()
+    def model_return(self) -> float:
+        """The deterministic policy's model-predicted return from the fixed start states ``return_obs``:
+        sum_t gamma^t r_t + bootstrap, symlog units, averaged over the states. Unlike the normalised
+        actor loss it is comparable across updates (performance-notes.md)."""
+        return float(self._model_return())
+
+    @torch.no_grad()
+    def _model_return(self) -> Tensor:
+        with self._autocast():
+            z0 = self.world_model.encode(self.return_obs, self._task)
+            roll = imagine(self.world_model, self.actor, self.critic, z0, self._task, self.cfg.horizon,
+                           mask=self._mask)
+        return discounted_return(roll.reward, roll.next_value[-1], self.cfg.gamma, self.cfg.bootstrap).mean()
+
+    @torch.no_grad()
+    def act(self, obs: Tensor | np.ndarray, deterministic: bool = True) -> Tensor:
+        """obs (N, O) padded observations -> actions (N, A) (padded; the env takes the first
+        action_dims[task]). fp32 always; stochastic actions draw from torch's global generator."""
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        a = self.actor(self.world_model.encode(obs, self._task), deterministic=deterministic)
+        return a * self._mask if self._mask is not None else a
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue bitwise (tensors and plain data)."""
+        sampler = getattr(self._sampler, "generator", None)
+        return {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": self.step_count,
+            "config": self.cfg.to_dict(), "model_config": self.world_model.cfg.to_dict(),
+            "task_row": self.task_row, "task": self.task_name,
+            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+            "actor_optim": self.actor_optim.state_dict(), "critic_optim": self.critic_optim.state_dict(),
+            "ret_rms": self.ret_rms.state_dict(), "return_obs": self.return_obs.cpu(),
+            "rng": {**global_rng_state(), "device_type": self.device.type,
+                    "generator": self.generator.get_state(),
+                    "sampler": sampler.get_state() if sampler is not None else torch.empty(0, dtype=torch.uint8)},
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (same world-model config and task; the config may differ)."""
+        if sd["model_config"] != self.world_model.cfg.to_dict() or sd["task_row"] != self.task_row:
+            raise PwmError(f"the checkpoint extracts task {sd['task']!r} (row {sd['task_row']}) of another "
+                           f"world model; this extractor has {self.task_name!r} (row {self.task_row})")
+        self.actor.load_state_dict(sd["actor"])
+        self.critic.load_state_dict(sd["critic"])
+        self.actor_optim.load_state_dict(sd["actor_optim"])
+        self.critic_optim.load_state_dict(sd["critic_optim"])
+        self.ret_rms.load_state_dict(sd["ret_rms"])
+        self.return_obs = sd["return_obs"].to(self.device)
+        self.step_count = int(sd["step"])
+        rng = sd["rng"]
+        set_global_rng_state(rng)
+        if rng["device_type"] == self.device.type:
+            self.generator.set_state(rng["generator"])
+        else:  # a CPU checkpoint resumed on CUDA (or back): the noise stream cannot carry over
+            self.generator.manual_seed(derived_seed(self.cfg.seed, 0, self.step_count))
+        sampler = getattr(self._sampler, "generator", None)
+        if sampler is not None and rng["sampler"].numel():
+            sampler.set_state(rng["sampler"])
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Write :meth:`state_dict` atomically (temporary file + rename)."""
+        atomic_write(Path(path), lambda f: torch.save(self.state_dict(), f))
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Continue from a file written by :meth:`save_checkpoint`."""
+        self.load_state_dict(read_checkpoint(path))
+
+    # --------------------------------------------------------------------------------- helpers
+    def _start_obs(self) -> Tensor:
+        obs = self._sampler.sample().obs[0] if self._sampler is not None else self._source()
+        return self._checked(obs)
+
+    def _checked(self, obs: Tensor) -> Tensor:
+        want = (self.cfg.batch_size, self.world_model.cfg.obs_dim)
+        if tuple(obs.shape) != want:
+            raise PwmError(f"start states of shape {tuple(obs.shape)}, expected {want} "
+                           "(batch_size x the world model's padded obs dim)")
+        return obs.to(self.device, torch.float32)
+
+    def _check_task(self, task_ids: Tensor) -> None:
+        spec = TASKS.get(self.task_name)
+        if spec is not None and bool((task_ids != spec.id).any()):
+            raise PwmError(f"the start-state sampler yields windows of other tasks than {self.task_name!r}; "
+                           "build it with tasks=[that task] (see start_state_sampler)")
+
+    def _check_values(self, values: Tensor) -> None:
+        if bool((values.abs() > MAX_ABS_VALUE).any()):
+            raise PwmError(f"an imagined value exceeds {MAX_ABS_VALUE:g} at update {self.step_count}: the "
+                           "critic diverged; lower critic_lr or check the world model")
+
+    def _autocast(self):
+        if self.cfg.amp == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+
+def start_state_sampler(datasets: Sequence[EpisodeDataset], world_model: WorldModel, task_row: int,
+                        cfg: ExtractConfig, device: str | torch.device | None = None) -> WindowSampler:
+    """Windows of H+1 rows of the task at ``task_row`` only, padded to the world model's dims; their obs[0]
+    are the start states. The official buffer draws 17-step slices the same way, from a bootstrap
+    resample of (at most 24,000) episodes; here every stored episode is used as it is."""
+    name = world_model.cfg.task_names[task_row]
+    if name not in TASKS:
+        raise PwmError(f"task {name!r} of the world model is not a known task: cannot select its episodes")
+    mcfg = world_model.cfg
+    return WindowSampler(datasets, cfg.horizon, cfg.batch_size, tasks=[TASKS[name].id], seed=cfg.seed,
+                         device=distributed.resolve_device(cfg.device if device is None else device),
+                         obs_dim=mcfg.obs_dim, act_dim=mcfg.act_dim)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read an extraction checkpoint (no code is unpickled: ``weights_only=True``)."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PwmError(f"no checkpoint at {os.fspath(path)}") from None
+    except Exception as e:  # torch raises several types for truncated zips and foreign pickles
+        raise PwmError(f"cannot read {os.fspath(path)} as a checkpoint: {one_line(e)}") from None
+    if not isinstance(sd, dict) or sd.get("format") != CHECKPOINT_FORMAT:
+        raise PwmError(f"{os.fspath(path)} is not a pwmctl extraction checkpoint")
+    if sd.get("version", 0) > CHECKPOINT_VERSION:
+        raise PwmError(f"{os.fspath(path)} was written by a newer pwmctl (checkpoint version {sd['version']}); "
+                       "upgrade pwmctl to resume it")
+    return sd
+
+
+def _check_config(cfg: ExtractConfig) -> None:
+    if cfg.amp not in (None, "bf16"):
+        raise ConfigError(f"amp: {cfg.amp!r} is not supported; use none or bf16")
+    if cfg.critic_target not in ("one-step", "td-lambda"):
+        raise ConfigError(f"critic_target: {cfg.critic_target!r} is not one of ['one-step', 'td-lambda']")
+    if cfg.bootstrap not in ("gamma-h1", "gamma-h"):
+        raise ConfigError(f"bootstrap: {cfg.bootstrap!r} is not one of ['gamma-h1', 'gamma-h']")
+    if min(cfg.steps, cfg.batch_size, cfg.horizon, cfg.critic_iterations, cfg.critic_batches, cfg.num_critics,
+           cfg.return_states) < 1:
+        raise ConfigError("steps, batch_size, horizon, critic_iterations, critic_batches, num_critics and "
+                          "return_states must all be >= 1")
+    if cfg.critic_batches > cfg.batch_size * cfg.horizon:
+        raise ConfigError(f"critic_batches {cfg.critic_batches} > batch_size x horizon "
+                          f"({cfg.batch_size * cfg.horizon} critic samples per update)")
+
+
+# ------------------------------------------------------------------------------ policy artifact
+_POLICY_KEYS = ("task", "task_row", "obs_dim", "act_dim", "task_obs_dim", "task_act_dim", "task_dim",
+                "latent_dim", "encoder_units", "simnorm_dim", "actor_units", "min_logstd", "critic_units",
+                "num_critics")
+
+
+def policy_config(extractor: Extractor) -> dict[str, Any]:
+    """The plain-data half of a policy artifact (policy.yaml): dims, layer widths, provenance."""
+    wm, cfg, row = extractor.world_model, extractor.cfg, extractor.task_row
+    spec = TASKS.get(extractor.task_name)
+    return {
+        "format": POLICY_FORMAT, "version": POLICY_VERSION, "task": extractor.task_name, "task_row": row,
+        "obs_dim": wm.cfg.obs_dim, "act_dim": wm.cfg.act_dim,
+        "task_obs_dim": spec.obs_dim if spec is not None else wm.cfg.obs_dim,
+        "task_act_dim": wm.cfg.action_dims[row], "task_dim": wm.cfg.task_dim, "latent_dim": wm.cfg.latent_dim,
+        "encoder_units": [layer.out_features for layer in list(wm._encoder)[:-1]],
+        "simnorm_dim": wm.cfg.simnorm_dim, "actor_units": list(cfg.actor_units), "min_logstd": cfg.min_logstd,
+        "critic_units": list(cfg.critic_units), "num_critics": cfg.num_critics,
+        "steps": extractor.step_count, "extract": cfg.to_dict(),
+    }
+
+
+@torch.no_grad()
+def policy_tensors(extractor: Extractor) -> dict[str, Tensor]:
+    """The tensor half of a policy artifact, under :class:`Policy`'s state-dict keys: the world model's
+    encoder (``encoder.*``), the task's embedding row as the encoder sees it (max_norm applied),
+    ``actor.*``, ``critic.*`` and the return statistics ``ret_rms_{mean,var,count}``."""
+    wm = extractor.world_model
+    tensors = {f"encoder.{k}": v for k, v in wm._encoder.state_dict().items()}
+    tensors["task_embedding"] = wm._task_emb(extractor._task)
+    tensors.update({f"actor.{k}": v for k, v in extractor.actor.state_dict().items()})
+    tensors.update({f"critic.{k}": v for k, v in extractor.critic.state_dict().items()})
+    rms = extractor.ret_rms.state_dict()
+    tensors.update({f"ret_rms_{k}": rms[k] for k in ("mean", "var", "count")})
+    return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+
+
+class Policy(nn.Module):
+    """An extracted policy that acts from raw observations: z = h(o, e_task), a = tanh(mu(z)).
+
+    Built from :func:`policy_config` data and :func:`policy_tensors` (or :func:`load_policy`); needs
+    no world model. ``critic`` and the ``ret_rms_*`` buffers are kept for value queries and planning.
+    """
+
+    def __init__(self, config: dict[str, Any], tensors: dict[str, Tensor] | None = None) -> None:
+        super().__init__()
+        missing = [k for k in _POLICY_KEYS if k not in config]
+        if missing:
+            raise PwmError(f"policy config: missing keys {', '.join(missing)}")
+        self.config = c = dict(config)
+        self.encoder = mlp(c["obs_dim"] + c["task_dim"], list(c["encoder_units"]), c["latent_dim"],
+                           act=SimNorm(c["simnorm_dim"]))
+        self.register_buffer("task_embedding", torch.zeros(c["task_dim"]))
+        self.actor = Actor(c["latent_dim"], c["act_dim"], c["actor_units"], min_logstd=c["min_logstd"])
+        self.critic = CriticEnsemble(c["latent_dim"], c["num_critics"], c["critic_units"])
+        self.register_buffer("ret_rms_mean", torch.zeros(()))
+        self.register_buffer("ret_rms_var", torch.ones(()))
+        self.register_buffer("ret_rms_count", torch.zeros((), dtype=torch.float64))
+        if tensors is not None:
+            self.load_tensors(tensors)
+        self.eval()
+
+    @classmethod
+    def from_extractor(cls, extractor: Extractor) -> Policy:
+        """The extractor's current policy, on the CPU."""
+        return cls(policy_config(extractor), policy_tensors(extractor))
+
+    def load_tensors(self, tensors: dict[str, Tensor], where: str = "policy tensors") -> None:
+        """Load :func:`policy_tensors`; any missing, unexpected or mis-shaped tensor is one PwmError."""
+        problems = shape_mismatch({k: v.shape for k, v in tensors.items()},
+                             {k: v.shape for k, v in self.state_dict().items()})
+        if problems:
+            raise PwmError(f"{where} do not match the policy config: {problems}")
+        self.load_state_dict(tensors)
+
+    def encode(self, obs: Tensor) -> Tensor:
+        """obs (N, O) padded -> z (N, L); the world model's encode with this task's embedding row."""
+        return self.encoder(torch.cat([obs, self.task_embedding.expand(*obs.shape[:-1], -1)], dim=-1))
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | Tensor, deterministic: bool = True) -> np.ndarray:
+        """obs (N, O) padded or (N, task obs dim) -> actions (N, task act dim) in [-1, 1], float32.
+
+        A single observation (O,) gives one action (task act dim,). Stochastic actions draw from torch's
+        global generator.
+        """
+        x = self._obs(obs)
+        a = self.actor(self.encode(x), deterministic=deterministic)[..., :self.config["task_act_dim"]]
+        a = a.float().cpu().numpy()
+        return a[0] if np.ndim(obs) == 1 else a
+
+    @torch.no_grad()
+    def value(self, obs: np.ndarray | Tensor) -> np.ndarray:
+        """min_k V_k(h(o)) in symlog return units: obs as in :meth:`act` -> (N,) (or a scalar)."""
+        v = self.critic.min(self.encode(self._obs(obs))).squeeze(-1).float().cpu().numpy()
+        return v[0] if np.ndim(obs) == 1 else v
+
+    def _obs(self, obs: np.ndarray | Tensor) -> Tensor:
+        x = torch.as_tensor(obs, dtype=torch.float32, device=self.task_embedding.device)
+        x = x.unsqueeze(0) if x.ndim == 1 else x
+        O, d = self.config["obs_dim"], x.shape[-1]
+        if d == self.config["task_obs_dim"] and d < O:
+            x = F.pad(x, (0, O - d))  # zero padding, as the multi-task wrapper
+        elif d != O:
+            raise PwmError(f"observations have {d} dims; policy {self.config['task']!r} takes "
+                           f"{self.config['task_obs_dim']} (or {O} padded)")
+        return x
+
+
+def save_policy(extractor: Extractor, folder: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``folder/policy.safetensors`` and ``folder/policy.yaml`` (each atomically); ``metadata``
+    (plain data, e.g. the world model's reference) is stored under ``metadata`` in the YAML."""
+    folder = Path(folder)
+    config = policy_config(extractor)
+    if metadata:
+        config["metadata"] = metadata
+    data = save(policy_tensors(extractor), metadata={"format": POLICY_FORMAT})
+    atomic_write(folder / POLICY_FILE, lambda f: f.write(data))
+    text = yaml.safe_dump(config, sort_keys=False).encode()
+    atomic_write(folder / POLICY_CONFIG_FILE, lambda f: f.write(text))
+    return folder
+
+
+def load_policy(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Policy:
+    """Rebuild a policy written by :func:`save_policy`; any problem is a one-line PwmError."""
+    folder = Path(folder)
+    for name in (POLICY_FILE, POLICY_CONFIG_FILE):
+        if not (folder / name).is_file():
+            raise PwmError(f"{folder} has no {name}: a policy folder holds {POLICY_FILE} and {POLICY_CONFIG_FILE}")
+    try:
+        config = yaml.safe_load((folder / POLICY_CONFIG_FILE).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise PwmError(f"{POLICY_CONFIG_FILE} in {folder} is not valid YAML: {one_line(e)}") from None
+    if not isinstance(config, dict) or config.get("format") != POLICY_FORMAT:
+        raise PwmError(f"{folder / POLICY_CONFIG_FILE} is not a pwmctl policy config")
+    if config.get("version", 0) > POLICY_VERSION:
+        raise PwmError(f"{folder} holds a policy of a newer pwmctl (version {config['version']}); upgrade pwmctl")
+    try:
+        tensors = load_file(folder / POLICY_FILE)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PwmError(f"{POLICY_FILE} in {folder} is corrupt or truncated: {one_line(e)}") from None
+    try:
+        policy = Policy(config)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise PwmError(f"{POLICY_CONFIG_FILE} in {folder} has invalid values: {one_line(e)}") from None
+    policy.load_tensors(tensors, where=f"{POLICY_FILE} in {folder}")
+    return policy.to(device)
