@@ -262,7 +262,7 @@ class Extractor:
 
     def __init__(self, cfg: ExtractConfig, world_model: WorldModel, task_row: int,
                  start_states: Callable[[], Tensor] | StartStates, device: str | torch.device | None = None) -> None:
-        _check_config(cfg)
+        validate_config(cfg)
         mcfg = world_model.cfg
         if not 0 <= int(task_row) < mcfg.n_tasks:
             raise PwmError(f"task row {task_row} out of range: the world model has {mcfg.n_tasks} tasks")
@@ -498,7 +498,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return sd
 
 
-def _check_config(cfg: ExtractConfig) -> None:
+def validate_config(cfg: ExtractConfig) -> None:
     if cfg.amp not in (None, "bf16"):
         raise ConfigError(f"amp: {cfg.amp!r} is not supported; use none or bf16")
     if cfg.critic_target not in ("one-step", "td-lambda"):

@@ -1,0 +1,192 @@
+"""`pwmctl extract`: PWM policy extraction for one task from a frozen world model."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+
+from pwmctl.commands.collect import DATASET_DIR
+from pwmctl.console import Progress, emit, fail, info, interrupts_as_keyboard_interrupt, state
+
+PLAN = "plan.json"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+EVAL_SEED_OFFSET = 10_000  # in-training evaluations use other env seeds than `pwmctl eval`
+
+
+def extract(
+    ctx: typer.Context,
+    task: str = typer.Argument(None, help="The task to extract a policy for, e.g. walker-walk.", show_default=False),
+    wm: str = typer.Option(None, "--wm", help="World-model ref [default: the newest one that has the task]."),
+    data: list[str] = typer.Option(None, "--data", help="Dataset ref(s) for start states [default: the world "
+                                   "model's parent datasets]."),
+    steps: int = typer.Option(None, "--steps", min=1, help="Policy updates [default: 10000]."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1,
+                                   help="Start states per update [default: 512, the code's; the paper: 64]."),
+    critic_target: str = typer.Option(None, "--critic-target",
+                                      help="one-step (the code's multitask path) | td-lambda (the paper)."),
+    bootstrap: str = typer.Option(None, "--bootstrap", help="gamma-h1 (the code: gamma^(H+1)) | gamma-h (the paper)."),
+    mask_actions: bool = typer.Option(False, "--mask-actions", help="Zero the padded action dims in imagination "
+                                      "(the code never masks them)."),
+    seed: int = typer.Option(None, "--seed", help="Seeds the actor/critic init, the noise and the sampler."),
+    eval_every: int = typer.Option(200, "--eval-every", min=0, help="Real-env evaluation every N updates (0: only "
+                                   "at the end)."),
+    eval_episodes: int = typer.Option(10, "--eval-episodes", min=1, help="Episodes per evaluation (one seed each)."),
+    name: str = typer.Option(None, "--name", help="Policy name [default: the task]."),
+    device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N]."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the imagined rollout."),
+    amp: str = typer.Option(None, "--amp", help="bf16: bfloat16 autocast."),
+    overrides: list[str] = typer.Option(None, "--set", help="key=value ExtractConfig override (repeatable)."),
+    resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
+) -> None:
+    """Extract a policy for one task by first-order gradients through the frozen world model (PWM).
+
+    Defaults reproduce the official multitask code, quirks included; --critic-target td-lambda,
+    --bootstrap gamma-h, --batch-size 64 and --mask-actions give the paper's variants. Checkpoints at
+    every evaluation and on Ctrl-C / SIGTERM; `--resume RUN` continues bitwise.
+    """
+    from pwm_core.config import apply_overrides
+    from pwm_core.data import open_dataset
+    from pwm_core.nn import load_world_model
+    from pwm_core.tasks import get_task
+    from pwm_core.train.extract import ExtractConfig, Extractor, save_policy, start_state_sampler, validate_config
+
+    st = state(ctx)
+    reg = st.registry()
+    if resume:
+        run = reg.run_dir(resume)
+        plan = _read_plan(run)
+        task, wm_ref, data_refs, name = plan["task"], plan["wm"], plan["data"], plan["name"]
+        cfg = ExtractConfig.from_dict(plan["extract"])
+        eval_every, eval_episodes = plan["eval_every"], plan["eval_episodes"]
+        if steps is not None:
+            cfg.steps = steps
+    else:
+        if task is None:
+            raise fail("name the task: `pwmctl extract walker-walk`")
+        spec = get_task(task)
+        wm_artifact = _choose_world_model(reg, spec.name, wm)
+        wm_ref = wm_artifact.ref
+        data_refs = [reg.resolve(r, default_kind="dataset").ref for r in data] if data else [
+            p for p in wm_artifact.parents if p.startswith("dataset/")]
+        if not data_refs:
+            raise fail(f"{wm_ref} names no dataset to draw start states from; pass --data DATASET")
+        cfg = ExtractConfig()
+        apply_overrides(cfg, overrides or [])
+        for field, value in (("steps", steps), ("batch_size", batch_size), ("critic_target", critic_target),
+                             ("bootstrap", bootstrap), ("seed", seed), ("device", device), ("amp", amp)):
+            if value is not None:
+                setattr(cfg, field, value)
+        cfg.mask_actions = cfg.mask_actions or mask_actions
+        cfg.compile = cfg.compile or compile
+        validate_config(cfg)
+        name = name or spec.name
+        run = reg.new_run_dir("extract")
+        _write(run / PLAN, {"task": spec.name, "wm": wm_ref, "data": data_refs, "name": name,
+                            "extract": cfg.to_dict(), "eval_every": eval_every, "eval_episodes": eval_episodes})
+    spec = get_task(task)
+    world_model = load_world_model(reg.resolve(wm_ref).path)
+    if spec.name not in world_model.cfg.task_names:
+        raise fail(f"{wm_ref} was not trained on {spec.name}; its tasks: {', '.join(world_model.cfg.task_names)}")
+    row = world_model.cfg.task_names.index(spec.name)
+    datasets = [open_dataset(reg.resolve(r).path / DATASET_DIR) for r in data_refs]
+    if not any(spec.name in ds.per_task_counts() for ds in datasets):
+        raise fail(f"no episodes of {spec.name} in {', '.join(data_refs)}: collect some with "
+                   f"`pwmctl collect {spec.name} --episodes 100` and pass --data")
+    extractor = Extractor(cfg, world_model, row, start_state_sampler(datasets, world_model, row, cfg))
+    if (run / CHECKPOINT).exists():
+        extractor.load_checkpoint(run / CHECKPOINT)
+        info(st, f"resumed {run.name} at update {extractor.step_count}")
+    info(st, f"extracting {spec.name} from {wm_ref} (start states: {', '.join(data_refs)}): {cfg.steps} updates, "
+             f"batch {cfg.batch_size}, H={cfg.horizon}, critic {cfg.critic_target}, bootstrap {cfg.bootstrap}; "
+             f"run {run.name}")
+
+    def evaluate_now() -> dict:
+        from pwm_core.evaluate import evaluate
+
+        act_dim = spec.act_dim
+        actor = lambda obs, specs: extractor.act(obs).float().cpu().numpy()[:, :act_dim]  # noqa: E731
+        seeds = [EVAL_SEED_OFFSET + i for i in range(eval_episodes)]
+        ev = evaluate({"policy": actor}, [spec.name], seeds, 1, obs_dim=world_model.cfg.obs_dim, act_dim=act_dim)
+        returns = [e.ret for e in ev.episodes]
+        return {"step": extractor.step_count, "eval_return": float(sum(returns) / len(returns)),
+                "eval_success": float(sum(e.final_success for e in ev.episodes) / len(ev.episodes))}
+
+    t0, start, interrupted, last_eval = time.monotonic(), extractor.step_count, False, None
+    with Progress(st, f"extract {spec.name}", total=cfg.steps) as bar, interrupts_as_keyboard_interrupt():
+        bar.update(extractor.step_count)
+        try:
+            while extractor.step_count < cfg.steps:
+                metrics = extractor.step()
+                n = extractor.step_count
+                row_metrics = {"step": n, "its_per_s": (n - start) / max(time.monotonic() - t0, 1e-9), **metrics}
+                if (eval_every and n % eval_every == 0) or n == cfg.steps:
+                    last_eval = evaluate_now()
+                    row_metrics.update(last_eval)
+                    extractor.save_checkpoint(run / CHECKPOINT)
+                    bar.log(f"update {n}: eval return {last_eval['eval_return']:.1f}"
+                            + (f", success {last_eval['eval_success']:.2f}" if spec.suite == "metaworld" else ""))
+                _append(run / METRICS, row_metrics)
+                bar.update(1, actor_loss=metrics["actor_loss"], value_loss=metrics["value_loss"],
+                           model_return=metrics["model_return"],
+                           **({"eval": last_eval["eval_return"]} if last_eval else {}))
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        extractor.save_checkpoint(run / CHECKPOINT)
+        info(st, f"interrupted at update {extractor.step_count}; checkpoint saved. "
+                 f"Continue with `pwmctl extract --resume {run.name}`")
+        raise typer.Exit(130)
+
+    curve = [r for r in _read_jsonl(run / METRICS) if "eval_return" in r]
+    with reg.stage("policy", name) as staging:
+        save_policy(extractor, staging.path, metadata={"world_model": wm_ref, "datasets": data_refs})
+        (staging.path / METRICS).write_bytes((run / METRICS).read_bytes())
+        artifact = staging.publish(
+            parents=[wm_ref, *data_refs], tasks=[spec.name], config={"extract": cfg.to_dict()},
+            metrics={"steps": extractor.step_count, "train_seconds": round(time.monotonic() - t0, 1),
+                     "eval_return": curve[-1]["eval_return"], "eval_success": curve[-1]["eval_success"],
+                     "learning_curve": [[r["step"], r["eval_return"]] for r in curve]},
+            extra={"run": run.name, "eval_seeds": f"{EVAL_SEED_OFFSET}..{EVAL_SEED_OFFSET + eval_episodes - 1}"})
+    doc = {"artifact": artifact.ref, "world_model": wm_ref, "datasets": data_refs,
+           "steps": extractor.step_count, "eval_return": curve[-1]["eval_return"],
+           "learning_curve": [[r["step"], r["eval_return"]] for r in curve], "run": run.name}
+    emit(st, doc, lambda: typer.echo(f"published {artifact.ref}: {extractor.step_count} updates, eval return "
+                                     f"{curve[-1]['eval_return']:.1f} over {eval_episodes} episodes"))
+
+
+def _choose_world_model(reg, task: str, ref: str | None):
+    if ref:
+        artifact = reg.resolve(ref, default_kind="worldmodel")
+        if artifact.kind != "worldmodel":
+            raise fail(f"--wm needs a world model, got {artifact.ref}")
+        return artifact
+    candidates = reg.list(kind="worldmodel", task=task)
+    if not candidates:
+        raise fail(f"no local world model has {task}: train one with `pwmctl pretrain --tasks {task}` "
+                   f"(or pass --wm REF)")
+    newest = max(candidates, key=lambda a: a.created)
+    return newest
+
+
+def _write(path: Path, doc: dict) -> None:
+    path.write_text(json.dumps(doc, indent=2))
+
+
+def _append(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _read_plan(run: Path) -> dict:
+    try:
+        return json.loads((run / PLAN).read_text())
+    except FileNotFoundError:
+        raise fail(f"run {run.name} is not an extract run (no {PLAN})") from None

@@ -1,0 +1,80 @@
+"""`pwmctl extract` and `pwmctl eval` as a user runs them, on a tiny world model and tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pwmctl.cli import app
+
+TINY_WM = ["--size", "1M", "--batch-size", "8", "--horizon", "3", "--steps", "10", "--set", "val_every=10",
+           "--set", "val_batches=1"]
+TINY_EXTRACT = ["--batch-size", "8", "--set", "horizon=4", "--set", "return_states=4", "--eval-every", "2",
+                "--eval-episodes", "2"]
+
+
+def run(home: Path, *args: str, code: int = 0):
+    result = CliRunner().invoke(app, ["--home", str(home), *args], env={"NO_COLOR": "1", "COLUMNS": "200"})
+    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
+    return result
+
+
+def run_json(home: Path, *args: str) -> dict:
+    return json.loads(run(home, "--format", "json", *args).stdout)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("pwm")
+    run(home, "collect", "cartpole-balance,pendulum-swingup", "-n", "2", "--name", "tiny")
+    run(home, "pretrain", "--tasks", "cartpole-balance,pendulum-swingup", *TINY_WM, "--name", "wm")
+    return home
+
+
+def test_extract_picks_the_newest_world_model_and_its_data(home):
+    result = run(home, "--format", "json", "extract", "cartpole-balance", *TINY_EXTRACT, "--steps", "4")
+    doc = json.loads(result.stdout)
+    assert doc["artifact"] == "policy/cartpole-balance:v1" and doc["steps"] == 4
+    assert [s for s, _ in doc["learning_curve"]] == [2, 4]
+    assert doc["world_model"] == "worldmodel/wm:v1" and doc["datasets"] == ["dataset/tiny:v1"]  # what it chose
+    shown = run_json(home, "show", "policy/cartpole-balance:v1")
+    assert sorted(shown["parents"]) == ["dataset/tiny:v1", "worldmodel/wm:v1"]
+    assert {"policy.safetensors", "policy.yaml", "metrics.jsonl"} <= set(shown["manifest"]["files"])
+
+
+def test_extract_paper_flags_and_bad_input(home):
+    result = run(home, "extract", "pendulum-swingup", *TINY_EXTRACT, "--steps", "2", "--critic-target",
+                 "td-lambda", "--bootstrap", "gamma-h", "--mask-actions", "--name", "pendulum-paper")
+    assert "published policy/pendulum-paper:v1" in result.stdout
+    assert "from worldmodel/wm:v1 (start states: dataset/tiny:v1)" in result.stderr  # says what it chose
+    for args, word in ((["walker-walk"], "pwmctl pretrain --tasks walker-walk"),
+                       (["cartpole-balance", "--critic-target", "td-lamda"], "critic_target"),
+                       (["cartpole-balanse"], "cartpole-balance")):
+        result = run(home, "extract", *args, code=2)
+        assert len(result.stderr.strip().splitlines()) == 1 and word in result.stderr, result.stderr
+
+
+def test_eval_policy_against_random_makes_a_report(home):
+    doc = run_json(home, "eval", "policy/cartpole-balance", "random", "--seeds", "3", "--reps", "200")
+    assert set(doc["summaries"]) == {"policy/cartpole-balance:v1", "random"}
+    s = doc["summaries"]["random"]
+    assert s["runs_per_task"] == 3 and s["tasks"]["cartpole-balance"]["n"] == 3
+    agg = s["aggregate"]["iqm"]
+    assert agg["lo"] <= agg["value"] <= agg["hi"]
+    pair = doc["comparison"]["pairs"][0]
+    assert 0 <= pair["poi"] <= 1
+    report = run_json(home, "show", doc["report"])
+    assert report["kind"] == "report" and report["parents"] == ["policy/cartpole-balance:v1"]
+    raw = json.loads((Path(report["path"]) / "results.json").read_text())
+    assert len(raw["episodes"]["random"]) == 3 and raw["episodes"]["random"][0]["length"] == 500
+
+    human = run(home, "eval", "random", "--tasks", "cartpole-balance", "--seeds", "2", "--reps", "200").stdout
+    assert "iqm" in human and "P(X > Y)" not in human
+
+
+def test_eval_without_ref_evaluates_the_newest_policy_of_each_task(home):
+    doc = run_json(home, "eval", "--seeds", "2", "--reps", "200")
+    assert set(doc["summaries"]["latest"]["tasks"]) == {"cartpole-balance", "pendulum-swingup"}
