@@ -13,23 +13,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from helpers import run, run_json
 from pwmctl.cli import app
 
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "pwm"
-
-
-def run(home: Path, *args: str, ok: bool = True):
-    result = CliRunner().invoke(app, ["--home", str(home), *args], env={"NO_COLOR": "1", "COLUMNS": "200"})
-    if ok:
-        assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-    return result
-
-
-def run_json(home: Path, *args: str) -> dict:
-    return json.loads(run(home, "--format", "json", *args).stdout)
 
 
 def test_global_options_may_follow_the_command(home):
@@ -80,7 +70,7 @@ def test_collect_metaworld_reach(home):
 
 
 def test_typo_in_task_suggests_the_right_name(home):
-    result = run(home, "collect", "walker-wlak", ok=False)
+    result = run(home, "collect", "walker-wlak", code=None)
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "walker-walk" in lines[0]
@@ -90,7 +80,7 @@ def test_typo_in_task_suggests_the_right_name(home):
 def test_missing_artifact_and_bad_kind_give_one_line(home):
     for args in (["data", "info", "nope"], ["show", "dataset/nope:v3"], ["ls", "datasets"],
                  ["collect", "--append", "ghost", "-n", "1"], ["data", "import-tdmpc2", "/no/such/chunk.pt"]):
-        result = run(home, *args, ok=False)
+        result = run(home, *args, code=None)
         assert result.exit_code == 2, args
         assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
 
@@ -100,7 +90,7 @@ def test_verify_reports_a_tampered_file_and_rm_removes(home):
     artifact = run_json(home, "show", "dataset/cartpole-balance")
     victim = next(p for p in Path(artifact["path"]).rglob("*") if p.is_file() and p.name != "manifest.json")
     victim.write_bytes(victim.read_bytes() + b"x")
-    result = run(home, "--format", "json", "verify", "dataset/cartpole-balance:v1", ok=False)
+    result = run(home, "--format", "json", "verify", "dataset/cartpole-balance:v1", code=None)
     assert result.exit_code == 1 and json.loads(result.stdout)["problems"]
     run(home, "rm", "dataset/cartpole-balance:v1", "--yes")
     assert run_json(home, "ls")["artifacts"] == []
@@ -171,10 +161,10 @@ def test_config_set_get_list_and_typos(home):
     run(home, "config", "set", "hub.namespace", "me")
     assert run(home, "config", "get", "hub.namespace").stdout.strip() == "me"
     assert run_json(home, "config", "list")["settings"] == {"hub.namespace": "me"}
-    assert run(home, "config", "get", "device", ok=False).exit_code == 1  # unset
-    bad = run(home, "config", "set", "hub.namespac", "x", ok=False)
+    assert run(home, "config", "get", "device", code=None).exit_code == 1  # unset
+    bad = run(home, "config", "set", "hub.namespac", "x", code=None)
     assert bad.exit_code == 2 and "hub.namespace" in bad.stderr
-    assert run(home, "config", "set", "size", "7M", ok=False).exit_code == 2
+    assert run(home, "config", "set", "size", "7M", code=None).exit_code == 2
     run(home, "config", "set", "size", "48M")
     assert run_json(home, "pretrain", "--tasks", "mt30", "--dry-run")["pretrain"]["size"] == "48M"
     run(home, "config", "unset", "size")

@@ -6,24 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from pwmctl.cli import app
+from helpers import run, run_json
 
 TINY_WM = ["--size", "1M", "--batch-size", "8", "--horizon", "3", "--steps", "10", "--set", "val_every=10",
            "--set", "val_batches=1"]
 TINY_EXTRACT = ["--batch-size", "8", "--set", "horizon=4", "--set", "return_states=4", "--eval-every", "2",
                 "--eval-episodes", "2"]
-
-
-def run(home: Path, *args: str, code: int = 0):
-    result = CliRunner().invoke(app, ["--home", str(home), *args], env={"NO_COLOR": "1", "COLUMNS": "200"})
-    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-    return result
-
-
-def run_json(home: Path, *args: str) -> dict:
-    return json.loads(run(home, "--format", "json", *args).stdout)
 
 
 @pytest.fixture(scope="module")

@@ -11,22 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from pwmctl.cli import app
+from helpers import run, run_json
 
 TINY = ["--size", "1M", "--batch-size", "8", "--horizon", "3", "--set", "val_every=10", "--set", "log_every=5",
         "--set", "val_batches=1"]
-
-
-def run(home: Path, *args: str, code: int = 0):
-    result = CliRunner().invoke(app, ["--home", str(home), *args], env={"NO_COLOR": "1", "COLUMNS": "200"})
-    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-    return result
-
-
-def run_json(home: Path, *args: str) -> dict:
-    return json.loads(run(home, "--format", "json", *args).stdout)
 
 
 @pytest.fixture(scope="module")
