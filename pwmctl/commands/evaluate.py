@@ -86,7 +86,7 @@ def evaluate_cmd(
         ts = resolve_tasks(",".join(random_tasks))
         ev = evaluate({"random": random_actor(ts.act_dim, seed=0)}, list(ts.names), seed_list, episodes,
                       obs_dim=ts.obs_dim, act_dim=ts.act_dim, workers=workers)
-        results = {"random": ev.episodes, **results} if not policies else {**results, "random": ev.episodes}
+        results["random"] = ev.episodes
         latency["random"] = ev.latency["random"].to_dict()
     summaries = {label: summarize(rs, label, reps=reps) for label, rs in results.items()}
     comparison = compare(results, reps=reps) if len(results) > 1 else None
