@@ -45,6 +45,23 @@ def random_policy(seed: int, act_dim: int) -> Policy:
     return act
 
 
+def learned_policy(policy, seed: int, act_dim: int) -> Policy:
+    """An extracted :class:`~pwm_core.train.Policy` as a behaviour policy: stochastic actions (tanh of
+    its Gaussian, the exploration noise), zero-padded to the dataset's action width ``act_dim``."""
+    import torch
+
+    torch.manual_seed(seed)  # Policy.act samples from torch's global generator
+    obs_dim = policy.config["task_obs_dim"]
+
+    def act(obs: np.ndarray, specs: list[TaskSpec]) -> np.ndarray:
+        a = policy.act(obs[:, :obs_dim], deterministic=False)  # the policy pads to its own width
+        out = np.zeros((len(obs), act_dim), np.float32)
+        out[:, :a.shape[1]] = a
+        return out
+
+    return act
+
+
 def collect(
     writer: EpisodeWriter,
     todo: dict[str, int],

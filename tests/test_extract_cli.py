@@ -67,3 +67,12 @@ def test_eval_policy_against_random_makes_a_report(home):
 def test_eval_without_ref_evaluates_the_newest_policy_of_each_task(home):
     doc = run_json(home, "eval", "--seeds", "2", "--reps", "200")
     assert set(doc["summaries"]["latest"]["tasks"]) == {"cartpole-balance", "pendulum-swingup"}
+
+
+def test_collect_with_an_extracted_policy(home):
+    run(home, "extract", "cartpole-balance", *TINY_EXTRACT, "--steps", "2", "--name", "behaviour")
+    doc = run_json(home, "collect", "cartpole-balance", "--policy", "policy/behaviour", "-n", "2", "--name", "on-policy")
+    assert doc["artifact"] == "dataset/on-policy:v1" and doc["episodes"] == 2
+    assert run_json(home, "show", "dataset/on-policy")["manifest"]["config"]["policy"] == "policy/behaviour:v1"
+    result = run(home, "collect", "pendulum-swingup", "--policy", "policy/behaviour", "-n", "1", code=2)
+    assert "acts on cartpole-balance" in result.stderr

@@ -31,7 +31,7 @@ def collect(
     Every finished episode is committed at once: Ctrl-C (or SIGTERM) publishes the episodes
     completed so far, and after a hard kill `--resume RUN` finishes the job.
     """
-    from pwm_core.collect import collect as run_collect, random_policy
+    from pwm_core.collect import collect as run_collect, learned_policy, random_policy
     from pwm_core.data import EpisodeWriter, open_dataset
     from pwm_core.seeding import seed_everything
     from pwm_core.tasks import resolve_tasks
@@ -55,10 +55,16 @@ def collect(
     if tasks is None:
         tasks = ",".join(parent.manifest.get("tasks", []))
     task_set = resolve_tasks(tasks)
-    if policy != "random":
-        reg.resolve(policy, default_kind="policy")  # a clear "not found" first
-        raise fail("collecting with a learned policy needs `pwmctl extract`, which this version does not have yet; "
-                   "use --policy random")
+    behaviour = None
+    if policy != "random":  # a learned policy acts with its exploration noise (tanh of a Gaussian sample)
+        from pwm_core.train import load_policy
+
+        pol_artifact = reg.resolve(policy, default_kind="policy")
+        if pol_artifact.kind != "policy" or set(task_set.names) != set(pol_artifact.tasks):
+            raise fail(f"{pol_artifact.ref} acts on {', '.join(pol_artifact.tasks) or 'no task'}; collect those "
+                       f"tasks with it (`pwmctl collect {','.join(pol_artifact.tasks)} --policy {pol_artifact.ref}`)")
+        policy = pol_artifact.ref
+        behaviour = load_policy(pol_artifact.path)
     if parent is not None:
         data_set = open_dataset(parent.path / DATASET_DIR).task_set
         missing = [t for t in task_set.names if t not in data_set]
@@ -69,6 +75,8 @@ def collect(
     else:
         data_set = task_set
         name = name or _default_name(task_set)
+    if behaviour is not None:
+        behaviour = learned_policy(behaviour, seed, data_set.act_dim)
 
     if run is None:
         run = reg.new_run_dir("collect")
@@ -97,7 +105,7 @@ def collect(
             bar.update(1, ep_per_s=len(returns) / dt, steps_per_s=steps[0] / dt, mean_return=sum(returns) / len(returns))
 
         with interrupts_as_keyboard_interrupt():
-            result = run_collect(writer, todo, data_set, random_policy(seed, data_set.act_dim), seed=seed,
+            result = run_collect(writer, todo, data_set, behaviour or random_policy(seed, data_set.act_dim), seed=seed,
                                  workers=workers, on_episode=on_episode)
     writer.close()
     elapsed = time.monotonic() - t0
