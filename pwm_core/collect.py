@@ -17,7 +17,7 @@ from pwm_core.envs import VectorEnv, lockstep, random_action
 from pwm_core.tasks import TaskSet, TaskSpec
 
 # A behaviour policy maps padded observations (N, O) and the tasks of the N envs to actions (N, A).
-Policy = Callable[[np.ndarray, list[TaskSpec]], np.ndarray]
+BehaviourPolicy = Callable[[np.ndarray, list[TaskSpec]], np.ndarray]
 
 
 @dataclass
@@ -35,7 +35,7 @@ class CollectResult:
     interrupted: bool = False
 
 
-def random_policy(seed: int, act_dim: int) -> Policy:
+def random_policy(seed: int, act_dim: int) -> BehaviourPolicy:
     """Uniform actions in [-1, 1] on each task's own dims, zeros in the padded ones."""
     rng = np.random.default_rng(seed)
 
@@ -45,7 +45,7 @@ def random_policy(seed: int, act_dim: int) -> Policy:
     return act
 
 
-def learned_policy(policy, seed: int, act_dim: int) -> Policy:
+def learned_policy(policy, seed: int, act_dim: int) -> BehaviourPolicy:
     """An extracted :class:`~pwm_core.train.Policy` as a behaviour policy: stochastic actions (tanh of
     its Gaussian, the exploration noise), zero-padded to the dataset's action width ``act_dim``."""
     import torch
@@ -66,7 +66,7 @@ def collect(
     writer: EpisodeWriter,
     todo: dict[str, int],
     task_set: TaskSet,
-    policy: Policy,
+    policy: BehaviourPolicy,
     seed: int = 0,
     workers: int = 1,
     envs_per_worker: int | None = None,
