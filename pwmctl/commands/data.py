@@ -121,10 +121,16 @@ def data_fsck(
         raise typer.Exit(1)
 
 
+def _looks_like_path(ref: str) -> bool:
+    return ref.startswith(("/", ".", "~")) or ref.endswith(".zarr")
+
+
 def _path(st, ref: str, for_repair: bool = False) -> Path:
     p = Path(ref).expanduser()
     if p.exists():
         return p
+    if _looks_like_path(ref):
+        raise fail(f"no dataset at {ref}")
     artifact = st.registry().resolve(ref, default_kind="dataset")
     if for_repair:
         raise fail(f"{artifact.ref} is a published, immutable version; --repair works on a run folder's data.zarr")
@@ -137,6 +143,8 @@ def _open(st, ref: str):
     p = Path(ref).expanduser()
     if p.exists():
         return open_dataset(p), str(p)
+    if _looks_like_path(ref):
+        raise fail(f"no dataset at {ref}")
     artifact = st.registry().resolve(ref, default_kind="dataset")
     return open_dataset(artifact.path / DATASET_DIR), artifact.ref
 
