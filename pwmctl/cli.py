@@ -10,7 +10,6 @@ import typer
 from pwmctl import __version__
 from pwmctl.console import EXIT_USAGE, State, default_home, stderr
 
-
 _GLOBAL_WITH_VALUE = ("--format", "--home")
 _GLOBAL_FLAGS = ("-q", "--quiet", "-v", "-vv", "--verbose")
 

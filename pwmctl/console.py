@@ -6,8 +6,10 @@ on stdout. User errors print one line on stderr and exit with code 2.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -107,8 +109,8 @@ class Progress:
 
     def __enter__(self) -> Progress:
         if self.enabled and self.tty:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
-                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                      TimeElapsedColumn(), TimeRemainingColumn(),
@@ -160,3 +162,10 @@ def interrupts_as_keyboard_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def render_table(table) -> str:
+    """A Rich table as plain text at least 120 columns wide (tables print on stdout, logs on stderr)."""
+    console = Console(width=max(120, shutil.get_terminal_size().columns), record=True, file=io.StringIO())
+    console.print(table)
+    return console.export_text().rstrip()

@@ -7,8 +7,7 @@ import json
 import typer
 from rich.table import Table
 
-from pwmctl.commands.system import _render_table
-from pwmctl.console import emit, fail, human_size, state
+from pwmctl.console import emit, fail, human_size, render_table, state
 
 KINDS = ("dataset", "worldmodel", "policy", "report")
 
@@ -54,7 +53,7 @@ def ls(
         for a in artifacts:
             tasks = ", ".join(a.tasks[:3]) + (f" +{len(a.tasks) - 3}" if len(a.tasks) > 3 else "")
             table.add_row(a.ref, a.created[:19].replace("T", " "), tasks, human_size(a.size_bytes), _metrics_line(a))
-        typer.echo(_render_table(table))
+        typer.echo(render_table(table))
 
     emit(st, {"home": str(st.home), "artifacts": [_summary(a) for a in artifacts]}, human)
 

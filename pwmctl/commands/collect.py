@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from pwmctl.console import Progress, emit, fail, info, interrupts_as_keyboard_interrupt, state
+from pwmctl.runs import read_plan, write_plan
 
 DATASET_DIR = "data.zarr"
 
@@ -31,7 +32,8 @@ def collect(
     Every finished episode is committed at once: Ctrl-C (or SIGTERM) publishes the episodes
     completed so far, and after a hard kill `--resume RUN` finishes the job.
     """
-    from pwm_core.collect import collect as run_collect, learned_policy, random_policy
+    from pwm_core.collect import collect as run_collect
+    from pwm_core.collect import learned_policy, random_policy
     from pwm_core.data import EpisodeWriter, open_dataset
     from pwm_core.seeding import seed_everything
     from pwm_core.tasks import resolve_tasks
@@ -40,7 +42,7 @@ def collect(
     reg = st.registry()
     if resume:
         run = reg.run_dir(resume)
-        plan = _read_plan(run)
+        plan = read_plan(run, "collect")
         tasks, episodes, policy, seed, name, workers = (plan["tasks"], plan["episodes"], plan["policy"],
                                                         plan["seed"], plan["name"], workers)
         append = plan.get("append")
@@ -80,7 +82,7 @@ def collect(
 
     if run is None:
         run = reg.new_run_dir("collect")
-        _write_plan(run, dict(tasks=tasks, episodes=episodes, policy=policy, seed=seed, name=name, append=
+        write_plan(run, dict(command="collect", tasks=tasks, episodes=episodes, policy=policy, seed=seed, name=name, append=
                               parent.ref if parent else None))
         if parent is not None:
             shutil.copytree(parent.path / DATASET_DIR, run / DATASET_DIR)
@@ -148,18 +150,3 @@ def _publish(reg, run: Path, name: str, task_set, parent, config: dict):
 
 def _default_name(task_set) -> str:
     return task_set.name if len(task_set.names) == 1 or "," not in task_set.name else "_".join(task_set.names)
-
-
-def _write_plan(run: Path, plan: dict) -> None:
-    import json
-
-    (run / "collect.json").write_text(json.dumps(plan))
-
-
-def _read_plan(run: Path) -> dict:
-    import json
-
-    try:
-        return json.loads((run / "collect.json").read_text())
-    except FileNotFoundError:
-        raise fail(f"run {run.name} is not a collect run (no collect.json)") from None

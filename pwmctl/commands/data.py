@@ -8,8 +8,7 @@ import typer
 from rich.table import Table
 
 from pwmctl.commands.collect import DATASET_DIR
-from pwmctl.commands.system import _render_table
-from pwmctl.console import Progress, emit, fail, human_size, state
+from pwmctl.console import Progress, emit, fail, human_size, render_table, state
 
 app = typer.Typer(help="Import, inspect and check episode datasets.", no_args_is_help=True)
 
@@ -81,7 +80,7 @@ def data_info(
         for t in per_task:
             table.add_row(t["task"], str(t["episodes"]), str(t["rows"]), f"{t['return_mean']:.1f}",
                           f"{t['return_std']:.1f}", f"{t['return_min']:.1f}", f"{t['return_max']:.1f}")
-        typer.echo(_render_table(table))
+        typer.echo(render_table(table))
 
     emit(st, doc, human)
 

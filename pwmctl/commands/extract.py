@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import typer
 
 from pwmctl.commands.collect import DATASET_DIR
 from pwmctl.console import Progress, emit, fail, info, interrupts_as_keyboard_interrupt, state
+from pwmctl.runs import METRICS, append_jsonl, read_jsonl, read_plan, write_plan
 
-PLAN = "plan.json"
 CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
 EVAL_SEED_OFFSET = 10_000  # in-training evaluations use other env seeds than `pwmctl eval`
 
 
@@ -58,7 +55,7 @@ def extract(
     reg = st.registry()
     if resume:
         run = reg.run_dir(resume)
-        plan = _read_plan(run)
+        plan = read_plan(run, "extract")
         task, wm_ref, data_refs, name = plan["task"], plan["wm"], plan["data"], plan["name"]
         cfg = ExtractConfig.from_dict(plan["extract"])
         eval_every, eval_episodes = plan["eval_every"], plan["eval_episodes"]
@@ -85,7 +82,7 @@ def extract(
         validate_config(cfg)
         name = name or spec.name
         run = reg.new_run_dir("extract")
-        _write(run / PLAN, {"task": spec.name, "wm": wm_ref, "data": data_refs, "name": name,
+        write_plan(run, {"command": "extract", "task": spec.name, "wm": wm_ref, "data": data_refs, "name": name,
                             "extract": cfg.to_dict(), "eval_every": eval_every, "eval_episodes": eval_episodes})
     spec = get_task(task)
     world_model = load_world_model(reg.resolve(wm_ref).path)
@@ -129,7 +126,7 @@ def extract(
                     extractor.save_checkpoint(run / CHECKPOINT)
                     bar.log(f"update {n}: eval return {last_eval['eval_return']:.1f}"
                             + (f", success {last_eval['eval_success']:.2f}" if spec.suite == "metaworld" else ""))
-                _append(run / METRICS, row_metrics)
+                append_jsonl(run / METRICS, row_metrics)
                 bar.update(1, actor_loss=metrics["actor_loss"], value_loss=metrics["value_loss"],
                            model_return=metrics["model_return"],
                            **({"eval": last_eval["eval_return"]} if last_eval else {}))
@@ -141,7 +138,7 @@ def extract(
                  f"Continue with `pwmctl extract --resume {run.name}`")
         raise typer.Exit(130)
 
-    curve = [r for r in _read_jsonl(run / METRICS) if "eval_return" in r]
+    curve = [r for r in read_jsonl(run / METRICS) if "eval_return" in r]
     with reg.stage("policy", name) as staging:
         save_policy(extractor, staging.path, metadata={"world_model": wm_ref, "datasets": data_refs})
         (staging.path / METRICS).write_bytes((run / METRICS).read_bytes())
@@ -170,23 +167,3 @@ def _choose_world_model(reg, task: str, ref: str | None):
                    f"(or pass --wm REF)")
     newest = max(candidates, key=lambda a: a.created)
     return newest
-
-
-def _write(path: Path, doc: dict) -> None:
-    path.write_text(json.dumps(doc, indent=2))
-
-
-def _append(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _read_plan(run: Path) -> dict:
-    try:
-        return json.loads((run / PLAN).read_text())
-    except FileNotFoundError:
-        raise fail(f"run {run.name} is not an extract run (no {PLAN})") from None

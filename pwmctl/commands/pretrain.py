@@ -12,10 +12,9 @@ import typer
 from pwmctl.commands.collect import DATASET_DIR
 from pwmctl.commands.config import read_config
 from pwmctl.console import Progress, emit, fail, info, interrupts_as_keyboard_interrupt, state
+from pwmctl.runs import METRICS, append_jsonl, read_plan, write_plan
 
-PLAN = "plan.json"
 CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
 
 
 def pretrain(
@@ -56,7 +55,7 @@ def pretrain(
     reg = st.registry()
     run = reg.run_dir(resume) if resume else None
     if run is not None:
-        plan = _read_plan(run)
+        plan = read_plan(run, "pretrain")
         task_set = resolve_tasks(plan["tasks"])
         refs = plan["datasets"]
         cfg = PretrainConfig.from_dict(plan["pretrain"])
@@ -97,7 +96,7 @@ def pretrain(
     if run is None:
         run = reg.new_run_dir("pretrain") if main else None
         if main:
-            _write_plan(run, {"name": name, "tasks": ",".join(task_set.names), "datasets": refs,
+            write_plan(run, {"command": "pretrain", "name": name, "tasks": ",".join(task_set.names), "datasets": refs,
                               "pretrain": cfg.to_dict()})
         run = dist.broadcast_path(run)
     trainer = Pretrainer(cfg, model_cfg, datasets, task_set, device=ctx_dist.device)
@@ -120,11 +119,11 @@ def pretrain(
                 n = trainer.step_count
                 if main and (n % cfg.log_every == 0 or n == cfg.steps):
                     rate = (n - start) / max(time.monotonic() - t0, 1e-9)
-                    _append_metrics(run, {"step": n, "steps_per_s": rate, **metrics})
+                    append_jsonl(run / METRICS, {"step": n, "steps_per_s": rate, **metrics})
                 if n % cfg.val_every == 0 or n == cfg.steps:
                     val = trainer.validate()
                     if main:
-                        _append_metrics(run, {"step": n, **{f"val/{k}": v for k, v in val.items()}})
+                        append_jsonl(run / METRICS, {"step": n, **{f"val/{k}": v for k, v in val.items()}})
                         bar.log(f"step {n}: " + "  ".join(f"val {k} {v:.4g}" for k, v in val.items()))
                 if main and n % cfg.checkpoint_every == 0:
                     trainer.save_checkpoint(run / CHECKPOINT)
@@ -200,7 +199,7 @@ def _first_validation(run: Path, trainer, main: bool) -> dict:
     val = trainer.validate()
     if main:
         path.write_text(json.dumps(val))
-        _append_metrics(run, {"step": trainer.step_count, **{f"val/{k}": v for k, v in val.items()}})
+        append_jsonl(run / METRICS, {"step": trainer.step_count, **{f"val/{k}": v for k, v in val.items()}})
     return val
 
 
@@ -229,22 +228,6 @@ def _print_dry_run(doc: dict) -> None:
                f"mlp {m['mlp_dim']}, {m['num_q']} Q heads")
     typer.echo("parameters: " + ", ".join(f"{k} {v:,}" for k, v in doc["parameters"].items()))
     typer.echo("pretrain config: " + json.dumps(doc["pretrain"]))
-
-
-def _append_metrics(run: Path, row: dict) -> None:
-    with open(run / METRICS, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _write_plan(run: Path, plan: dict) -> None:
-    (run / PLAN).write_text(json.dumps(plan, indent=2))
-
-
-def _read_plan(run: Path) -> dict:
-    try:
-        return json.loads((run / PLAN).read_text())
-    except FileNotFoundError:
-        raise fail(f"run {run.name} is not a pretrain run (no {PLAN})") from None
 
 
 def _silent(st):

@@ -12,7 +12,7 @@ import sys
 import typer
 from rich.table import Table
 
-from pwmctl.console import emit, human_size, state
+from pwmctl.console import emit, human_size, render_table, state
 
 _PACKAGES = ("torch", "numpy", "mujoco", "dm_control", "metaworld", "zarr", "huggingface_hub",
              "safetensors", "warp-lang", "typer", "rich")
@@ -50,7 +50,7 @@ def doctor(ctx: typer.Context) -> None:
                                                    for k, (ok, why) in ((k, v) for k, v in render.items())))
         table.add_row("PWM_HOME", str(st.home))
         table.add_row("free disk", human_size(free))
-        typer.echo(_render_table(table))
+        typer.echo(render_table(table))
 
     emit(st, {**report, "render": {k: {"ok": ok, "reason": why} for k, (ok, why) in render.items()}}, human)
 
@@ -72,18 +72,10 @@ def tasks(
         for t in ts:
             table.add_row(str(t.id), t.name + (" *" if t.custom else ""), t.suite, str(t.obs_dim), str(t.act_dim),
                           str(t.episode_length), f"{t.discount:.3f}")
-        typer.echo(_render_table(table))
+        typer.echo(render_table(table))
         typer.echo("* TD-MPC2 custom dm_control task")
 
     emit(st, ts.to_dict(), human)
-
-
-def _render_table(table: Table) -> str:
-    from rich.console import Console
-
-    console = Console(width=max(120, shutil.get_terminal_size().columns), record=True, file=open(os.devnull, "w"))
-    console.print(table)
-    return console.export_text().rstrip()
 
 
 def _cpu_flags() -> set[str]:
