@@ -22,7 +22,7 @@ def read_plan(run: Path, command: str) -> dict:
     except FileNotFoundError:
         raise fail(f"run {run.name} has no {PLAN}: it cannot be resumed") from None
     if plan.get("command") not in (None, command):
-        raise fail(f"run {run.name} is a {plan['command']} run, not a {command} run")
+        raise fail(f"run {run.name} was made by `pwmctl {plan['command']}`, not `pwmctl {command}`")
     return plan
 
 
