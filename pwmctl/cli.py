@@ -87,13 +87,14 @@ def root(
 
 
 def _register() -> None:
-    from pwmctl.commands import artifacts, collect, config, data, evaluate, extract, pretrain, system
+    from pwmctl.commands import artifacts, collect, config, data, evaluate, extract, finetune, pretrain, system
 
     app.command("collect", rich_help_panel="Data")(collect.collect)
     app.add_typer(data.app, name="data", rich_help_panel="Data")
     app.command("pretrain", rich_help_panel="Training")(pretrain.pretrain)
     app.command("import-checkpoint", rich_help_panel="Training")(pretrain.import_checkpoint)
     app.command("extract", rich_help_panel="Training")(extract.extract)
+    app.command("finetune", rich_help_panel="Training")(finetune.finetune)
     app.command("eval", rich_help_panel="Evaluation")(evaluate.evaluate_cmd)
     for name, fn in (("ls", artifacts.ls), ("show", artifacts.show), ("rm", artifacts.rm),
                      ("verify", artifacts.verify)):

@@ -29,10 +29,15 @@ from pwm_core.data import EpisodeDataset
 from pwm_core.data.episodes import task_set_from_dict
 from pwm_core.data.sampler import WindowSampler
 from pwm_core.errors import DatasetError, PwmError
+from pwm_core.io import atomic_write
 from pwm_core.nn import WorldModel, WorldModelConfig, world_model_config
 from pwm_core.nn.math import soft_ce, two_hot_inv
-from pwm_core.io import atomic_write
-from pwm_core.seeding import derived_seed, global_rng_state, seed_everything, set_global_rng_state
+from pwm_core.seeding import (
+    derived_seed,
+    global_rng_state,
+    seed_everything,
+    set_global_rng_state,
+)
 from pwm_core.tasks import TaskSet
 from pwm_core.train import distributed
 
@@ -216,6 +221,64 @@ def held_out_metrics(model: WorldModel, obs: Tensor, action: Tensor, reward: Ten
             "reward_mae": (reward_hat - reward).abs().mean()}
 
 
+def make_optimizers(model: WorldModel, cfg: PretrainConfig) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """TD-MPC2's two optimisers: the world model (encoder at lr x enc_lr_scale) and the policy prior
+    (its own lr, eps 1e-5). Every trainable parameter is in exactly one of them."""
+    optim = torch.optim.Adam([
+        {"params": model._encoder.parameters(), "lr": cfg.lr * cfg.enc_lr_scale},
+        {"params": model._dynamics.parameters()},
+        {"params": model._reward.parameters()},
+        {"params": model._Qs.parameters()},
+        {"params": model._task_emb.parameters()},
+    ], lr=cfg.lr)
+    pi_optim = torch.optim.Adam(model._pi.parameters(), lr=cfg.pi_lr, eps=cfg.pi_eps)
+    _check_all_trained(model, [p for g in optim.param_groups for p in g["params"]] + list(model._pi.parameters()))
+    return optim, pi_optim
+
+
+def update_world_model(model: WorldModel, optim: torch.optim.Optimizer, pi_optim: torch.optim.Optimizer,
+                       scale: RunningScale, obs: Tensor, action: Tensor, reward: Tensor, task: Tensor,
+                       cfg: PretrainConfig, loss_fn: Callable = world_model_loss,
+                       autocast: Callable = nullcontext, ddp: bool = False) -> dict[str, float]:
+    """One TD-MPC2 update on a batch (shapes as :func:`world_model_loss`): world-model step, policy-prior
+    step, Polyak of the target Qs. ``ddp``: average the gradients over the DDP ranks.
+
+    Keys: loss, consistency, reward_ce, value_ce, grad_norm (before clipping), pi_loss, pi_entropy,
+    pi_scale, pi_grad_norm.
+    """
+    wm_params = [p for g in optim.param_groups for p in g["params"]]
+    pi_params = [p for g in pi_optim.param_groups for p in g["params"]]
+    # 1. World model: consistency + reward + value, encoder lr x 0.3, clip 20
+    with autocast():
+        loss, metrics, zs = loss_fn(model, obs, action, reward, task, cfg)
+    loss.backward()
+    if ddp:
+        distributed.all_reduce_gradients(wm_params)  # average before clipping
+    grad_norm = torch.nn.utils.clip_grad_norm_(wm_params, cfg.grad_clip_norm)
+    optim.step()
+    optim.zero_grad(set_to_none=True)
+
+    # 2. Policy prior on sg(z), against the just-updated Q-ensemble (detached)
+    with autocast():
+        pi_loss, pi_metrics = policy_loss(model, zs.detach(), task, scale, cfg,
+                                          gather=distributed.all_gather if ddp else None)
+    pi_loss.backward()
+    if ddp:
+        distributed.all_reduce_gradients(pi_params)
+    pi_grad_norm = torch.nn.utils.clip_grad_norm_(pi_params, cfg.grad_clip_norm)
+    pi_optim.step()
+    pi_optim.zero_grad(set_to_none=True)
+    # pi(z, e) and Q(z, a, e) also sent a gradient into the task embedding; TD-MPC2 lets it
+    # ride into the next world-model step, we drop it (the embedding learns from the model loss)
+    optim.zero_grad(set_to_none=True)
+
+    # 3. Polyak averaging of the target Qs
+    model.update_targets(cfg.tau)
+    model.eval()
+    out = {**metrics, **pi_metrics, "grad_norm": grad_norm, "pi_grad_norm": pi_grad_norm}
+    return dict(zip(out, torch.stack([v.float() for v in out.values()]).tolist()))  # one device sync
+
+
 # ------------------------------------------------------------------------------------ trainer
 class Pretrainer:
     """Offline multi-task world-model training: ``step()`` is one TD-MPC2 update.
@@ -262,18 +325,7 @@ class Pretrainer:
         # Model and the two optimisers (TD-MPC2: encoder at lr * 0.3; policy prior apart, eps 1e-5)
         self.model = WorldModel(model_cfg).to(self.device)
         distributed.broadcast_module(self.model)  # DDP: every rank starts from rank 0's weights
-        m = self.model
-        self.optim = torch.optim.Adam([
-            {"params": m._encoder.parameters(), "lr": cfg.lr * cfg.enc_lr_scale},
-            {"params": m._dynamics.parameters()},
-            {"params": m._reward.parameters()},
-            {"params": m._Qs.parameters()},
-            {"params": m._task_emb.parameters()},
-        ], lr=cfg.lr)
-        self.pi_optim = torch.optim.Adam(m._pi.parameters(), lr=cfg.pi_lr, eps=cfg.pi_eps)
-        self._wm_params = [p for g in self.optim.param_groups for p in g["params"]]
-        self._pi_params = list(m._pi.parameters())
-        _check_all_trained(m, self._wm_params + self._pi_params)
+        self.optim, self.pi_optim = make_optimizers(self.model, cfg)
         self.scale = RunningScale(cfg.tau, self.device)
         # Inductor's pattern matcher fails on the Q-head draw randperm(num_q)[:2] (torch 2.13): off.
         self._loss_fn = (torch.compile(world_model_loss, options={"pattern_matcher": False})
@@ -311,38 +363,12 @@ class Pretrainer:
             return self._step()
 
     def _step(self) -> dict[str, float]:
-        cfg = self.cfg
         batch = self.sampler.sample()
-        task = self._row_of_id[batch.task]
-
-        # 1. World model: consistency + reward + value, encoder lr x 0.3, clip 20
-        with self._autocast():
-            loss, metrics, zs = self._loss_fn(self.model, batch.obs, batch.action, batch.reward, task, cfg)
-        loss.backward()
-        distributed.all_reduce_gradients(self._wm_params)  # DDP: average before clipping
-        grad_norm = torch.nn.utils.clip_grad_norm_(self._wm_params, cfg.grad_clip_norm)
-        self.optim.step()
-        self.optim.zero_grad(set_to_none=True)
-
-        # 2. Policy prior on sg(z), against the just-updated Q-ensemble (detached)
-        with self._autocast():
-            pi_loss, pi_metrics = policy_loss(self.model, zs.detach(), task, self.scale, cfg,
-                                              gather=distributed.all_gather if self.world_size > 1 else None)
-        pi_loss.backward()
-        distributed.all_reduce_gradients(self._pi_params)
-        pi_grad_norm = torch.nn.utils.clip_grad_norm_(self._pi_params, cfg.grad_clip_norm)
-        self.pi_optim.step()
-        self.pi_optim.zero_grad(set_to_none=True)
-        # pi(z, e) and Q(z, a, e) also sent a gradient into the task embedding; TD-MPC2 lets it
-        # ride into the next world-model step, we drop it (the embedding learns from the model loss)
-        self.optim.zero_grad(set_to_none=True)
-
-        # 3. Polyak averaging of the target Qs
-        self.model.update_targets(cfg.tau)
-        self.model.eval()
+        out = update_world_model(self.model, self.optim, self.pi_optim, self.scale, batch.obs, batch.action,
+                                 batch.reward, self._row_of_id[batch.task], self.cfg, self._loss_fn,
+                                 self._autocast, ddp=self.world_size > 1)
         self.step_count += 1
-        out = {**metrics, **pi_metrics, "grad_norm": grad_norm, "pi_grad_norm": pi_grad_norm}
-        return dict(zip(out, torch.stack([v.float() for v in out.values()]).tolist()))  # one device sync
+        return out
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:

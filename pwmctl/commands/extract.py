@@ -102,15 +102,7 @@ def extract(
              f"run {run.name}")
 
     def evaluate_now() -> dict:
-        from pwm_core.evaluate import evaluate
-
-        act_dim = spec.act_dim
-        actor = lambda obs, specs: extractor.act(obs).float().cpu().numpy()[:, :act_dim]  # noqa: E731
-        seeds = [EVAL_SEED_OFFSET + i for i in range(eval_episodes)]
-        ev = evaluate({"policy": actor}, [spec.name], seeds, 1, obs_dim=world_model.cfg.obs_dim, act_dim=act_dim)
-        returns = [e.ret for e in ev.episodes]
-        return {"step": extractor.step_count, "eval_return": float(sum(returns) / len(returns)),
-                "eval_success": float(sum(e.final_success for e in ev.episodes) / len(ev.episodes))}
+        return {"step": extractor.step_count, **evaluate_extractor(extractor, spec, eval_episodes)}
 
     t0, start, interrupted, last_eval = time.monotonic(), extractor.step_count, False, None
     with Progress(st, f"extract {spec.name}", total=cfg.steps) as bar, interrupts_as_keyboard_interrupt():
@@ -153,6 +145,21 @@ def extract(
            "learning_curve": [[r["step"], r["eval_return"]] for r in curve], "run": run.name}
     emit(st, doc, lambda: typer.echo(f"published {artifact.ref}: {extractor.step_count} updates, eval return "
                                      f"{curve[-1]['eval_return']:.1f} over {eval_episodes} episodes"))
+
+
+def evaluate_extractor(extractor, spec, episodes: int) -> dict:
+    """Deterministic real-env evaluation of an extractor's current policy on seeds 10000.. (apart from
+    `pwmctl eval`'s): mean return and final-step success over ``episodes`` episodes."""
+    from pwm_core.evaluate import evaluate
+
+    act_dim = spec.act_dim
+    actor = lambda obs, specs: extractor.act(obs).float().cpu().numpy()[:, :act_dim]  # noqa: E731
+    seeds = [EVAL_SEED_OFFSET + i for i in range(episodes)]
+    ev = evaluate({"policy": actor}, [spec.name], seeds, 1, obs_dim=extractor.world_model.cfg.obs_dim,
+                  act_dim=act_dim)
+    returns = [e.ret for e in ev.episodes]
+    return {"eval_return": float(sum(returns) / len(returns)),
+            "eval_success": float(sum(e.final_success for e in ev.episodes) / len(ev.episodes))}
 
 
 def _choose_world_model(reg, task: str, ref: str | None):

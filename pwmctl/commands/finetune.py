@@ -1,0 +1,205 @@
+"""`pwmctl finetune`: online fine-tuning of a policy and its world model in the real environment."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import typer
+
+from pwmctl.commands.extract import evaluate_extractor
+from pwmctl.console import Progress, emit, fail, info, interrupts_as_keyboard_interrupt, state
+from pwmctl.runs import METRICS, append_jsonl, read_jsonl, read_plan, write_plan
+
+CHECKPOINT = "checkpoint.pt"
+REPLAY_DIR = "replay.zarr"
+
+
+def finetune(
+    ctx: typer.Context,
+    task: str = typer.Argument(None, help="The task, e.g. cartpole-balance.", show_default=False),
+    policy: str = typer.Option(None, "--policy", help="Policy ref to start from [default: the newest of the task]."),
+    env_steps: int = typer.Option(None, "--env-steps", min=1, help="Agent steps to collect [default: 5000]."),
+    episodes_per_round: int = typer.Option(None, "--episodes-per-round", min=1,
+                                           help="Episodes collected before each update phase [default: 2]."),
+    updates_per_episode: int = typer.Option(None, "--updates-per-episode", min=1,
+                                            help="Model + policy updates per collected episode [default: 50]."),
+    wm_batch_size: int = typer.Option(None, "--wm-batch-size", min=1, help="Windows per model update [256]."),
+    policy_batch_size: int = typer.Option(None, "--policy-batch-size", min=1,
+                                          help="Start states per policy update [64]."),
+    offline_data: bool = typer.Option(True, "--offline-data/--no-offline-data",
+                                      help="Also learn from the task's offline episodes."),
+    save_data: bool = typer.Option(True, "--save-data/--no-save-data",
+                                   help="Publish the collected episodes as a dataset version."),
+    eval_episodes: int = typer.Option(10, "--eval-episodes", min=1, help="Evaluation episodes before and after."),
+    seed: int = typer.Option(None, "--seed", help="Seeds envs, exploration noise and samplers [default: 0]."),
+    name: str = typer.Option(None, "--name", help="Name of the new policy version [default: the policy's]."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Environment worker processes."),
+    device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N]."),
+    resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
+) -> None:
+    """Fine-tune a policy and its world model online: collect episodes with the policy's exploration
+    noise, then alternate world-model updates (the pre-training objective) and PWM policy updates.
+
+    Publishes a new world model (`<wm>-<task>-ft`) and a new policy version, both with lineage, plus the
+    collected episodes as a dataset. Checkpoints after every round and on Ctrl-C; `--resume RUN` continues.
+    """
+    from pwm_core.data import open_dataset
+    from pwm_core.nn import load_world_model
+    from pwm_core.tasks import get_task
+    from pwm_core.train import load_policy
+    from pwm_core.train.extract import ExtractConfig
+    from pwm_core.train.finetune import FinetuneConfig, Finetuner
+    from pwm_core.train.pretrain import PretrainConfig
+    from pwmctl.commands.collect import DATASET_DIR
+
+    st = state(ctx)
+    reg = st.registry()
+    if resume:
+        run = reg.run_dir(resume)
+        plan = read_plan(run, "finetune")
+        cfg = FinetuneConfig.from_dict(plan["finetune"])
+        task, pol_ref, save_data, eval_episodes = plan["task"], plan["policy"], plan["save_data"], plan["eval_episodes"]
+        name = plan["name"]
+        if env_steps is not None:
+            cfg.env_steps = env_steps
+    else:
+        if task is None:
+            raise fail("name the task: `pwmctl finetune cartpole-balance`")
+        spec = get_task(task)
+        pol_artifact = _choose_policy(reg, spec.name, policy)
+        pol_ref = pol_artifact.ref
+        cfg = FinetuneConfig(offline_data=offline_data)
+        for field, value in (("env_steps", env_steps), ("episodes_per_round", episodes_per_round),
+                             ("updates_per_episode", updates_per_episode), ("wm_batch_size", wm_batch_size),
+                             ("policy_batch_size", policy_batch_size), ("seed", seed), ("device", device)):
+            if value is not None:
+                setattr(cfg, field, value)
+        name = name or pol_artifact.name
+        run = reg.new_run_dir("finetune")
+        write_plan(run, {"command": "finetune", "task": spec.name, "policy": pol_ref, "name": name,
+                         "save_data": save_data, "eval_episodes": eval_episodes, "finetune": cfg.to_dict()})
+    spec = get_task(task)
+    pol_artifact = reg.resolve(pol_ref)
+    wm_refs = [p for p in pol_artifact.parents if p.startswith("worldmodel/")]
+    data_refs = [p for p in pol_artifact.parents if p.startswith("dataset/")]
+    if not wm_refs:
+        raise fail(f"{pol_ref} names no world model as its parent; only extracted policies can be fine-tuned")
+    wm_artifact = reg.resolve(wm_refs[0])
+    wm_cfg = PretrainConfig.from_dict(wm_artifact.manifest.get("config", {}).get("pretrain", {}))
+    ex_cfg = ExtractConfig.from_dict(pol_artifact.manifest.get("config", {}).get("extract", {}))
+    offline = [open_dataset(reg.resolve(r).path / DATASET_DIR) for r in data_refs]
+    tuner = Finetuner(cfg, wm_cfg, ex_cfg, load_world_model(wm_artifact.path), load_policy(pol_artifact.path),
+                      spec.name, offline, run / REPLAY_DIR)
+    before = None
+    if (run / CHECKPOINT).exists():
+        tuner.load_checkpoint(run / CHECKPOINT)
+        before = next((r["eval_return"] for r in read_jsonl(run / METRICS) if r.get("phase") == "before"), None)
+        info(st, f"resumed {run.name} at round {tuner.round} ({tuner.env_steps} env steps, {tuner.updates} updates)")
+    info(st, f"fine-tuning {pol_ref} with {wm_artifact.ref} on {spec.name}: {cfg.env_steps} env steps, "
+             f"{cfg.episodes_per_round} episodes then {cfg.updates_per_episode * cfg.episodes_per_round} updates "
+             f"per round; run {run.name}")
+    if before is None:
+        before = evaluate_extractor(tuner.extractor, spec, eval_episodes)["eval_return"]
+        append_jsonl(run / METRICS, {"phase": "before", "env_steps": 0, "eval_return": before})
+        info(st, f"before: eval return {before:.1f} over {eval_episodes} episodes")
+
+    t0, interrupted = time.monotonic(), False
+    with Progress(st, f"finetune {spec.name}", total=cfg.env_steps) as bar, interrupts_as_keyboard_interrupt():
+        bar.update(min(tuner.env_steps, cfg.env_steps))
+        try:
+            while not tuner.done:
+                steps0 = tuner.env_steps
+                result = tuner.collect(workers=workers)
+                if result.interrupted:
+                    raise KeyboardInterrupt
+                explore = sum(e.ret for e in result.episodes) / max(len(result.episodes), 1)
+                bar.update(tuner.env_steps - steps0, explore_return=explore)
+                for _ in range(cfg.updates_per_episode * len(result.episodes)):
+                    m = tuner.update()
+                    append_jsonl(run / METRICS, {"update": tuner.updates, **m})
+                    bar.update(0, wm_loss=m["wm_loss"], actor_loss=m["actor_loss"], model_return=m["model_return"])
+                append_jsonl(run / METRICS, {"phase": "round", "round": tuner.round, "env_steps": tuner.env_steps,
+                                             "updates": tuner.updates, "explore_return": explore})
+                tuner.save_checkpoint(run / CHECKPOINT)
+                bar.log(f"round {tuner.round}: {tuner.env_steps} env steps, exploration return {explore:.1f}")
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        info(st, f"interrupted at round {tuner.round} ({tuner.env_steps} env steps); the last finished round is "
+                 f"checkpointed. Continue with `pwmctl finetune --resume {run.name}`")
+        raise typer.Exit(130)
+
+    after = evaluate_extractor(tuner.extractor, spec, eval_episodes)["eval_return"]
+    env_steps = tuner.env_steps
+    append_jsonl(run / METRICS, {"phase": "after", "env_steps": env_steps, "eval_return": after})
+    refs = _publish(reg, run, tuner, spec.name, name, wm_artifact, pol_artifact, data_refs, save_data,
+                    before, after, time.monotonic() - t0)
+    doc = {**refs, "env_steps": env_steps, "updates": tuner.updates, "eval_return_before": before,
+           "eval_return_after": after, "run": run.name}
+    emit(st, doc, lambda: typer.echo(
+        f"published {refs['policy']} and {refs['world_model']}"
+        + (f" (episodes: {refs['dataset']})" if refs.get("dataset") else "")
+        + f": eval return {before:.1f} -> {after:.1f} over {eval_episodes} episodes after {env_steps} env "
+          f"steps and {tuner.updates} updates"))
+
+
+def _publish(reg, run, tuner, task: str, name: str, wm_artifact, pol_artifact, data_refs, save_data: bool,
+             before: float, after: float, seconds: float) -> dict:
+    """Publish the episodes (optional), then the world model, then the policy; each one version."""
+    from pwm_core.data import open_dataset
+    from pwm_core.nn import save_world_model
+    from pwm_core.train.extract import save_policy
+    from pwmctl.commands.collect import DATASET_DIR
+
+    out, replay_refs = {}, []
+    replay = open_dataset(run / REPLAY_DIR)
+    config = {"finetune": tuner.cfg.to_dict()}
+    if save_data and replay.num_episodes:
+        with reg.stage("dataset", f"{task}-finetune") as staging:
+            shutil.copytree(run / REPLAY_DIR, staging.path / DATASET_DIR)
+            artifact = staging.publish(
+                parents=[pol_artifact.ref], tasks=[task], config={**config, "policy": pol_artifact.ref},
+                metrics={"episodes": replay.num_episodes, "transitions": replay.num_transitions,
+                         "mean_return": float(replay.episode_returns().mean())})
+        out["dataset"] = artifact.ref
+        replay_refs = [artifact.ref]
+    suffix = f"-{task}-ft"  # fine-tuning a fine-tuned model again makes the next version of its line
+    wm_name = wm_artifact.name if wm_artifact.name.endswith(suffix) else wm_artifact.name + suffix
+    with reg.stage("worldmodel", wm_name) as staging:
+        save_world_model(tuner.model, staging.path)
+        artifact = staging.publish(
+            parents=[wm_artifact.ref, *replay_refs], tasks=list(wm_artifact.tasks),
+            config={**config, "pretrain": tuner.wm_cfg.to_dict(), "model": tuner.model.cfg.to_dict()},
+            metrics={"env_steps": tuner.env_steps, "updates": tuner.updates}, extra={"run": run.name})
+    out["world_model"] = artifact.ref
+    curve = [r for r in read_jsonl(run / METRICS) if r.get("phase") == "round"]
+    with reg.stage("policy", name) as staging:
+        save_policy(tuner.extractor, staging.path, metadata={"world_model": out["world_model"],
+                                                              "finetuned_from": pol_artifact.ref})
+        (staging.path / METRICS).write_bytes((run / METRICS).read_bytes())
+        artifact = staging.publish(
+            parents=[out["world_model"], pol_artifact.ref, *data_refs], tasks=[task],
+            config={**config, "extract": tuner.extractor.cfg.to_dict()},
+            metrics={"env_steps": tuner.env_steps, "updates": tuner.updates, "train_seconds": round(seconds, 1),
+                     "eval_return_before": before, "eval_return": after,
+                     "exploration_curve": [[r["env_steps"], r["explore_return"]] for r in curve]},
+            extra={"run": run.name})
+    out["policy"] = artifact.ref
+    shutil.rmtree(run / REPLAY_DIR, ignore_errors=True)  # published (or not wanted); the run keeps its log
+    (run / CHECKPOINT).unlink(missing_ok=True)
+    return out
+
+
+def _choose_policy(reg, task: str, ref: str | None):
+    if ref:
+        artifact = reg.resolve(ref, default_kind="policy")
+        if artifact.kind != "policy":
+            raise fail(f"--policy needs a policy, got {artifact.ref}")
+        if task not in artifact.tasks:
+            raise fail(f"{artifact.ref} acts on {', '.join(artifact.tasks)}, not {task}")
+        return artifact
+    candidates = reg.list(kind="policy", task=task)
+    if not candidates:
+        raise fail(f"no local policy for {task}: extract one with `pwmctl extract {task}` (or pass --policy REF)")
+    return max(candidates, key=lambda a: a.created)

@@ -1,0 +1,108 @@
+"""`pwmctl finetune` and the Finetuner on a tiny world model: what it publishes, its lineage, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import run, run_json
+
+TINY_WM = ["--size", "1M", "--batch-size", "8", "--horizon", "3", "--steps", "4", "--set", "val_every=10",
+           "--set", "val_batches=1"]
+TINY_EXTRACT = ["--batch-size", "8", "--set", "horizon=4", "--set", "return_states=4", "--eval-every", "2",
+                "--eval-episodes", "1", "--steps", "2"]
+TINY_FT = ["--env-steps", "600", "--episodes-per-round", "1", "--updates-per-episode", "2", "--wm-batch-size", "8",
+           "--policy-batch-size", "8", "--eval-episodes", "1"]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("pwm")
+    run(home, "collect", "cartpole-balance,pendulum-swingup", "-n", "2", "--name", "tiny")
+    run(home, "pretrain", "--tasks", "cartpole-balance,pendulum-swingup", *TINY_WM, "--name", "wm")
+    run(home, "extract", "cartpole-balance", *TINY_EXTRACT)
+    return home
+
+
+def test_finetune_publishes_model_policy_and_episodes_with_lineage(home):
+    doc = run_json(home, "finetune", "cartpole-balance", *TINY_FT)
+    assert doc["policy"] == "policy/cartpole-balance:v2"
+    assert doc["world_model"] == "worldmodel/wm-cartpole-balance-ft:v1"
+    assert doc["dataset"] == "dataset/cartpole-balance-finetune:v1"
+    assert doc["env_steps"] == 1000 and doc["updates"] == 4  # 2 rounds of 1 episode (500 steps) x 2 updates
+    pol = run_json(home, "show", doc["policy"])
+    assert sorted(pol["parents"]) == ["dataset/tiny:v1", "policy/cartpole-balance:v1",
+                                      "worldmodel/wm-cartpole-balance-ft:v1"]
+    assert pol["manifest"]["metrics"]["eval_return_before"] == doc["eval_return_before"]
+    wm = run_json(home, "show", doc["world_model"])
+    assert sorted(wm["parents"]) == ["dataset/cartpole-balance-finetune:v1", "worldmodel/wm:v1"]
+    data = run_json(home, "data", "info", doc["dataset"])
+    assert data["episodes"] == 2
+
+    # the new model differs from the old one, and the new policy acts with the new encoder
+    from pwm_core.nn import load_world_model
+    from pwm_core.train import load_policy
+
+    old = load_world_model(Path(run_json(home, "show", "worldmodel/wm:v1")["path"]))
+    new = load_world_model(Path(wm["path"]))
+    assert not torch.equal(old._dynamics[0].weight, new._dynamics[0].weight)
+    policy = load_policy(Path(pol["path"]))
+    assert torch.equal(policy.encoder[0].weight, new._encoder[0].weight)
+
+    # again: a fine-tuned model's line gets its next version, not a longer name
+    doc2 = run_json(home, "finetune", "cartpole-balance", *TINY_FT, "--env-steps", "100", "--no-save-data")
+    assert doc2["world_model"] == "worldmodel/wm-cartpole-balance-ft:v2" and "dataset" not in doc2
+
+
+def test_finetune_bad_input(home):
+    for args, word in ((["walker-walk"], "pwmctl extract walker-walk"),
+                       (["cartpole-balance", "--policy", "worldmodel/wm"], "needs a policy"),
+                       (["pendulum-swingup", "--policy", "policy/cartpole-balance:v1"], "acts on cartpole-balance"),
+                       ([], "name the task")):
+        result = run(home, "finetune", *args, code=2)
+        assert len(result.stderr.strip().splitlines()) == 1 and word in result.stderr, result.stderr
+
+
+def test_finetuner_checkpoint_resumes_its_state(home, tmp_path):
+    from pwm_core.data import open_dataset
+    from pwm_core.nn import load_world_model
+    from pwm_core.train import load_policy
+    from pwm_core.train.extract import ExtractConfig
+    from pwm_core.train.finetune import FinetuneConfig, Finetuner
+    from pwm_core.train.pretrain import PretrainConfig
+
+    def paths(ref):
+        return Path(run_json(home, "show", ref)["path"])
+
+    def make() -> Finetuner:
+        cfg = FinetuneConfig(env_steps=1000, episodes_per_round=1, updates_per_episode=2, wm_batch_size=8,
+                             policy_batch_size=8, device="cpu")
+        return Finetuner(cfg, PretrainConfig(horizon=3), ExtractConfig(horizon=4, return_states=4),
+                         load_world_model(paths("worldmodel/wm:v1")), load_policy(paths("policy/cartpole-balance:v1")),
+                         "cartpole-balance", [open_dataset(paths("dataset/tiny:v1") / "data.zarr")],
+                         tmp_path / "replay.zarr")
+
+    a = make()
+    a.collect()
+    a.update()
+    a.save_checkpoint(tmp_path / "ck.pt")
+    assert a.env_steps == 500 and not a.done
+    b = make()  # the replay on disk is reopened
+    assert b.env_steps == 500
+    b.load_checkpoint(tmp_path / "ck.pt")
+    assert (b.round, b.updates) == (1, 1)
+    for (k, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(p, q), k
+    ma = a.update()
+    b.load_checkpoint(tmp_path / "ck.pt")  # both share this process's global generators: restore them again
+    mb = b.update()
+    assert ma == pytest.approx(mb, rel=1e-5)  # the same next update: samplers and noise carried over
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    from pwm_core.errors import PwmError
+
+    with pytest.raises(PwmError, match="fine-tuning checkpoint"):
+        b.load_checkpoint(tmp_path / "bad.pt")
+    json.dumps(a.cfg.to_dict())
