@@ -76,3 +76,20 @@ def test_collect_with_an_extracted_policy(home):
     assert run_json(home, "show", "dataset/on-policy")["manifest"]["config"]["policy"] == "policy/behaviour:v1"
     result = run(home, "collect", "pendulum-swingup", "--policy", "policy/behaviour", "-n", "1", code=2)
     assert "acts on cartpole-balance" in result.stderr
+
+
+def test_extract_several_tasks_and_the_rank_split(home, monkeypatch):
+    doc = run_json(home, "extract", "--tasks", "cartpole-balance,pendulum-swingup", *TINY_EXTRACT, "--steps", "2")
+    assert [p["task"] for p in doc["policies"]] == ["cartpole-balance", "pendulum-swingup"]
+    assert all(p["artifact"].startswith(f"policy/{p['task']}:") for p in doc["policies"])
+    monkeypatch.setenv("RANK", "1")  # what torchrun sets: this rank takes every second task
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    doc = run_json(home, "extract", "--tasks", "cartpole-balance,pendulum-swingup", *TINY_EXTRACT, "--steps", "2")
+    assert [p["task"] for p in doc["policies"]] == ["pendulum-swingup"] and doc["rank"] == 1
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    for args, word in ((["--tasks", "cartpole-balance,walker-walk"], "pwmctl pretrain --tasks walker-walk"),
+                       (["cartpole-balance", "--tasks", "mt30"], "not both"),
+                       (["--tasks", "cartpole-balance", "--name", "x"], "--name")):
+        result = run(home, "extract", *args, code=2)
+        assert len(result.stderr.strip().splitlines()) == 1 and word in result.stderr, result.stderr

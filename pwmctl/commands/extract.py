@@ -17,6 +17,8 @@ EVAL_SEED_OFFSET = 10_000  # in-training evaluations use other env seeds than `p
 def extract(
     ctx: typer.Context,
     task: str = typer.Argument(None, help="The task to extract a policy for, e.g. walker-walk.", show_default=False),
+    tasks: str = typer.Option(None, "--tasks", help="Several tasks, one policy each: a set (mt30) or T1,T2. "
+                              "Under torchrun the ranks split them."),
     wm: str = typer.Option(None, "--wm", help="World-model ref [default: the newest one that has the task]."),
     data: list[str] = typer.Option(None, "--data", help="Dataset ref(s) for start states [default: the world "
                                    "model's parent datasets]."),
@@ -45,13 +47,55 @@ def extract(
     --bootstrap gamma-h, --batch-size 64 and --mask-actions give the paper's variants. Checkpoints at
     every evaluation and on Ctrl-C / SIGTERM; `--resume RUN` continues bitwise.
     """
+    import os
+    from dataclasses import replace
+
+    from pwm_core.tasks import resolve_tasks
+
+    st = state(ctx)
+    settings = dict(wm=wm, data=data, steps=steps, batch_size=batch_size, critic_target=critic_target,
+                    bootstrap=bootstrap, mask_actions=mask_actions, seed=seed, eval_every=eval_every,
+                    eval_episodes=eval_episodes, device=device, compile=compile, amp=amp, overrides=overrides)
+    if tasks is None or resume:
+        doc = _extract_task(st, task, name=name, resume=resume, **settings)
+        emit(st, doc, lambda: typer.echo(_published_line(doc)))
+        return
+    if task is not None:
+        raise fail(f"give either a task or --tasks, not both ({task!r} and --tasks {tasks})")
+    if name is not None:
+        raise fail("--name names one policy; with --tasks each policy is named after its task")
+    names = list(resolve_tasks(tasks).names)
+    reg = st.registry()
+    for t in names:  # fail before any training when a task has no world model
+        _choose_world_model(reg, t, wm)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    mine = names[rank::world]  # under torchrun each rank extracts its share; no collectives needed
+    if rank > 0:
+        st = replace(st, verbosity=-1)  # progress from rank 0 only; every rank prints what it published
+    info(st, f"extracting {len(names)} tasks" + (f", {len(mine)} on this rank of {world}" if world > 1 else ""))
+    docs = []
+    for t in mine:
+        doc = _extract_task(st, t, name=None, resume=None, **settings)
+        docs.append(doc)
+        if not st.json:
+            typer.echo(_published_line(doc))
+    emit(st, {"policies": docs, "rank": rank, "world_size": world})
+
+
+def _published_line(doc: dict) -> str:
+    return (f"published {doc['artifact']}: {doc['steps']} updates, eval return {doc['eval_return']:.1f} over "
+            f"{doc['eval_episodes']} episodes")
+
+
+def _extract_task(st, task, *, wm, data, steps, batch_size, critic_target, bootstrap, mask_actions, seed,
+                  eval_every, eval_episodes, name, device, compile, amp, overrides, resume) -> dict:
+    """Extract (or resume) one task's policy and publish it; returns the result document."""
     from pwm_core.config import apply_overrides
     from pwm_core.data import open_dataset
     from pwm_core.nn import load_world_model
     from pwm_core.tasks import get_task
     from pwm_core.train.extract import ExtractConfig, Extractor, save_policy, start_state_sampler, validate_config
 
-    st = state(ctx)
     reg = st.registry()
     if resume:
         run = reg.run_dir(resume)
@@ -140,11 +184,9 @@ def extract(
                      "eval_return": curve[-1]["eval_return"], "eval_success": curve[-1]["eval_success"],
                      "learning_curve": [[r["step"], r["eval_return"]] for r in curve]},
             extra={"run": run.name, "eval_seeds": f"{EVAL_SEED_OFFSET}..{EVAL_SEED_OFFSET + eval_episodes - 1}"})
-    doc = {"artifact": artifact.ref, "world_model": wm_ref, "datasets": data_refs,
-           "steps": extractor.step_count, "eval_return": curve[-1]["eval_return"],
-           "learning_curve": [[r["step"], r["eval_return"]] for r in curve], "run": run.name}
-    emit(st, doc, lambda: typer.echo(f"published {artifact.ref}: {extractor.step_count} updates, eval return "
-                                     f"{curve[-1]['eval_return']:.1f} over {eval_episodes} episodes"))
+    return {"artifact": artifact.ref, "task": spec.name, "world_model": wm_ref, "datasets": data_refs,
+            "steps": extractor.step_count, "eval_return": curve[-1]["eval_return"], "eval_episodes": eval_episodes,
+            "learning_curve": [[r["step"], r["eval_return"]] for r in curve], "run": run.name}
 
 
 def evaluate_extractor(extractor, spec, episodes: int) -> dict:
