@@ -7,6 +7,9 @@ Knows files and metadata, not neural networks: it imports neither pwm_core nor p
         save_weights(staging.path / "model.safetensors")
         wm = staging.publish(parents=["dataset/mt30:v1"], tasks=tasks, code_version="0.1.0")
     reg.resolve("mt30-48m", default_kind="worldmodel")   # -> worldmodel/mt30-48m:v1
+
+Sharing on the Hugging Face Hub lives in `registry.hub` (push/pull, one commit per version) and
+`registry.cards` (README cards); they import huggingface_hub only when called.
 """
 
 from registry.errors import ArtifactNotFound, IntegrityError, RefError, RegistryError
@@ -19,7 +22,15 @@ from registry.manifest import (
     write_manifest,
 )
 from registry.refs import KINDS, Ref, parse_ref
-from registry.store import SCHEMA_VERSION, Artifact, LineageNode, Registry, Staging
+from registry.store import (
+    SCHEMA_VERSION,
+    Artifact,
+    LineageNode,
+    Registry,
+    Remote,
+    Staging,
+    content_sha256,
+)
 
 __all__ = [
     "KINDS",
@@ -34,7 +45,9 @@ __all__ = [
     "RefError",
     "Registry",
     "RegistryError",
+    "Remote",
     "Staging",
+    "content_sha256",
     "hash_tree",
     "parse_ref",
     "read_manifest",

@@ -12,11 +12,16 @@ Publishing writes the payload into a staging folder under tmp/, hashes it, then,
 version, writes manifest.json, renames the folder into place and inserts the index rows. A crash
 leaves either nothing in the index or a whole version; a version folder orphaned by a crash keeps
 its number, which is never issued again.
+
+Hub remotes: a version pushed to or pulled from the Hugging Face Hub has a `remotes` row per
+(endpoint, repo) naming the commit it is pinned to; a pulled version keeps its Hub provenance and
+the Hub ids of parents that are not here under `extra["hub"]` of its manifest (see registry/hub.py).
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
 import re
@@ -45,7 +50,7 @@ from registry.manifest import (
     verify_tree,
     write_manifest,
 )
-from registry.refs import Ref, check_kind, check_name, name_problem, parse_ref
+from registry.refs import KINDS, Ref, check_kind, check_name, name_problem, parse_ref
 
 SCHEMA_VERSION = 1  # PRAGMA user_version of index.sqlite
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another process's transaction
@@ -139,12 +144,49 @@ class Artifact:
 
 
 @dataclass(frozen=True)
+class Remote:
+    """Where one artifact version lives on a Hub: a repo pinned to a commit (a `remotes` row)."""
+
+    repo: str  # "org/name"
+    repo_type: str  # "model" | "dataset"
+    commit_sha: str
+    endpoint: str
+    tag: str | None = None
+    pushed_at: str = ""  # when the row was recorded, by a push or a pull (UTC ISO 8601)
+
+    @property
+    def hub_id(self) -> str:
+        """"org/name@v3" ("datasets/org/name@v3" for a dataset repo), the short sha without a tag."""
+        prefix = "datasets/" if self.repo_type == "dataset" else ""
+        return f"{prefix}{self.repo}@{self.tag or self.commit_sha[:12]}"
+
+    @property
+    def url(self) -> str:
+        """The commit's page on the Hub."""
+        prefix = "datasets/" if self.repo_type == "dataset" else ""
+        return f"{self.endpoint}/{prefix}{self.repo}/tree/{self.commit_sha}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"repo": self.repo, "repo_type": self.repo_type, "commit": self.commit_sha,
+                "tag": self.tag, "endpoint": self.endpoint}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Remote:
+        return cls(doc["repo"], doc["repo_type"], doc["commit"], doc["endpoint"], doc.get("tag"))
+
+
+@dataclass(frozen=True)
 class LineageNode:
-    """An artifact and, recursively, its parents. `artifact` is None when not in this registry."""
+    """An artifact and, recursively, its parents. `artifact` is None when not in this registry.
+
+    `remotes` are its Hub copies: the recorded ones for a local artifact; for a parent that is only
+    on the Hub (named by a pulled artifact), the Hub copy it was made from.
+    """
 
     ref: str
     artifact: Artifact | None
     parents: tuple[LineageNode, ...] = ()
+    remotes: tuple[Remote, ...] = ()
 
     @property
     def exists(self) -> bool:
@@ -263,7 +305,68 @@ class Registry:
             "extra": _json_table("extra", extra),
             "code_version": code_version_info(code_version),
         }
-        files = hash_tree(staging)
+        return self._move_into_place(staging, kind, name, hash_tree(staging), metadata)
+
+    def publish_pulled(
+        self,
+        staging_path: Path | str,
+        manifest: Mapping[str, Any],
+        *,
+        parents: Iterable[RefLike | Artifact],
+        hub: Mapping[str, Any],
+        remote: Remote,
+    ) -> Artifact:
+        """Publish a version downloaded from the Hub as the next local version of its kind/name.
+
+        The staging folder must hold exactly the files `manifest` (the pushed manifest.json)
+        lists, with their sha256 and size; its tasks, config, metrics and code version are kept,
+        `hub` is stored as `extra["hub"]` (provenance, parents only on the Hub) and `remote` is
+        recorded in the same transaction.
+
+        Args:
+            staging_path: a staging folder of this registry (see `stage`) holding the payload.
+            manifest: the manifest.json of the Hub commit.
+            parents: the local artifacts its parents were matched to.
+            hub: JSON table of its Hub provenance.
+            remote: the repo and commit it came from.
+
+        Raises:
+            IntegrityError: files that differ from the manifest (all listed); nothing is published.
+        """
+        kind, name = check_kind(manifest["kind"]), check_name(manifest["name"])
+        staging = self._checked_staging(Path(staging_path))
+        problems = verify_tree(staging, manifest)
+        if problems:
+            listed = "; ".join(str(p) for p in problems[:10])
+            more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
+            raise IntegrityError(
+                f"{remote.hub_id} (commit {remote.commit_sha[:12]}) does not match its manifest.json: "
+                f"{len(problems)} bad files: {listed}{more}; nothing was registered: the Hub copy "
+                f"is damaged or was tampered with, ask its owner to push it again"
+            )
+        metadata = {
+            "parents": list(dict.fromkeys(self._pin(p) for p in _as_list(parents, "parents"))),
+            "tasks": _task_list(manifest.get("tasks", ())),
+            "config": _json_table("config", manifest.get("config")),
+            "metrics": _json_table("metrics", manifest.get("metrics")),
+            "extra": {**_json_table("extra", manifest.get("extra")), "hub": _json_table("hub", hub)},
+            "code_version": _json_table("code_version", manifest.get("code_version")),
+        }
+        return self._move_into_place(staging, kind, name, dict(manifest["files"]), metadata,
+                                     created=manifest.get("created"), remote=remote)
+
+    def _move_into_place(
+        self,
+        staging: Path,
+        kind: str,
+        name: str,
+        files: dict[str, FileEntry],
+        metadata: dict[str, Any],
+        *,
+        created: str | None = None,
+        remote: Remote | None = None,
+    ) -> Artifact:
+        """Number, write manifest.json, rename into place and index, in one transaction."""
         moved_to: Path | None = None
         try:
             with self._transaction() as db:
@@ -271,14 +374,16 @@ class Registry:
                 for parent in metadata["parents"]:  # not removed since it was pinned
                     self._lookup(db, parse_ref(parent))
                 version = self._next_version(db, kind, name)
-                manifest = make_manifest(kind, name, version, _utc_now(), files, **metadata)
+                manifest = make_manifest(kind, name, version, created or _utc_now(), files, **metadata)
                 write_manifest(staging, manifest)
                 dest = self._version_dir(kind, name, version)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(staging, dest)
                 moved_to = dest
                 _fsync_dir(dest.parent)  # the rename is on disk before the index says so
-                self._insert(db, manifest, dest)
+                artifact_id = self._insert(db, manifest, dest)
+                if remote is not None:
+                    self._insert_remote(db, artifact_id, remote)
         except BaseException:
             _undo_publish(staging, moved_to)
             raise
@@ -331,6 +436,53 @@ class Registry:
         """The artifact and its ancestors, as a tree; ancestors not in this registry are leaves."""
         with self._connect() as db:
             return self._lineage_node(db, self._lookup(db, _as_ref(ref, default_kind)).ref)
+
+    # ---- Hub remotes ------------------------------------------------------------------------
+
+    def add_remote(self, ref: RefLike, remote: Remote, default_kind: str | None = None) -> None:
+        """Record that an artifact version is on the Hub at `remote` (replaces the row for the
+        same endpoint and repo)."""
+        with self._transaction() as db:
+            artifact = self._lookup(db, _as_ref(ref, default_kind))
+            row = db.execute(
+                "SELECT id FROM artifacts WHERE kind = ? AND name = ? AND version = ?",
+                (artifact.kind, artifact.name, artifact.version),
+            ).fetchone()
+            self._insert_remote(db, row[0], remote)
+
+    def remotes(self, ref: RefLike, default_kind: str | None = None) -> list[Remote]:
+        """The Hub copies of one version, most recently recorded first."""
+        with self._connect() as db:
+            return self._remotes(db, self._lookup(db, _as_ref(ref, default_kind)).ref)
+
+    def all_remotes(self) -> dict[str, list[Remote]]:
+        """{pinned ref: its Hub copies} for every version that has one."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT a.kind, a.name, a.version, r.* FROM remotes r JOIN artifacts a ON a.id = r.artifact_id "
+                "ORDER BY r.pushed_at DESC, r.id DESC"
+            ).fetchall()
+        found: dict[str, list[Remote]] = {}
+        for row in rows:
+            found.setdefault(f"{row['kind']}/{row['name']}:v{row['version']}", []).append(_remote(row))
+        return found
+
+    def find_remote(
+        self, repo: str, *, commit_sha: str | None = None, tag: str | None = None,
+        endpoint: str | None = None, repo_type: str | None = None,
+    ) -> Artifact | None:
+        """The newest local version recorded as on the Hub in `repo` (at that commit, tag,
+        endpoint, repo type when given), or None."""
+        with self._connect() as db:
+            return self._with_remote(db, repo, commit_sha=commit_sha, tag=tag, endpoint=endpoint,
+                                     repo_type=repo_type)
+
+    def match_hub_parent(self, entry: Mapping[str, Any]) -> Artifact | None:
+        """The local artifact a Hub manifest's lineage entry names ({"ref", "content_sha256",
+        "hub"}): one recorded at the same Hub commit, else one of that kind/name with the same
+        payload; None when there is none."""
+        with self._connect() as db:
+            return self._match_hub_parent(db, entry)
 
     # ---- checking and removing --------------------------------------------------------------
 
@@ -475,8 +627,8 @@ class Registry:
         ]
         return max([issued.fetchone()[0] or 0, indexed.fetchone()[0] or 0, *on_disk]) + 1
 
-    def _insert(self, db: sqlite3.Connection, manifest: Mapping[str, Any], dest: Path) -> None:
-        """Index rows of a freshly moved version folder."""
+    def _insert(self, db: sqlite3.Connection, manifest: Mapping[str, Any], dest: Path) -> int:
+        """Index rows of a freshly moved version folder; returns its artifact id."""
         kind, name, version = manifest["kind"], manifest["name"], manifest["version"]
         artifact_id = db.execute(
             "INSERT INTO artifacts (kind, name, version, created, path, manifest_json) "
@@ -497,6 +649,60 @@ class Registry:
             "ON CONFLICT (kind, name) DO UPDATE SET last_version = excluded.last_version",
             (kind, name, version),
         )
+        return artifact_id
+
+    def _insert_remote(self, db: sqlite3.Connection, artifact_id: int, remote: Remote) -> None:
+        """Record (or refresh) the Hub copy of one artifact in one repo."""
+        db.execute(
+            "INSERT INTO remotes (artifact_id, repo, repo_type, tag, commit_sha, endpoint, pushed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (artifact_id, endpoint, repo_type, repo) DO UPDATE "
+            "SET tag = excluded.tag, commit_sha = excluded.commit_sha, pushed_at = excluded.pushed_at",
+            (artifact_id, remote.repo, remote.repo_type, remote.tag, remote.commit_sha, remote.endpoint,
+             remote.pushed_at or _utc_now()),
+        )
+
+    def _remotes(self, db: sqlite3.Connection, ref: str) -> list[Remote]:
+        kind, name, version = _ref_key(ref)
+        rows = db.execute(
+            "SELECT r.* FROM remotes r JOIN artifacts a ON a.id = r.artifact_id "
+            "WHERE a.kind = ? AND a.name = ? AND a.version = ? ORDER BY r.pushed_at DESC, r.id DESC",
+            (kind, name, version),
+        )
+        return [_remote(row) for row in rows]
+
+    def _with_remote(
+        self, db: sqlite3.Connection, repo: str, *, commit_sha: str | None = None, tag: str | None = None,
+        endpoint: str | None = None, repo_type: str | None = None,
+    ) -> Artifact | None:
+        row = db.execute(
+            f"SELECT {_COLUMNS} FROM artifacts a JOIN remotes r ON r.artifact_id = a.id WHERE r.repo = :repo "
+            "AND (:sha IS NULL OR r.commit_sha = :sha) AND (:tag IS NULL OR r.tag = :tag) "
+            "AND (:endpoint IS NULL OR r.endpoint = :endpoint) AND (:type IS NULL OR r.repo_type = :type) "
+            "ORDER BY a.version DESC LIMIT 1",
+            {"repo": repo, "sha": commit_sha, "tag": tag, "endpoint": endpoint, "type": repo_type},
+        ).fetchone()
+        return self._artifact(row) if row else None
+
+    def _with_content(self, db: sqlite3.Connection, kind: str, name: str, digest: str) -> Artifact | None:
+        rows = db.execute(
+            f"SELECT {_COLUMNS} FROM artifacts a WHERE a.kind = ? AND a.name = ? ORDER BY a.version DESC",
+            (kind, name),
+        )
+        return next((a for a in map(self._artifact, rows) if content_sha256(a.manifest) == digest), None)
+
+    def _match_hub_parent(self, db: sqlite3.Connection, entry: Mapping[str, Any]) -> Artifact | None:
+        """The local artifact a parent named by a pulled manifest is: same Hub commit, or same
+        kind/name and payload."""
+        hub = entry.get("hub")
+        if hub:
+            found = self._with_remote(db, hub["repo"], commit_sha=hub["commit"])
+            if found is not None:
+                return found
+        kind, _, rest = str(entry.get("ref", "")).partition("/")
+        name = rest.partition(":")[0]
+        if name_problem(name) or kind not in KINDS or not entry.get("content_sha256"):
+            return None
+        return self._with_content(db, kind, name, entry["content_sha256"])
 
     def _get(self, db: sqlite3.Connection, ref: Ref) -> Artifact | None:
         """The artifact `ref` names (highest version for latest), or None."""
@@ -541,12 +747,26 @@ class Registry:
         )
         return [self._artifact(row) for row in rows]
 
-    def _lineage_node(self, db: sqlite3.Connection, ref: str) -> LineageNode:
+    def _lineage_node(self, db: sqlite3.Connection, ref: str, below: frozenset[str] = frozenset()) -> LineageNode:
         artifact = self._get(db, parse_ref(ref))
         if artifact is None:
             return LineageNode(ref, None)
-        parents = tuple(self._lineage_node(db, parent) for parent in artifact.parents)
-        return LineageNode(ref, artifact, parents)
+        below = below | {artifact.ref}
+        parents = [self._lineage_node(db, parent, below) for parent in artifact.parents]
+        hub_of = {e["local"]: Remote.from_dict(e["hub"]) for e in _hub_lineage(artifact.manifest)
+                  if e.get("local") and e.get("hub")}
+        parents = [p if p.exists or p.ref not in hub_of else LineageNode(p.ref, None, remotes=(hub_of[p.ref],))
+                   for p in parents]  # a linked parent removed since: its Hub id still shows
+        for entry in (e for e in _hub_lineage(artifact.manifest) if not e.get("local")):
+            local = self._match_hub_parent(db, entry)  # pulled since this artifact was
+            if local is not None and local.ref in below:  # same payload as a descendant: not its parent
+                local = None
+            if local is not None and local.ref not in artifact.parents:
+                parents.append(self._lineage_node(db, local.ref, below))
+            elif local is None:
+                hub = (Remote.from_dict(entry["hub"]),) if entry.get("hub") else ()
+                parents.append(LineageNode(entry["ref"], None, remotes=hub))
+        return LineageNode(ref, artifact, tuple(parents), tuple(self._remotes(db, artifact.ref)))
 
     # ---- files ------------------------------------------------------------------------------
 
@@ -635,6 +855,30 @@ def _use_wal(db: sqlite3.Connection) -> None:
             if "locked" not in str(e) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
+
+
+def content_sha256(manifest: Mapping[str, Any]) -> str:
+    """sha256 of a manifest's files table (paths, sizes, hashes): the identity of a payload,
+    equal for a version and its copies elsewhere whatever their version numbers."""
+    files = manifest["files"]
+    canonical = json.dumps({p: [files[p]["sha256"], files[p]["size"]] for p in sorted(files)})
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _hub_lineage(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The parents a pulled artifact's Hub manifest named, each with "local": the ref it was
+    linked to when pulled, or None (see registry/hub.py)."""
+    hub = manifest.get("extra", {}).get("hub") or {}
+    return list(hub.get("lineage", []))
+
+
+def _ref_key(ref: str) -> tuple[str, str, int]:
+    parsed = parse_ref(ref)
+    return parsed.kind, parsed.name, parsed.version or 0
+
+
+def _remote(row: sqlite3.Row) -> Remote:
+    return Remote(row["repo"], row["repo_type"], row["commit_sha"], row["endpoint"], row["tag"], row["pushed_at"])
 
 
 def _as_ref(ref: RefLike, default_kind: str | None) -> Ref:

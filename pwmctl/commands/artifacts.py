@@ -61,6 +61,7 @@ def ls(
 def show(
     ctx: typer.Context,
     ref: str = typer.Argument(..., help="Artifact ref: kind/name[:vN]."),
+    lineage_only: bool = typer.Option(False, "--lineage", help="Only the parent tree, with Hub ids."),
 ) -> None:
     """Manifest, files and lineage of one artifact version."""
     st = state(ctx)
@@ -68,10 +69,17 @@ def show(
     a = reg.resolve(ref)
     lineage = reg.lineage(a.ref)
     children = [c.ref for c in reg.children(a.ref)]
-    doc = {**_summary(a), "manifest": a.manifest, "children": children, "lineage": _lineage_dict(lineage)}
+    hub = [{"hub_id": r.hub_id, **r.to_dict(), "url": r.url} for r in lineage.remotes]
+    doc = {**_summary(a), "manifest": a.manifest, "children": children, "hub": hub,
+           "lineage": _lineage_dict(lineage)}
 
     def human() -> None:
+        if lineage_only:
+            typer.echo("\n".join(_lineage_lines(lineage)))
+            return
         typer.echo(f"{a.ref}  created {a.created}  {human_size(a.size_bytes)}  {a.path}")
+        for r in lineage.remotes:
+            typer.echo(f"hub: {r.hub_id}  commit {r.commit_sha}  {r.url}")
         if a.tasks:
             typer.echo(f"tasks: {', '.join(a.tasks)}")
         for key in ("config", "metrics"):
@@ -111,23 +119,39 @@ def rm(
 def verify(
     ctx: typer.Context,
     ref: str = typer.Argument(..., help="Artifact ref: kind/name[:vN]."),
+    remote: bool = typer.Option(False, "--remote", help="Also compare with the manifest.json of each Hub "
+                                                        "commit it was pushed to or pulled from."),
 ) -> None:
-    """Re-hash every file of an artifact version against its manifest."""
+    """Re-hash every file of an artifact version against its manifest (and its Hub copies')."""
     st = state(ctx)
     reg = st.registry()
     a = reg.resolve(ref)
     problems = reg.verify(a.ref)
     doc = {"ref": a.ref, "ok": not problems, "files": len(a.manifest.get("files", {})),
            "problems": [{"path": p.path, "problem": p.problem} for p in problems]}
+    remotes = []
+    if remote:
+        from registry.hub import verify_remote
+
+        remotes = verify_remote(reg, a.ref)
+        doc["remotes"] = [{"hub_id": r.hub_id, **r.to_dict(), "ok": not bad,
+                           "problems": [{"path": p.path, "problem": p.problem, "detail": p.detail} for p in bad]}
+                          for r, bad in remotes]
+        doc["ok"] = doc["ok"] and all(not bad for _, bad in remotes)
 
     def human() -> None:
         if not problems:
             typer.echo(f"{a.ref}: ok, {doc['files']} files match the manifest")
         for p in problems:
             typer.echo(f"{a.ref}: {p.path}: {p.problem}")
+        for r, bad in remotes:
+            if not bad:
+                typer.echo(f"{a.ref}: ok, same files as {r.hub_id} (commit {r.commit_sha[:12]})")
+            for p in bad:
+                typer.echo(f"{a.ref}: {p.path}: {p.problem} vs {r.hub_id} ({p.detail})")
 
     emit(st, doc, human)
-    if problems:
+    if not doc["ok"]:
         raise typer.Exit(1)
 
 
@@ -147,11 +171,16 @@ def _metrics_line(a) -> str:
 
 
 def _lineage_dict(node) -> dict:
-    return {"ref": node.ref, "local": node.exists, "parents": [_lineage_dict(p) for p in node.parents]}
+    return {"ref": node.ref, "local": node.exists, "hub": [r.hub_id for r in node.remotes],
+            "parents": [_lineage_dict(p) for p in node.parents]}
 
 
 def _lineage_lines(node, depth: int = 0) -> list[str]:
-    mark = "" if node.exists else "  (not in this registry)"
+    hub = ", ".join(f"{r.hub_id} ({r.commit_sha[:8]})" for r in node.remotes)
+    if node.exists:
+        mark = f"  hub: {hub}" if hub else ""
+    else:
+        mark = f"  (not in this registry; on the Hub: {hub})" if hub else "  (not in this registry)"
     lines = [("  " * (depth - 1) + "└─ " if depth else "") + node.ref + mark]
     for p in node.parents:
         lines.extend(_lineage_lines(p, depth + 1))
