@@ -147,3 +147,14 @@ def format_table(report: dict) -> str:
     if "note" in report:
         lines.append(f"Note: {report['note']}")
     return "\n".join(lines)
+
+
+def format_latency(latency: Mapping[str, Mapping]) -> str:
+    """``{label: Latency.to_dict()}`` as a markdown table: ms per call (mean, p50, p95; one call acts for
+    every env of a lockstep step, so this is the time to an action), envs per call and ms per action."""
+    lines = ["| actor | calls | envs/call | ms/call | p50 | p95 | ms/action |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, t in latency.items():
+        envs = t["actions"] / t["calls"] if t["calls"] else float("nan")
+        lines.append(f"| {label} | {t['calls']} | {envs:.1f} | {t['ms_per_call']:.2f} | {t['p50_ms_per_call']:.2f} "
+                     f"| {t['p95_ms_per_call']:.2f} | {t['ms_per_action']:.2f} |")
+    return "\n".join(lines)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -27,7 +28,23 @@ from pwm_core.evaluate.stats import normalized_score
 from pwm_core.tasks import TaskSpec, get_task
 
 # A deterministic policy over a batch of envs: padded obs (N, O) and the N envs' tasks -> actions (N, A).
-Actor = Callable[[np.ndarray, list[TaskSpec]], np.ndarray]
+PlainActor = Callable[[np.ndarray, list[TaskSpec]], np.ndarray]
+
+
+class EpisodicActor(Protocol):
+    """An actor with memory across an episode's steps (e.g. MPPI's warm start), marked ``episodic = True``.
+
+    Besides obs and tasks it gets ``envs`` (N,), ids of the rows' envs, fixed through an episode and distinct
+    within a call, and ``first`` (N,) bool, True at each episode's first step.
+    """
+
+    episodic: bool
+
+    def __call__(self, obs: np.ndarray, specs: list[TaskSpec], envs: np.ndarray,
+                 first: np.ndarray) -> np.ndarray: ...
+
+
+Actor = PlainActor | EpisodicActor
 
 ENVS_PER_WORKER = 16  # default envs per process: ~20-50 MB each (dm_control / Meta-World)
 VIDEO_FPS = 30
@@ -52,12 +69,21 @@ class EpisodeResult:
 
 @dataclass
 class Latency:
-    """Wall time of an actor's calls, the first (warm-up: lazy init, CUDA context) excluded."""
+    """Wall time of an actor's calls, the first (warm-up: lazy init, CUDA context) excluded.
+
+    A call returns one action for each env of a lockstep step, so its duration is the time each of those
+    envs waits for its action; ``ms_per_action`` divides it among them.
+    """
 
     calls: int = 0
     actions: int = 0  # env actions returned, summed over calls
     seconds: float = 0.0
     warmup_ms: float | None = None  # the first call
+    call_ms: list[float] = field(default_factory=list, repr=False)  # each timed call
+
+    def percentile_ms(self, q: float) -> float:
+        """The q-th percentile (0-100) of the call durations, in ms."""
+        return float(np.percentile(self.call_ms, q)) if self.call_ms else float("nan")
 
     @property
     def ms_per_call(self) -> float:
@@ -69,6 +95,7 @@ class Latency:
 
     def to_dict(self) -> dict:
         return {"calls": self.calls, "actions": self.actions, "ms_per_call": self.ms_per_call,
+                "p50_ms_per_call": self.percentile_ms(50), "p95_ms_per_call": self.percentile_ms(95),
                 "ms_per_action": self.ms_per_action, "warmup_ms": self.warmup_ms}
 
 
@@ -158,7 +185,9 @@ def evaluate(
             each task, replayed in this process; needs headless OpenGL (MUJOCO_GL=egl|osmesa) and
             ``imageio`` + ``imageio-ffmpeg``. Failing that, ``Evaluation.video_note`` says why.
 
-    Actor latency is measured per call (:class:`Latency`). Bad arguments raise :class:`EnvError`.
+    An actor is a plain one (obs, tasks) -> actions or an :class:`EpisodicActor`, which is also told its
+    envs and their episodes' first steps. Actor latency is measured per call (:class:`Latency`). Bad
+    arguments raise :class:`EnvError`.
     """
     actor_map = dict(actors) if isinstance(actors, Mapping) else {"policy": actors}
     specs = [get_task(t) for t in tasks]
@@ -223,8 +252,9 @@ def _run_wave(wave: list[_Unit], actors: dict[str, Actor], latency: dict[str, La
         for label, actor in actors.items():
             mine = np.flatnonzero(np.isin(rows, rows_of[label]))
             if len(mine):
+                first = np.array([wave[i].length == 0 for i in rows[mine]])  # wave index = env id
                 actions[mine] = _timed_call(label, actor, obs[mine], [wave[i].spec for i in rows[mine]],
-                                            act_dim, latency[label])
+                                            act_dim, latency[label], rows[mine], first)
         return actions
 
     with VectorEnv([u.spec.name for u in wave], [u.seed for u in wave], obs_dim, act_dim,
@@ -246,10 +276,16 @@ def _run_wave(wave: list[_Unit], actors: dict[str, Actor], latency: dict[str, La
     return results
 
 
+def _call(actor: Actor, obs: np.ndarray, specs: list[TaskSpec], envs: np.ndarray, first: np.ndarray) -> np.ndarray:
+    if getattr(actor, "episodic", False):
+        return actor(obs, specs, envs, first)
+    return actor(obs, specs)
+
+
 def _timed_call(label: str, actor: Actor, obs: np.ndarray, specs: list[TaskSpec], act_dim: int,
-                latency: Latency) -> np.ndarray:
+                latency: Latency, envs: np.ndarray, first: np.ndarray) -> np.ndarray:
     t0 = time.perf_counter()
-    a = np.asarray(actor(obs, specs), dtype=np.float32)
+    a = np.asarray(_call(actor, obs, specs, envs, first), dtype=np.float32)
     dt = time.perf_counter() - t0
     if a.shape != (len(specs), act_dim):
         raise EnvError(f"actor {label!r} returned actions of shape {a.shape}, "
@@ -260,6 +296,7 @@ def _timed_call(label: str, actor: Actor, obs: np.ndarray, specs: list[TaskSpec]
         latency.calls += 1
         latency.actions += len(specs)
         latency.seconds += dt
+        latency.call_ms.append(1000 * dt)
     return a
 
 
@@ -324,10 +361,12 @@ def _record_episode(actor: Actor, spec: TaskSpec, seed: int, obs_dim: int, act_d
     env = PaddedEnv(make_env(spec, seed), obs_dim, act_dim)
     try:
         with imageio.get_writer(path, fps=VIDEO_FPS, macro_block_size=1) as writer:
-            obs, done, ret = env.reset(), False, 0.0
+            obs, done, ret, first = env.reset(), False, 0.0, True
             writer.append_data(env.render(size, size))
             while not done:
-                action = np.asarray(actor(obs[None], [spec]), dtype=np.float32)[0]
+                action = np.asarray(_call(actor, obs[None], [spec], np.zeros(1, int), np.array([first])),
+                                    dtype=np.float32)[0]
+                first = False
                 obs, reward, done, _ = env.step(action)
                 ret += reward
                 writer.append_data(env.render(size, size))
