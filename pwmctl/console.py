@@ -40,7 +40,8 @@ class State:
 
     @property
     def quiet(self) -> bool:
-        return self.verbosity < 0 or self.json
+        """No progress or info lines: -q, or --format json (unless -v asks for them on stderr)."""
+        return self.verbosity < 0 or (self.json and self.verbosity <= 0)
 
     def registry(self):
         from registry import Registry

@@ -13,8 +13,7 @@ import numpy as np
 
 from pwm_core.errors import PwmError
 from pwm_core.evaluate.rollout import EpisodeResult
-from pwm_core.evaluate.stats import (AGGREGATES, CiOver, poi_ci, probability_of_improvement,
-                                     stratified_bootstrap_ci)
+from pwm_core.evaluate.stats import AGGREGATES, CiOver, poi_ci, probability_of_improvement, stratified_bootstrap_ci
 from pwm_core.tasks import get_task
 
 SCORE_RULE = "DMC: return / 1000; Meta-World: success at the final step"

@@ -43,15 +43,15 @@ from pwm_core.config import ConfigError, from_dict, to_dict
 from pwm_core.data import EpisodeDataset
 from pwm_core.data.sampler import WindowSampler
 from pwm_core.errors import PwmError
+from pwm_core.io import atomic_write
 from pwm_core.nn.actor_critic import Actor, CriticEnsemble
 from pwm_core.nn.checkpoint import one_line, shape_mismatch
 from pwm_core.nn.layers import SimNorm, mlp
 from pwm_core.nn.math import almost_two_hot_inv
 from pwm_core.nn.world_model import WorldModel
+from pwm_core.seeding import derived_seed, global_rng_state, set_global_rng_state
 from pwm_core.tasks import TASKS
 from pwm_core.train import distributed
-from pwm_core.io import atomic_write
-from pwm_core.seeding import derived_seed, global_rng_state, set_global_rng_state
 
 CHECKPOINT_FORMAT = "pwm-extract-checkpoint"
 CHECKPOINT_VERSION = 1

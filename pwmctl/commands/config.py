@@ -11,7 +11,8 @@ import yaml
 
 from pwmctl.console import emit, fail, state
 
-app = typer.Typer(help="User defaults (Hub namespace, device, model size) in $PWM_HOME/config.yaml.",
+app = typer.Typer(help="User defaults (Hub namespace, device, model size, pretrain.* and extract.* settings) in "
+                  "$PWM_HOME/config.yaml.",
                   no_args_is_help=True)
 
 # key -> (help, allowed values or None)
@@ -21,6 +22,21 @@ KEYS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "device": ("default --device for training and evaluation: auto, cpu, cuda, cuda:N", None),
     "size": ("default world-model --size", ("1M", "5M", "19M", "48M", "317M")),
 }
+
+
+SECTIONS = ("pretrain", "extract")  # `pretrain.<field>` / `extract.<field>`: any PretrainConfig / ExtractConfig field
+
+
+def _section_config(section: str):
+    from pwm_core.train.extract import ExtractConfig
+    from pwm_core.train.pretrain import PretrainConfig
+
+    return {"pretrain": PretrainConfig, "extract": ExtractConfig}[section]()
+
+
+def section_overrides(home: Path, section: str) -> list[str]:
+    """The user's `section.field` settings as `field=value` overrides (below every explicit source)."""
+    return [f"{k.split('.', 1)[1]}={v}" for k, v in read_config(home).items() if k.startswith(section + ".")]
 
 
 def config_path(home: Path) -> Path:
@@ -49,6 +65,14 @@ def _write(home: Path, values: dict[str, str]) -> None:
 
 
 def _check_key(key: str) -> None:
+    section, _, field = key.partition(".")
+    if section in SECTIONS:
+        fields = list(_section_config(section).to_dict())
+        if field not in fields:
+            close = difflib.get_close_matches(field, fields, n=1)
+            raise fail(f"unknown setting {key!r}: " + (f"did you mean '{section}.{close[0]}'?" if close else
+                                                       f"{section} settings: {', '.join(fields)}"))
+        return
     if key not in KEYS:
         close = difflib.get_close_matches(key, KEYS, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(KEYS)}"
@@ -61,7 +85,9 @@ def config_list(ctx: typer.Context) -> None:
     st = state(ctx)
     values = read_config(st.home)
     emit(st, {"path": str(config_path(st.home)), "settings": values}, lambda: [
-        typer.echo(f"{k} = {values[k] if k in values else '(unset)'}    # {help_}") for k, (help_, _) in KEYS.items()])
+        typer.echo(f"{k} = {values[k] if k in values else '(unset)'}    # {help_}") for k, (help_, _) in KEYS.items()]
+        + [typer.echo(f"{k} = {v}    # default for `pwmctl {k.split('.')[0]}`") for k, v in sorted(values.items())
+           if k.split(".")[0] in SECTIONS])
 
 
 @app.command("get")
@@ -81,9 +107,16 @@ def config_set(ctx: typer.Context, key: str = typer.Argument(..., help="Setting 
     """Set one setting."""
     st = state(ctx)
     _check_key(key)
-    allowed = KEYS[key][1]
-    if allowed is not None and value not in allowed:
-        raise fail(f"{key} must be one of {', '.join(allowed)}, not {value!r}")
+    section, _, field = key.partition(".")
+    if section in SECTIONS:  # the value must parse as that field's type
+        from pwm_core.config import ConfigError, apply_overrides
+
+        try:
+            apply_overrides(_section_config(section), [f"{field}={value}"])
+        except ConfigError as e:
+            raise fail(f"{key}: {e}") from None
+    elif KEYS[key][1] is not None and value not in KEYS[key][1]:
+        raise fail(f"{key} must be one of {', '.join(KEYS[key][1])}, not {value!r}")
     values = read_config(st.home)
     values[key] = value
     _write(st.home, values)

@@ -7,6 +7,7 @@ import time
 import typer
 
 from pwmctl.commands.collect import DATASET_DIR
+from pwmctl.commands.config import read_config, section_overrides
 from pwmctl.console import Progress, emit, fail, info, interrupts_as_keyboard_interrupt, state
 from pwmctl.runs import METRICS, append_jsonl, read_jsonl, read_plan, write_plan
 
@@ -116,6 +117,9 @@ def _extract_task(st, task, *, wm, data, steps, batch_size, critic_target, boots
         if not data_refs:
             raise fail(f"{wm_ref} names no dataset to draw start states from; pass --data DATASET")
         cfg = ExtractConfig()
+        user = read_config(st.home)
+        cfg.device = user.get("device", cfg.device)
+        apply_overrides(cfg, section_overrides(st.home, "extract"))  # `pwmctl config set extract.steps 2000`
         apply_overrides(cfg, overrides or [])
         for field, value in (("steps", steps), ("batch_size", batch_size), ("critic_target", critic_target),
                              ("bootstrap", bootstrap), ("seed", seed), ("device", device), ("amp", amp)):

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from pwmctl.commands.collect import DATASET_DIR
-from pwmctl.commands.config import read_config
+from pwmctl.commands.config import read_config, section_overrides
 from pwmctl.console import Progress, emit, fail, info, interrupts_as_keyboard_interrupt, state
 from pwmctl.runs import METRICS, append_jsonl, read_plan, write_plan
 
@@ -68,6 +68,7 @@ def pretrain(
         cfg = PretrainConfig()
         user = read_config(st.home)  # `pwmctl config set size 48M` etc.: below every explicit source
         cfg.size, cfg.device = user.get("size", cfg.size), user.get("device", cfg.device)
+        apply_overrides(cfg, section_overrides(st.home, "pretrain"))  # `pwmctl config set pretrain.steps 2000`
         if config is not None:
             load_yaml_into(cfg, config)
         apply_overrides(cfg, overrides or [])
