@@ -175,13 +175,19 @@ def _lineage_dict(node) -> dict:
             "parents": [_lineage_dict(p) for p in node.parents]}
 
 
-def _lineage_lines(node, depth: int = 0) -> list[str]:
+def _lineage_lines(node, depth: int = 0, seen: set[str] | None = None) -> list[str]:
+    """The parent tree, one line per node; a node drawn before is named again without its parents."""
+    seen = set() if seen is None else seen
     hub = ", ".join(f"{r.hub_id} ({r.commit_sha[:8]})" for r in node.remotes)
     if node.exists:
         mark = f"  hub: {hub}" if hub else ""
     else:
         mark = f"  (not in this registry; on the Hub: {hub})" if hub else "  (not in this registry)"
-    lines = [("  " * (depth - 1) + "└─ " if depth else "") + node.ref + mark]
+    prefix = "  " * (depth - 1) + "└─ " if depth else ""
+    if node.ref in seen and node.parents:
+        return [prefix + node.ref + "  (see above)"]
+    seen.add(node.ref)
+    lines = [prefix + node.ref + mark]
     for p in node.parents:
-        lines.extend(_lineage_lines(p, depth + 1))
+        lines.extend(_lineage_lines(p, depth + 1, seen))
     return lines
