@@ -87,8 +87,23 @@ def root(
 
 
 def _register() -> None:
-    from pwmctl.commands import artifacts, collect, config, data, evaluate, extract, finetune, pretrain, system
+    from pwmctl.commands import (
+        artifacts,
+        collect,
+        config,
+        data,
+        evaluate,
+        extract,
+        finetune,
+        hub,
+        plot,
+        pretrain,
+        quickstart,
+        study,
+        system,
+    )
 
+    app.command("quickstart", rich_help_panel="Start here")(quickstart.quickstart)
     app.command("collect", rich_help_panel="Data")(collect.collect)
     app.add_typer(data.app, name="data", rich_help_panel="Data")
     app.command("pretrain", rich_help_panel="Training")(pretrain.pretrain)
@@ -96,12 +111,16 @@ def _register() -> None:
     app.command("extract", rich_help_panel="Training")(extract.extract)
     app.command("finetune", rich_help_panel="Training")(finetune.finetune)
     app.command("eval", rich_help_panel="Evaluation")(evaluate.evaluate_cmd)
+    app.command("plot", rich_help_panel="Evaluation")(plot.plot)
     for name, fn in (("ls", artifacts.ls), ("show", artifacts.show), ("rm", artifacts.rm),
                      ("verify", artifacts.verify)):
         app.command(name, rich_help_panel="Artifacts")(fn)
+    app.command("push", rich_help_panel="Sharing")(hub.push)
+    app.command("pull", rich_help_panel="Sharing")(hub.pull)
     app.add_typer(config.app, name="config", rich_help_panel="System")
     app.command("tasks", rich_help_panel="System")(system.tasks)
     app.command("doctor", rich_help_panel="System")(system.doctor)
+    app.add_typer(study.app, name="study", rich_help_panel="Research")
 
 
 _register()
