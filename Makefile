@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # The CPU build of torch, pinned and installed first, so nothing pulls the CUDA wheels.
 TORCH  := torch==2.13.0
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-quick clean
 
 install: $(STAMP)
 
@@ -28,9 +28,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# Every benchmark (CPU, and the GPU too when CUDA is present), then docs/benchmarks.md from benchmarks/results.jsonl.
 bench: $(STAMP)
-	$(PY) benchmarks/bench_sampler.py
-	$(PY) benchmarks/bench_collect.py
+	$(PY) benchmarks/run_all.py
+
+# The same with smoke settings (smallest sizes, 2 timed iterations): checks that everything runs.
+bench-quick: $(STAMP)
+	$(PY) benchmarks/run_all.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache
