@@ -1,6 +1,7 @@
 """Task specifications and the TD-MPC2 task sets MT30 / MT80.
 
-A task's id is its position in MT80 (TD-MPC2's ``TASK_SET`` order, MT30 is its first 30 entries).
+A task's id is its position in MT80 (TD-MPC2's ``TASK_SET`` order, MT30 is its first 30 entries); the
+differentiable-simulator tasks (suite ``diffsim``, :mod:`pwm_core.diffsim`) follow with ids 80..82.
 Datasets store these global ids; a :class:`TaskSet` maps them to the rows of a model's task
 embedding (for ``mt30`` / ``mt80`` the two coincide).
 """
@@ -13,7 +14,7 @@ from typing import Literal
 
 from pwm_core.errors import PwmError
 
-Suite = Literal["dmc", "metaworld"]
+Suite = Literal["dmc", "metaworld", "diffsim"]
 
 DMC_EPISODE_LENGTH = 500  # agent decisions (1000 control steps, action repeat 2)
 MW_EPISODE_LENGTH = 100  # agent decisions (200 Meta-World steps, action repeat 2)
@@ -106,6 +107,11 @@ for _i, (_name, _o, _a) in enumerate(_DMC):
     TASKS[_name] = TaskSpec(_i, _name, "dmc", _o, _a, DMC_EPISODE_LENGTH)
 for _j, _name in enumerate(_MW):
     TASKS[f"mw-{_name}"] = TaskSpec(len(_DMC) + _j, f"mw-{_name}", "metaworld", 39, 4, MW_EPISODE_LENGTH)
+# The differentiable-simulator tasks of pwm_core.diffsim (ids after MT80; in no task set; action repeat 1).
+# They mirror pwm_core.diffsim.env.DIFFSIM_TASKS, which needs Warp to import (tests/test_diffsim.py checks they agree).
+for _k, (_name, _o, _a, _len) in enumerate((("diffsim-cartpole-swingup", 5, 1, 240),
+                                            ("diffsim-double-pendulum", 6, 1, 240), ("diffsim-ball-wall", 4, 1, 1))):
+    TASKS[_name] = TaskSpec(80 + _k, _name, "diffsim", _o, _a, _len, action_repeat=1)
 
 TASKS_BY_ID: dict[int, TaskSpec] = {t.id: t for t in TASKS.values()}
 

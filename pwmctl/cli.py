@@ -99,6 +99,7 @@ def _register() -> None:
         plot,
         pretrain,
         quickstart,
+        shac,
         study,
         system,
     )
@@ -110,6 +111,7 @@ def _register() -> None:
     app.command("import-checkpoint", rich_help_panel="Training")(pretrain.import_checkpoint)
     app.command("extract", rich_help_panel="Training")(extract.extract)
     app.command("finetune", rich_help_panel="Training")(finetune.finetune)
+    app.command("shac", rich_help_panel="Training")(shac.shac)
     app.command("eval", rich_help_panel="Evaluation")(evaluate.evaluate_cmd)
     app.command("plot", rich_help_panel="Evaluation")(plot.plot)
     for name, fn in (("ls", artifacts.ls), ("show", artifacts.show), ("rm", artifacts.rm),

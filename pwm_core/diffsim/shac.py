@@ -17,24 +17,50 @@ One epoch (:meth:`SHAC.epoch`, NVlabs/DiffRL ``algorithms/shac.py``; diffsim.md 
 
 Networks are Linear -> ELU -> LayerNorm blocks; the actor has a state-independent log-std (init -1).
 Defaults are the original cartpole swing-up settings (DiffRL ``cfg/shac/cartpole_swing_up.yaml``).
+
+A trained agent is published as a policy artifact of its own format (:data:`SHAC_POLICY_FORMAT`, the same
+two files as an extracted policy: ``policy.safetensors`` + ``policy.yaml``): :func:`save_shac_policy`
+writes it, :class:`ShacPolicy` acts from raw observations (normalised by the saved ``obs_rms``, then
+tanh(mu)), and :func:`pwm_core.train.extract.load_policy` reads either format.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 from torch import Tensor
 from torch.nn.utils import clip_grad_norm_
 
-from pwm_core.config import to_dict
+from pwm_core.config import ConfigError, from_dict, to_dict
 from pwm_core.diffsim.bridge import DiffSim
 from pwm_core.diffsim.cartpole import CartPole
-from pwm_core.train.extract import RunningMeanStd, linear_lr, td_lambda_targets
+from pwm_core.errors import PwmError
+from pwm_core.io import atomic_write
+from pwm_core.nn.checkpoint import one_line, shape_mismatch
+from pwm_core.seeding import global_rng_state, set_global_rng_state
+from pwm_core.train.extract import (
+    POLICY_CONFIG_FILE,
+    POLICY_FILE,
+    RunningMeanStd,
+    linear_lr,
+    td_lambda_targets,
+)
 
 OBS_RMS_EPS = 1e-5  # DiffRL: (x - mean) / sqrt(var + 1e-5)
+SHAC_CHECKPOINT_FORMAT = "pwm-shac-checkpoint"
+SHAC_CHECKPOINT_VERSION = 1
+SHAC_POLICY_FORMAT = "pwm-shac-policy"
+SHAC_POLICY_VERSION = 1
 
 
 @dataclass
@@ -63,6 +89,29 @@ class SHACConfig:
 
     def to_dict(self) -> dict:
         return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SHACConfig:
+        """Inverse of :meth:`to_dict`; missing keys keep their defaults, unknown keys are an error."""
+        return from_dict(cls, d)
+
+
+def validate_config(cfg: SHACConfig) -> None:
+    """A :class:`ConfigError` naming the first setting SHAC cannot run with."""
+    if min(cfg.num_envs, cfg.horizon, cfg.epochs, cfg.critic_iterations, cfg.critic_batches) < 1:
+        raise ConfigError("num_envs, horizon, epochs, critic_iterations and critic_batches must be >= 1, got "
+                          f"{cfg.num_envs}, {cfg.horizon}, {cfg.epochs}, {cfg.critic_iterations}, {cfg.critic_batches}")
+    if cfg.critic_batches > cfg.num_envs * cfg.horizon:
+        raise ConfigError(f"critic_batches {cfg.critic_batches} > num_envs x horizon "
+                          f"({cfg.num_envs * cfg.horizon}): every minibatch needs a sample")
+    for key in ("gamma", "lam", "target_alpha"):
+        if not 0.0 <= getattr(cfg, key) <= 1.0:
+            raise ConfigError(f"{key} must be in [0, 1], got {getattr(cfg, key)}")
+    if min(cfg.actor_lr, cfg.critic_lr, cfg.lr_end, cfg.grad_norm) <= 0:
+        raise ConfigError("actor_lr, critic_lr, lr_end and grad_norm must be > 0")
+    if any(u < 1 for u in (*cfg.actor_units, *cfg.critic_units)):
+        raise ConfigError(f"layer widths must be >= 1, got actor {list(cfg.actor_units)}, "
+                          f"critic {list(cfg.critic_units)}")
 
 
 def elu_mlp(in_dim: int, units: Sequence[int], out_dim: int) -> nn.Sequential:
@@ -214,7 +263,186 @@ class SHAC:
         return float(total.mean())
 
 
+    # ----------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue bitwise: networks, optimisers, obs statistics, the
+        envs' states mid-episode and every random generator."""
+        return {
+            "format": SHAC_CHECKPOINT_FORMAT, "version": SHAC_CHECKPOINT_VERSION, "epoch": self.epoch_count,
+            "config": self.cfg.to_dict(), "sim": self.sim.name,
+            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+            "target_critic": self.target_critic.state_dict(),
+            "actor_optim": self.actor_optim.state_dict(), "critic_optim": self.critic_optim.state_dict(),
+            "obs_rms": self.obs_rms.state_dict() if self.obs_rms is not None else {},
+            "state": self.state.clone(), "t_env": self.t_env.clone(), "ep_return": self.ep_return.clone(),
+            "finished_returns": torch.tensor(self.finished_returns[-100:], dtype=torch.float64),
+            "rng": {**global_rng_state(), "generator": self.generator.get_state()},
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (same simulator and network shapes; ``epochs`` may differ)."""
+        if sd.get("sim") != self.sim.name:
+            raise PwmError(f"the checkpoint trains on {sd.get('sim')!r}, not {self.sim.name!r}")
+        try:
+            self.actor.load_state_dict(sd["actor"])
+            self.critic.load_state_dict(sd["critic"])
+            self.target_critic.load_state_dict(sd["target_critic"])
+        except RuntimeError as e:
+            raise PwmError(f"the checkpoint's networks do not match this config: {one_line(e)}") from None
+        self.actor_optim.load_state_dict(sd["actor_optim"])
+        self.critic_optim.load_state_dict(sd["critic_optim"])
+        if self.obs_rms is not None and sd["obs_rms"]:
+            self.obs_rms.load_state_dict(sd["obs_rms"])
+        if sd["state"].shape[0] != self.cfg.num_envs:
+            raise PwmError(f"the checkpoint runs {sd['state'].shape[0]} envs, this config {self.cfg.num_envs}")
+        self.state, self.t_env, self.ep_return = sd["state"].clone(), sd["t_env"].clone(), sd["ep_return"].clone()
+        self.finished_returns = sd["finished_returns"].tolist()
+        self.epoch_count = int(sd["epoch"])
+        set_global_rng_state(sd["rng"])
+        self.generator.set_state(sd["rng"]["generator"])
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Write :meth:`state_dict` atomically (temporary file + rename)."""
+        atomic_write(Path(path), lambda f: torch.save(self.state_dict(), f))
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Continue from a file written by :meth:`save_checkpoint` (read with ``weights_only=True``)."""
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise PwmError(f"no checkpoint at {os.fspath(path)}") from None
+        except Exception as e:  # torch raises several types for truncated zips and foreign pickles
+            raise PwmError(f"cannot read {os.fspath(path)} as a checkpoint: {one_line(e)}") from None
+        if not isinstance(sd, dict) or sd.get("format") != SHAC_CHECKPOINT_FORMAT:
+            raise PwmError(f"{os.fspath(path)} is not a pwmctl SHAC checkpoint")
+        if sd.get("version", 0) > SHAC_CHECKPOINT_VERSION:
+            raise PwmError(f"{os.fspath(path)} was written by a newer pwmctl (checkpoint version {sd['version']}); "
+                           "upgrade pwmctl to resume it")
+        self.load_state_dict(sd)
+
+
 def train_shac(cfg: SHACConfig, sim: DiffSim | None = None) -> tuple[SHAC, list[dict[str, float]]]:
     """``cfg.epochs`` SHAC epochs; returns the trainer (actor, critic, obs_rms) and the per-epoch metrics."""
     agent = SHAC(cfg, sim)
     return agent, [agent.epoch() for _ in range(cfg.epochs)]
+
+
+# ------------------------------------------------------------------------------ policy artifact
+_POLICY_KEYS = ("task", "obs_dim", "act_dim", "task_obs_dim", "task_act_dim", "actor_units", "critic_units")
+
+
+def shac_policy_config(agent: SHAC, task: str) -> dict[str, Any]:
+    """The plain-data half of a SHAC policy artifact (policy.yaml): dims, layer widths, provenance."""
+    O, A = agent.sim.obs_dim, agent.sim.act_dim
+    return {"format": SHAC_POLICY_FORMAT, "version": SHAC_POLICY_VERSION, "task": task, "simulator": agent.sim.name,
+            "obs_dim": O, "act_dim": A, "task_obs_dim": O, "task_act_dim": A,
+            "actor_units": list(agent.cfg.actor_units), "critic_units": list(agent.cfg.critic_units),
+            "epochs": agent.epoch_count, "shac": agent.cfg.to_dict()}
+
+
+@torch.no_grad()
+def shac_policy_tensors(agent: SHAC) -> dict[str, Tensor]:
+    """The tensor half, under :class:`ShacPolicy`'s state-dict keys: ``actor.*``, ``critic.*`` and the
+    observation statistics ``obs_rms_{mean,var}`` (mean 0 / var 1 - 1e-5 without ``obs_rms``: identity)."""
+    tensors = {f"actor.{k}": v for k, v in agent.actor.state_dict().items()}
+    tensors.update({f"critic.{k}": v for k, v in agent.critic.state_dict().items()})
+    O = agent.sim.obs_dim
+    if agent.obs_rms is not None:
+        tensors["obs_rms_mean"], tensors["obs_rms_var"] = agent.obs_rms.mean, agent.obs_rms.var
+    else:
+        tensors["obs_rms_mean"], tensors["obs_rms_var"] = torch.zeros(O), torch.full((O,), 1.0 - OBS_RMS_EPS)
+    return {k: v.detach().float().cpu().contiguous().clone() for k, v in tensors.items()}
+
+
+class ShacPolicy(nn.Module):
+    """A SHAC policy that acts from raw observations: a = tanh(mu((o - mean) / sqrt(var + 1e-5))).
+
+    The counterpart of :class:`pwm_core.train.extract.Policy` for SHAC artifacts (same ``act`` /
+    ``value`` / ``config`` interface, no world model, no task embedding, no padding beyond the task's).
+    """
+
+    def __init__(self, config: dict[str, Any], tensors: dict[str, Tensor] | None = None) -> None:
+        super().__init__()
+        missing = [k for k in _POLICY_KEYS if k not in config]
+        if missing:
+            raise PwmError(f"SHAC policy config: missing keys {', '.join(missing)}")
+        self.config = c = dict(config)
+        self.actor = GaussianActor(c["obs_dim"], c["act_dim"], list(c["actor_units"]), -1.0)
+        self.critic = elu_mlp(c["obs_dim"], list(c["critic_units"]), 1)
+        self.register_buffer("obs_rms_mean", torch.zeros(c["obs_dim"]))
+        self.register_buffer("obs_rms_var", torch.ones(c["obs_dim"]))
+        if tensors is not None:
+            self.load_tensors(tensors)
+        self.eval()
+
+    @classmethod
+    def from_shac(cls, agent: SHAC, task: str) -> ShacPolicy:
+        """The agent's current policy, on the CPU."""
+        return cls(shac_policy_config(agent, task), shac_policy_tensors(agent))
+
+    def load_tensors(self, tensors: dict[str, Tensor], where: str = "policy tensors") -> None:
+        """Load :func:`shac_policy_tensors`; any missing, unexpected or mis-shaped tensor is one PwmError."""
+        problems = shape_mismatch({k: v.shape for k, v in tensors.items()},
+                                  {k: v.shape for k, v in self.state_dict().items()})
+        if problems:
+            raise PwmError(f"{where} do not match the policy config: {problems}")
+        self.load_state_dict(tensors)
+
+    def normalize(self, obs: Tensor) -> Tensor:
+        return (obs - self.obs_rms_mean) / torch.sqrt(self.obs_rms_var + OBS_RMS_EPS)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | Tensor, deterministic: bool = True) -> np.ndarray:
+        """obs (N, obs_dim) -> actions (N, act_dim) in [-1, 1], float32; one obs (obs_dim,) gives (act_dim,).
+        Stochastic actions (tanh of the Gaussian) draw from torch's global generator."""
+        a = self.actor(self.normalize(self._obs(obs)), deterministic=deterministic).float().cpu().numpy()
+        return a[0] if np.ndim(obs) == 1 else a
+
+    @torch.no_grad()
+    def value(self, obs: np.ndarray | Tensor) -> np.ndarray:
+        """V(o) in return units: obs as in :meth:`act` -> (N,) (or a scalar)."""
+        v = self.critic(self.normalize(self._obs(obs))).squeeze(-1).float().cpu().numpy()
+        return v[0] if np.ndim(obs) == 1 else v
+
+    def _obs(self, obs: np.ndarray | Tensor) -> Tensor:
+        x = torch.as_tensor(obs, dtype=torch.float32, device=self.obs_rms_mean.device)
+        x = x.unsqueeze(0) if x.ndim == 1 else x
+        if x.shape[-1] != self.config["obs_dim"]:
+            raise PwmError(f"observations have {x.shape[-1]} dims; policy {self.config['task']!r} takes "
+                           f"{self.config['obs_dim']}")
+        return x
+
+
+def save_shac_policy(agent: SHAC, task: str, folder: str | os.PathLike,
+                     metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``folder/policy.safetensors`` and ``folder/policy.yaml`` (each atomically) for ``task`` (the
+    diffsim task name, e.g. ``diffsim-cartpole-swingup``); ``metadata`` goes under ``metadata`` in the YAML."""
+    folder = Path(folder)
+    config = shac_policy_config(agent, task)
+    if metadata:
+        config["metadata"] = metadata
+    data = save(shac_policy_tensors(agent), metadata={"format": SHAC_POLICY_FORMAT})
+    atomic_write(folder / POLICY_FILE, lambda f: f.write(data))
+    text = yaml.safe_dump(config, sort_keys=False).encode()
+    atomic_write(folder / POLICY_CONFIG_FILE, lambda f: f.write(text))
+    return folder
+
+
+def load_shac_policy(folder: str | os.PathLike, config: dict[str, Any],
+                     device: str | torch.device = "cpu") -> ShacPolicy:
+    """Rebuild a SHAC policy from its folder and its already-read ``policy.yaml`` (what
+    :func:`~pwm_core.train.extract.load_policy` calls for this format); any problem is a one-line PwmError."""
+    folder = Path(folder)
+    if config.get("version", 0) > SHAC_POLICY_VERSION:
+        raise PwmError(f"{folder} holds a SHAC policy of a newer pwmctl (version {config['version']}); "
+                       "upgrade pwmctl")
+    try:
+        tensors = load_file(folder / POLICY_FILE)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PwmError(f"{POLICY_FILE} in {folder} is corrupt or truncated: {one_line(e)}") from None
+    try:
+        policy = ShacPolicy(config)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise PwmError(f"{POLICY_CONFIG_FILE} in {folder} has invalid values: {one_line(e)}") from None
+    policy.load_tensors(tensors, where=f"{POLICY_FILE} in {folder}")
+    return policy.to(device)

@@ -35,7 +35,7 @@ class Env(Protocol):
 
 
 def make_env(task: str | TaskSpec, seed: int = 0) -> Env:
-    """Build one task's env (dm_control or Meta-World), seeded with ``seed``.
+    """Build one task's env (dm_control, Meta-World or a diffsim simulator), seeded with ``seed``.
 
     Unknown names raise :class:`~pwm_core.tasks.UnknownTaskError`; a simulator that fails to
     build raises :class:`EnvError` naming the task.
@@ -46,6 +46,10 @@ def make_env(task: str | TaskSpec, seed: int = 0) -> Env:
             from pwm_core.envs.dmc import DMCEnv
 
             return DMCEnv(spec, seed)
+        if spec.suite == "diffsim":  # Warp kernels, loaded from Warp's cache
+            from pwm_core.diffsim.env import DiffSimEnv
+
+            return DiffSimEnv(spec, seed)
         from pwm_core.envs.metaworld import MetaWorldEnv
 
         return MetaWorldEnv(spec, seed)

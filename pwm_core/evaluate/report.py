@@ -16,7 +16,7 @@ from pwm_core.evaluate.rollout import EpisodeResult
 from pwm_core.evaluate.stats import AGGREGATES, CiOver, poi_ci, probability_of_improvement, stratified_bootstrap_ci
 from pwm_core.tasks import get_task
 
-SCORE_RULE = "DMC: return / 1000; Meta-World: success at the final step"
+SCORE_RULE = "DMC: return / 1000; Meta-World: success at the final step; diffsim: the raw return"
 RESAMPLING = {
     "runs": "runs (seed x episode) resampled with replacement within each task",
     "tasks": "task columns resampled with replacement (runs kept)",

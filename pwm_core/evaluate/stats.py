@@ -22,12 +22,18 @@ DMC_MAX_RETURN = 1000.0  # 1000 control steps, rewards in [0, 1]
 
 
 def normalized_score(task: TaskSpec | str, episode_return: float, final_success: float) -> float:
-    """One episode's score in [0, 1]: DMC return / 1000; Meta-World success at the final step.
+    """One episode's score: DMC return / 1000 and Meta-World success at the final step (both in [0, 1]);
+    diffsim: the raw return, not normalised (its tasks have no reference scale; rewards are negative costs).
 
     TD-MPC2 and PWM score Meta-World by ``info["success"]`` of the last step, not "ever succeeded".
+    Aggregates and CIs over diffsim tasks are therefore on returns (``optimality_gap`` means nothing there).
     """
     spec = get_task(task) if isinstance(task, str) else task
-    return float(episode_return) / DMC_MAX_RETURN if spec.suite == "dmc" else float(final_success)
+    if spec.suite == "dmc":
+        return float(episode_return) / DMC_MAX_RETURN
+    if spec.suite == "diffsim":
+        return float(episode_return)
+    return float(final_success)
 
 
 def _matrix(scores: np.ndarray, name: str = "scores") -> np.ndarray:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -52,6 +52,9 @@ from pwm_core.nn.world_model import WorldModel
 from pwm_core.seeding import derived_seed, global_rng_state, set_global_rng_state
 from pwm_core.tasks import TASKS
 from pwm_core.train import distributed
+
+if TYPE_CHECKING:
+    from pwm_core.diffsim.shac import ShacPolicy
 
 CHECKPOINT_FORMAT = "pwm-extract-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -637,8 +640,9 @@ def save_policy(extractor: Extractor, folder: str | os.PathLike, metadata: dict[
     return folder
 
 
-def load_policy(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Policy:
-    """Rebuild a policy written by :func:`save_policy`; any problem is a one-line PwmError."""
+def load_policy(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Policy | ShacPolicy:
+    """Rebuild a policy written by :func:`save_policy` (or, by the ``format`` in its policy.yaml, a SHAC
+    policy written by :func:`pwm_core.diffsim.shac.save_shac_policy`); any problem is a one-line PwmError."""
     folder = Path(folder)
     for name in (POLICY_FILE, POLICY_CONFIG_FILE):
         if not (folder / name).is_file():
@@ -647,6 +651,10 @@ def load_policy(folder: str | os.PathLike, device: str | torch.device = "cpu") -
         config = yaml.safe_load((folder / POLICY_CONFIG_FILE).read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise PwmError(f"{POLICY_CONFIG_FILE} in {folder} is not valid YAML: {one_line(e)}") from None
+    if isinstance(config, dict) and config.get("format") == "pwm-shac-policy":  # shac.SHAC_POLICY_FORMAT
+        from pwm_core.diffsim.shac import load_shac_policy  # imports Warp: only for SHAC policies
+
+        return load_shac_policy(folder, config, device)
     if not isinstance(config, dict) or config.get("format") != POLICY_FORMAT:
         raise PwmError(f"{folder / POLICY_CONFIG_FILE} is not a pwmctl policy config")
     if config.get("version", 0) > POLICY_VERSION:

@@ -1,0 +1,181 @@
+"""`pwmctl shac`: SHAC (short-horizon actor-critic) through a differentiable simulator's gradients."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import time
+
+import typer
+
+from pwmctl.console import Progress, emit, fail, info, interrupts_as_keyboard_interrupt, state
+from pwmctl.runs import METRICS, append_jsonl, read_jsonl, read_plan, write_plan
+
+CHECKPOINT = "checkpoint.pt"
+EVAL_SEED_OFFSET = 10_000  # in-training evaluations use other env seeds than `pwmctl eval`
+SHAC_TASKS = ("diffsim-cartpole-swingup", "diffsim-double-pendulum")
+# Short names, only inside this command: `cartpole-swingup` elsewhere is the dm_control task of MT30.
+ALIASES = {"cartpole-swingup": "diffsim-cartpole-swingup", "double-pendulum": "diffsim-double-pendulum"}
+
+
+def shac(
+    ctx: typer.Context,
+    task: str = typer.Argument(None, help="cartpole-swingup | double-pendulum (here short for the diffsim tasks "
+                               "diffsim-cartpole-swingup / diffsim-double-pendulum, not the DMC ones).",
+                               show_default=False),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="SHAC epochs: windows of h=32 steps x N envs, one "
+                               "actor update each; also the lr-decay length \\[default: 500]."),
+    num_envs: int = typer.Option(None, "--num-envs", min=1, help="Parallel simulated envs N \\[default: 64]."),
+    seed: int = typer.Option(None, "--seed", help="Seeds the network init, start states and action noise "
+                             "\\[default: 0]."),
+    eval_every: int = typer.Option(50, "--eval-every", min=0, help="Real-env evaluation every N epochs (0: only "
+                                   "at the end)."),
+    eval_episodes: int = typer.Option(10, "--eval-episodes", min=1, help="Episodes per evaluation (one seed each)."),
+    name: str = typer.Option(None, "--name", help="Policy name \\[default: shac-<task>, e.g. shac-cartpole-swingup]."),
+    overrides: list[str] = typer.Option(None, "--set", help="key=value SHACConfig override (repeatable), e.g. "
+                                        "actor_lr=2e-3, horizon=16, actor_units=[128,64]."),
+    resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads while training; the networks are "
+                                "tiny, so more threads mostly spin (2 were ~8x slower than 1 on a busy 2-core box)."),
+) -> None:
+    """Train a policy with SHAC on a Warp differentiable simulator and publish it as policy/<name>.
+
+    Short-horizon actor-critic (Xu et al. 2022): N envs roll on in windows of 32 steps, the actor takes
+    one Adam step on the window's return backpropagated through the simulator, a TD(lambda) critic
+    bootstraps the rest. Defaults are DiffRL's cartpole swing-up settings (64 envs, 500 epochs, 64-64
+    ELU+LayerNorm MLPs, lr 1e-2 / 1e-3, target alpha 0.2); the double pendulum uses the same. Tasks:
+    cartpole-swingup and double-pendulum, which in this command mean the diffsim tasks (the DMC
+    cartpole-swingup has no differentiable simulator; use `pwmctl extract` for it). Evaluates the
+    deterministic policy in the real env every --eval-every epochs (env seeds 10000..), checkpoints
+    then and on Ctrl-C / SIGTERM; `--resume RUN` continues bitwise. `pwmctl eval policy/NAME`
+    scores it (diffsim scores are raw returns).
+    """
+    from pwm_core.config import apply_overrides
+    from pwm_core.diffsim import make_sim
+    from pwm_core.diffsim.shac import SHAC, SHACConfig, save_shac_policy, validate_config
+    from pwm_core.studies.common import torch_threads
+    from pwm_core.tasks import get_task
+    from registry.refs import check_name
+
+    st = state(ctx)
+    reg = st.registry()
+    if resume:
+        run = reg.run_dir(resume)
+        plan = read_plan(run, "shac")
+        task, name = plan["task"], plan["name"]
+        cfg = SHACConfig.from_dict(plan["shac"])
+        eval_every, eval_episodes = plan["eval_every"], plan["eval_episodes"]
+        if epochs is not None and epochs != cfg.epochs:
+            cfg.epochs = epochs
+            validate_config(cfg)
+            write_plan(run, {**plan, "shac": cfg.to_dict()})
+    else:
+        if task is None:
+            raise fail("name the task: `pwmctl shac cartpole-swingup` (or double-pendulum)")
+        task = resolve_shac_task(task)
+        cfg = SHACConfig()
+        apply_overrides(cfg, overrides or [])
+        for field, value in (("epochs", epochs), ("num_envs", num_envs), ("seed", seed)):
+            if value is not None:
+                setattr(cfg, field, value)
+        validate_config(cfg)
+        name = check_name(name or "shac-" + short_name(task), "policy name")
+        run = reg.new_run_dir("shac")
+        write_plan(run, {"command": "shac", "task": task, "name": name, "shac": cfg.to_dict(),
+                         "eval_every": eval_every, "eval_episodes": eval_episodes})
+    spec = get_task(task)
+    agent = SHAC(cfg, make_sim(short_name(spec.name)))
+    if (run / CHECKPOINT).exists():
+        agent.load_checkpoint(run / CHECKPOINT)
+        info(st, f"resumed {run.name} at epoch {agent.epoch_count}")
+    info(st, f"SHAC on {spec.name}: {cfg.epochs} epochs x {cfg.num_envs} envs x h={cfg.horizon}, actor "
+             f"{list(cfg.actor_units)} lr {cfg.actor_lr:g}, critic {list(cfg.critic_units)} lr {cfg.critic_lr:g}, "
+             f"seed {cfg.seed}; run {run.name}")
+
+    t0, start, interrupted, last_eval = time.monotonic(), agent.epoch_count, False, None
+    with Progress(st, f"shac {short_name(spec.name)}", total=cfg.epochs) as bar, interrupts_as_keyboard_interrupt(), \
+            torch_threads(threads):
+        bar.update(agent.epoch_count)
+        try:
+            while agent.epoch_count < cfg.epochs:
+                metrics = agent.epoch()
+                n = agent.epoch_count
+                rate = (n - start) / max(time.monotonic() - t0, 1e-9)
+                row = {"epoch": n, "epochs_per_s": rate, **{k: _finite(v) for k, v in metrics.items()}}
+                if (eval_every and n % eval_every == 0) or n == cfg.epochs:
+                    last_eval = evaluate_shac(agent, spec, eval_episodes)
+                    row.update(last_eval)
+                    agent.save_checkpoint(run / CHECKPOINT)
+                    bar.log(f"epoch {n}: eval return {last_eval['eval_return']:.1f}")
+                append_jsonl(run / METRICS, row)
+                bar.update(1, **{"epochs/s": rate, "actor_loss": metrics["actor_loss"],
+                                 "critic_loss": metrics["value_loss"], "train_return": metrics["episode_return"]},
+                           **({"eval": last_eval["eval_return"]} if last_eval else {}))
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        agent.save_checkpoint(run / CHECKPOINT)
+        info(st, f"interrupted at epoch {agent.epoch_count}; checkpoint saved. "
+                 f"Continue with `pwmctl shac --resume {run.name}`")
+        raise typer.Exit(130)
+
+    curve = [[r["epoch"], r["eval_return"]] for r in read_jsonl(run / METRICS) if "eval_return" in r]
+    recent = agent.finished_returns[-100:]  # the last 100 training episodes (with exploration noise)
+    train_return = _finite(sum(recent) / len(recent)) if recent else None
+    with reg.stage("policy", name) as staging:
+        save_shac_policy(agent, spec.name, staging.path, metadata={"simulator": agent.sim.name, "run": run.name})
+        (staging.path / METRICS).write_bytes((run / METRICS).read_bytes())
+        artifact = staging.publish(
+            parents=[], tasks=[spec.name], config={"shac": cfg.to_dict()},
+            metrics={"epochs": agent.epoch_count, "train_seconds": round(time.monotonic() - t0, 1),
+                     "eval_return": curve[-1][1], "train_episode_return": train_return, "learning_curve": curve},
+            extra={"run": run.name, "eval_seeds": f"{EVAL_SEED_OFFSET}..{EVAL_SEED_OFFSET + eval_episodes - 1}"})
+    doc = {"artifact": artifact.ref, "task": spec.name, "epochs": agent.epoch_count, "eval_return": curve[-1][1],
+           "eval_episodes": eval_episodes, "learning_curve": curve, "run": run.name}
+    emit(st, doc, lambda: typer.echo(f"published {doc['artifact']}: {doc['epochs']} epochs, eval return "
+                                     f"{doc['eval_return']:.1f} over {eval_episodes} episodes"))
+
+
+def resolve_shac_task(task: str) -> str:
+    """The diffsim task SHAC trains on for ``task`` (a short alias or the full name); anything else ends
+    with one line saying what SHAC can train."""
+    from pwm_core.tasks import TASKS
+
+    name = ALIASES.get(task, task)
+    if name in SHAC_TASKS:
+        return name
+    choices = "cartpole-swingup or double-pendulum (the diffsim tasks)"
+    if name in ("ball-wall", "diffsim-ball-wall"):
+        raise fail(f"{name} is a one-action throw with nothing to control over time; SHAC trains on {choices}. "
+                   "The ball-wall landscape is `pwmctl study ball-wall`")
+    if name in TASKS:
+        raise fail(f"{name} is a {TASKS[name].suite} task without a differentiable simulator; SHAC trains on "
+                   f"{choices}. Learn {name} from a world model with `pwmctl extract {name}`")
+    close = difflib.get_close_matches(task, [*ALIASES, *SHAC_TASKS], n=1, cutoff=0.6)
+    raise fail(f"unknown SHAC task {task!r}: " + (f"did you mean {close[0]!r}?" if close else f"choose {choices}"))
+
+
+def short_name(task: str) -> str:
+    """diffsim-cartpole-swingup -> cartpole-swingup (the simulator's name)."""
+    return task.removeprefix("diffsim-")
+
+
+def evaluate_shac(agent, spec, episodes: int) -> dict:
+    """Deterministic real-env (DiffSimEnv) evaluation of the agent's current policy, exactly as the
+    published artifact acts, on seeds 10000.. (apart from `pwmctl eval`'s): mean and std of the return."""
+    from pwm_core.diffsim.shac import ShacPolicy
+    from pwm_core.evaluate import evaluate
+
+    policy = ShacPolicy.from_shac(agent, spec.name)
+    seeds = [EVAL_SEED_OFFSET + i for i in range(episodes)]
+    ev = evaluate({"policy": lambda obs, specs: policy.act(obs)}, [spec.name], seeds, 1, obs_dim=spec.obs_dim,
+                  act_dim=spec.act_dim)
+    returns = [e.ret for e in ev.episodes]
+    mean = sum(returns) / len(returns)
+    return {"eval_return": float(mean),
+            "eval_return_std": float(math.sqrt(sum((r - mean) ** 2 for r in returns) / len(returns)))}
+
+
+def _finite(v):
+    """JSON-safe metric: NaN / inf (e.g. no finished episode yet) -> None."""
+    return v if not isinstance(v, float) or math.isfinite(v) else None
