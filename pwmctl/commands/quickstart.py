@@ -29,15 +29,15 @@ class Recipe:
     task: str = "cartpole-balance"
     episodes: int = 30  # random-policy episodes to learn the model from
     size: str = "1M"
-    pretrain_batch: int = 64
-    pretrain_steps: int = 1500
+    pretrain_batch: int = 256
+    pretrain_steps: int = 600
     extract_batch: int = 64
-    extract_steps: int = 400
+    extract_steps: int = 300
     eval_seeds: int = 10
     pretrain_share: float = 0.5  # of the budget left after collecting (extraction gets 0.35, eval the rest)
     extract_share: float = 0.35
-    min_pretrain_steps: int = 200
-    min_extract_steps: int = 100
+    min_pretrain_steps: int = 300
+    min_extract_steps: int = 150
 
 
 def quickstart(
@@ -46,9 +46,9 @@ def quickstart(
     budget_minutes: float = typer.Option(15.0, "--budget-minutes", min=1.0, help="Wall-clock budget for the run."),
     seed: int = typer.Option(0, "--seed", help="Seeds data collection, training and extraction."),
     max_pretrain_steps: int = typer.Option(None, "--pretrain-steps", min=1,
-                                           help="Upper bound on world-model updates [default: 1500]."),
+                                           help="Upper bound on world-model updates [default: 600]."),
     max_extract_steps: int = typer.Option(None, "--extract-steps", min=1,
-                                          help="Upper bound on policy updates [default: 400]."),
+                                          help="Upper bound on policy updates [default: 300]."),
     episodes: int = typer.Option(None, "--episodes", min=1, help="Random-policy episodes [default: 30]."),
     eval_seeds: int = typer.Option(None, "--seeds", min=2, help="Evaluation seeds [default: 10]."),
 ) -> None:
