@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: the quickstart (collect -> pretrain -> extract -> eval vs random) on cartpole-balance,
+# `make demo`: the quickstart (collect -> pretrain -> extract -> eval vs random) on cartpole-swingup,
 # sized by measurement to a 15-minute budget, in a throw-away registry unless PWM_HOME is set.
 set -euo pipefail
 export PWM_HOME="${PWM_HOME:-$(pwd)/.demo-home}"
@@ -7,4 +7,4 @@ echo "== pwmctl demo (registry: $PWM_HOME)"
 pwmctl --version
 pwmctl quickstart --budget-minutes "${BUDGET_MINUTES:-15}"
 pwmctl ls
-echo "== figures and summary: pwmctl show report/quickstart-cartpole-balance (its folder holds summary.md and the PNGs)"
+echo "== figures and summary: pwmctl show report/quickstart-cartpole-swingup (its folder holds summary.md and the PNGs)"

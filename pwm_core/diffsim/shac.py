@@ -45,7 +45,7 @@ from pwm_core.config import ConfigError, from_dict, to_dict
 from pwm_core.diffsim.bridge import DiffSim
 from pwm_core.diffsim.cartpole import CartPole
 from pwm_core.errors import PwmError
-from pwm_core.io import atomic_write
+from pwm_core.io import atomic_write, read_checkpoint
 from pwm_core.nn.checkpoint import one_line, shape_mismatch
 from pwm_core.seeding import global_rng_state, set_global_rng_state
 from pwm_core.train.extract import (
@@ -307,17 +307,7 @@ class SHAC:
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Continue from a file written by :meth:`save_checkpoint` (read with ``weights_only=True``)."""
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise PwmError(f"no checkpoint at {os.fspath(path)}") from None
-        except Exception as e:  # torch raises several types for truncated zips and foreign pickles
-            raise PwmError(f"cannot read {os.fspath(path)} as a checkpoint: {one_line(e)}") from None
-        if not isinstance(sd, dict) or sd.get("format") != SHAC_CHECKPOINT_FORMAT:
-            raise PwmError(f"{os.fspath(path)} is not a pwmctl SHAC checkpoint")
-        if sd.get("version", 0) > SHAC_CHECKPOINT_VERSION:
-            raise PwmError(f"{os.fspath(path)} was written by a newer pwmctl (checkpoint version {sd['version']}); "
-                           "upgrade pwmctl to resume it")
+        sd = read_checkpoint(path, SHAC_CHECKPOINT_FORMAT, SHAC_CHECKPOINT_VERSION, "SHAC")
         self.load_state_dict(sd)
 
 

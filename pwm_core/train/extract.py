@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor
 from torch.nn.utils import clip_grad_norm_
 
+from pwm_core import io
 from pwm_core.config import ConfigError, from_dict, to_dict
 from pwm_core.data import EpisodeDataset
 from pwm_core.data.sampler import WindowSampler
@@ -487,18 +488,7 @@ def start_state_sampler(datasets: Sequence[EpisodeDataset], world_model: WorldMo
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read an extraction checkpoint (no code is unpickled: ``weights_only=True``)."""
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise PwmError(f"no checkpoint at {os.fspath(path)}") from None
-    except Exception as e:  # torch raises several types for truncated zips and foreign pickles
-        raise PwmError(f"cannot read {os.fspath(path)} as a checkpoint: {one_line(e)}") from None
-    if not isinstance(sd, dict) or sd.get("format") != CHECKPOINT_FORMAT:
-        raise PwmError(f"{os.fspath(path)} is not a pwmctl extraction checkpoint")
-    if sd.get("version", 0) > CHECKPOINT_VERSION:
-        raise PwmError(f"{os.fspath(path)} was written by a newer pwmctl (checkpoint version {sd['version']}); "
-                       "upgrade pwmctl to resume it")
-    return sd
+    return io.read_checkpoint(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "extraction")
 
 
 def validate_config(cfg: ExtractConfig) -> None:

@@ -32,7 +32,7 @@ from pwm_core.config import from_dict, to_dict
 from pwm_core.data import EpisodeDataset, EpisodeWriter, fsck, open_dataset
 from pwm_core.data.sampler import WindowSampler
 from pwm_core.errors import PwmError
-from pwm_core.io import atomic_write
+from pwm_core.io import atomic_write, read_checkpoint
 from pwm_core.nn import WorldModel
 from pwm_core.seeding import derived_seed, global_rng_state, set_global_rng_state
 from pwm_core.tasks import TASKS, TaskSpec, resolve_tasks
@@ -204,12 +204,7 @@ class Finetuner:
         atomic_write(Path(path), lambda f: torch.save(self.state_dict(), f))
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated zips and foreign pickles raise several types
-            raise PwmError(f"cannot read {os.fspath(path)} as a fine-tuning checkpoint: {e}") from None
-        if not isinstance(sd, dict) or sd.get("format") != CHECKPOINT_FORMAT:
-            raise PwmError(f"{os.fspath(path)} is not a pwmctl fine-tuning checkpoint")
+        sd = read_checkpoint(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "fine-tuning")
         self.load_state_dict(sd)
 
     # --------------------------------------------------------------------------------- helpers

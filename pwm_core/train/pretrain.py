@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pwm_core import io
 from pwm_core.config import ConfigError, from_dict, to_dict
 from pwm_core.data import EpisodeDataset
 from pwm_core.data.episodes import task_set_from_dict
@@ -476,16 +477,7 @@ class Pretrainer:
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a pre-training checkpoint (no code is unpickled: ``weights_only=True``)."""
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise PwmError(f"no checkpoint at {os.fspath(path)}") from None
-    if not isinstance(sd, dict) or sd.get("format") != CHECKPOINT_FORMAT:
-        raise PwmError(f"{os.fspath(path)} is not a pwmctl pre-training checkpoint")
-    if sd.get("version", 0) > CHECKPOINT_VERSION:
-        raise PwmError(f"{os.fspath(path)} was written by a newer pwmctl (checkpoint version "
-                       f"{sd['version']}); upgrade pwmctl to resume it")
-    return sd
+    return io.read_checkpoint(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "pre-training")
 
 
 # ------------------------------------------------------------------------------------ helpers

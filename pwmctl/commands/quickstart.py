@@ -26,7 +26,7 @@ SUMMARY = "summary.md"
 class Recipe:
     """The quickstart's settings; ``pretrain_steps`` / ``extract_steps`` are maxima that the budget can lower."""
 
-    task: str = "cartpole-balance"
+    task: str = "cartpole-swingup"
     episodes: int = 30  # random-policy episodes to learn the model from
     size: str = "1M"
     pretrain_batch: int = 256
@@ -42,7 +42,7 @@ class Recipe:
 
 def quickstart(
     ctx: typer.Context,
-    task: str = typer.Option("cartpole-balance", "--task", help="A small task (DMC or custom)."),
+    task: str = typer.Option("cartpole-swingup", "--task", help="A small task (DMC or custom)."),
     budget_minutes: float = typer.Option(15.0, "--budget-minutes", min=1.0, help="Wall-clock budget for the run."),
     seed: int = typer.Option(0, "--seed", help="Seeds data collection, training and extraction."),
     max_pretrain_steps: int = typer.Option(None, "--pretrain-steps", min=1,
