@@ -52,6 +52,9 @@ def test_finetune_publishes_model_policy_and_episodes_with_lineage(home):
     policy = load_policy(Path(pol["path"]))
     assert torch.equal(policy.encoder[0].weight, new._encoder[0].weight)
 
+    result = run(home, "finetune", "--resume", doc["run"], code=2)  # a finished run is not redone
+    assert "already finished and published" in result.stderr and "--policy policy/cartpole-balance:v2" in result.stderr
+
     # again: a fine-tuned model's line gets its next version, not a longer name
     doc2 = run_json(home, "finetune", "cartpole-balance", *TINY_FT, "--env-steps", "100", "--no-save-data")
     assert doc2["world_model"] == "worldmodel/wm-cartpole-balance-ft:v2" and "dataset" not in doc2

@@ -58,6 +58,9 @@ def finetune(
     if resume:
         run = reg.run_dir(resume)
         plan = read_plan(run, "finetune")
+        if plan.get("published"):
+            raise fail(f"{run.name} already finished and published {', '.join(plan['published'].values())}; "
+                       f"fine-tune again with `pwmctl finetune {plan['task']} --policy {plan['published']['policy']}`")
         cfg = FinetuneConfig.from_dict(plan["finetune"])
         task, pol_ref, save_data, eval_episodes = plan["task"], plan["policy"], plan["save_data"], plan["eval_episodes"]
         name = plan["name"]
@@ -135,6 +138,7 @@ def finetune(
     append_jsonl(run / METRICS, {"phase": "after", "env_steps": env_steps, "eval_return": after})
     refs = _publish(reg, run, tuner, spec.name, name, wm_artifact, pol_artifact, data_refs, save_data,
                     before, after, time.monotonic() - t0)
+    write_plan(run, {**read_plan(run, "finetune"), "published": refs})  # a later --resume says so
     doc = {**refs, "env_steps": env_steps, "updates": tuner.updates, "eval_return_before": before,
            "eval_return_after": after, "run": run.name}
     emit(st, doc, lambda: typer.echo(
