@@ -131,15 +131,16 @@ def test_killed_collect_leaves_a_readable_dataset_and_resumes(home):
 
 def test_sigint_publishes_completed_episodes(home):
     env = {**os.environ, "PWM_HOME": str(home)}
+    before = set((home / "runs").glob("*/data.zarr")) if (home / "runs").exists() else set()  # other tests' runs
     proc = subprocess.Popen([sys.executable, "-m", "pwmctl", "collect", "cartpole-balance", "-n", "200"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     from pwm_core.data import open_dataset
 
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        runs = list((home / "runs").glob("*/data.zarr")) if (home / "runs").exists() else []
+    while time.monotonic() < deadline and proc.poll() is None:
+        runs = set((home / "runs").glob("*/data.zarr")) - before if (home / "runs").exists() else set()
         try:
-            if runs and open_dataset(runs[0]).num_episodes >= 1:
+            if any(open_dataset(r).num_episodes >= 1 for r in runs):
                 break
         except Exception:
             pass
