@@ -130,23 +130,24 @@ def test_killed_collect_leaves_a_readable_dataset_and_resumes(home):
 
 
 def test_sigint_publishes_completed_episodes(home):
-    env = {**os.environ, "PWM_HOME": str(home)}
-    before = set((home / "runs").glob("*/data.zarr")) if (home / "runs").exists() else set()  # other tests' runs
-    proc = subprocess.Popen([sys.executable, "-m", "pwmctl", "collect", "cartpole-balance", "-n", "200"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    from pwm_core.data import open_dataset
+    import threading
 
+    env = {**os.environ, "PWM_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-m", "pwmctl", "collect", "cartpole-balance", "-n", "200"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            # as from a terminal: SIGINT at its default even if this process ignores it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines: list[bytes] = []  # its progress: "collect 1/200 ..." is printed once the first episode is committed
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, b"")), daemon=True)
+    reader.start()
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        runs = set((home / "runs").glob("*/data.zarr")) - before if (home / "runs").exists() else set()
-        try:
-            if any(open_dataset(r).num_episodes >= 1 for r in runs):
-                break
-        except Exception:
-            pass
-        time.sleep(0.2)
+    while time.monotonic() < deadline and proc.poll() is None and not any(b"collect 1/200" in x for x in lines):
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out = proc.stdout.read()
+    proc.wait(timeout=60)
+    reader.join(timeout=10)
+    err = b"".join(lines)
     assert proc.returncode == 130, err.decode()
     assert b"interrupted: published dataset/cartpole-balance:v1" in out
     n = run_json(home, "data", "info", "cartpole-balance")["episodes"]
