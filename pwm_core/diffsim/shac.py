@@ -36,8 +36,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from torch import Tensor
 from torch.nn.utils import clip_grad_norm_
 
@@ -426,13 +425,6 @@ def load_shac_policy(folder: str | os.PathLike, config: dict[str, Any],
     if config.get("version", 0) > SHAC_POLICY_VERSION:
         raise PwmError(f"{folder} holds a SHAC policy of a newer pwmctl (version {config['version']}); "
                        "upgrade pwmctl")
-    try:
-        tensors = load_file(folder / POLICY_FILE)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise PwmError(f"{POLICY_FILE} in {folder} is corrupt or truncated: {one_line(e)}") from None
-    try:
-        policy = ShacPolicy(config)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise PwmError(f"{POLICY_CONFIG_FILE} in {folder} has invalid values: {one_line(e)}") from None
-    policy.load_tensors(tensors, where=f"{POLICY_FILE} in {folder}")
-    return policy.to(device)
+    from pwm_core.train.extract import build_policy
+
+    return build_policy(ShacPolicy, folder, config, device)

@@ -649,12 +649,18 @@ def load_policy(folder: str | os.PathLike, device: str | torch.device = "cpu") -
         raise PwmError(f"{folder / POLICY_CONFIG_FILE} is not a pwmctl policy config")
     if config.get("version", 0) > POLICY_VERSION:
         raise PwmError(f"{folder} holds a policy of a newer pwmctl (version {config['version']}); upgrade pwmctl")
+    return build_policy(Policy, folder, config, device)
+
+
+def build_policy(policy_cls: type, folder: Path, config: dict[str, Any], device: str | torch.device) -> Any:
+    """``policy_cls(config)`` with the tensors of ``folder/policy.safetensors`` loaded (``load_tensors``),
+    on ``device``; a corrupt file or invalid config is a one-line PwmError."""
     try:
         tensors = load_file(folder / POLICY_FILE)
     except (SafetensorError, OSError, ValueError) as e:
         raise PwmError(f"{POLICY_FILE} in {folder} is corrupt or truncated: {one_line(e)}") from None
     try:
-        policy = Policy(config)
+        policy = policy_cls(config)
     except (TypeError, ValueError, RuntimeError) as e:
         raise PwmError(f"{POLICY_CONFIG_FILE} in {folder} has invalid values: {one_line(e)}") from None
     policy.load_tensors(tensors, where=f"{POLICY_FILE} in {folder}")
