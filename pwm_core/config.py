@@ -103,6 +103,15 @@ def apply_overrides(cfg: C, overrides: Iterable[str]) -> C:
     return cfg
 
 
+def set_given(cfg: C, **values: Any) -> C:
+    """Set the fields given explicitly (``None`` = the flag was not passed): the last, highest-priority
+    source of a config after presets, files and ``--set`` overrides."""
+    for field, value in values.items():
+        if value is not None:
+            setattr(cfg, field, value)
+    return cfg
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML mapping (an empty file is an empty mapping)."""
     try:

@@ -91,7 +91,7 @@ def _published_line(doc: dict) -> str:
 def _extract_task(st, task, *, wm, data, steps, batch_size, critic_target, bootstrap, mask_actions, seed,
                   eval_every, eval_episodes, name, device, compile, amp, overrides, resume) -> dict:
     """Extract (or resume) one task's policy and publish it; returns the result document."""
-    from pwm_core.config import apply_overrides
+    from pwm_core.config import apply_overrides, set_given
     from pwm_core.data import open_dataset
     from pwm_core.nn import load_world_model
     from pwm_core.tasks import get_task
@@ -121,10 +121,8 @@ def _extract_task(st, task, *, wm, data, steps, batch_size, critic_target, boots
         cfg.device = user.get("device", cfg.device)
         apply_overrides(cfg, section_overrides(st.home, "extract"))  # `pwmctl config set extract.steps 2000`
         apply_overrides(cfg, overrides or [])
-        for field, value in (("steps", steps), ("batch_size", batch_size), ("critic_target", critic_target),
-                             ("bootstrap", bootstrap), ("seed", seed), ("device", device), ("amp", amp)):
-            if value is not None:
-                setattr(cfg, field, value)
+        set_given(cfg, steps=steps, batch_size=batch_size, critic_target=critic_target, bootstrap=bootstrap,
+                  seed=seed, device=device, amp=amp)
         cfg.mask_actions = cfg.mask_actions or mask_actions
         cfg.compile = cfg.compile or compile
         validate_config(cfg)

@@ -44,6 +44,7 @@ def finetune(
     Publishes a new world model (`<wm>-<task>-ft`) and a new policy version, both with lineage, plus the
     collected episodes as a dataset. Checkpoints after every round and on Ctrl-C; `--resume RUN` continues.
     """
+    from pwm_core.config import set_given
     from pwm_core.data import open_dataset
     from pwm_core.nn import load_world_model
     from pwm_core.tasks import get_task
@@ -73,11 +74,9 @@ def finetune(
         pol_artifact = _choose_policy(reg, spec.name, policy)
         pol_ref = pol_artifact.ref
         cfg = FinetuneConfig(offline_data=offline_data)
-        for field, value in (("env_steps", env_steps), ("episodes_per_round", episodes_per_round),
-                             ("updates_per_episode", updates_per_episode), ("wm_batch_size", wm_batch_size),
-                             ("policy_batch_size", policy_batch_size), ("seed", seed), ("device", device)):
-            if value is not None:
-                setattr(cfg, field, value)
+        set_given(cfg, env_steps=env_steps, episodes_per_round=episodes_per_round,
+                  updates_per_episode=updates_per_episode, wm_batch_size=wm_batch_size,
+                  policy_batch_size=policy_batch_size, seed=seed, device=device)
         name = name or pol_artifact.name
         run = reg.new_run_dir("finetune")
         write_plan(run, {"command": "finetune", "task": spec.name, "policy": pol_ref, "name": name,

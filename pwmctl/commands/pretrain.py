@@ -43,7 +43,7 @@ def pretrain(
     the same step count, optimiser and RNG state. Under `torchrun --nproc-per-node N -m pwmctl pretrain ...`
     the ranks train with data parallelism and rank 0 publishes.
     """
-    from pwm_core.config import apply_overrides, load_yaml_into
+    from pwm_core.config import apply_overrides, load_yaml_into, set_given
     from pwm_core.nn import count_parameters
     from pwm_core.tasks import resolve_tasks
     from pwm_core.train import distributed as dist
@@ -72,10 +72,8 @@ def pretrain(
         if config is not None:
             load_yaml_into(cfg, config)
         apply_overrides(cfg, overrides or [])
-        for field, value in (("size", size), ("steps", steps), ("batch_size", batch_size), ("horizon", horizon),
-                             ("seed", seed), ("device", device), ("amp", amp)):
-            if value is not None:
-                setattr(cfg, field, value)
+        set_given(cfg, size=size, steps=steps, batch_size=batch_size, horizon=horizon, seed=seed, device=device,
+                  amp=amp)
         cfg.compile = cfg.compile or compile
         refs = _choose_datasets(reg, task_set, data, allow_missing or dry_run, st)
     model_cfg = model_config(cfg, task_set)

@@ -57,6 +57,7 @@ def quickstart(
     Prints each command it runs, then the comparison table; writes PNGs (world-model losses, the
     extraction learning curve, returns with CIs) and a markdown summary into a `report` artifact.
     """
+    from pwm_core.config import set_given
     from pwm_core.tasks import get_task
 
     st = state(ctx)
@@ -65,10 +66,8 @@ def quickstart(
     if spec.suite == "metaworld":
         raise fail(f"{spec.name} is a Meta-World task; the quickstart takes a DMC task (e.g. cartpole-balance)")
     r = Recipe(task=spec.name)
-    for field, value in (("pretrain_steps", max_pretrain_steps), ("extract_steps", max_extract_steps),
-                         ("episodes", episodes), ("eval_seeds", eval_seeds)):
-        if value is not None:
-            setattr(r, field, value)
+    set_given(r, pretrain_steps=max_pretrain_steps, extract_steps=max_extract_steps, episodes=episodes,
+              eval_seeds=eval_seeds)
     name = f"quickstart-{spec.name}"
     t0, budget = time.monotonic(), budget_minutes * 60
     stages: dict[str, float] = {}

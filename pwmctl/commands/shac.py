@@ -50,7 +50,7 @@ def shac(
     then and on Ctrl-C / SIGTERM; `--resume RUN` continues bitwise. `pwmctl eval policy/NAME`
     scores it (diffsim scores are raw returns).
     """
-    from pwm_core.config import apply_overrides
+    from pwm_core.config import apply_overrides, set_given
     from pwm_core.diffsim import make_sim
     from pwm_core.diffsim.shac import SHAC, SHACConfig, save_shac_policy, validate_config
     from pwm_core.studies.common import torch_threads
@@ -75,9 +75,7 @@ def shac(
         task = resolve_shac_task(task)
         cfg = SHACConfig()
         apply_overrides(cfg, overrides or [])
-        for field, value in (("epochs", epochs), ("num_envs", num_envs), ("seed", seed)):
-            if value is not None:
-                setattr(cfg, field, value)
+        set_given(cfg, epochs=epochs, num_envs=num_envs, seed=seed)
         validate_config(cfg)
         name = check_name(name or "shac-" + short_name(task), "policy name")
         run = reg.new_run_dir("shac")
