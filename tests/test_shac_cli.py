@@ -106,3 +106,91 @@ def test_checkpoint_resume_is_bitwise(tmp_path):
     for a, b in zip(straight.actor.state_dict().values(), resumed.actor.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(straight.state, resumed.state, rtol=0, atol=0)
+
+
+def _short_episode_agent(cfg, episode_length: int = 12):
+    from pwm_core.diffsim.shac import SHAC
+
+    agent = SHAC(cfg)
+    agent.sim.episode_length = episode_length  # instance override: episodes end inside the test's few windows
+    return agent
+
+
+def test_recorder_keeps_every_complete_training_episode(tmp_path):
+    from pwm_core.data import EpisodeWriter, open_dataset
+    from pwm_core.diffsim.shac import SHACConfig
+    from pwm_core.tasks import resolve_tasks
+
+    task = "diffsim-cartpole-swingup"
+    writer = EpisodeWriter.create(tmp_path / "d.zarr", resolve_tasks(task))
+    agent = _short_episode_agent(SHACConfig(num_envs=3, horizon=8, epochs=4, critic_iterations=1))
+    agent.record_episodes(writer, 3, task)
+    for _ in range(4):  # 32 steps: two complete 12-step episodes per env, a third one in progress
+        agent.epoch()
+    assert writer.num_episodes == 0  # nothing is written before a checkpoint
+    agent.save_checkpoint(tmp_path / "ckpt.pt")
+    writer.close()
+    ds = open_dataset(tmp_path / "d.zarr")
+    assert ds.num_episodes == 6 and set(ds.episode_lengths.tolist()) == {13}  # rows = transitions + 1
+    # every finished training episode, and its undiscounted return as the trainer counted it
+    np.testing.assert_allclose(np.sort(ds.episode_returns()), np.sort(agent.finished_returns), rtol=1e-5)
+    ep = ds.episode(0)
+    assert np.isfinite(ep["obs"]).all() and np.abs(ep["action"][1:]).max() <= 1.0
+    # consecutive observations of an episode are one simulator step apart (no reset inside an episode)
+    assert np.abs(np.diff(ep["obs"][:, 0])).max() < 1.0
+
+
+def test_recording_resumes_exactly(tmp_path):
+    """Episodes committed after the last checkpoint (a crash) are cut, and the resumed run records the
+    same dataset as an uninterrupted one."""
+    from pwm_core.data import EpisodeWriter, open_dataset
+    from pwm_core.diffsim.shac import SHACConfig
+    from pwm_core.tasks import resolve_tasks
+
+    task, cfg = "diffsim-cartpole-swingup", SHACConfig(num_envs=2, horizon=8, epochs=6, critic_iterations=1)
+
+    def agent_writing(path):
+        writer = EpisodeWriter.open(path) if path.exists() else EpisodeWriter.create(path, resolve_tasks(task))
+        agent = _short_episode_agent(cfg)
+        agent.record_episodes(writer, 2, task)
+        return agent, writer
+
+    straight, w = agent_writing(tmp_path / "straight.zarr")
+    for _ in range(6):
+        straight.epoch()
+    straight.save_checkpoint(tmp_path / "straight.pt")
+    w.close()
+
+    first, w = agent_writing(tmp_path / "resumed.zarr")
+    for _ in range(3):  # step 24: 2 episodes per env done, checkpoint with 4 committed
+        first.epoch()
+    first.save_checkpoint(tmp_path / "ckpt.pt")
+    first.epoch()
+    first.epoch()  # step 40: the third episodes ended at step 36
+    first.recorder.flush()  # episodes written after the checkpoint, then the process dies
+    assert w.num_episodes > 4
+    w.close()
+    resumed, w = agent_writing(tmp_path / "resumed.zarr")
+    resumed.load_checkpoint(tmp_path / "ckpt.pt")
+    assert w.num_episodes == 4
+    for _ in range(3):
+        resumed.epoch()
+    resumed.save_checkpoint(tmp_path / "resumed.pt")
+    w.close()
+    a, b = open_dataset(tmp_path / "straight.zarr"), open_dataset(tmp_path / "resumed.zarr")
+    assert a.num_episodes == b.num_episodes == 8
+    for i in range(8):
+        for key, x in a.episode(i).items():
+            np.testing.assert_array_equal(x, b.episode(i)[key])
+
+
+def test_shac_record_publishes_the_training_episodes_as_a_dataset(tmp_path):
+    doc = run_json(tmp_path, "shac", "cartpole-swingup", "--epochs", "8", "--num-envs", "4", "--eval-every", "0",
+                   "--eval-episodes", "1", "--set", "critic_iterations=1", "--record", "2", "--name", "rec")
+    assert doc["dataset"] == "dataset/rec:v1"  # 8 windows x 32 steps = one 240-step episode per env
+    shown = run_json(tmp_path, "show", "dataset/rec")
+    assert shown["tasks"] == ["diffsim-cartpole-swingup"] and shown["metrics"]["episodes"] == 2
+    assert shown["metrics"]["transitions"] == 480
+    assert run_json(tmp_path, "show", "policy/rec")["manifest"]["extra"]["dataset"] == "dataset/rec:v1"
+    result = run(tmp_path, "shac", "cartpole-swingup", "--num-envs", "4", "--record", "5", code=2)
+    assert "--record 5 > --num-envs 4" in result.stderr

@@ -109,6 +109,17 @@ class EpisodeWriter:
                  tb: TracebackType | None) -> None:
         self.close()
 
+    def truncate(self, num_episodes: int) -> None:
+        """Keep only the first ``num_episodes`` committed episodes (commit marker first, so a kill during
+        it still leaves a valid dataset); how a resumed writer undoes episodes recorded after its checkpoint."""
+        if self._layout is None:
+            raise DatasetError(f"{self.path}: the writer is closed")
+        if not 0 <= num_episodes <= self.num_episodes:
+            raise DatasetError(f"cannot keep {num_episodes} of {self.num_episodes} episodes")
+        ends = committed_prefix(self._layout.arrays[EPISODE_ENDS][:])[:num_episodes]
+        truncate_uncommitted(self._layout, ends)
+        self.num_episodes, self.num_rows = int(ends.size), int(ends[-1]) if ends.size else 0
+
     # ----------------------------------------------------------------------------------- append
     def append_episode(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray,
                        task: int | str) -> None:

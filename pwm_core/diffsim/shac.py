@@ -163,6 +163,17 @@ class SHAC:
         self.ep_return = torch.zeros(cfg.num_envs)
         self.finished_returns: list[float] = []  # undiscounted returns of completed episodes
         self.epoch_count = 0
+        self.recorder: TrainingRecorder | None = None  # set by record_episodes()
+
+    def record_episodes(self, writer: Any, num_envs: int, task: str) -> TrainingRecorder:
+        """Record the complete training episodes of envs ``0..num_envs-1`` (observations, the sampled
+        actions, rewards) into ``writer`` (an :class:`~pwm_core.data.EpisodeWriter`) as ``task``; they
+        are written at each :meth:`save_checkpoint`, so the dataset and the checkpoint always agree."""
+        if not 1 <= num_envs <= self.cfg.num_envs:
+            raise ConfigError(f"can record 1..{self.cfg.num_envs} envs (num_envs), got {num_envs}")
+        self.recorder = TrainingRecorder(writer, num_envs, self.sim.episode_length, self.sim.obs_dim,
+                                         self.sim.act_dim, task)
+        return self.recorder
 
     def _reset_states(self, n: int) -> Tensor:
         return self.sim.initial_state(n, self.generator, stochastic=self.cfg.stochastic_init)
@@ -192,12 +203,16 @@ class SHAC:
                 self.obs_rms.update(obs.detach())
             o = self.normalize(obs)
             obs_buf.append(o.detach())
-            s, r = self.sim.step(s, self.actor(o, generator=self.generator))
+            a = self.actor(o, generator=self.generator)
+            s, r = self.sim.step(s, a)
             self.t_env += 1
             self.ep_return += r.detach()
             bad = ~torch.isfinite(s).all(-1) | ~torch.isfinite(r)  # ends the episode, bootstrap 0
             r = torch.where(bad, torch.zeros_like(r), r)
             done = (self.t_env >= self.sim.episode_length) | bad
+            if self.recorder is not None:
+                self.recorder.step(self.t_env - 1, obs.detach(), a.detach(), r.detach(),
+                                   self.sim.observe(s.detach()), done, bad)
             next_obs = self.normalize(self.sim.observe(torch.where(bad[:, None], torch.zeros_like(s), s)))
             next_v = self.target_critic(next_obs).squeeze(-1)  # pre-reset obs at a time-limit end
             next_v = torch.where(bad, torch.zeros_like(next_v), next_v)
@@ -276,6 +291,7 @@ class SHAC:
             "state": self.state.clone(), "t_env": self.t_env.clone(), "ep_return": self.ep_return.clone(),
             "finished_returns": torch.tensor(self.finished_returns[-100:], dtype=torch.float64),
             "rng": {**global_rng_state(), "generator": self.generator.get_state()},
+            **({"recorder": self.recorder.state_dict()} if self.recorder is not None else {}),
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
@@ -299,15 +315,85 @@ class SHAC:
         self.epoch_count = int(sd["epoch"])
         set_global_rng_state(sd["rng"])
         self.generator.set_state(sd["rng"]["generator"])
+        if self.recorder is not None:
+            self.recorder.load_state_dict(sd.get("recorder"))
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Write :meth:`state_dict` atomically (temporary file + rename)."""
+        """Write :meth:`state_dict` atomically (temporary file + rename), after committing the recorded
+        episodes (a crash between the two is undone on load: the dataset is cut back to the checkpoint's count)."""
+        if self.recorder is not None:
+            self.recorder.flush()
         atomic_write(Path(path), lambda f: torch.save(self.state_dict(), f))
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Continue from a file written by :meth:`save_checkpoint` (read with ``weights_only=True``)."""
         sd = read_checkpoint(path, SHAC_CHECKPOINT_FORMAT, SHAC_CHECKPOINT_VERSION, "SHAC")
         self.load_state_dict(sd)
+
+
+class TrainingRecorder:
+    """The complete episodes of the first K training envs, as SHAC ran them (raw observations, the sampled
+    actions with their exploration noise, rewards): the data of PWM's dflex protocol, where the world model
+    learns from a SHAC run. Only episodes recorded from their first step are kept; one that ends on a
+    non-finite state is dropped. Finished episodes wait in memory until :meth:`flush` commits them (at
+    every checkpoint); :meth:`state_dict` holds the unfinished ones and the committed count."""
+
+    def __init__(self, writer: Any, num_envs: int, episode_length: int, obs_dim: int, act_dim: int, task: str):
+        self.writer, self.k, self.L, self.task = writer, num_envs, episode_length, task
+        self.obs = torch.zeros(num_envs, episode_length + 1, obs_dim)
+        self.action = torch.zeros(num_envs, episode_length, act_dim)
+        self.reward = torch.zeros(num_envs, episode_length)
+        self.live = torch.zeros(num_envs, dtype=torch.bool)  # recording since the episode's first step
+        self.pending: list[tuple[Tensor, Tensor, Tensor]] = []  # finished, not yet committed
+        self.committed = writer.num_episodes
+
+    @torch.no_grad()
+    def step(self, t: Tensor, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, done: Tensor,
+             bad: Tensor) -> None:
+        """One env step of all envs: ``t`` (N,) the step index inside each episode, ``obs`` before and
+        ``next_obs`` after it (pre-reset), ``done`` / ``bad`` as in :meth:`SHAC.epoch`."""
+        k, idx = self.k, torch.arange(self.k)
+        t = t[:k]
+        self.live |= t == 0
+        self.obs[idx, t] = obs[:k].float()
+        self.obs[idx, t + 1] = torch.nan_to_num(next_obs[:k].float())
+        self.action[idx, t] = action[:k].float()
+        self.reward[idx, t] = torch.nan_to_num(reward[:k].float())
+        ended = done[:k]
+        keep = ended & self.live & ~bad[:k] & (t == self.L - 1)
+        if keep.any():
+            self.pending.append((self.obs[keep].clone(), self.action[keep].clone(), self.reward[keep].clone()))
+        self.live &= ~ended
+
+    def flush(self) -> None:
+        """Commit the finished episodes (one write)."""
+        if self.pending:
+            obs, action, reward = (torch.cat(x).numpy() for x in zip(*self.pending))
+            self.writer.append_episodes(obs, action, reward, [self.task] * obs.shape[0])
+            self.pending = []
+        self.committed = self.writer.num_episodes
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.pending:
+            raise RuntimeError("flush() the recorded episodes before taking the state")
+        return {"committed": self.committed, "obs": self.obs.clone(), "action": self.action.clone(),
+                "reward": self.reward.clone(), "live": self.live.clone()}
+
+    def load_state_dict(self, sd: dict[str, Any] | None) -> None:
+        """Continue from :meth:`state_dict`; episodes committed after that checkpoint are removed from the
+        dataset (the resumed run records them again). ``None`` (a checkpoint of a run that did not
+        record): start with nothing in progress."""
+        self.pending = []
+        if sd is None:
+            self.live[:] = False
+            return
+        if self.writer.num_episodes > sd["committed"]:
+            self.writer.truncate(sd["committed"])
+        self.committed = self.writer.num_episodes
+        if sd["obs"].shape != self.obs.shape:
+            raise PwmError(f"the checkpoint records {sd['obs'].shape[0]} envs, this run {self.k}")
+        self.obs, self.action, self.reward = sd["obs"].clone(), sd["action"].clone(), sd["reward"].clone()
+        self.live = sd["live"].clone()
 
 
 def train_shac(cfg: SHACConfig, sim: DiffSim | None = None) -> tuple[SHAC, list[dict[str, float]]]:

@@ -12,6 +12,7 @@ from pwmctl.console import Progress, emit, fail, info, interrupts_as_keyboard_in
 from pwmctl.runs import METRICS, append_jsonl, read_jsonl, read_plan, write_plan
 
 CHECKPOINT = "checkpoint.pt"
+DATASET_DIR = "data.zarr"
 EVAL_SEED_OFFSET = 10_000  # in-training evaluations use other env seeds than `pwmctl eval`
 SHAC_TASKS = ("diffsim-cartpole-swingup", "diffsim-double-pendulum")
 # Short names, only inside this command: `cartpole-swingup` elsewhere is the dm_control task of MT30.
@@ -35,6 +36,11 @@ def shac(
     overrides: list[str] = typer.Option(None, "--set", help="key=value SHACConfig override (repeatable), e.g. "
                                         "actor_lr=2e-3, horizon=16, actor_units=[128,64]."),
     resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
+    record: int = typer.Option(0, "--record", min=0, help="Record the complete training episodes of the first K "
+                               "envs (observations, sampled actions, rewards) and publish them as dataset/<data-name>: "
+                               "SHAC-collected data for `pwmctl pretrain`, as in PWM's dflex protocol (0: off)."),
+    data_name: str = typer.Option(None, "--data-name", help="Name of the recorded dataset \\[default: the policy "
+                                  "name, e.g. shac-cartpole-swingup]."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads while training; the networks are "
                                 "tiny, so more threads mostly spin (2 were ~8x slower than 1 on a busy 2-core box)."),
 ) -> None:
@@ -65,6 +71,7 @@ def shac(
         task, name = plan["task"], plan["name"]
         cfg = SHACConfig.from_dict(plan["shac"])
         eval_every, eval_episodes = plan["eval_every"], plan["eval_episodes"]
+        record, data_name = plan.get("record", 0), plan.get("data_name")
         if epochs is not None and epochs != cfg.epochs:
             cfg.epochs = epochs
             validate_config(cfg)
@@ -78,11 +85,26 @@ def shac(
         set_given(cfg, epochs=epochs, num_envs=num_envs, seed=seed)
         validate_config(cfg)
         name = check_name(name or "shac-" + short_name(task), "policy name")
+        if record > cfg.num_envs:
+            raise fail(f"--record {record} > --num-envs {cfg.num_envs}: record at most every env")
+        data_name = check_name(data_name or name, "dataset name") if record else None
         run = reg.new_run_dir("shac")
         write_plan(run, {"command": "shac", "task": task, "name": name, "shac": cfg.to_dict(),
-                         "eval_every": eval_every, "eval_episodes": eval_episodes})
+                         "eval_every": eval_every, "eval_episodes": eval_episodes, "record": record,
+                         "data_name": data_name})
     spec = get_task(task)
     agent = SHAC(cfg, make_sim(short_name(spec.name)))
+    writer = None
+    if record:
+        from pwm_core.data import EpisodeWriter
+        from pwm_core.tasks import resolve_tasks
+
+        if (run / DATASET_DIR).exists():
+            writer = EpisodeWriter.open(run / DATASET_DIR)
+        else:
+            writer = EpisodeWriter.create(run / DATASET_DIR, resolve_tasks(spec.name), provenance={
+                "source": "pwmctl shac", "run": run.name, "recorded_envs": record, "seed": cfg.seed})
+        agent.record_episodes(writer, record, spec.name)
     if (run / CHECKPOINT).exists():
         agent.load_checkpoint(run / CHECKPOINT)
         info(st, f"resumed {run.name} at epoch {agent.epoch_count}")
@@ -113,6 +135,8 @@ def shac(
             interrupted = True
     if interrupted:
         agent.save_checkpoint(run / CHECKPOINT)
+        if writer is not None:
+            writer.close()
         info(st, f"interrupted at epoch {agent.epoch_count}; checkpoint saved. "
                  f"Continue with `pwmctl shac --resume {run.name}`")
         raise typer.Exit(130)
@@ -120,6 +144,14 @@ def shac(
     curve = [[r["epoch"], r["eval_return"]] for r in read_jsonl(run / METRICS) if "eval_return" in r]
     recent = agent.finished_returns[-100:]  # the last 100 training episodes (with exploration noise)
     train_return = _finite(sum(recent) / len(recent)) if recent else None
+    dataset = None
+    if writer is not None:
+        agent.save_checkpoint(run / CHECKPOINT)  # commits the last recorded episodes
+        writer.close()
+        dataset = publish_recording(reg, run, data_name, spec.name, cfg)
+        info(st, f"published {dataset.ref}: {dataset.manifest['metrics']['episodes']} episodes recorded from "
+                 f"{record} training env(s)" if dataset else f"no complete episode was recorded ({agent.epoch_count} "
+                 f"epochs x {cfg.horizon} steps); no dataset published")
     with reg.stage("policy", name) as staging:
         save_shac_policy(agent, spec.name, staging.path, metadata={"simulator": agent.sim.name, "run": run.name})
         (staging.path / METRICS).write_bytes((run / METRICS).read_bytes())
@@ -127,11 +159,35 @@ def shac(
             parents=[], tasks=[spec.name], config={"shac": cfg.to_dict()},
             metrics={"epochs": agent.epoch_count, "train_seconds": round(time.monotonic() - t0, 1),
                      "eval_return": curve[-1][1], "train_episode_return": train_return, "learning_curve": curve},
-            extra={"run": run.name, "eval_seeds": f"{EVAL_SEED_OFFSET}..{EVAL_SEED_OFFSET + eval_episodes - 1}"})
+            extra={"run": run.name, "eval_seeds": f"{EVAL_SEED_OFFSET}..{EVAL_SEED_OFFSET + eval_episodes - 1}",
+                   **({"dataset": dataset.ref} if dataset else {})})
     doc = {"artifact": artifact.ref, "task": spec.name, "epochs": agent.epoch_count, "eval_return": curve[-1][1],
-           "eval_episodes": eval_episodes, "learning_curve": curve, "run": run.name}
+           "eval_episodes": eval_episodes, "learning_curve": curve, "run": run.name,
+           "dataset": dataset.ref if dataset else None}
     emit(st, doc, lambda: typer.echo(f"published {doc['artifact']}: {doc['epochs']} epochs, eval return "
                                      f"{doc['eval_return']:.1f} over {eval_episodes} episodes"))
+
+
+def publish_recording(reg, run, name: str, task: str, cfg):
+    """Move the run's recorded episodes into a new version of dataset/<name> (kept in the run on failure);
+    None when no complete episode was recorded."""
+    import os
+
+    from pwm_core.data import open_dataset
+
+    ds = open_dataset(run / DATASET_DIR)
+    if ds.num_episodes == 0:
+        return None
+    metrics = {"episodes": ds.num_episodes, "transitions": ds.num_transitions,
+               "mean_return": float(ds.episode_returns().mean())}
+    with reg.stage("dataset", name) as staging:
+        os.replace(run / DATASET_DIR, staging.path / DATASET_DIR)
+        try:
+            return staging.publish(parents=[], tasks=[task], metrics=metrics, config={
+                "source": "pwmctl shac", "run": run.name, "shac": cfg.to_dict()})
+        except BaseException:
+            os.replace(staging.path / DATASET_DIR, run / DATASET_DIR)
+            raise
 
 
 def resolve_shac_task(task: str) -> str:
