@@ -97,3 +97,43 @@ def test_soft_ce_broadcasts_targets_over_q_heads():
     y = torch.randn(3, 2)
     torch.testing.assert_close(soft_ce(logits, y), soft_ce(logits, y.expand(5, 3, 2)))
     assert soft_ce(logits, y).shape == (5, 3, 2, 1)
+
+
+# ------------------------------------------------------------------------------------------ Mish
+def test_mish_hand_values_and_aten_agreement():
+    import torch.nn.functional as F
+
+    from pwm_core.nn.activations import mish
+
+    # mish(0) = 0; mish(1) = tanh(ln(1 + e)) = 0.865098...; mish(-1) = -tanh(ln(1 + 1/e)) = -0.303401...
+    x = torch.tensor([0.0, 1.0, -1.0, 30.0, -30.0, 100.0, -100.0])
+    expected = torch.tensor([0.0, 0.8650984, -0.3034014, 30.0, -30.0 * math.exp(-30.0), 100.0, 0.0])
+    torch.testing.assert_close(mish(x), expected, rtol=1e-6, atol=1e-30)
+    grid = torch.linspace(-60, 60, 20001, requires_grad=True)
+    ours, = torch.autograd.grad(mish(grid).sum(), grid)
+    aten, = torch.autograd.grad(F.mish(grid).sum(), grid)
+    torch.testing.assert_close(mish(grid), F.mish(grid), rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(ours, aten, rtol=2e-6, atol=1e-6)
+    # d/dx mish at 0 = tanh(ln 2) = 0.6
+    torch.testing.assert_close(ours[10000], torch.tensor(0.6), rtol=1e-6, atol=0)
+
+
+def test_mish_gradient_is_exact_in_float64():
+    from pwm_core.nn.activations import mish
+
+    x = torch.randn(50, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 5
+    assert torch.autograd.gradcheck(mish, (x.requires_grad_(),))
+
+
+def test_mish_switch_to_aten_gives_the_same_network_output():
+    from pwm_core.nn import Actor
+    from pwm_core.nn.activations import use_aten_mish
+
+    torch.manual_seed(0)
+    actor, z = Actor(16, 2, [32, 32], -1.0, -5.0), torch.randn(8, 16)
+    fast = actor(z, deterministic=True)
+    use_aten_mish(True)
+    try:
+        torch.testing.assert_close(actor(z, deterministic=True), fast, rtol=1e-5, atol=1e-6)
+    finally:
+        use_aten_mish(False)
