@@ -54,6 +54,7 @@ from pwm_core.train.extract import (
     linear_lr,
     td_lambda_targets,
 )
+from pwm_core.train.optim import adam
 
 OBS_RMS_EPS = 1e-5  # DiffRL: (x - mean) / sqrt(var + 1e-5)
 SHAC_CHECKPOINT_FORMAT = "pwm-shac-checkpoint"
@@ -155,8 +156,8 @@ class SHAC:
         self.critic = elu_mlp(O, cfg.critic_units, 1)
         self.target_critic = elu_mlp(O, cfg.critic_units, 1).requires_grad_(False)
         self.target_critic.load_state_dict(self.critic.state_dict())
-        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, betas=cfg.betas)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, betas=cfg.betas)
+        self.actor_optim = adam(self.actor.parameters(), lr=cfg.actor_lr, betas=cfg.betas)
+        self.critic_optim = adam(self.critic.parameters(), lr=cfg.critic_lr, betas=cfg.betas)
         self.obs_rms = RunningMeanStd((O,)) if cfg.obs_rms else None
         self.state = self._reset_states(cfg.num_envs)
         self.t_env = torch.zeros(cfg.num_envs, dtype=torch.long)  # steps into the current episode

@@ -53,6 +53,7 @@ from pwm_core.nn.world_model import WorldModel
 from pwm_core.seeding import derived_seed, global_rng_state, set_global_rng_state
 from pwm_core.tasks import TASKS
 from pwm_core.train import distributed
+from pwm_core.train.optim import adam
 
 if TYPE_CHECKING:
     from pwm_core.diffsim.shac import ShacPolicy
@@ -285,8 +286,8 @@ class Extractor:
             self.actor = Actor(mcfg.latent_dim, mcfg.act_dim, cfg.actor_units, cfg.init_logstd,
                                cfg.min_logstd).to(self.device)
             self.critic = CriticEnsemble(mcfg.latent_dim, cfg.num_critics, cfg.critic_units).to(self.device)
-        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, betas=cfg.betas)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, betas=cfg.betas)
+        self.actor_optim = adam(self.actor.parameters(), lr=cfg.actor_lr, betas=cfg.betas)
+        self.critic_optim = adam(self.critic.parameters(), lr=cfg.critic_lr, betas=cfg.betas)
         self.ret_rms = RunningMeanStd(device=self.device)
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)  # action noise, shuffling
 

@@ -41,6 +41,7 @@ from pwm_core.seeding import (
 )
 from pwm_core.tasks import TaskSet
 from pwm_core.train import distributed
+from pwm_core.train.optim import adam
 
 CHECKPOINT_FORMAT = "pwm-pretrain-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -225,14 +226,14 @@ def held_out_metrics(model: WorldModel, obs: Tensor, action: Tensor, reward: Ten
 def make_optimizers(model: WorldModel, cfg: PretrainConfig) -> tuple[torch.optim.Adam, torch.optim.Adam]:
     """TD-MPC2's two optimisers: the world model (encoder at lr x enc_lr_scale) and the policy prior
     (its own lr, eps 1e-5). Every trainable parameter is in exactly one of them."""
-    optim = torch.optim.Adam([
+    optim = adam([
         {"params": model._encoder.parameters(), "lr": cfg.lr * cfg.enc_lr_scale},
         {"params": model._dynamics.parameters()},
         {"params": model._reward.parameters()},
         {"params": model._Qs.parameters()},
         {"params": model._task_emb.parameters()},
     ], lr=cfg.lr)
-    pi_optim = torch.optim.Adam(model._pi.parameters(), lr=cfg.pi_lr, eps=cfg.pi_eps)
+    pi_optim = adam(model._pi.parameters(), lr=cfg.pi_lr, eps=cfg.pi_eps)
     _check_all_trained(model, [p for g in optim.param_groups for p in g["params"]] + list(model._pi.parameters()))
     return optim, pi_optim
 
