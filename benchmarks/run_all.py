@@ -53,13 +53,17 @@ BENCHES = [
     ("eval", "bench_eval.py", "5. Evaluation throughput (env steps/s)",
      "env steps per second of `pwm_core.evaluate.evaluate` (what `pwmctl eval` runs) with 1 and 2 env "
      "worker processes, for the random actor and for an extracted-policy network (fp32 and bf16 autocast)."),
+    ("overheads", "bench_overheads.py", "6. Overheads removed: before/after in one run",
+     "the two overheads removed after profiling the 1M extraction iteration (ATen's CPU Mish kernel; Adam's "
+     "per-tensor loop in the 32 critic steps), alone and in `Extractor.step()` / `Pretrainer.step()`: the old "
+     "and new paths run in interleaved rounds in the same process, so the ratios share the machine's load."),
     ("collect", "bench_collect.py", "Extra: data collection throughput (env steps/s)",
      "env steps per second of `pwmctl collect` with a random policy (1 and 2 workers) against the raw env "
      "loop; CPU only, no precision."),
 ]
 # Execution order: pretrain before the sampler, which compares itself with the newest pretrain line.
-RUN_ORDER = ["pretrain", "sampler", "extract", "act_latency", "eval", "collect"]
-NO_DEVICE = {"collect"}  # scripts without --device (CPU only)
+RUN_ORDER = ["pretrain", "sampler", "extract", "act_latency", "eval", "collect", "overheads"]
+NO_DEVICE = {"collect", "overheads"}  # scripts without --device (CPU only)
 
 
 # --- running ----------------------------------------------------------------------------------------
@@ -288,8 +292,22 @@ def reading_collect(rec: dict, _: dict) -> str:
             f"{coll[best]:,.0f} ({coll[best] / raw:.2f}x), the rest being writer, padding and process start-up.")
 
 
+def reading_overheads(rec: dict, _: dict) -> str:
+    rows = {r["what"]: r["seconds"] for r in rec["rows"]}
+    steps = [(w, s["before"] / s["after"]) for w, s in rows.items() if w.startswith(("extract", "pretrain"))]
+    if not steps:
+        return ""
+    text = ("Removing both overheads speeds up " + ", ".join(f"{w.split(' (')[0]} {r:.2f}x" for w, r in steps)
+            + " (before/after, same run).")
+    kernels = [(w, s["before"] / s["after"]) for w, s in rows.items() if not w.startswith(("extract", "pretrain"))]
+    if kernels:
+        text += " Alone: " + "; ".join(f"{w} {r:.1f}x" for w, r in kernels) + "."
+    return text
+
+
 READINGS = {"extract": reading_extract, "pretrain": reading_pretrain, "sampler": reading_sampler,
-            "act_latency": reading_act_latency, "eval": reading_eval, "collect": reading_collect}
+            "act_latency": reading_act_latency, "eval": reading_eval, "collect": reading_collect,
+            "overheads": reading_overheads}
 
 
 def _peak_of(latest: dict, device: str) -> dict[str, float] | None:
