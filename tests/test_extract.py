@@ -159,10 +159,8 @@ def test_actor_logstd_is_clamped_from_below_only():
 def test_actor_blocks_apply_mish_before_layernorm():
     torch.manual_seed(0)
     actor = Actor(16, 3)
-    from pwm_core.nn.activations import Mish
-
     kinds = [type(m) for m in actor.mu_net]
-    assert kinds == [nn.Linear, Mish, nn.LayerNorm] * 3 + [nn.Linear]
+    assert kinds == [nn.Linear, nn.Mish, nn.LayerNorm] * 3 + [nn.Linear]
     assert [m.out_features for m in actor.mu_net if isinstance(m, nn.Linear)] == [400, 200, 100, 3]
     z = torch.randn(5, 16)
     first = actor.mu_net[:3](z)

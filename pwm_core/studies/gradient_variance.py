@@ -45,7 +45,6 @@ from torch import Tensor
 from pwm_core.config import to_dict
 from pwm_core.diffsim.double_pendulum import DoublePendulum
 from pwm_core.errors import PwmError
-from pwm_core.nn.activations import mish
 from pwm_core.nn.layers import mlp
 from pwm_core.nn.math import two_hot_inv
 from pwm_core.nn.sizes import WorldModelConfig
@@ -177,7 +176,7 @@ def act(params: dict[str, Tensor], z: Tensor, eps: Tensor, log_std_min: float = 
         h = h.squeeze(1)
         if i < n_layers - 1:
             h = F.layer_norm(h, h.shape[-1:]) * params[f"{i}.ln.weight"] + params[f"{i}.ln.bias"]
-            h = mish(h)
+            h = F.mish(h)
     mu, raw = h.chunk(2, dim=-1)
     log_std = log_std_min + 0.5 * (log_std_max - log_std_min) * (torch.tanh(raw) + 1)
     return torch.tanh(mu + eps * log_std.exp())
