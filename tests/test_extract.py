@@ -224,9 +224,10 @@ def test_twenty_steps_end_to_end_give_finite_metrics():
     ex = Extractor(tiny_config(), tiny_world_model(), CARTPOLE, cartpole_states())
     history = [ex.step() for _ in range(20)]
     assert ex.step_count == 20
-    keys = {"actor_loss", "value_loss", "actor_grad_norm", "critic_grad_norm", "imagined_reward", "ret_std",
-            "model_return"}
-    assert all(set(m) == keys and all(math.isfinite(v) for v in m.values()) for m in history)
+    keys = {"actor_loss", "value_loss", "actor_grad_norm", "critic_grad_norm", "imagined_reward", "ret_std"}
+    # the model_return metric at update 1, every 10th and the last (config: model_return_every = 10)
+    assert [i + 1 for i, m in enumerate(history) if "model_return" in m] == [1, 10, 20]
+    assert all(set(m) - {"model_return"} == keys and all(math.isfinite(v) for v in m.values()) for m in history)
     assert ex.actor_optim.param_groups[0]["lr"] == pytest.approx(linear_lr(19, 20, 5e-4, 1e-5))
     assert ex.ret_rms.count == pytest.approx(1e-4 + 20 * 8)
     assert ex.model_return() == pytest.approx(history[-1]["model_return"])

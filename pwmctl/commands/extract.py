@@ -151,6 +151,7 @@ def _extract_task(st, task, *, wm, data, steps, batch_size, critic_target, boots
         return {"step": extractor.step_count, **evaluate_extractor(extractor, spec, eval_episodes)}
 
     t0, start, interrupted, last_eval = time.monotonic(), extractor.step_count, False, None
+    last_model_return = None
     with Progress(st, f"extract {spec.name}", total=cfg.steps) as bar, interrupts_as_keyboard_interrupt():
         bar.update(extractor.step_count)
         try:
@@ -165,8 +166,10 @@ def _extract_task(st, task, *, wm, data, steps, batch_size, critic_target, boots
                     bar.log(f"update {n}: eval return {last_eval['eval_return']:.1f}"
                             + (f", success {last_eval['eval_success']:.2f}" if spec.suite == "metaworld" else ""))
                 append_jsonl(run / METRICS, row_metrics)
+                if "model_return" in metrics:
+                    last_model_return = metrics["model_return"]
                 bar.update(1, actor_loss=metrics["actor_loss"], value_loss=metrics["value_loss"],
-                           model_return=metrics["model_return"],
+                           **({"model_return": last_model_return} if last_model_return is not None else {}),
                            **({"eval": last_eval["eval_return"]} if last_eval else {}))
         except KeyboardInterrupt:
             interrupted = True

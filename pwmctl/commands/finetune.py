@@ -120,7 +120,8 @@ def finetune(
                 for _ in range(cfg.updates_per_episode * len(result.episodes)):
                     m = tuner.update()
                     append_jsonl(run / METRICS, {"update": tuner.updates, **m})
-                    bar.update(0, wm_loss=m["wm_loss"], actor_loss=m["actor_loss"], model_return=m["model_return"])
+                    bar.update(0, wm_loss=m["wm_loss"], actor_loss=m["actor_loss"],
+                               **({"model_return": m["model_return"]} if "model_return" in m else {}))
                 append_jsonl(run / METRICS, {"phase": "round", "round": tuner.round, "env_steps": tuner.env_steps,
                                              "updates": tuner.updates, "explore_return": explore})
                 tuner.save_checkpoint(run / CHECKPOINT)
