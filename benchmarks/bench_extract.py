@@ -4,7 +4,8 @@ For each world-model shape (1M: enc [256], dyn/rew [384, 384], latent 128; 5M: e
 [512, 512], latent 512; 48M: enc [1792] x 3, dyn/rew [1792, 1792], latent 768; MT30 padding obs 24 /
 action 6), start-state batch (64, 512) and precision (fp32, bf16 autocast), times ``Extractor.step()``
 at H=16: the whole official update (rollout, actor step, targets, 8 x 4 critic steps) plus our
-model_return metric, from synthetic start states, on the CPU and, when CUDA is present, on the GPU.
+model_return metric (every 10th update: the median of the timed updates leaves it out, its FLOPs are
+counted amortised), from synthetic start states, on the CPU and, when CUDA is present, on the GPU.
 
 FLOPs are counted analytically from the layer shapes (2 per multiply-accumulate, matmuls only):
 forward passes count 1x; backward passes 1x per gradient kind computed: input gradients only through
@@ -44,7 +45,9 @@ def iteration_flops_parts(m: WorldModelConfig, cfg: ExtractConfig) -> dict[str, 
     return {"rollout": 2.0 * (B * enc + H * B * (actor + dyn + rew + critic)),  # forward
             "actor_backward": 2.0 * (H * B * (2 * actor + dyn + rew) + B * critic),  # frozen WM: input grads
             "critic_updates": 2.0 * cfg.critic_iterations * H * B * 3 * critic,  # every latent once per pass
-            "model_return": 2.0 * cfg.return_states * (enc + H * (actor + dyn + rew + critic))}  # no grad
+            # no grad, every model_return_every-th update: amortised per update
+            "model_return": 2.0 * cfg.return_states * (enc + H * (actor + dyn + rew + critic))
+            / max(cfg.model_return_every, 1) * (cfg.model_return_every > 0)}
 
 
 def iteration_flops(m: WorldModelConfig, cfg: ExtractConfig) -> float:
