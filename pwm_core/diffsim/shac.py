@@ -45,7 +45,7 @@ from pwm_core.diffsim.bridge import DiffSim
 from pwm_core.diffsim.cartpole import CartPole
 from pwm_core.errors import PwmError
 from pwm_core.io import atomic_write, read_checkpoint
-from pwm_core.nn.checkpoint import one_line, shape_mismatch
+from pwm_core.nn.checkpoint import load_matching, one_line
 from pwm_core.seeding import global_rng_state, set_global_rng_state
 from pwm_core.train.extract import (
     POLICY_CONFIG_FILE,
@@ -458,11 +458,7 @@ class ShacPolicy(nn.Module):
 
     def load_tensors(self, tensors: dict[str, Tensor], where: str = "policy tensors") -> None:
         """Load :func:`shac_policy_tensors`; any missing, unexpected or mis-shaped tensor is one PwmError."""
-        problems = shape_mismatch({k: v.shape for k, v in tensors.items()},
-                                  {k: v.shape for k, v in self.state_dict().items()})
-        if problems:
-            raise PwmError(f"{where} do not match the policy config: {problems}")
-        self.load_state_dict(tensors)
+        load_matching(self, tensors, f"{where} do not match the policy config")
 
     def normalize(self, obs: Tensor) -> Tensor:
         return (obs - self.obs_rms_mean) / torch.sqrt(self.obs_rms_var + OBS_RMS_EPS)

@@ -66,12 +66,7 @@ def load_world_model(folder: str | Path, device: str | torch.device = "cpu") -> 
     except (SafetensorError, OSError, ValueError) as e:
         raise PwmError(f"{MODEL_FILE} in {folder} is corrupt or truncated: {one_line(e)}") from None
     model = WorldModel(cfg)
-    expected = model.state_dict()
-    problems = shape_mismatch({k: v.shape for k, v in tensors.items()},
-                         {k: v.shape for k, v in expected.items()})
-    if problems:
-        raise PwmError(f"{MODEL_FILE} does not match {CONFIG_FILE} in {folder}: {problems}")
-    model.load_state_dict(tensors)
+    load_matching(model, tensors, f"{MODEL_FILE} does not match {CONFIG_FILE} in {folder}")
     return model.to(device)
 
 
@@ -179,6 +174,16 @@ def _our_key(key: str) -> str:
     if key.startswith("_target_Qs_params."):
         return "_target_Qs.params." + key.removeprefix("_target_Qs_params.")
     return key
+
+
+def load_matching(module: torch.nn.Module, tensors: dict[str, Tensor], what: str) -> None:
+    """``module.load_state_dict(tensors)`` after checking names and shapes: any missing, unexpected or
+    mis-shaped tensor is one PwmError ``"{what}: <the differences>"``."""
+    problems = shape_mismatch({k: v.shape for k, v in tensors.items()},
+                              {k: v.shape for k, v in module.state_dict().items()})
+    if problems:
+        raise PwmError(f"{what}: {problems}")
+    module.load_state_dict(tensors)
 
 
 def shape_mismatch(found: dict[str, torch.Size], required: dict[str, torch.Size],

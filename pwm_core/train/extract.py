@@ -46,7 +46,7 @@ from pwm_core.data.sampler import WindowSampler
 from pwm_core.errors import PwmError
 from pwm_core.io import atomic_write
 from pwm_core.nn.actor_critic import Actor, CriticEnsemble
-from pwm_core.nn.checkpoint import one_line, shape_mismatch
+from pwm_core.nn.checkpoint import load_matching, one_line
 from pwm_core.nn.layers import SimNorm, mlp
 from pwm_core.nn.math import almost_two_hot_inv
 from pwm_core.nn.world_model import WorldModel
@@ -583,11 +583,7 @@ class Policy(nn.Module):
 
     def load_tensors(self, tensors: dict[str, Tensor], where: str = "policy tensors") -> None:
         """Load :func:`policy_tensors`; any missing, unexpected or mis-shaped tensor is one PwmError."""
-        problems = shape_mismatch({k: v.shape for k, v in tensors.items()},
-                             {k: v.shape for k, v in self.state_dict().items()})
-        if problems:
-            raise PwmError(f"{where} do not match the policy config: {problems}")
-        self.load_state_dict(tensors)
+        load_matching(self, tensors, f"{where} do not match the policy config")
 
     def encode(self, obs: Tensor) -> Tensor:
         """obs (N, O) padded -> z (N, L); the world model's encode with this task's embedding row."""
