@@ -171,3 +171,13 @@ def test_config_set_get_list_and_typos(home):
     assert run_json(home, "pretrain", "--tasks", "mt30", "--dry-run")["pretrain"]["size"] == "48M"
     run(home, "config", "unset", "size")
     assert "size" not in run_json(home, "config", "list")["settings"]
+
+
+def test_config_set_checks_extract_settings_against_the_saved_ones(tmp_path):
+    bad = run(tmp_path, "config", "set", "extract.model_return_every", "--", "-3", code=2)
+    assert len(bad.stderr.strip().splitlines()) == 1 and "model_return_every must be >= 0" in bad.stderr
+    run(tmp_path, "config", "set", "extract.batch_size", "2")
+    # 2 x 16 = 32 critic samples per update: 64 minibatches cannot all get one, given the saved batch size
+    clash = run(tmp_path, "config", "set", "extract.critic_batches", "64", code=2)
+    assert "critic_batches 64 > batch_size x horizon (32" in clash.stderr
+    assert run_json(tmp_path, "config", "list")["settings"] == {"extract.batch_size": "2"}  # nothing written

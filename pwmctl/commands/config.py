@@ -108,11 +108,18 @@ def config_set(ctx: typer.Context, key: str = typer.Argument(..., help="Setting 
     st = state(ctx)
     _check_key(key)
     section, _, field = key.partition(".")
-    if section in SECTIONS:  # the value must parse as that field's type
-        from pwm_core.config import ConfigError, apply_overrides
+    if section in SECTIONS:  # the value must parse as that field's type (and, for extract, pass its checks
+        from pwm_core.config import ConfigError, apply_overrides  # together with the other saved settings)
 
         try:
-            apply_overrides(_section_config(section), [f"{field}={value}"])
+            cfg = _section_config(section)
+            apply_overrides(cfg, [f"{field}={value}"])
+            if section == "extract":
+                from pwm_core.train.extract import validate_config
+
+                others = [o for o in section_overrides(st.home, section) if o.split("=", 1)[0] != field]
+                apply_overrides(cfg, others)
+                validate_config(cfg)
         except ConfigError as e:
             raise fail(f"{key}: {e}") from None
     elif KEYS[key][1] is not None and value not in KEYS[key][1]:
