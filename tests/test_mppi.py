@@ -186,14 +186,44 @@ def test_policy_prior_plans_with_the_actor_and_critics():
     assert direct.discount(torch.tensor([0, 1])).tolist() == [[pytest.approx(0.9)]] * 2
 
 
+class Recorder:
+    """Wraps an episodic actor and records each env's actions, keyed by the episode's first observation."""
+
+    episodic = True
+
+    def __init__(self, actor):
+        self.actor, self.actions, self._key = actor, {}, {}
+
+    def __call__(self, obs, specs, envs, first):
+        a = self.actor(obs, specs, envs, first)
+        for i, env in enumerate(envs.tolist()):
+            if first[i]:
+                self._key[env] = tuple(np.round(obs[i], 6).tolist())
+            self.actions.setdefault(self._key[env], []).append(a[i].copy())
+        return a
+
+
 def test_planner_actor_results_do_not_depend_on_batching():
+    """Seeds follow the episode, not the env's row: batched and alone plan the same first actions.
+
+    Only the first steps are compared: matmuls over other batch shapes round differently (and differently on
+    Intel and AMD), and a closed loop over 100 steps of physics amplifies that into different returns.
+    """
     wm = tiny_world_model(obs_dim=39, action_dims=(4,), names=("mw-reach",), lengths=(100,))
     cfg = MPPIConfig(iterations=1, num_samples=8, num_elites=2, num_pi_trajs=2, horizon=2)
-    run_with = lambda **kw: evaluate({"mppi": PlannerActor(MPPI(wm, cfg), ["mw-reach"])},  # noqa: E731
-                                     ["mw-reach"], [0, 1], obs_dim=39, act_dim=4, **kw)
-    alone, together = run_with(envs_per_worker=1), run_with()
-    assert [r.ret for r in alone.episodes] == pytest.approx([r.ret for r in together.episodes], rel=1e-4)
-    latency = together.latency["mppi"]
+
+    def run_with(**kw):
+        actor = Recorder(PlannerActor(MPPI(wm, cfg), ["mw-reach"]))
+        return actor, evaluate({"mppi": actor}, ["mw-reach"], [0, 1], obs_dim=39, act_dim=4, **kw)
+
+    (alone, _), (together, result) = run_with(envs_per_worker=1), run_with()
+    assert len(together.actions) == 2 and alone.actions.keys() == together.actions.keys()
+    for key, actions in together.actions.items():
+        first = np.stack(actions[:3])
+        np.testing.assert_allclose(np.stack(alone.actions[key][:3]), first, atol=1e-3, rtol=0)
+    a0, a1 = (np.stack(v[:3]) for v in together.actions.values())
+    assert np.abs(a0 - a1).max() > 1e-2  # other seed, other goal: another plan
+    latency = result.latency["mppi"]
     assert latency.calls == 99 and len(latency.call_ms) == 99 and latency.percentile_ms(95) > 0
 
 
