@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev,tdmpc2,video]" $(TORCH)
+	$(PY) -m pip install -q -e ".[dev,tdmpc2,video,tensorboard]" $(TORCH)
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -99,6 +99,7 @@ def _register() -> None:
         plot,
         pretrain,
         quickstart,
+        runs,
         shac,
         study,
         system,
@@ -114,6 +115,7 @@ def _register() -> None:
     app.command("shac", rich_help_panel="Training")(shac.shac)
     app.command("eval", rich_help_panel="Evaluation")(evaluate.evaluate_cmd)
     app.command("plot", rich_help_panel="Evaluation")(plot.plot)
+    app.add_typer(runs.app, name="runs", rich_help_panel="Training")
     for name, fn in (("ls", artifacts.ls), ("show", artifacts.show), ("rm", artifacts.rm),
                      ("verify", artifacts.verify)):
         app.command(name, rich_help_panel="Artifacts")(fn)

@@ -144,6 +144,25 @@ class Progress:
             self._bar.__exit__(*exc)
 
 
+class ProgressCallback:
+    """Drives a :class:`Progress` from the training loop (a ``pwm_core.train.loop.Callback``): advances
+    to the loop's position and shows the latest value of each of ``fields`` seen so far."""
+
+    def __init__(self, bar: Progress, fields: tuple[str, ...] = (), rename: dict[str, str] | None = None) -> None:
+        self.bar, self.fields, self.rename = bar, fields, rename or {}
+
+    def on_start(self, state) -> None:
+        self.bar.update(state.step - self.bar.done)
+
+    def on_step(self, state) -> None:
+        shown = {self.rename.get(k, k): state.metrics[k] for k in self.fields if k in state.metrics}
+        self.bar.update(state.step - self.bar.done, **shown)
+
+    def on_interrupt(self, state) -> None: ...
+
+    def on_end(self, state) -> None: ...
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"

@@ -3,7 +3,6 @@ reports (IQM with 95% CIs and per-task returns). Each function takes plain data 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +20,10 @@ def _pyplot():
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    """A metrics log's rows ([] when there is none yet)."""
+    from pwm_core.train.loop import read_jsonl as read
+
+    return read(path) if path.exists() else []
 
 
 def _series(rows: Sequence[dict], key: str, x: str = "step") -> tuple[list[float], list[float]]:

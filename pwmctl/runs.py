@@ -1,14 +1,21 @@
-"""Run folders ($PWM_HOME/runs/<run-id>/): the plan a command resumes from, and its metrics log."""
+"""Run folders ($PWM_HOME/runs/<run-id>/): the plan a command resumes from, its metrics log and status."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pwm_core.train.loop import LOGGERS, METRICS, STATUS, LoggerUnavailable, append_jsonl, read_jsonl, read_status
+from pwm_core.train.loop import run_callbacks
 from pwmctl.console import fail
 
 PLAN = "plan.json"  # the resolved inputs of a run; `--resume RUN` reads them back
-METRICS = "metrics.jsonl"  # one JSON object per line, appended as the run goes
+
+__all__ = ["LOGGERS", "METRICS", "PLAN", "STATUS", "append_jsonl", "check_loggers", "read_jsonl", "read_plan",
+           "read_status", "training_callbacks", "write_plan"]
+
+LOGGER_HELP = "Metrics logger besides the run's metrics.jsonl (repeatable): tensorboard | wandb (offline)."
 
 
 def write_plan(run: Path, plan: dict) -> None:
@@ -26,10 +33,31 @@ def read_plan(run: Path, command: str) -> dict:
     return plan
 
 
-def append_jsonl(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+def check_loggers(loggers: Sequence[str] | None) -> list[str]:
+    """The ``--logger`` values, checked before any work: known names whose packages are installed."""
+    loggers = list(dict.fromkeys(loggers or []))
+    unknown = [x for x in loggers if x not in LOGGERS]
+    if unknown:
+        raise fail(f"unknown --logger {', '.join(unknown)}: use tensorboard or wandb (jsonl is always written)")
+    needs = {"tensorboard": ("tensorboard", "pip install tensorboard"), "wandb": ("wandb", "pip install wandb")}
+    for name in loggers:
+        if name in needs:
+            import importlib.util
+
+            module, how = needs[name]
+            if importlib.util.find_spec(module) is None:
+                raise fail(f"--logger {name} needs the {module} package: {how}")
+    return loggers
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def training_callbacks(run: Path, command: str, save: Callable[[], None] | None, checkpoint_every: int,
+                       checkpoint_every_s: float, log_every: int, loggers: Sequence[str], name: str | None,
+                       config: dict | None, step_key: str = "step", rate_key: str = "steps_per_s") -> list:
+    """pwm_core's standard run callbacks (status, metrics sinks, checkpoints); a missing logger package
+    is one error line."""
+    try:
+        return run_callbacks(run, command, save, checkpoint_every=checkpoint_every,
+                             checkpoint_every_s=checkpoint_every_s, log_every=log_every, loggers=loggers, name=name,
+                             config=config, step_key=step_key, rate_key=rate_key)
+    except LoggerUnavailable as e:
+        raise fail(str(e)) from None

@@ -14,6 +14,8 @@ import pytest
 
 from helpers import run, run_json
 
+from pwm_core.train.loop import read_status
+
 TINY = ["--size", "1M", "--batch-size", "8", "--horizon", "3", "--set", "val_every=10", "--set", "log_every=5",
         "--set", "val_batches=1"]
 
@@ -133,3 +135,41 @@ def test_torchrun_two_cpu_ranks_publish_one_world_model(home):
     assert doc["artifact"] == "worldmodel/ddp:v1" and doc["steps"] == 4
     assert [a["ref"] for a in run_json(home, "ls", "worldmodel", "--all")["artifacts"] if a["name"] == "ddp"] == [
         "worldmodel/ddp:v1"]
+
+
+def test_a_live_run_can_be_watched_and_sighup_checkpoints_it(home, tmp_path):
+    """A closed terminal (SIGHUP) stops like Ctrl-C: the step finishes, a checkpoint is saved, exit 130.
+    Meanwhile another terminal sees the run: `runs ls`, `runs show`, `plot RUN`, TensorBoard files."""
+    env = {**os.environ, "PWM_HOME": str(home)}
+    args = [sys.executable, "-m", "pwmctl", "pretrain", "--tasks", "cartpole-balance", *TINY, "--steps", "100000",
+            "--set", "log_every=1", "--set", "checkpoint_every=100000", "--name", "hup", "--logger", "tensorboard"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline, run_dir = time.monotonic() + 180, None
+    while time.monotonic() < deadline:
+        runs = [p for p in home.glob("runs/pretrain-*") if '"hup"' in (p / "plan.json").read_text()]
+        status = read_status(runs[0]) if runs else None
+        if status and status["step"] >= 3:
+            run_dir = runs[0]
+            break
+        time.sleep(0.3)
+    assert run_dir is not None, proc.stderr.read().decode() if proc.poll() is not None else "no progress"
+    try:
+        listed = {r["run"]: r for r in run_json(home, "runs", "ls")["runs"]}
+        assert listed[run_dir.name]["state"] == "running" and listed[run_dir.name]["command"] == "pretrain"
+        shown = run_json(home, "runs", "show", run_dir.name)
+        assert shown["rows"] and "consistency" in shown["rows"][-1]
+        plotted = run_json(home, "plot", run_dir.name, "--out", str(tmp_path))
+        assert Path(plotted["files"][0]).stat().st_size > 0
+        assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    finally:
+        proc.send_signal(signal.SIGHUP)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    import torch
+
+    saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"]
+    status = run_json(home, "runs", "show", run_dir.name)
+    assert status["state"] == "interrupted" and status["step"] == saved  # nothing after the checkpoint is lost
+    doc = run_json(home, "pretrain", "--resume", run_dir.name, "--steps", str(saved + 2))
+    assert doc["steps"] == saved + 2 and run_json(home, "runs", "show", run_dir.name)["state"] == "finished"
+    assert run(home, "runs", "rm", run_dir.name, "--yes").exit_code == 0 and not run_dir.exists()

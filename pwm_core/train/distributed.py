@@ -88,6 +88,16 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on any rank (e.g. one rank was asked to stop)."""
+    if world_size() <= 1:
+        return flag
+    device = f"cuda:{local_rank()}" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def broadcast_path(path: Path | None) -> Path:
     """Rank 0's ``path`` on every rank (e.g. the run folder only rank 0 created)."""
     if world_size() <= 1:

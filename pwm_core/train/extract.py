@@ -98,6 +98,7 @@ class ExtractConfig:
     init_logstd: float = -1.0  # initial actor log-std (sigma ~ 0.368)
     min_logstd: float = -1.427  # lower clamp of the actor log-std (sigma >= 0.240); no upper clamp
     return_states: int = 64  # ours: fixed start states of the model_return metric
+    checkpoint_every_s: float = 600.0  # ours: seconds of wall time between checkpoints (besides each evaluation)
     model_return_every: int = 10  # ours: the metric at update 1, every N-th and the last (0: never); 12% of a B=64 update
     seed: int = 0  # actor/critic init, action noise, critic shuffling (the official runs use 42)
     device: str = "auto"  # auto | cpu | cuda | cuda:N

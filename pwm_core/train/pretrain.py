@@ -71,6 +71,7 @@ class PretrainConfig:
     val_every: int = 10_000  # updates between held-out evaluations (ours)
     val_batches: int = 8  # fixed held-out batches per evaluation (ours)
     checkpoint_every: int = 50_000  # updates between resumable checkpoints (TD-MPC2 eval_freq)
+    checkpoint_every_s: float = 600.0  # ...and seconds of wall time between them (ours; 0: by count only)
     log_every: int = 1_000  # updates between training-metric reports (ours; TD-MPC2 logs every 10k)
     seed: int = 0  # seeds python, numpy, torch, the episode split and the window samplers
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -8,8 +8,8 @@ import typer
 
 from pwmctl.commands.collect import DATASET_DIR
 from pwmctl.commands.config import read_config, section_overrides
-from pwmctl.console import Progress, emit, fail, info, interrupts_as_keyboard_interrupt, state
-from pwmctl.runs import METRICS, append_jsonl, read_jsonl, read_plan, write_plan
+from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
+from pwmctl.runs import LOGGER_HELP, METRICS, check_loggers, read_jsonl, read_plan, training_callbacks, write_plan
 
 CHECKPOINT = "checkpoint.pt"
 EVAL_SEED_OFFSET = 10_000  # in-training evaluations use other env seeds than `pwmctl eval`
@@ -41,6 +41,7 @@ def extract(
     amp: str = typer.Option(None, "--amp", help="bf16: bfloat16 autocast."),
     overrides: list[str] = typer.Option(None, "--set", help="key=value ExtractConfig override (repeatable)."),
     resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
+    logger: list[str] = typer.Option(None, "--logger", help=LOGGER_HELP),
 ) -> None:
     """Extract a policy for one task by first-order gradients through the frozen world model (PWM).
 
@@ -56,7 +57,8 @@ def extract(
     st = state(ctx)
     settings = dict(wm=wm, data=data, steps=steps, batch_size=batch_size, critic_target=critic_target,
                     bootstrap=bootstrap, mask_actions=mask_actions, seed=seed, eval_every=eval_every,
-                    eval_episodes=eval_episodes, device=device, compile=compile, amp=amp, overrides=overrides)
+                    eval_episodes=eval_episodes, device=device, compile=compile, amp=amp, overrides=overrides,
+                    loggers=check_loggers(logger))
     if tasks is None or resume:
         doc = _extract_task(st, task, name=name, resume=resume, **settings)
         emit(st, doc, lambda: typer.echo(_published_line(doc)))
@@ -89,13 +91,14 @@ def _published_line(doc: dict) -> str:
 
 
 def _extract_task(st, task, *, wm, data, steps, batch_size, critic_target, bootstrap, mask_actions, seed,
-                  eval_every, eval_episodes, name, device, compile, amp, overrides, resume) -> dict:
+                  eval_every, eval_episodes, name, device, compile, amp, overrides, resume, loggers) -> dict:
     """Extract (or resume) one task's policy and publish it; returns the result document."""
     from pwm_core.config import apply_overrides, set_given
     from pwm_core.data import open_dataset
     from pwm_core.nn import load_world_model
     from pwm_core.tasks import get_task
     from pwm_core.train.extract import ExtractConfig, Extractor, save_policy, start_state_sampler, validate_config
+    from pwm_core.train.loop import Every, Loop
 
     reg = st.registry()
     if resume:
@@ -104,6 +107,7 @@ def _extract_task(st, task, *, wm, data, steps, batch_size, critic_target, boots
         task, wm_ref, data_refs, name = plan["task"], plan["wm"], plan["data"], plan["name"]
         cfg = ExtractConfig.from_dict(plan["extract"])
         eval_every, eval_episodes = plan["eval_every"], plan["eval_episodes"]
+        loggers = loggers or plan.get("loggers", [])
         if steps is not None:
             cfg.steps = steps
     else:
@@ -129,7 +133,8 @@ def _extract_task(st, task, *, wm, data, steps, batch_size, critic_target, boots
         name = name or spec.name
         run = reg.new_run_dir("extract")
         write_plan(run, {"command": "extract", "task": spec.name, "wm": wm_ref, "data": data_refs, "name": name,
-                            "extract": cfg.to_dict(), "eval_every": eval_every, "eval_episodes": eval_episodes})
+                            "extract": cfg.to_dict(), "eval_every": eval_every, "eval_episodes": eval_episodes,
+                         "loggers": loggers})
     spec = get_task(task)
     world_model = load_world_model(reg.resolve(wm_ref).path)
     if spec.name not in world_model.cfg.task_names:
@@ -147,34 +152,20 @@ def _extract_task(st, task, *, wm, data, steps, batch_size, critic_target, boots
              f"batch {cfg.batch_size}, H={cfg.horizon}, critic {cfg.critic_target}, bootstrap {cfg.bootstrap}; "
              f"run {run.name}")
 
-    def evaluate_now() -> dict:
-        return {"step": extractor.step_count, **evaluate_extractor(extractor, spec, eval_episodes)}
+    t0 = time.monotonic()
+    with Progress(st, f"extract {spec.name}", total=cfg.steps) as bar:
+        def log_eval(state, ev):
+            bar.log(f"update {state.step}: eval return {ev['eval_return']:.1f}"
+                    + (f", success {ev['eval_success']:.2f}" if spec.suite == "metaworld" else ""))
 
-    t0, start, interrupted, last_eval = time.monotonic(), extractor.step_count, False, None
-    last_model_return = None
-    with Progress(st, f"extract {spec.name}", total=cfg.steps) as bar, interrupts_as_keyboard_interrupt():
-        bar.update(extractor.step_count)
-        try:
-            while extractor.step_count < cfg.steps:
-                metrics = extractor.step()
-                n = extractor.step_count
-                row_metrics = {"step": n, "its_per_s": (n - start) / max(time.monotonic() - t0, 1e-9), **metrics}
-                if (eval_every and n % eval_every == 0) or n == cfg.steps:
-                    last_eval = evaluate_now()
-                    row_metrics.update(last_eval)
-                    extractor.save_checkpoint(run / CHECKPOINT)
-                    bar.log(f"update {n}: eval return {last_eval['eval_return']:.1f}"
-                            + (f", success {last_eval['eval_success']:.2f}" if spec.suite == "metaworld" else ""))
-                append_jsonl(run / METRICS, row_metrics)
-                if "model_return" in metrics:
-                    last_model_return = metrics["model_return"]
-                bar.update(1, actor_loss=metrics["actor_loss"], value_loss=metrics["value_loss"],
-                           **({"model_return": last_model_return} if last_model_return is not None else {}),
-                           **({"eval": last_eval["eval_return"]} if last_eval else {}))
-        except KeyboardInterrupt:
-            interrupted = True
-    if interrupted:
-        extractor.save_checkpoint(run / CHECKPOINT)
+        callbacks = [Every(eval_every, lambda: evaluate_extractor(extractor, spec, eval_episodes), then=log_eval),
+                     *training_callbacks(run, "extract", lambda: extractor.save_checkpoint(run / CHECKPOINT),
+                                         eval_every, cfg.checkpoint_every_s, 1, loggers, name, cfg.to_dict(),
+                                         rate_key="its_per_s"),
+                     ProgressCallback(bar, ("actor_loss", "value_loss", "model_return", "eval_return"),
+                                      rename={"eval_return": "eval"})]
+        result = Loop(extractor.step, lambda: extractor.step_count, cfg.steps, callbacks).run()
+    if result.interrupted:
         info(st, f"interrupted at update {extractor.step_count}; checkpoint saved. "
                  f"Continue with `pwmctl extract --resume {run.name}`")
         raise typer.Exit(130)

@@ -11,8 +11,8 @@ import typer
 
 from pwmctl.commands.collect import DATASET_DIR
 from pwmctl.commands.config import read_config, section_overrides
-from pwmctl.console import Progress, emit, fail, info, interrupts_as_keyboard_interrupt, state
-from pwmctl.runs import METRICS, append_jsonl, read_plan, write_plan
+from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
+from pwmctl.runs import LOGGER_HELP, METRICS, append_jsonl, check_loggers, read_plan, training_callbacks, write_plan
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -35,6 +35,7 @@ def pretrain(
     overrides: list[str] = typer.Option(None, "--set", help="key=value override (repeatable), e.g. --set rho=0.5."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Train even if some tasks have no data."),
     resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
+    logger: list[str] = typer.Option(None, "--logger", help=LOGGER_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and parameter counts; train nothing."),
 ) -> None:
     """Pre-train a TD-MPC2-style multi-task world model (PWM's recipe: H=16, rho=0.99, batch 1024).
@@ -50,6 +51,7 @@ def pretrain(
     from pwm_core.train.pretrain import PretrainConfig, model_config
 
     st = state(ctx)
+    loggers = check_loggers(logger)
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 talks
         st = _silent(st)
     reg = st.registry()
@@ -59,6 +61,7 @@ def pretrain(
         task_set = resolve_tasks(plan["tasks"])
         refs = plan["datasets"]
         cfg = PretrainConfig.from_dict(plan["pretrain"])
+        loggers = loggers or plan.get("loggers", [])
         if steps is not None:  # allow extending a run
             cfg.steps = steps
     else:
@@ -87,6 +90,7 @@ def pretrain(
         return
 
     from pwm_core.data import open_dataset
+    from pwm_core.train.loop import Every, Loop
     from pwm_core.train.pretrain import Pretrainer
 
     datasets = [open_dataset(reg.resolve(r).path / DATASET_DIR) for r in refs]
@@ -96,7 +100,7 @@ def pretrain(
         run = reg.new_run_dir("pretrain") if main else None
         if main:
             write_plan(run, {"command": "pretrain", "name": name, "tasks": ",".join(task_set.names), "datasets": refs,
-                              "pretrain": cfg.to_dict()})
+                              "pretrain": cfg.to_dict(), "loggers": loggers})
         run = dist.broadcast_path(run)
     trainer = Pretrainer(cfg, model_cfg, datasets, task_set, device=ctx_dist.device)
     if (run / CHECKPOINT).exists():
@@ -107,31 +111,21 @@ def pretrain(
                  f"{cfg.steps} steps, batch {cfg.batch_size}, H={cfg.horizon}, on {ctx_dist.device}"
                  f"{f' x{dist.world_size()} ranks' if dist.world_size() > 1 else ''}; run {run.name}")
     first_val = _first_validation(run, trainer, main)
-    t0, start = time.monotonic(), trainer.step_count
-    interrupted = False
-    with Progress(st if main else _silent(st), "pretrain", total=cfg.steps) as bar, \
-            interrupts_as_keyboard_interrupt():
-        bar.update(trainer.step_count)
-        try:
-            while trainer.step_count < cfg.steps:
-                metrics = trainer.step()
-                n = trainer.step_count
-                if main and (n % cfg.log_every == 0 or n == cfg.steps):
-                    rate = (n - start) / max(time.monotonic() - t0, 1e-9)
-                    append_jsonl(run / METRICS, {"step": n, "steps_per_s": rate, **metrics})
-                if n % cfg.val_every == 0 or n == cfg.steps:
-                    val = trainer.validate()
-                    if main:
-                        append_jsonl(run / METRICS, {"step": n, **{f"val/{k}": v for k, v in val.items()}})
-                        bar.log(f"step {n}: " + "  ".join(f"val {k} {v:.4g}" for k, v in val.items()))
-                if main and n % cfg.checkpoint_every == 0:
-                    trainer.save_checkpoint(run / CHECKPOINT)
-                bar.update(1, **{k: metrics[k] for k in ("consistency", "reward_ce", "value_ce")})
-        except KeyboardInterrupt:
-            interrupted = True
-    if interrupted:
+    t0 = time.monotonic()
+    with Progress(st if main else _silent(st), "pretrain", total=cfg.steps) as bar:
+        def log_validation(state, val):
+            if main:
+                bar.log(f"step {state.step}: " + "  ".join(f"val {k} {v:.4g}" for k, v in val.items()))
+
+        validation = Every(cfg.val_every, trainer.validate, prefix="val/", then=log_validation)
+        callbacks = [validation]
         if main:
-            trainer.save_checkpoint(run / CHECKPOINT)
+            callbacks += [*training_callbacks(run, "pretrain", lambda: trainer.save_checkpoint(run / CHECKPOINT),
+                                              cfg.checkpoint_every, cfg.checkpoint_every_s, cfg.log_every, loggers,
+                                              name, cfg.to_dict()),
+                          ProgressCallback(bar, ("consistency", "reward_ce", "value_ce"))]
+        result = Loop(trainer.step, lambda: trainer.step_count, cfg.steps, callbacks, agree=dist.any_rank).run()
+    if result.interrupted:
         dist.cleanup()
         info(st, f"interrupted at step {trainer.step_count}; checkpoint saved. "
                  f"Continue with `pwmctl pretrain --resume {run.name}`")
@@ -139,8 +133,7 @@ def pretrain(
     if not main:
         dist.cleanup()
         return
-    trainer.save_checkpoint(run / CHECKPOINT)
-    final = trainer.validate()
+    final = validation.last if validation.last is not None else trainer.validate()
     artifact = _publish(reg, run, name, trainer, cfg, model_cfg, refs, task_set, first_val, final,
                         time.monotonic() - t0)
     dist.cleanup()

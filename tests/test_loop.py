@@ -1,0 +1,163 @@
+"""The one training loop: callbacks in order, checkpoints by steps / wall time / signal, live metrics, status."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from pwm_core.train.loop import (Checkpoint, Every, JsonlMetrics, Loop, LoopState, RunStatus, TensorBoardMetrics,
+                                 read_jsonl, read_status, run_callbacks)
+
+
+class Counter:
+    """A trainer whose step k returns loss 1/k; optionally sends itself a signal at one step."""
+
+    def __init__(self, signal_at: int | None = None, signum: int = signal.SIGHUP, sleep: float = 0.0):
+        self.n, self.signal_at, self.signum, self.sleep = 0, signal_at, signum, sleep
+
+    def step(self) -> dict[str, float]:
+        self.n += 1
+        if self.n == self.signal_at:
+            os.kill(os.getpid(), self.signum)  # delivered now: the handler runs before step() returns
+        time.sleep(self.sleep)
+        return {"loss": 1.0 / self.n}
+
+
+class Record:
+    def __init__(self):
+        self.events: list[tuple[str, int]] = []
+
+    def on_start(self, s: LoopState):
+        self.events.append(("start", s.step))
+
+    def on_step(self, s: LoopState):
+        self.events.append(("step", s.step))
+
+    def on_interrupt(self, s: LoopState):
+        self.events.append(("interrupt", s.step))
+
+    def on_end(self, s: LoopState):
+        self.events.append(("end", s.step))
+
+
+def test_loop_runs_to_total_and_calls_back_in_order():
+    c, rec, saved = Counter(), Record(), []
+    every = Every(2, lambda: {"val": c.n * 10.0}, prefix="v/")
+    result = Loop(c.step, lambda: c.n, 5, [every, Checkpoint(lambda: saved.append(c.n), every_steps=2, every_s=0),
+                                           rec]).run()
+    assert not result.interrupted and c.n == 5
+    assert rec.events == [("start", 0), *[("step", k) for k in range(1, 6)], ("end", 5)]
+    assert saved == [2, 4, 5]  # every 2 steps, then at the end
+    assert result.state.metrics == {"loss": 0.2, "v/val": 50.0}  # at_end: the last step is evaluated too
+    assert every.last == {"val": 50.0}
+
+
+def test_a_resumed_loop_starts_at_the_trainers_position():
+    c, rec = Counter(), Record()
+    c.n = 3
+    Loop(c.step, lambda: c.n, 5, [rec]).run()
+    assert rec.events == [("start", 3), ("step", 4), ("step", 5), ("end", 5)]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_after_the_current_step_and_checkpoints(signum):
+    c, rec, saved = Counter(signal_at=3, signum=signum), Record(), []
+    before = signal.getsignal(signum)
+    result = Loop(c.step, lambda: c.n, 100, [Checkpoint(lambda: saved.append(c.n), every_s=0), rec]).run()
+    assert result.interrupted and result.signal == signum
+    assert c.n == 3 and saved == [3]  # the whole step 3 ran; its state was saved once
+    assert rec.events[-2:] == [("step", 3), ("interrupt", 3)]
+    assert signal.getsignal(signum) is before  # handlers restored
+
+
+def test_other_ranks_stop_with_the_signalled_one():
+    c, asked = Counter(), []
+
+    def agree(flag):  # as distributed.any_rank: rank 1 was signalled before step 3
+        asked.append(flag)
+        return len(asked) >= 3
+
+    result = Loop(c.step, lambda: c.n, 10, [], agree=agree).run()
+    assert result.interrupted and c.n == 2 and result.signal == -1
+
+
+def test_checkpoint_by_wall_time():
+    c, saved = Counter(sleep=0.03), []
+    Loop(c.step, lambda: c.n, 10, [Checkpoint(lambda: saved.append(c.n), every_steps=0, every_s=0.1,
+                                              at_end=False)]).run()
+    assert 2 <= len(saved) <= 4 and saved == sorted(saved) and saved[-1] < 10  # ~every 4th step of 30 ms
+
+
+def test_jsonl_metrics_are_written_live_and_a_resume_drops_rows_after_the_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    c = Counter()
+    seen_during = []
+    sink = JsonlMetrics(path, every=2)
+
+    class Peek:
+        def on_step(self, s):
+            seen_during.append(len(read_jsonl(path)) if path.exists() else 0)
+
+        on_start = on_interrupt = on_end = lambda self, s: None
+
+    Loop(c.step, lambda: c.n, 6, [sink, Peek()]).run()
+    rows = read_jsonl(path)
+    assert [r["step"] for r in rows] == [2, 4, 6] and rows[0]["loss"] == pytest.approx(0.5)
+    assert seen_during == [0, 1, 1, 2, 2, 3]  # on disk as soon as logged
+    with open(path, "a") as f:
+        f.write('{"step": 7, "loss"')  # a torn line from a killed writer
+    c.n = 4  # resumed from a checkpoint at step 4
+    Loop(c.step, lambda: c.n, 6, [JsonlMetrics(path, every=2)]).run()
+    assert [r["step"] for r in read_jsonl(path)] == [2, 4, 6]
+
+
+def test_evaluations_are_logged_whatever_the_log_interval(tmp_path):
+    c = Counter()
+    Loop(c.step, lambda: c.n, 5, [Every(3, lambda: {"eval_return": 1.5}), JsonlMetrics(tmp_path / "m.jsonl", 100)]).run()
+    assert [(r["step"], "eval_return" in r) for r in read_jsonl(tmp_path / "m.jsonl")] == [(3, True), (5, True)]
+
+
+def test_run_status_tells_another_process_where_the_run_is(tmp_path):
+    c = Counter(signal_at=4)
+    status_during = []
+
+    class Peek:
+        def on_step(self, s):
+            status_during.append(read_status(tmp_path)["state"])
+
+        on_start = on_interrupt = on_end = lambda self, s: None
+
+    Loop(c.step, lambda: c.n, 10, [RunStatus(tmp_path, "pretrain", every_s=0), Peek()]).run()
+    status = read_status(tmp_path)
+    assert status_during == ["running"] * 4
+    assert status["state"] == "interrupted" and status["step"] == 4 and status["total"] == 10
+    assert status["pid"] == os.getpid() and status["metrics"]["loss"] == pytest.approx(0.25)
+    Loop(c.step, lambda: c.n, 10, [RunStatus(tmp_path, "pretrain")]).run()
+    assert read_status(tmp_path)["state"] == "finished"
+
+
+def test_tensorboard_event_files_hold_the_metrics(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    c = Counter()
+    Loop(c.step, lambda: c.n, 4, [Every(2, lambda: {"return": 7.0}, prefix="val/"),
+                                  TensorBoardMetrics(tmp_path / "tb", every=1)]).run()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, round(e.value, 6)) for e in events.Scalars("loss")] == [(k, round(1 / k, 6)) for k in range(1, 5)]
+    assert [e.step for e in events.Scalars("val/return")] == [2, 4]
+
+
+def test_run_callbacks_refuse_an_unknown_logger_before_anything_runs(tmp_path):
+    from pwm_core.train.loop import LoggerUnavailable
+
+    with pytest.raises(LoggerUnavailable, match="unknown logger"):
+        run_callbacks(tmp_path, "pretrain", loggers=["jsonl", "mlflow"])
+    assert list(tmp_path.iterdir()) == []
+    names = [type(cb).__name__ for cb in run_callbacks(tmp_path, "extract", lambda: None, checkpoint_every=5)]
+    assert names == ["JsonlMetrics", "RunStatus", "Checkpoint"]
