@@ -171,17 +171,19 @@ def _fmt(v: Any) -> str:
 
 @contextmanager
 def interrupts_as_keyboard_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C inside the block, so long jobs can save their work on both."""
+    """Treat SIGTERM and SIGHUP (a closed terminal) like Ctrl-C inside the block, so long jobs save their work."""
     import signal
 
     def _raise(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _raise)
+    signums = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.signal(s, _raise) for s in signums}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def render_table(table) -> str:

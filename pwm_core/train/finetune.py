@@ -98,6 +98,10 @@ class Finetuner:
             fsck(self.replay_path, repair=True)  # an interrupted append leaves an uncommitted tail
         self.round = 0
         self.updates = 0
+        self._env_steps: int | None = None  # cached; reset whenever the replay changes
+        self.pending = 0  # updates left in this round (a round: collect, then updates_per_episode per episode)
+        self.last_round: CollectResult | None = None
+        self.workers = 1  # env worker processes for collection
         self._refresh_samplers()
         if self.sampler is None:
             raise PwmError(f"no episode of {task} to start from: give the datasets the policy was extracted from")
@@ -129,11 +133,30 @@ class Finetuner:
     @property
     def env_steps(self) -> int:
         """Agent steps in the replay so far."""
-        return int(open_dataset(self.replay_path).num_transitions)
+        if self._env_steps is None:
+            self._env_steps = int(open_dataset(self.replay_path).num_transitions)
+        return self._env_steps
 
     @property
     def done(self) -> bool:
-        return self.env_steps >= self.cfg.env_steps
+        """All env steps collected and the last round's updates done."""
+        return self.env_steps >= self.cfg.env_steps and self.pending == 0
+
+    def step(self) -> dict[str, float]:
+        """One step of the online loop: collect a round first when the last round's updates are spent,
+        then one world-model + policy update. The first update of a round also reports the round's
+        ``explore_return`` (mean return of its episodes, exploration noise on) and ``env_steps``."""
+        extra: dict[str, float] = {}
+        if self.pending == 0:
+            result = self.collect(self.workers)
+            self.last_round = result
+            self.pending = self.cfg.updates_per_episode * len(result.episodes)
+            extra = {"explore_return": sum(e.ret for e in result.episodes) / max(len(result.episodes), 1),
+                     "env_steps": float(self.env_steps), "round": float(self.round)}
+            if self.pending == 0:  # interrupted before an episode finished: nothing to learn from yet
+                return extra
+        self.pending -= 1
+        return {**self.update(), **extra}
 
     def collect(self, workers: int = 1, on_episode=None) -> CollectResult:
         """Roll out the current policy (exploration noise on) for ``episodes_per_round`` episodes into the
@@ -160,6 +183,7 @@ class Finetuner:
         finally:
             writer.close()
         self.round += 1
+        self._env_steps = None
         self._refresh_samplers()
         return result
 
@@ -182,7 +206,8 @@ class Finetuner:
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "round": self.round,
-                "updates": self.updates, "config": self.cfg.to_dict(), "model": self.model.state_dict(),
+                "updates": self.updates, "pending": self.pending,
+                "replay_episodes": open_dataset(self.replay_path).num_episodes, "config": self.cfg.to_dict(), "model": self.model.state_dict(),
                 "optim": self.optim.state_dict(), "pi_optim": self.pi_optim.state_dict(),
                 "scale": self.scale.state_dict(), "extractor": self.extractor.state_dict(),
                 "samplers": [s.generator.get_state() for s in (self.sampler, self.policy_sampler)
@@ -194,7 +219,16 @@ class Finetuner:
         self.pi_optim.load_state_dict(sd["pi_optim"])
         self.scale.load_state_dict(sd["scale"])
         self.extractor.load_state_dict(sd["extractor"])
-        self.round, self.updates = int(sd["round"]), int(sd["updates"])
+        self.round, self.updates, self.pending = int(sd["round"]), int(sd["updates"]), int(sd.get("pending", 0))
+        if "replay_episodes" in sd:  # episodes collected after the checkpoint are collected again, as they were
+            writer = EpisodeWriter.open(self.replay_path)
+            try:
+                if writer.num_episodes > sd["replay_episodes"]:
+                    writer.truncate(int(sd["replay_episodes"]))
+            finally:
+                writer.close()
+            self._env_steps = None
+            self._refresh_samplers()
         for s, state in zip((self.sampler, self.policy_sampler), sd["samplers"]):
             if s is not None:
                 s.generator.set_state(state)

@@ -188,6 +188,16 @@ class Every(Callback):
                 self.then(state, out)
 
 
+class OnStep(Callback):
+    """Call ``fn(state)`` after every step (e.g. a log line when a metric appears)."""
+
+    def __init__(self, fn: Callable[[LoopState], None]) -> None:
+        self.fn = fn
+
+    def on_step(self, state: LoopState) -> None:
+        self.fn(state)
+
+
 class MetricsSink(Callback):
     """Writes the step's metrics every ``every`` steps (and the last step's) to some destination."""
 

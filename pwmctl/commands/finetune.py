@@ -8,8 +8,9 @@ import time
 import typer
 
 from pwmctl.commands.extract import evaluate_extractor
-from pwmctl.console import Progress, emit, fail, info, interrupts_as_keyboard_interrupt, state
-from pwmctl.runs import METRICS, append_jsonl, read_jsonl, read_plan, write_plan
+from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
+from pwmctl.runs import LOGGER_HELP, METRICS, append_jsonl, check_loggers, read_jsonl, read_plan, training_callbacks
+from pwmctl.runs import write_plan
 
 CHECKPOINT = "checkpoint.pt"
 REPLAY_DIR = "replay.zarr"
@@ -37,6 +38,7 @@ def finetune(
     workers: int = typer.Option(1, "--workers", "-j", min=1, help="Environment worker processes."),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N]."),
     resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
+    logger: list[str] = typer.Option(None, "--logger", help=LOGGER_HELP),
 ) -> None:
     """Fine-tune a policy and its world model online: collect episodes with the policy's exploration
     noise, then alternate world-model updates (the pre-training objective) and PWM policy updates.
@@ -51,10 +53,12 @@ def finetune(
     from pwm_core.train import load_policy
     from pwm_core.train.extract import ExtractConfig
     from pwm_core.train.finetune import FinetuneConfig, Finetuner
+    from pwm_core.train.loop import CHECKPOINT_EVERY_S, Loop, OnStep
     from pwm_core.train.pretrain import PretrainConfig
     from pwmctl.commands.collect import DATASET_DIR
 
     st = state(ctx)
+    loggers = check_loggers(logger)
     reg = st.registry()
     if resume:
         run = reg.run_dir(resume)
@@ -65,6 +69,7 @@ def finetune(
         cfg = FinetuneConfig.from_dict(plan["finetune"])
         task, pol_ref, save_data, eval_episodes = plan["task"], plan["policy"], plan["save_data"], plan["eval_episodes"]
         name = plan["name"]
+        loggers = loggers or plan.get("loggers", [])
         if env_steps is not None:
             cfg.env_steps = env_steps
     else:
@@ -80,7 +85,8 @@ def finetune(
         name = name or pol_artifact.name
         run = reg.new_run_dir("finetune")
         write_plan(run, {"command": "finetune", "task": spec.name, "policy": pol_ref, "name": name,
-                         "save_data": save_data, "eval_episodes": eval_episodes, "finetune": cfg.to_dict()})
+                         "save_data": save_data, "eval_episodes": eval_episodes, "finetune": cfg.to_dict(),
+                         "loggers": loggers})
     spec = get_task(task)
     pol_artifact = reg.resolve(pol_ref)
     wm_refs = [p for p in pol_artifact.parents if p.startswith("worldmodel/")]
@@ -106,31 +112,25 @@ def finetune(
         append_jsonl(run / METRICS, {"phase": "before", "env_steps": 0, "eval_return": before})
         info(st, f"before: eval return {before:.1f} over {eval_episodes} episodes")
 
-    t0, interrupted = time.monotonic(), False
-    with Progress(st, f"finetune {spec.name}", total=cfg.env_steps) as bar, interrupts_as_keyboard_interrupt():
-        bar.update(min(tuner.env_steps, cfg.env_steps))
-        try:
-            while not tuner.done:
-                steps0 = tuner.env_steps
-                result = tuner.collect(workers=workers)
-                if result.interrupted:
-                    raise KeyboardInterrupt
-                explore = sum(e.ret for e in result.episodes) / max(len(result.episodes), 1)
-                bar.update(tuner.env_steps - steps0, explore_return=explore)
-                for _ in range(cfg.updates_per_episode * len(result.episodes)):
-                    m = tuner.update()
-                    append_jsonl(run / METRICS, {"update": tuner.updates, **m})
-                    bar.update(0, wm_loss=m["wm_loss"], actor_loss=m["actor_loss"],
-                               **({"model_return": m["model_return"]} if "model_return" in m else {}))
-                append_jsonl(run / METRICS, {"phase": "round", "round": tuner.round, "env_steps": tuner.env_steps,
-                                             "updates": tuner.updates, "explore_return": explore})
-                tuner.save_checkpoint(run / CHECKPOINT)
-                bar.log(f"round {tuner.round}: {tuner.env_steps} env steps, exploration return {explore:.1f}")
-        except KeyboardInterrupt:
-            interrupted = True
-    if interrupted:
-        info(st, f"interrupted at round {tuner.round} ({tuner.env_steps} env steps); the last finished round is "
-                 f"checkpointed. Continue with `pwmctl finetune --resume {run.name}`")
+    t0 = time.monotonic()
+    tuner.workers = workers
+    with Progress(st, f"finetune {spec.name}", total=tuner.total_updates) as bar:
+        def log_round(state) -> None:
+            if "explore_return" in state.metrics:
+                bar.log(f"round {tuner.round}: {tuner.env_steps} env steps, exploration return "
+                        f"{state.metrics['explore_return']:.1f}")
+
+        callbacks = [OnStep(log_round),
+                     *training_callbacks(run, "finetune", lambda: tuner.save_checkpoint(run / CHECKPOINT), 0,
+                                         CHECKPOINT_EVERY_S, 1, loggers, name, cfg.to_dict(), step_key="update",
+                                         rate_key="updates_per_s"),
+                     ProgressCallback(bar, ("wm_loss", "actor_loss", "model_return", "explore_return"),
+                                      rename={"explore_return": "explore"})]
+        result = Loop(tuner.step, lambda: tuner.updates, tuner.total_updates, callbacks,
+                      done=lambda: tuner.done).run()
+    if result.interrupted:
+        info(st, f"interrupted at round {tuner.round} ({tuner.env_steps} env steps, {tuner.updates} updates); "
+                 f"checkpoint saved. Continue with `pwmctl finetune --resume {run.name}`")
         raise typer.Exit(130)
 
     after = evaluate_extractor(tuner.extractor, spec, eval_episodes)["eval_return"]
@@ -177,7 +177,7 @@ def _publish(reg, run, tuner, task: str, name: str, wm_artifact, pol_artifact, d
             config={**config, "pretrain": tuner.wm_cfg.to_dict(), "model": tuner.model.cfg.to_dict()},
             metrics={"env_steps": tuner.env_steps, "updates": tuner.updates}, extra={"run": run.name})
     out["world_model"] = artifact.ref
-    curve = [r for r in read_jsonl(run / METRICS) if r.get("phase") == "round"]
+    curve = [r for r in read_jsonl(run / METRICS) if "explore_return" in r]
     with reg.stage("policy", name) as staging:
         save_policy(tuner.extractor, staging.path, metadata={"world_model": out["world_model"],
                                                               "finetuned_from": pol_artifact.ref})

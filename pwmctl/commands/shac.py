@@ -8,8 +8,8 @@ import time
 
 import typer
 
-from pwmctl.console import Progress, emit, fail, info, interrupts_as_keyboard_interrupt, state
-from pwmctl.runs import METRICS, append_jsonl, read_jsonl, read_plan, write_plan
+from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
+from pwmctl.runs import LOGGER_HELP, METRICS, check_loggers, read_jsonl, read_plan, training_callbacks, write_plan
 
 CHECKPOINT = "checkpoint.pt"
 DATASET_DIR = "data.zarr"
@@ -43,6 +43,7 @@ def shac(
                                   "name, e.g. shac-cartpole-swingup]."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads while training; the networks are "
                                 "tiny, so more threads mostly spin (2 were ~8x slower than 1 on a busy 2-core box)."),
+    logger: list[str] = typer.Option(None, "--logger", help=LOGGER_HELP),
 ) -> None:
     """Train a policy with SHAC on a Warp differentiable simulator and publish it as policy/<name>.
 
@@ -61,9 +62,11 @@ def shac(
     from pwm_core.diffsim.shac import SHAC, SHACConfig, save_shac_policy, validate_config
     from pwm_core.studies.common import torch_threads
     from pwm_core.tasks import get_task
+    from pwm_core.train.loop import CHECKPOINT_EVERY_S, Every, Loop
     from registry.refs import check_name
 
     st = state(ctx)
+    loggers = check_loggers(logger)
     reg = st.registry()
     if resume:
         run = reg.run_dir(resume)
@@ -72,6 +75,7 @@ def shac(
         cfg = SHACConfig.from_dict(plan["shac"])
         eval_every, eval_episodes = plan["eval_every"], plan["eval_episodes"]
         record, data_name = plan.get("record", 0), plan.get("data_name")
+        loggers = loggers or plan.get("loggers", [])
         if epochs is not None and epochs != cfg.epochs:
             cfg.epochs = epochs
             validate_config(cfg)
@@ -91,7 +95,7 @@ def shac(
         run = reg.new_run_dir("shac")
         write_plan(run, {"command": "shac", "task": task, "name": name, "shac": cfg.to_dict(),
                          "eval_every": eval_every, "eval_episodes": eval_episodes, "record": record,
-                         "data_name": data_name})
+                         "data_name": data_name, "loggers": loggers})
     spec = get_task(task)
     agent = SHAC(cfg, make_sim(short_name(spec.name)))
     writer = None
@@ -112,29 +116,21 @@ def shac(
              f"{list(cfg.actor_units)} lr {cfg.actor_lr:g}, critic {list(cfg.critic_units)} lr {cfg.critic_lr:g}, "
              f"seed {cfg.seed}; run {run.name}")
 
-    t0, start, interrupted, last_eval = time.monotonic(), agent.epoch_count, False, None
-    with Progress(st, f"shac {short_name(spec.name)}", total=cfg.epochs) as bar, interrupts_as_keyboard_interrupt(), \
-            torch_threads(threads):
-        bar.update(agent.epoch_count)
-        try:
-            while agent.epoch_count < cfg.epochs:
-                metrics = agent.epoch()
-                n = agent.epoch_count
-                rate = (n - start) / max(time.monotonic() - t0, 1e-9)
-                row = {"epoch": n, "epochs_per_s": rate, **{k: _finite(v) for k, v in metrics.items()}}
-                if (eval_every and n % eval_every == 0) or n == cfg.epochs:
-                    last_eval = evaluate_shac(agent, spec, eval_episodes)
-                    row.update(last_eval)
-                    agent.save_checkpoint(run / CHECKPOINT)
-                    bar.log(f"epoch {n}: eval return {last_eval['eval_return']:.1f}")
-                append_jsonl(run / METRICS, row)
-                bar.update(1, **{"epochs/s": rate, "actor_loss": metrics["actor_loss"],
-                                 "critic_loss": metrics["value_loss"], "train_return": metrics["episode_return"]},
-                           **({"eval": last_eval["eval_return"]} if last_eval else {}))
-        except KeyboardInterrupt:
-            interrupted = True
-    if interrupted:
-        agent.save_checkpoint(run / CHECKPOINT)
+    t0 = time.monotonic()
+    with Progress(st, f"shac {short_name(spec.name)}", total=cfg.epochs) as bar, torch_threads(threads):
+        def log_eval(state, ev):
+            bar.log(f"epoch {state.step}: eval return {ev['eval_return']:.1f}")
+
+        callbacks = [Every(eval_every, lambda: evaluate_shac(agent, spec, eval_episodes), then=log_eval),
+                     *training_callbacks(run, "shac", lambda: agent.save_checkpoint(run / CHECKPOINT), eval_every,
+                                         CHECKPOINT_EVERY_S, 1, loggers, name, cfg.to_dict(), step_key="epoch",
+                                         rate_key="epochs_per_s"),
+                     ProgressCallback(bar, ("actor_loss", "value_loss", "episode_return", "eval_return"),
+                                      rename={"value_loss": "critic_loss", "episode_return": "train_return",
+                                              "eval_return": "eval"})]
+        result = Loop(lambda: {k: _finite(v) for k, v in agent.epoch().items()}, lambda: agent.epoch_count,
+                      cfg.epochs, callbacks).run()
+    if result.interrupted:
         if writer is not None:
             writer.close()
         info(st, f"interrupted at epoch {agent.epoch_count}; checkpoint saved. "
