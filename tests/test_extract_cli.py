@@ -93,3 +93,50 @@ def test_extract_several_tasks_and_the_rank_split(home, monkeypatch):
                        (["--tasks", "cartpole-balance", "--name", "x"], "--name")):
         result = run(home, "extract", *args, code=2)
         assert len(result.stderr.strip().splitlines()) == 1 and word in result.stderr, result.stderr
+
+
+def test_recipe_official_is_the_official_code_bit_for_bit(home):
+    """`extract --recipe official` trains exactly what ExtractConfig() (the official code's settings) trains."""
+    import torch
+
+    from pwm_core.data import open_dataset
+    from pwm_core.nn import load_world_model
+    from pwm_core.train import load_policy
+    from pwm_core.train.extract import ExtractConfig, Extractor, recipe_config, start_state_sampler
+
+    assert recipe_config("official") == ExtractConfig()
+    doc = run_json(home, "extract", "cartpole-balance", "--recipe", "official", "--batch-size", "8", "--set",
+                   "horizon=4", "--set", "return_states=4", "--steps", "3", "--eval-every", "0", "--eval-episodes", "1",
+                   "--name", "official")
+    shown = run_json(home, "show", doc["artifact"])
+    cfg = ExtractConfig(steps=3, batch_size=8, horizon=4, return_states=4)
+    assert shown["manifest"]["config"]["extract"] == {**cfg.to_dict(), "device": "auto"}
+    wm = load_world_model(Path(run_json(home, "show", "worldmodel/wm:v1")["path"]))
+    ds = open_dataset(Path(run_json(home, "show", "dataset/tiny:v1")["path"]) / "data.zarr")
+    row = wm.cfg.task_names.index("cartpole-balance")
+    ex = Extractor(ExtractConfig(**{**cfg.to_dict(), "device": "cpu"}), wm, row, start_state_sampler([ds], wm, row, cfg))
+    for _ in range(3):
+        ex.step()
+    published = load_policy(Path(shown["path"]))
+    for key, value in ex.policy_state().items():
+        if key.startswith(("actor.", "critic.")):
+            assert torch.equal(published.state_dict()[key], value), key
+
+
+def test_default_recipe_publishes_the_best_evaluated_policy(home):
+    doc = run_json(home, "extract", "pendulum-swingup", *TINY_EXTRACT, "--steps", "6", "--name", "best")
+    curve = doc["learning_curve"]
+    best_step, best_return = max(curve, key=lambda c: (c[1], -c[0]))
+    assert doc["selected_update"] == best_step and doc["eval_return"] == pytest.approx(best_return)
+    shown = run_json(home, "show", doc["artifact"])
+    cfg = shown["manifest"]["config"]["extract"]
+    assert (cfg["keep"], cfg["mask_actions"], shown["manifest"]["metrics"]["selected_update"]) == ("best", True, best_step)
+    # the published policy is the one that scored best: evaluate it again on the same seeds
+    from pwm_core.tasks import get_task
+    from pwm_core.train import load_policy
+    from pwm_core.evaluate import evaluate
+
+    policy = load_policy(Path(shown["path"]))
+    ev = evaluate({"p": lambda obs, specs: policy.act(obs)}, ["pendulum-swingup"], [10_000, 10_001], 1,
+                  obs_dim=policy.config["obs_dim"], act_dim=get_task("pendulum-swingup").act_dim)
+    assert sum(e.ret for e in ev.episodes) / 2 == pytest.approx(best_return, rel=1e-4)

@@ -98,6 +98,7 @@ class ExtractConfig:
     init_logstd: float = -1.0  # initial actor log-std (sigma ~ 0.368)
     min_logstd: float = -1.427  # lower clamp of the actor log-std (sigma >= 0.240); no upper clamp
     return_states: int = 64  # ours: fixed start states of the model_return metric
+    keep: Literal["last", "best"] = "last"  # ours: publish the last policy (the code) or the best evaluated one
     checkpoint_every_s: float = 600.0  # ours: seconds of wall time between checkpoints (besides each evaluation)
     model_return_every: int = 10  # ours: the metric at update 1, every N-th and the last (0: never); 12% of a B=64 update
     seed: int = 0  # actor/critic init, action noise, critic shuffling (the official runs use 42)
@@ -403,6 +404,19 @@ class Extractor:
         a = self.actor(self.world_model.encode(obs, self._task), deterministic=deterministic)
         return a * self._mask if self._mask is not None else a
 
+    def policy_state(self) -> dict[str, Tensor]:
+        """What the policy is made of besides the frozen encoder: ``actor.*``, ``critic.*``, ``ret_rms_*``."""
+        tensors = {f"actor.{k}": v for k, v in self.actor.state_dict().items()}
+        tensors.update({f"critic.{k}": v for k, v in self.critic.state_dict().items()})
+        tensors.update({f"ret_rms_{k}": v for k, v in self.ret_rms.state_dict().items()})
+        return tensors
+
+    def load_policy_state(self, tensors: dict[str, Tensor]) -> None:
+        """Put back a :meth:`policy_state` (e.g. the best one evaluated) into actor, critic and ret_rms."""
+        self.actor.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("actor.")})
+        self.critic.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("critic.")})
+        self.ret_rms.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("ret_rms_")})
+
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue bitwise (tensors and plain data)."""
@@ -508,11 +522,34 @@ def validate_config(cfg: ExtractConfig) -> None:
            cfg.return_states) < 1:
         raise ConfigError("steps, batch_size, horizon, critic_iterations, critic_batches, num_critics and "
                           "return_states must all be >= 1")
+    if cfg.keep not in ("last", "best"):
+        raise ConfigError(f"keep: {cfg.keep!r} is not one of ['last', 'best']")
     if cfg.model_return_every < 0:
         raise ConfigError(f"model_return_every must be >= 0 (0: never), got {cfg.model_return_every}")
     if cfg.critic_batches > cfg.batch_size * cfg.horizon:
         raise ConfigError(f"critic_batches {cfg.critic_batches} > batch_size x horizon "
                           f"({cfg.batch_size * cfg.horizon} critic samples per update)")
+
+
+# ------------------------------------------------------------------------------------- recipes
+# Named starting points for ExtractConfig; explicit settings (config set, --set, flags) go on top.
+# "official" is ExtractConfig() itself: the official multitask code, quirks included (pinned by a test).
+# "default" is what measures best per minute on the learning benchmark (docs/learning.md, one row each).
+EXTRACT_RECIPES: dict[str, dict[str, Any]] = {
+    "official": {},
+    "default": {
+        "batch_size": 64,  # the paper's batch: ~5x the updates per minute of 512 on a CPU
+        "mask_actions": True,  # padded action dims stay zero (TD-MPC2): mixed action sizes beat random
+        "keep": "best",  # publish the best real-env evaluation: extraction peaks, then exploits model errors
+    },
+}
+
+
+def recipe_config(recipe: str) -> ExtractConfig:
+    """ExtractConfig for a named recipe (see :data:`EXTRACT_RECIPES`)."""
+    if recipe not in EXTRACT_RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}: use one of {', '.join(EXTRACT_RECIPES)}")
+    return ExtractConfig.from_dict(EXTRACT_RECIPES[recipe])
 
 
 # ------------------------------------------------------------------------------ policy artifact

@@ -198,6 +198,55 @@ class OnStep(Callback):
         self.fn(state)
 
 
+class KeepBest(Callback):
+    """Keep the state with the best ``key`` seen so far (e.g. a real-env ``eval_return``): whenever a step's
+    metrics hold a better value, ``snapshot()`` (a dict of tensors) is written to ``path`` (safetensors,
+    atomically, with its step and score), so a resumed run keeps its best too. Attributes ``best``,
+    ``best_step`` (None until the first score)."""
+
+    def __init__(self, key: str, snapshot: Callable[[], dict], path: str | os.PathLike) -> None:
+        self.key, self.snapshot, self.path = key, snapshot, Path(path)
+        self.best: float | None = None
+        self.best_step: int | None = None
+
+    def on_start(self, state: LoopState) -> None:
+        meta = read_best(self.path)
+        if meta is not None and meta[0] <= state.step:  # a best found after the resumed checkpoint is dropped
+            self.best_step, self.best = meta
+
+    def on_step(self, state: LoopState) -> None:
+        value = state.metrics.get(self.key)
+        if value is None or not math.isfinite(value) or (self.best is not None and value <= self.best):
+            return
+        from safetensors.torch import save
+
+        from pwm_core.io import atomic_write
+
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self.snapshot().items()}
+        data = save(tensors, metadata={"step": str(state.step), "score": repr(float(value)), "key": self.key})
+        atomic_write(self.path, lambda f: f.write(data))
+        self.best, self.best_step = float(value), state.step
+
+
+def read_best(path: str | os.PathLike) -> tuple[int, float] | None:
+    """(step, score) of a :class:`KeepBest` file, or None when there is none."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    return int(meta["step"]), float(meta["score"])
+
+
+def load_best(path: str | os.PathLike) -> dict:
+    """The tensors a :class:`KeepBest` saved."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
 class MetricsSink(Callback):
     """Writes the step's metrics every ``every`` steps (and the last step's) to some destination."""
 

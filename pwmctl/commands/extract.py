@@ -12,6 +12,7 @@ from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
 from pwmctl.runs import LOGGER_HELP, METRICS, check_loggers, read_jsonl, read_plan, training_callbacks, write_plan
 
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.safetensors"  # the best evaluated policy state so far (recipe keep=best)
 EVAL_SEED_OFFSET = 10_000  # in-training evaluations use other env seeds than `pwmctl eval`
 
 
@@ -23,14 +24,16 @@ def extract(
     wm: str = typer.Option(None, "--wm", help="World-model ref [default: the newest one that has the task]."),
     data: list[str] = typer.Option(None, "--data", help="Dataset ref(s) for start states [default: the world "
                                    "model's parent datasets]."),
+    recipe: str = typer.Option("default", "--recipe", help="default (what measures best, docs/learning.md) | "
+                               "official (the official multitask code exactly, quirks included)."),
     steps: int = typer.Option(None, "--steps", min=1, help="Policy updates [default: 10000]."),
     batch_size: int = typer.Option(None, "--batch-size", min=1,
-                                   help="Start states per update [default: 512, the code's; the paper: 64]."),
+                                   help="Start states per update [default recipe: 64; official: 512]."),
     critic_target: str = typer.Option(None, "--critic-target",
                                       help="one-step (the code's multitask path) | td-lambda (the paper)."),
     bootstrap: str = typer.Option(None, "--bootstrap", help="gamma-h1 (the code: gamma^(H+1)) | gamma-h (the paper)."),
-    mask_actions: bool = typer.Option(False, "--mask-actions", help="Zero the padded action dims in imagination "
-                                      "(the code never masks them)."),
+    mask_actions: bool = typer.Option(None, "--mask-actions/--no-mask-actions", help="Zero the padded action dims "
+                                      "in imagination [default recipe: on; official: off, the code never masks]."),
     seed: int = typer.Option(None, "--seed", help="Seeds the actor/critic init, the noise and the sampler."),
     eval_every: int = typer.Option(200, "--eval-every", min=0, help="Real-env evaluation every N updates (0: only "
                                    "at the end)."),
@@ -45,9 +48,11 @@ def extract(
 ) -> None:
     """Extract a policy for one task by first-order gradients through the frozen world model (PWM).
 
-    Defaults reproduce the official multitask code, quirks included; --critic-target td-lambda,
-    --bootstrap gamma-h, --batch-size 64 and --mask-actions give the paper's variants. Checkpoints at
-    every evaluation and on Ctrl-C / SIGTERM; `--resume RUN` continues bitwise.
+    `--recipe official` reproduces the official multitask code, quirks included (batch 512, one-step
+    critic targets, gamma^(H+1) bootstrap, unmasked padded actions, the last policy published); the
+    default recipe changes what measured better (batch 64, masked actions, the best evaluated policy
+    published). --critic-target td-lambda and --bootstrap gamma-h give the paper's variants. Checkpoints
+    at every evaluation, every 10 minutes and on Ctrl-C / SIGTERM / SIGHUP; `--resume RUN` continues bitwise.
     """
     import os
     from dataclasses import replace
@@ -55,7 +60,7 @@ def extract(
     from pwm_core.tasks import resolve_tasks
 
     st = state(ctx)
-    settings = dict(wm=wm, data=data, steps=steps, batch_size=batch_size, critic_target=critic_target,
+    settings = dict(recipe=recipe, wm=wm, data=data, steps=steps, batch_size=batch_size, critic_target=critic_target,
                     bootstrap=bootstrap, mask_actions=mask_actions, seed=seed, eval_every=eval_every,
                     eval_episodes=eval_episodes, device=device, compile=compile, amp=amp, overrides=overrides,
                     loggers=check_loggers(logger))
@@ -90,15 +95,16 @@ def _published_line(doc: dict) -> str:
             f"{doc['eval_episodes']} episodes")
 
 
-def _extract_task(st, task, *, wm, data, steps, batch_size, critic_target, bootstrap, mask_actions, seed,
+def _extract_task(st, task, *, recipe, wm, data, steps, batch_size, critic_target, bootstrap, mask_actions, seed,
                   eval_every, eval_episodes, name, device, compile, amp, overrides, resume, loggers) -> dict:
     """Extract (or resume) one task's policy and publish it; returns the result document."""
     from pwm_core.config import apply_overrides, set_given
     from pwm_core.data import open_dataset
     from pwm_core.nn import load_world_model
     from pwm_core.tasks import get_task
-    from pwm_core.train.extract import ExtractConfig, Extractor, save_policy, start_state_sampler, validate_config
-    from pwm_core.train.loop import Every, Loop
+    from pwm_core.train.extract import ExtractConfig, Extractor, recipe_config, save_policy, start_state_sampler
+    from pwm_core.train.extract import validate_config
+    from pwm_core.train.loop import Every, KeepBest, Loop, load_best, read_best
 
     reg = st.registry()
     if resume:
@@ -120,26 +126,29 @@ def _extract_task(st, task, *, wm, data, steps, batch_size, critic_target, boots
             p for p in wm_artifact.parents if p.startswith("dataset/")]
         if not data_refs:
             raise fail(f"{wm_ref} names no dataset to draw start states from; pass --data DATASET")
-        cfg = ExtractConfig()
+        cfg = recipe_config(recipe)
         user = read_config(st.home)
         cfg.device = user.get("device", cfg.device)
         apply_overrides(cfg, section_overrides(st.home, "extract"))  # `pwmctl config set extract.steps 2000`
         apply_overrides(cfg, overrides or [])
         set_given(cfg, steps=steps, batch_size=batch_size, critic_target=critic_target, bootstrap=bootstrap,
-                  seed=seed, device=device, amp=amp)
-        cfg.mask_actions = cfg.mask_actions or mask_actions
+                  seed=seed, device=device, amp=amp, mask_actions=mask_actions)
         cfg.compile = cfg.compile or compile
         validate_config(cfg)
         name = name or spec.name
         run = reg.new_run_dir("extract")
         write_plan(run, {"command": "extract", "task": spec.name, "wm": wm_ref, "data": data_refs, "name": name,
-                            "extract": cfg.to_dict(), "eval_every": eval_every, "eval_episodes": eval_episodes,
+                            "recipe": recipe, "extract": cfg.to_dict(), "eval_every": eval_every, "eval_episodes": eval_episodes,
                          "loggers": loggers})
     spec = get_task(task)
     world_model = load_world_model(reg.resolve(wm_ref).path)
     if spec.name not in world_model.cfg.task_names:
         raise fail(f"{wm_ref} was not trained on {spec.name}; its tasks: {', '.join(world_model.cfg.task_names)}")
     row = world_model.cfg.task_names.index(spec.name)
+    if not cfg.mask_actions and world_model.cfg.action_dims[row] < world_model.cfg.act_dim:
+        info(st, f"note: {spec.name} acts on {world_model.cfg.action_dims[row]} of the model's {world_model.cfg.act_dim} "
+                 f"action dims and masking is off (recipe official): the padded dims move in imagination only; "
+                 f"--mask-actions zeroes them")
     datasets = [open_dataset(reg.resolve(r).path / DATASET_DIR) for r in data_refs]
     if not any(spec.name in ds.per_task_counts() for ds in datasets):
         raise fail(f"no episodes of {spec.name} in {', '.join(data_refs)}: collect some with "
@@ -159,6 +168,7 @@ def _extract_task(st, task, *, wm, data, steps, batch_size, critic_target, boots
                     + (f", success {ev['eval_success']:.2f}" if spec.suite == "metaworld" else ""))
 
         callbacks = [Every(eval_every, lambda: evaluate_extractor(extractor, spec, eval_episodes), then=log_eval),
+                     *([KeepBest("eval_return", extractor.policy_state, run / BEST)] if cfg.keep == "best" else []),
                      *training_callbacks(run, "extract", lambda: extractor.save_checkpoint(run / CHECKPOINT),
                                          eval_every, cfg.checkpoint_every_s, 1, loggers, name, cfg.to_dict(),
                                          rate_key="its_per_s"),
@@ -171,17 +181,28 @@ def _extract_task(st, task, *, wm, data, steps, batch_size, critic_target, boots
         raise typer.Exit(130)
 
     curve = [r for r in read_jsonl(run / METRICS) if "eval_return" in r]
+    selected = {"step": extractor.step_count, "eval_return": curve[-1]["eval_return"],
+                "eval_success": curve[-1]["eval_success"]}
+    best = read_best(run / BEST) if cfg.keep == "best" else None
+    if best is not None and best[0] != extractor.step_count:  # publish the best evaluated policy
+        extractor.load_policy_state(load_best(run / BEST))
+        selected = next({"step": r["step"], "eval_return": r["eval_return"], "eval_success": r["eval_success"]}
+                        for r in curve if r["step"] == best[0])
+        info(st, f"publishing the policy of update {best[0]} (eval return {selected['eval_return']:.1f}), the best "
+                 f"of {len(curve)} evaluations; the last scored {curve[-1]['eval_return']:.1f}")
     with reg.stage("policy", name) as staging:
         save_policy(extractor, staging.path, metadata={"world_model": wm_ref, "datasets": data_refs})
         (staging.path / METRICS).write_bytes((run / METRICS).read_bytes())
         artifact = staging.publish(
             parents=[wm_ref, *data_refs], tasks=[spec.name], config={"extract": cfg.to_dict()},
             metrics={"steps": extractor.step_count, "train_seconds": round(time.monotonic() - t0, 1),
-                     "eval_return": curve[-1]["eval_return"], "eval_success": curve[-1]["eval_success"],
+                     "eval_return": selected["eval_return"], "eval_success": selected["eval_success"],
+                     "selected_update": selected["step"],
                      "learning_curve": [[r["step"], r["eval_return"]] for r in curve]},
             extra={"run": run.name, "eval_seeds": f"{EVAL_SEED_OFFSET}..{EVAL_SEED_OFFSET + eval_episodes - 1}"})
     return {"artifact": artifact.ref, "task": spec.name, "world_model": wm_ref, "datasets": data_refs,
-            "steps": extractor.step_count, "eval_return": curve[-1]["eval_return"], "eval_episodes": eval_episodes,
+            "steps": extractor.step_count, "selected_update": selected["step"],
+            "eval_return": selected["eval_return"], "eval_episodes": eval_episodes,
             "learning_curve": [[r["step"], r["eval_return"]] for r in curve], "run": run.name}
 
 
