@@ -135,6 +135,11 @@ class Progress:
             stderr.print(f"{self.description} {self.done}{total} "
                          f"[{time.monotonic() - self._t0:.0f}s] {status}", soft_wrap=True)
 
+    def set_total(self, total: int | None) -> None:
+        self.total = total
+        if self._bar is not None:
+            self._bar.update(self._task, total=total)
+
     def log(self, message: str) -> None:
         if self.enabled:
             (self._bar.console if self._bar else stderr).print(message, soft_wrap=True)
@@ -155,6 +160,8 @@ class ProgressCallback:
         self.bar.update(state.step - self.bar.done)
 
     def on_step(self, state) -> None:
+        if state.total != self.bar.total:  # a time budget fitted the total
+            self.bar.set_total(state.total)
         shown = {self.rename.get(k, k): state.metrics[k] for k in self.fields if k in state.metrics}
         self.bar.update(state.step - self.bar.done, **shown)
 

@@ -13,8 +13,10 @@ from pwmctl.console import fail
 PLAN = "plan.json"  # the resolved inputs of a run; `--resume RUN` reads them back
 
 __all__ = ["LOGGERS", "METRICS", "PLAN", "STATUS", "append_jsonl", "check_loggers", "read_jsonl", "read_plan",
-           "read_status", "training_callbacks", "write_plan"]
+           "read_status", "time_budget", "training_callbacks", "write_plan"]
 
+TIME_LIMIT_HELP = ("Stop after this many minutes of training as if done (evaluate, publish); schedules are fitted "
+                   "to the budget after its first 5%.")
 LOGGER_HELP = "Metrics logger besides the run's metrics.jsonl (repeatable): tensorboard | wandb (offline)."
 
 
@@ -48,6 +50,17 @@ def check_loggers(loggers: Sequence[str] | None) -> list[str]:
             if importlib.util.find_spec(module) is None:
                 raise fail(f"--logger {name} needs the {module} package: {how}")
     return loggers
+
+
+def time_budget(minutes: float | None, set_total: Callable[[int], None] | None = None) -> list:
+    """A TimeBudget callback for ``--time-limit`` (none without one); put it first in the callbacks."""
+    from pwm_core.train.loop import TimeBudget
+
+    if minutes is None:
+        return []
+    if minutes <= 0:
+        raise fail(f"--time-limit must be > 0 minutes, got {minutes:g}")
+    return [TimeBudget(minutes * 60.0, set_total)]
 
 
 def training_callbacks(run: Path, command: str, save: Callable[[], None] | None, checkpoint_every: int,

@@ -345,3 +345,14 @@ def test_append_killed_at_a_random_time_leaves_dataset_readable(tmp_path, trial)
     time.sleep(float(np.random.default_rng(trial).uniform(0.0, 0.25)))  # ~0-8 appends more
     _kill(proc)
     _check_recovers(path, at_least=3)
+
+
+def test_pink_noise_has_unit_variance_and_a_one_over_f_spectrum():
+    from pwm_core.collect import pink_noise
+
+    x = pink_noise(np.random.default_rng(0), 4096, 3)
+    assert x.shape == (4096, 3)
+    np.testing.assert_allclose(x.std(0), 1.0, rtol=1e-6)
+    power = np.abs(np.fft.rfft(x[:, 0])) ** 2
+    low, high = power[1:33].mean(), power[1024:2048].mean()  # f ~ 1/4096..32/4096 vs 1024..2048/4096
+    assert low / high > 50  # 1/f: about (1536 / 16) ~ 100x more power at the low frequencies

@@ -140,3 +140,12 @@ def test_default_recipe_publishes_the_best_evaluated_policy(home):
     ev = evaluate({"p": lambda obs, specs: policy.act(obs)}, ["pendulum-swingup"], [10_000, 10_001], 1,
                   obs_dim=policy.config["obs_dim"], act_dim=get_task("pendulum-swingup").act_dim)
     assert sum(e.ret for e in ev.episodes) / 2 == pytest.approx(best_return, rel=1e-4)
+
+
+def test_time_limit_fits_the_schedule_and_publishes_at_the_budget(home):
+    doc = run_json(home, "extract", "cartpole-balance", *TINY_EXTRACT, "--steps", "100000", "--time-limit", "0.15",
+                   "--eval-every", "0", "--name", "budget")
+    shown = run_json(home, "show", doc["artifact"])
+    steps = shown["manifest"]["config"]["extract"]["steps"]  # the lr schedule's length, fitted to 9 s
+    assert 3 <= doc["steps"] <= steps < 100_000
+    assert doc["learning_curve"][-1][0] == doc["steps"]  # the final evaluation ran

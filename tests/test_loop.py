@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from pwm_core.train.loop import (Checkpoint, Every, JsonlMetrics, Loop, LoopState, RunStatus, TensorBoardMetrics,
-                                 read_jsonl, read_status, run_callbacks)
+from pwm_core.train.loop import (Checkpoint, Every, JsonlMetrics, KeepBest, Loop, LoopState, RunStatus,
+                                 TensorBoardMetrics, TimeBudget, load_best, read_best, read_jsonl, read_status,
+                                 run_callbacks)
 
 
 class Counter:
@@ -161,3 +162,28 @@ def test_run_callbacks_refuse_an_unknown_logger_before_anything_runs(tmp_path):
     assert list(tmp_path.iterdir()) == []
     names = [type(cb).__name__ for cb in run_callbacks(tmp_path, "extract", lambda: None, checkpoint_every=5)]
     assert names == ["JsonlMetrics", "RunStatus", "Checkpoint"]
+
+
+def test_a_time_budget_fits_the_total_to_the_budget_and_ends_like_a_finished_run():
+    c, totals, saved = Counter(sleep=0.02), [], []
+    final = Every(0, lambda: {"eval": float(c.n)})  # only at the end
+    result = Loop(c.step, lambda: c.n, 10_000, [TimeBudget(0.6, totals.append, fit_after=0.1), final,
+                                                Checkpoint(lambda: saved.append(c.n), every_s=0)]).run()
+    assert not result.interrupted and 10 <= c.n <= 40  # ~30 steps of 20 ms
+    assert len(totals) == 1 and 15 <= totals[0] <= 40  # the fitted total, told once to the trainer
+    assert final.last == {"eval": float(c.n)} and saved == [c.n]  # final evaluation and checkpoint ran
+
+
+def test_keep_best_saves_the_best_scoring_state_and_survives_a_resume(tmp_path):
+    import torch
+
+    scores = iter([1.0, 3.0, 2.0, float("nan"), 2.5])
+    c = Counter()
+    keep = KeepBest("score", lambda: {"w": torch.tensor([float(c.n)])}, tmp_path / "best.safetensors")
+    Loop(c.step, lambda: c.n, 5, [Every(1, lambda: {"score": next(scores)}), keep]).run()
+    assert (keep.best, keep.best_step) == (3.0, 2) and read_best(tmp_path / "best.safetensors") == (2, 3.0)
+    assert load_best(tmp_path / "best.safetensors")["w"].item() == 2.0
+    resumed = KeepBest("score", lambda: {"w": torch.tensor([0.0])}, tmp_path / "best.safetensors")
+    c.n = 1  # resumed from a checkpoint older than the best: that best is not this run's
+    Loop(c.step, lambda: c.n, 2, [Every(1, lambda: {"score": 0.5}), resumed]).run()
+    assert resumed.best == 0.5 and read_best(tmp_path / "best.safetensors") == (2, 0.5)

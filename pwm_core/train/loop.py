@@ -43,6 +43,7 @@ class LoopState:
     t0: float = field(default_factory=time.monotonic)  # monotonic time at the start of run()
     metrics: dict[str, float] = field(default_factory=dict)  # the last step's, plus what callbacks add
     stop_requested: int | None = None  # the signal number that asked the loop to stop
+    finish: bool = False  # a callback ends the run early as if it were done (e.g. a time budget)
 
     @property
     def elapsed(self) -> float:
@@ -88,22 +89,26 @@ class Loop:
             raise ValueError("give the loop a total or a done() test")
         self.step, self.position, self.total = step, position, total
         self.callbacks = list(callbacks)
-        self.done = done if done is not None else (lambda: self.position() >= (self.total or 0))
+        self._done = done
         self.handle_signals, self.agree = handle_signals, agree
 
     def run(self) -> LoopResult:
         state = LoopState(step=self.position(), total=self.total, start_step=self.position())
+
+        def done() -> bool:  # state.total may be lowered by a callback (TimeBudget)
+            return state.finish or (self._done() if self._done is not None else self.position() >= (state.total or 0))
+
         with self._signals(state):
             for cb in self.callbacks:
                 cb.on_start(state)
-            while not self.done():
+            while not done():
                 if self._stopping(state):
                     break
                 state.metrics = dict(self.step())
                 state.step = self.position()
                 for cb in self.callbacks:
                     cb.on_step(state)
-            if state.stop_requested is not None and not self.done():
+            if state.stop_requested is not None and not done():
                 for cb in self.callbacks:
                     cb.on_interrupt(state)
                 return LoopResult(state, True, state.stop_requested)
@@ -196,6 +201,38 @@ class OnStep(Callback):
 
     def on_step(self, state: LoopState) -> None:
         self.fn(state)
+
+
+class TimeBudget(Callback):
+    """End the run after ``seconds`` of wall time, as if it were done (the usual end: final evaluation,
+    checkpoint, publish). After ``fit_after`` of the budget it measures the step rate and, when fewer
+    steps than planned fit, lowers the total to what fits and calls ``set_total(n)``, so schedules that
+    run over the planned steps (extraction's lr decay) end with the budget. Put it first: callbacks that
+    act "at the last step" then see the fitted total."""
+
+    def __init__(self, seconds: float, set_total: Callable[[int], None] | None = None, fit_after: float = 0.05,
+                 min_steps: int = 3) -> None:
+        self.seconds, self.set_total, self.fit_after, self.min_steps = seconds, set_total, fit_after, min_steps
+        self.fitted: int | None = None
+        self._t0 = time.monotonic()
+        self._start = 0
+
+    def on_start(self, state: LoopState) -> None:
+        self._t0, self._start = time.monotonic(), state.step
+
+    def on_step(self, state: LoopState) -> None:
+        elapsed = time.monotonic() - self._t0
+        done = state.step - self._start
+        if (self.fitted is None and state.total is not None and done >= self.min_steps
+                and elapsed >= self.fit_after * self.seconds):
+            fits = self._start + max(int(done * self.seconds / elapsed), done)
+            if fits < state.total:
+                state.total = fits
+                if self.set_total is not None:
+                    self.set_total(fits)
+            self.fitted = state.total
+        if elapsed >= self.seconds:  # this is the last step: "at the end" callbacks after this one see it
+            state.total, state.finish = state.step, True
 
 
 class KeepBest(Callback):

@@ -21,6 +21,8 @@ def collect(
                                 show_default=False),
     episodes: int = typer.Option(10, "--episodes", "-n", min=1, help="Episodes per task."),
     policy: str = typer.Option("random", "--policy", help="Behaviour policy: random, or a policy artifact ref."),
+    noise: str = typer.Option("uniform", "--noise", help="Random policy's actions: uniform (new each step, "
+                              "TD-MPC2's seeding) | pink (1/f noise: actions persist, far wider state coverage)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the environments and the policy."),
     name: str = typer.Option(None, "--name", help="Dataset name [default: the task or set name]."),
     append: str = typer.Option(None, "--append", help="Add the episodes to a new version of this dataset."),
@@ -33,16 +35,19 @@ def collect(
     completed so far, and after a hard kill `--resume RUN` finishes the job.
     """
     from pwm_core.collect import collect as run_collect
-    from pwm_core.collect import learned_policy, random_policy
+    from pwm_core.collect import NOISES, learned_policy, random_policy
     from pwm_core.data import EpisodeWriter, open_dataset
     from pwm_core.seeding import seed_everything
     from pwm_core.tasks import resolve_tasks
 
     st = state(ctx)
+    if noise not in NOISES:
+        raise fail(f"unknown --noise {noise!r}: use {' or '.join(NOISES)}")
     reg = st.registry()
     if resume:
         run = reg.run_dir(resume)
         plan = read_plan(run, "collect")
+        noise = plan.get("noise", "uniform")
         tasks, episodes, policy, seed, name, workers = (plan["tasks"], plan["episodes"], plan["policy"],
                                                         plan["seed"], plan["name"], workers)
         append = plan.get("append")
@@ -83,13 +88,14 @@ def collect(
     if run is None:
         run = reg.new_run_dir("collect")
         write_plan(run, dict(command="collect", tasks=tasks, episodes=episodes, policy=policy, seed=seed, name=name, append=
-                              parent.ref if parent else None))
+                              parent.ref if parent else None, noise=noise))
         if parent is not None:
             shutil.copytree(parent.path / DATASET_DIR, run / DATASET_DIR)
             writer = EpisodeWriter.open(run / DATASET_DIR)
         else:
             writer = EpisodeWriter.create(run / DATASET_DIR, data_set, provenance={
-                "source": "pwmctl collect", "policy": policy, "seed": seed})
+                "source": "pwmctl collect", "policy": policy, "seed": seed,
+                **({"noise": noise} if policy == "random" else {})})
 
     have = open_dataset(run / DATASET_DIR).per_task_counts()
     base = {} if parent is None else open_dataset(parent.path / DATASET_DIR).per_task_counts()
@@ -107,7 +113,8 @@ def collect(
             bar.update(1, ep_per_s=len(returns) / dt, steps_per_s=steps[0] / dt, mean_return=sum(returns) / len(returns))
 
         with interrupts_as_keyboard_interrupt():
-            result = run_collect(writer, todo, data_set, behaviour or random_policy(seed, data_set.act_dim), seed=seed,
+            result = run_collect(writer, todo, data_set, behaviour or random_policy(seed, data_set.act_dim, noise),
+                                 seed=seed,
                                  workers=workers, on_episode=on_episode)
     writer.close()
     elapsed = time.monotonic() - t0
@@ -115,7 +122,8 @@ def collect(
         shutil.rmtree(run, ignore_errors=True)
         raise fail("interrupted before any episode finished; nothing was published")
     artifact = _publish(reg, run, name, data_set, parent, dict(tasks=task_set.names, episodes=episodes,
-                        policy=policy, seed=seed, workers=workers))
+                        policy=policy, seed=seed, workers=workers,
+                        **({"noise": noise} if policy == "random" else {})))
     summary = {"artifact": artifact.ref, "episodes": len(result.episodes), "env_steps": result.env_steps,
                "seconds": round(elapsed, 2), "env_steps_per_s": round(result.env_steps / max(elapsed, 1e-9), 1),
                "mean_return": (sum(returns) / len(returns)) if returns else None,

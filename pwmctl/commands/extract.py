@@ -9,7 +9,8 @@ import typer
 from pwmctl.commands.collect import DATASET_DIR
 from pwmctl.commands.config import read_config, section_overrides
 from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
-from pwmctl.runs import LOGGER_HELP, METRICS, check_loggers, read_jsonl, read_plan, training_callbacks, write_plan
+from pwmctl.runs import LOGGER_HELP, METRICS, TIME_LIMIT_HELP, check_loggers, read_jsonl, read_plan, time_budget
+from pwmctl.runs import training_callbacks, write_plan
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.safetensors"  # the best evaluated policy state so far (recipe keep=best)
@@ -45,6 +46,7 @@ def extract(
     overrides: list[str] = typer.Option(None, "--set", help="key=value ExtractConfig override (repeatable)."),
     resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
     logger: list[str] = typer.Option(None, "--logger", help=LOGGER_HELP),
+    time_limit: float = typer.Option(None, "--time-limit", min=0.01, help=TIME_LIMIT_HELP),
 ) -> None:
     """Extract a policy for one task by first-order gradients through the frozen world model (PWM).
 
@@ -63,7 +65,7 @@ def extract(
     settings = dict(recipe=recipe, wm=wm, data=data, steps=steps, batch_size=batch_size, critic_target=critic_target,
                     bootstrap=bootstrap, mask_actions=mask_actions, seed=seed, eval_every=eval_every,
                     eval_episodes=eval_episodes, device=device, compile=compile, amp=amp, overrides=overrides,
-                    loggers=check_loggers(logger))
+                    loggers=check_loggers(logger), time_limit=time_limit)
     if tasks is None or resume:
         doc = _extract_task(st, task, name=name, resume=resume, **settings)
         emit(st, doc, lambda: typer.echo(_published_line(doc)))
@@ -96,7 +98,7 @@ def _published_line(doc: dict) -> str:
 
 
 def _extract_task(st, task, *, recipe, wm, data, steps, batch_size, critic_target, bootstrap, mask_actions, seed,
-                  eval_every, eval_episodes, name, device, compile, amp, overrides, resume, loggers) -> dict:
+                  eval_every, eval_episodes, name, device, compile, amp, overrides, resume, loggers, time_limit) -> dict:
     """Extract (or resume) one task's policy and publish it; returns the result document."""
     from pwm_core.config import apply_overrides, set_given
     from pwm_core.data import open_dataset
@@ -167,7 +169,8 @@ def _extract_task(st, task, *, recipe, wm, data, steps, batch_size, critic_targe
             bar.log(f"update {state.step}: eval return {ev['eval_return']:.1f}"
                     + (f", success {ev['eval_success']:.2f}" if spec.suite == "metaworld" else ""))
 
-        callbacks = [Every(eval_every, lambda: evaluate_extractor(extractor, spec, eval_episodes), then=log_eval),
+        callbacks = [*time_budget(time_limit, lambda n: setattr(extractor.cfg, "steps", n)),
+                     Every(eval_every, lambda: evaluate_extractor(extractor, spec, eval_episodes), then=log_eval),
                      *([KeepBest("eval_return", extractor.policy_state, run / BEST)] if cfg.keep == "best" else []),
                      *training_callbacks(run, "extract", lambda: extractor.save_checkpoint(run / CHECKPOINT),
                                          eval_every, cfg.checkpoint_every_s, 1, loggers, name, cfg.to_dict(),

@@ -12,7 +12,8 @@ import typer
 from pwmctl.commands.collect import DATASET_DIR
 from pwmctl.commands.config import read_config, section_overrides
 from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
-from pwmctl.runs import LOGGER_HELP, METRICS, append_jsonl, check_loggers, read_plan, training_callbacks, write_plan
+from pwmctl.runs import LOGGER_HELP, METRICS, TIME_LIMIT_HELP, append_jsonl, check_loggers, read_plan, time_budget
+from pwmctl.runs import training_callbacks, write_plan
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -36,6 +37,7 @@ def pretrain(
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Train even if some tasks have no data."),
     resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
     logger: list[str] = typer.Option(None, "--logger", help=LOGGER_HELP),
+    time_limit: float = typer.Option(None, "--time-limit", min=0.01, help=TIME_LIMIT_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and parameter counts; train nothing."),
 ) -> None:
     """Pre-train a TD-MPC2-style multi-task world model (PWM's recipe: H=16, rho=0.99, batch 1024).
@@ -118,7 +120,9 @@ def pretrain(
                 bar.log(f"step {state.step}: " + "  ".join(f"val {k} {v:.4g}" for k, v in val.items()))
 
         validation = Every(cfg.val_every, trainer.validate, prefix="val/", then=log_validation)
-        callbacks = [validation]
+        if time_limit is not None and dist.world_size() > 1:
+            raise fail("--time-limit is not supported under torchrun (ranks must stop at the same step): use --steps")
+        callbacks = [*time_budget(time_limit, lambda n: setattr(cfg, "steps", n)), validation]
         if main:
             callbacks += [*training_callbacks(run, "pretrain", lambda: trainer.save_checkpoint(run / CHECKPOINT),
                                               cfg.checkpoint_every, cfg.checkpoint_every_s, cfg.log_every, loggers,
