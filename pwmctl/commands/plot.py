@@ -28,7 +28,7 @@ def plot(
     targets = [_run_or_artifact(reg, r) for r in refs]
     for t in targets:
         if not isinstance(t, Path) and t.kind not in ("worldmodel", "policy", "report"):
-            raise fail(f"{t.ref} is a {t.kind}: plot takes world models, policies, reports and runs")
+            raise fail(f"{t.ref} is a {t.kind}: plot takes world models, policies and reports (or run ids)")
 
     def draw() -> list[str]:
         return [str(plot_run(t, out) if isinstance(t, Path) else plot_artifact(t, out)) for t in targets]

@@ -1,9 +1,10 @@
 """`pwmctl quickstart`: the whole pipeline on one small task within a time budget, with plots and a summary.
 
 Each stage runs the real command (printed first, so a newcomer sees what to type next time) in a child
-process. Training budgets are set by measurement: after collecting, a few pre-training and extraction
-updates are timed on this machine, and the update counts are chosen to fit the budget (capped at the
-recipe's maximum, which is what beats random with non-overlapping CIs on 2 CPU cores).
+process. The training stages get shares of the budget left after collecting, as `--time-limit`s: each
+trains until its share is spent (extraction fits its lr schedule to it) and then publishes, so the
+recipe uses the budget on any machine. The recipe's settings are in :class:`Recipe`; the learning
+benchmark (`benchmarks/bench_learning.py`, docs/learning.md) measures them.
 """
 
 from __future__ import annotations
@@ -20,37 +21,45 @@ import typer
 from pwmctl.console import emit, fail, info, state
 
 SUMMARY = "summary.md"
+MANY = 1_000_000  # --steps for the training stages: their --time-limit ends them
 
 
 @dataclass
 class Recipe:
-    """The quickstart's settings; ``pretrain_steps`` / ``extract_steps`` are maxima that the budget can lower."""
+    """The quickstart's settings (the "default" recipe; "official" changes what the official code does)."""
 
     task: str = "cartpole-swingup"
     episodes: int = 30  # random-policy episodes to learn the model from
+    noise: str = "pink"  # the random policy's actions: pink (persistent) or uniform
     size: str = "1M"
     pretrain_batch: int = 256
-    pretrain_steps: int = 600
+    extract_recipe: str = "default"  # `pwmctl extract --recipe`
     extract_batch: int = 64
-    extract_steps: int = 300
+    eval_every: int = 50  # policy updates between in-training evaluations (the best one is published)
     eval_seeds: int = 10
-    pretrain_share: float = 0.5  # of the budget left after collecting (extraction gets 0.35, eval the rest)
-    extract_share: float = 0.35
-    min_pretrain_steps: int = 300
-    min_extract_steps: int = 150
+    pretrain_share: float = 0.62  # of the budget left after collecting; extraction gets 0.33, the eval the rest
+    extract_share: float = 0.33
+    pretrain_steps: int | None = None  # caps (None: as many as the time allows)
+    extract_steps: int | None = None
+
+
+RECIPES = {"default": {}, "official": {"noise": "uniform", "extract_recipe": "official", "eval_every": 200}}
 
 
 def quickstart(
     ctx: typer.Context,
     task: str = typer.Option("cartpole-swingup", "--task", help="A small task (DMC or custom)."),
     budget_minutes: float = typer.Option(15.0, "--budget-minutes", min=1.0, help="Wall-clock budget for the run."),
+    recipe: str = typer.Option("default", "--recipe", help="default (pink-noise data, extraction's default recipe) "
+                               "| official (uniform random data, the official extraction)."),
     seed: int = typer.Option(0, "--seed", help="Seeds data collection, training and extraction."),
     max_pretrain_steps: int = typer.Option(None, "--pretrain-steps", min=1,
-                                           help="Upper bound on world-model updates [default: 600]."),
+                                           help="Upper bound on world-model updates [default: the time allows]."),
     max_extract_steps: int = typer.Option(None, "--extract-steps", min=1,
-                                          help="Upper bound on policy updates [default: 300]."),
+                                          help="Upper bound on policy updates [default: the time allows]."),
     episodes: int = typer.Option(None, "--episodes", min=1, help="Random-policy episodes [default: 30]."),
     eval_seeds: int = typer.Option(None, "--seeds", min=2, help="Evaluation seeds [default: 10]."),
+    name: str = typer.Option(None, "--name", help="Name of the artifacts [default: quickstart-<task>]."),
 ) -> None:
     """Collect -> pretrain -> extract -> eval vs random on one small task, within a time budget.
 
@@ -65,10 +74,12 @@ def quickstart(
     spec = get_task(task)
     if spec.suite == "metaworld":
         raise fail(f"{spec.name} is a Meta-World task; the quickstart takes a DMC task (e.g. cartpole-balance)")
-    r = Recipe(task=spec.name)
+    if recipe not in RECIPES:
+        raise fail(f"unknown --recipe {recipe!r}: use {' or '.join(RECIPES)}")
+    r = Recipe(task=spec.name, **RECIPES[recipe])
     set_given(r, pretrain_steps=max_pretrain_steps, extract_steps=max_extract_steps, episodes=episodes,
               eval_seeds=eval_seeds)
-    name = f"quickstart-{spec.name}"
+    name = name or f"quickstart-{spec.name}"
     t0, budget = time.monotonic(), budget_minutes * 60
     stages: dict[str, float] = {}
 
@@ -87,63 +98,27 @@ def quickstart(
         stages[args[0]] = stages.get(args[0], 0.0) + time.monotonic() - s
         return json.loads(proc.stdout)
 
-    data = pwmctl("collect", spec.name, "--episodes", str(r.episodes), "--seed", str(seed), "--name", name)
+    data = pwmctl("collect", spec.name, "--episodes", str(r.episodes), "--noise", r.noise, "--seed", str(seed),
+                  "--name", name)
     left = budget - (time.monotonic() - t0)
-    s_pre, s_ext = _probe(reg, data["artifact"], r, seed)
-    pre_steps = int(min(r.pretrain_steps, r.pretrain_share * left / s_pre))
-    ext_steps = int(min(r.extract_steps, r.extract_share * left / s_ext))
-    info(st, f"measured on this machine: {s_pre:.2f} s per world-model update (batch {r.pretrain_batch}), "
-             f"{s_ext:.2f} s per policy update (batch {r.extract_batch}) -> {pre_steps} and {ext_steps} updates "
-             f"fit {budget_minutes:g} minutes")
-    if pre_steps < r.min_pretrain_steps or ext_steps < r.min_extract_steps:
-        info(st, f"warning: below the {r.min_pretrain_steps} / {r.min_extract_steps} updates the policy needs to "
-                 "beat random reliably; raise --budget-minutes")
-    pre_steps, ext_steps = max(pre_steps, 10), max(ext_steps, 10)
+    pre_minutes, ext_minutes = r.pretrain_share * left / 60, r.extract_share * left / 60
     wm = pwmctl("pretrain", "--tasks", spec.name, "--data", data["artifact"], "--size", r.size, "--batch-size",
-                str(r.pretrain_batch), "--steps", str(pre_steps), "--seed", str(seed), "--set",
-                f"val_every={max(pre_steps // 5, 1)}", "--set", f"log_every={max(pre_steps // 30, 1)}",
-                "--name", name)
-    pol = pwmctl("extract", spec.name, "--wm", wm["artifact"], "--steps", str(ext_steps), "--batch-size",
-                 str(r.extract_batch), "--eval-every", str(max(ext_steps // 5, 1)), "--eval-episodes", "5",
-                 "--seed", str(seed), "--name", name)
+                str(r.pretrain_batch), "--steps", str(r.pretrain_steps or MANY), "--time-limit", f"{pre_minutes:.3f}",
+                "--seed", str(seed), "--set", "val_every=100", "--set", "log_every=10", "--name", name)
+    pol = pwmctl("extract", spec.name, "--wm", wm["artifact"], "--recipe", r.extract_recipe, "--steps",
+                 str(r.extract_steps or MANY), "--time-limit", f"{ext_minutes:.3f}", "--batch-size",
+                 str(r.extract_batch), "--eval-every", str(r.eval_every), "--eval-episodes", "5", "--seed", str(seed),
+                 "--name", name)
     ev = pwmctl("eval", pol["artifact"], "random", "--seeds", str(r.eval_seeds))
 
     elapsed = time.monotonic() - t0
-    doc = _publish(reg, st, name, r, data, wm, pol, ev, pre_steps, ext_steps, stages, elapsed, budget_minutes)
+    doc = _publish(reg, st, name, r, recipe, data, wm, pol, ev, wm["steps"], pol["steps"], stages, elapsed,
+                   budget_minutes)
     emit(st, doc, lambda: typer.echo(doc["summary_markdown"]))
 
 
-def _probe(reg, data_ref: str, r: Recipe, seed: int) -> tuple[float, float]:
-    """Seconds per pre-training update and per extraction update of the recipe's shapes, measured here
-    (median of 3 after one warm-up) on the collected data."""
-    import statistics
-
-    from pwm_core.data import open_dataset
-    from pwm_core.tasks import resolve_tasks
-    from pwm_core.train.extract import ExtractConfig, Extractor, start_state_sampler
-    from pwm_core.train.pretrain import PretrainConfig, Pretrainer, model_config
-    from pwmctl.commands.collect import DATASET_DIR
-
-    ds = open_dataset(reg.resolve(data_ref).path / DATASET_DIR)
-    task_set = resolve_tasks(r.task)
-    cfg = PretrainConfig(size=r.size, batch_size=r.pretrain_batch, seed=seed, device="cpu", val_fraction=0.0)
-    trainer = Pretrainer(cfg, model_config(cfg, task_set), [ds], task_set)
-
-    def timed(step) -> float:
-        times = []
-        for _ in range(4):
-            s = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - s)
-        return statistics.median(times[1:])
-
-    s_pre = timed(trainer.step)
-    ecfg = ExtractConfig(batch_size=r.extract_batch, seed=seed, device="cpu", steps=r.extract_steps)
-    extractor = Extractor(ecfg, trainer.model, 0, start_state_sampler([ds], trainer.model, 0, ecfg))
-    return s_pre, timed(extractor.step)
-
-
-def _publish(reg, st, name, r, data, wm, pol, ev, pre_steps, ext_steps, stages, elapsed, budget_minutes) -> dict:
+def _publish(reg, st, name, r, recipe, data, wm, pol, ev, pre_steps, ext_steps, stages, elapsed,
+             budget_minutes) -> dict:
     from pwmctl.commands.plot import plot_artifact
 
     summaries = ev["summaries"]
@@ -154,10 +129,11 @@ def _publish(reg, st, name, r, data, wm, pol, ev, pre_steps, ext_steps, stages, 
     lines = [
         f"# pwmctl quickstart: {r.task}",
         "",
-        f"{elapsed / 60:.1f} minutes (budget {budget_minutes:g}): collect {data['episodes']} random episodes, "
-        f"pretrain a {r.size} world model for {pre_steps} updates (batch {r.pretrain_batch}), extract a policy "
-        f"with {ext_steps} updates (batch {r.extract_batch}), evaluate it and the random policy on "
-        f"{r.eval_seeds} seeds.",
+        f"{elapsed / 60:.1f} minutes (budget {budget_minutes:g}, recipe {recipe}): collect {data['episodes']} "
+        f"random episodes ({r.noise} noise), pretrain a {r.size} world model for {pre_steps} updates (batch "
+        f"{r.pretrain_batch}), extract a policy with {ext_steps} updates (batch {r.extract_batch}, extract recipe "
+        f"{r.extract_recipe}; published: update {pol.get('selected_update', ext_steps)}), evaluate it and the "
+        f"random policy on {r.eval_seeds} seeds.",
         "",
         "| policy | return (mean ± std) | IQM score | 95% CI |",
         "|---|---:|---:|---|",
@@ -178,7 +154,7 @@ def _publish(reg, st, name, r, data, wm, pol, ev, pre_steps, ext_steps, stages, 
         figures = [plot_artifact(reg.resolve(ref), staging.path) for ref in (wm["artifact"], label, ev["report"])]
         (staging.path / SUMMARY).write_text(text + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n")
         artifact = staging.publish(
-            parents=[label, ev["report"]], tasks=[r.task], config={"quickstart": asdict(r)},
+            parents=[label, ev["report"]], tasks=[r.task], config={"quickstart": asdict(r), "recipe": recipe},
             metrics={"beats_random": beats, "iqm": mine["value"], "iqm_random": rnd["value"],
                      "minutes": round(elapsed / 60, 2), "pretrain_steps": pre_steps, "extract_steps": ext_steps})
     return {"report": artifact.ref, "beats_random": beats, "iqm": mine, "iqm_random": rnd,
