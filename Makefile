@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # The CPU build of torch, pinned and installed first, so nothing pulls the CUDA wheels.
 TORCH  := torch==2.13.0
 
-.PHONY: install demo test test-fast bench bench-quick clean
+.PHONY: install demo test test-fast bench bench-quick bench-learn clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ bench: $(STAMP)
 # The same with smoke settings (smallest sizes, 2 timed iterations): checks that everything runs.
 bench-quick: $(STAMP)
 	$(PY) benchmarks/run_all.py --quick
+
+# The learning benchmark (P1 + P2 through the public commands, ~2 h on 2 cores; resumable), then docs/learning.md.
+bench-learn: $(STAMP)
+	$(PY) benchmarks/bench_learning.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
