@@ -15,7 +15,7 @@ from pwm_core.train import (
     PretrainConfig, Pretrainer, RunningScale, model_config, read_checkpoint, rho_weights, split_episodes,
     td_targets, world_model_loss,
 )
-from pwm_core.train.pretrain import percentile_range
+from pwm_core.train.returns import percentile_range
 
 TASKS = resolve_tasks("walker-walk,cartpole-swingup")  # obs 24 / 5, act 6 / 1: different padding
 TINY = ["enc_dim=32", "mlp_dim=32", "latent_dim=16", "task_dim=8", "num_q=3"]

@@ -21,7 +21,7 @@ Defaults are the original cartpole swing-up settings (DiffRL ``cfg/shac/cartpole
 A trained agent is published as a policy artifact of its own format (:data:`SHAC_POLICY_FORMAT`, the same
 two files as an extracted policy: ``policy.safetensors`` + ``policy.yaml``): :func:`save_shac_policy`
 writes it, :class:`ShacPolicy` acts from raw observations (normalised by the saved ``obs_rms``, then
-tanh(mu)), and :func:`pwm_core.train.extract.load_policy` reads either format.
+tanh(mu)), and :func:`pwm_core.policy.load_policy` reads either format.
 """
 
 from __future__ import annotations
@@ -47,14 +47,9 @@ from pwm_core.errors import PwmError
 from pwm_core.io import atomic_write, read_checkpoint
 from pwm_core.nn.checkpoint import load_matching, one_line
 from pwm_core.seeding import global_rng_state, set_global_rng_state
-from pwm_core.train.extract import (
-    POLICY_CONFIG_FILE,
-    POLICY_FILE,
-    RunningMeanStd,
-    linear_lr,
-    td_lambda_targets,
-)
+from pwm_core.policy import POLICY_CONFIG_FILE, POLICY_FILE
 from pwm_core.train.optim import adam
+from pwm_core.train.returns import RunningMeanStd, linear_lr, td_lambda_targets
 
 OBS_RMS_EPS = 1e-5  # DiffRL: (x - mean) / sqrt(var + 1e-5)
 SHAC_CHECKPOINT_FORMAT = "pwm-shac-checkpoint"
@@ -433,7 +428,7 @@ def shac_policy_tensors(agent: SHAC) -> dict[str, Tensor]:
 class ShacPolicy(nn.Module):
     """A SHAC policy that acts from raw observations: a = tanh(mu((o - mean) / sqrt(var + 1e-5))).
 
-    The counterpart of :class:`pwm_core.train.extract.Policy` for SHAC artifacts (same ``act`` /
+    The counterpart of :class:`pwm_core.policy.Policy` for SHAC artifacts (same ``act`` /
     ``value`` / ``config`` interface, no world model, no task embedding, no padding beyond the task's).
     """
 
@@ -503,11 +498,11 @@ def save_shac_policy(agent: SHAC, task: str, folder: str | os.PathLike,
 def load_shac_policy(folder: str | os.PathLike, config: dict[str, Any],
                      device: str | torch.device = "cpu") -> ShacPolicy:
     """Rebuild a SHAC policy from its folder and its already-read ``policy.yaml`` (what
-    :func:`~pwm_core.train.extract.load_policy` calls for this format); any problem is a one-line PwmError."""
+    :func:`~pwm_core.policy.load_policy` calls for this format); any problem is a one-line PwmError."""
     folder = Path(folder)
     if config.get("version", 0) > SHAC_POLICY_VERSION:
         raise PwmError(f"{folder} holds a SHAC policy of a newer pwmctl (version {config['version']}); "
                        "upgrade pwmctl")
-    from pwm_core.train.extract import build_policy
+    from pwm_core.policy import build_policy
 
     return build_policy(ShacPolicy, folder, config, device)

@@ -42,7 +42,7 @@ from pwm_core.nn.world_model import WorldModel
 from pwm_core.tasks import TaskSpec
 
 if TYPE_CHECKING:
-    from pwm_core.train.extract import Policy
+    from pwm_core.policy import Policy
 
 # TD-MPC2's proportions of elites and prior trajectories among the samples (64 and 24 of 512)
 ELITE_FRACTION = 64 / 512

@@ -1,6 +1,7 @@
 """Training: world-model pre-training (single device and DDP under torchrun) and PWM policy extraction."""
 
-from pwm_core.train.extract import ExtractConfig, Extractor, Policy, load_policy, save_policy
+from pwm_core.policy import Policy, load_policy, save_policy
+from pwm_core.train.extract import ExtractConfig, Extractor
 from pwm_core.train.pretrain import (
     PretrainConfig,
     Pretrainer,

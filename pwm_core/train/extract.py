@@ -27,15 +27,10 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
 from torch import Tensor
 from torch.nn.utils import clip_grad_norm_
 
@@ -46,25 +41,18 @@ from pwm_core.data.sampler import WindowSampler
 from pwm_core.errors import PwmError
 from pwm_core.io import atomic_write
 from pwm_core.nn.actor_critic import Actor, CriticEnsemble
-from pwm_core.nn.checkpoint import load_matching, one_line
-from pwm_core.nn.layers import SimNorm, mlp
 from pwm_core.nn.math import almost_two_hot_inv
 from pwm_core.nn.world_model import WorldModel
 from pwm_core.seeding import derived_seed, global_rng_state, set_global_rng_state
 from pwm_core.tasks import TASKS
 from pwm_core.train import distributed
 from pwm_core.train.optim import adam
+from pwm_core.train.returns import (RET_RMS_EPS, RunningMeanStd, discounted_return, linear_lr, one_step_targets,
+                                    td_lambda_targets)
 
-if TYPE_CHECKING:
-    from pwm_core.diffsim.shac import ShacPolicy
 
 CHECKPOINT_FORMAT = "pwm-extract-checkpoint"
 CHECKPOINT_VERSION = 1
-POLICY_FORMAT = "pwm-policy"
-POLICY_VERSION = 1
-POLICY_FILE = "policy.safetensors"
-POLICY_CONFIG_FILE = "policy.yaml"
-RET_RMS_EPS = 1e-5  # official: actor_loss / sqrt(ret_rms.var + 1e-5)
 MAX_ABS_VALUE = 1e6  # official: abort when an imagined value exceeds this ("next value error")
 
 
@@ -116,85 +104,6 @@ class ExtractConfig:
 
 
 # ----------------------------------------------------------------------------------- pure math
-def td_lambda_targets(rewards: Tensor, next_values: Tensor, done: Tensor, gamma: float, lam: float) -> Tensor:
-    """SHAC's TD(lambda) recursion (pwm-spec §4.4), backwards over t = H-1..0.
-
-    rewards r_t, next_values V(z_{t+1}), done d_t (1 where the rollout ends after step t): (H, B) ->
-    targets (H, B). With every d_t = 1 this is exactly r_t + gamma V(z_{t+1}).
-    """
-    H, B = rewards.shape
-    A = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
-    B_ = torch.zeros_like(A)
-    ell = torch.ones_like(A)  # lambda weight of the longest return
-    targets = torch.empty_like(rewards)
-    for t in reversed(range(H)):
-        d = done[t]
-        ell = ell * lam * (1.0 - d) + d
-        A = (1.0 - d) * (lam * gamma * A + gamma * next_values[t] + (1.0 - ell) / (1.0 - lam) * rewards[t])
-        B_ = gamma * (next_values[t] * d + B_ * (1.0 - d)) + rewards[t]
-        targets[t] = (1.0 - lam) * A + ell * B_
-    return targets
-
-
-def one_step_targets(rewards: Tensor, next_values: Tensor, gamma: float) -> Tensor:
-    """r_t + gamma V(z_{t+1}): (H, B), (H, B) -> (H, B)."""
-    return rewards + gamma * next_values
-
-
-def discounted_return(rewards: Tensor, terminal_value: Tensor, gamma: float, bootstrap: str) -> Tensor:
-    """sum_t gamma^t r_t + gamma^k V(z_H), k = H+1 ("gamma-h1", the code) or H ("gamma-h").
-
-    rewards (H, B), terminal_value (B,) -> (B,). The discount is a running product, as in the code.
-    """
-    if bootstrap not in ("gamma-h1", "gamma-h"):
-        raise ValueError(f"bootstrap must be 'gamma-h1' or 'gamma-h', got {bootstrap!r}")
-    G = torch.zeros_like(terminal_value)
-    discount = torch.ones_like(terminal_value)
-    for r in rewards:
-        G = G + discount * r
-        discount = discount * gamma
-    if bootstrap == "gamma-h1":
-        return G + gamma * discount * terminal_value  # the code advances the discount once more (§9.2)
-    return G + discount * terminal_value
-
-
-class RunningMeanStd:
-    """Running mean and population variance, merged batch by batch (Chan et al.'s parallel update).
-
-    Starts at count 1e-4, mean 0, var 1 (the official ``RunningMeanStd``). ``mean`` / ``var`` have
-    ``shape``; a batch is (N, *shape).
-    """
-
-    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4,
-                 device: torch.device | str = "cpu") -> None:
-        self.mean = torch.zeros(shape, device=device)
-        self.var = torch.ones(shape, device=device)
-        self.count = epsilon
-
-    @torch.no_grad()
-    def update(self, x: Tensor) -> None:
-        batch_mean, batch_var, n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
-        delta = batch_mean - self.mean
-        total = self.count + n
-        m2 = self.var * self.count + batch_var * n + delta.square() * self.count * n / total
-        self.mean = self.mean + delta * n / total
-        self.var = m2 / total
-        self.count = total
-
-    def scale(self, x: Tensor) -> Tensor:
-        """x / sqrt(var + 1e-5): only the spread is divided out, the mean is not subtracted."""
-        return x / torch.sqrt(self.var + RET_RMS_EPS)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"mean": self.mean.clone(), "var": self.var.clone(),
-                "count": torch.tensor(self.count, dtype=torch.float64)}
-
-    def load_state_dict(self, sd: dict[str, Tensor]) -> None:
-        self.mean = sd["mean"].to(self.mean.device, self.mean.dtype).clone()
-        self.var = sd["var"].to(self.var.device, self.var.dtype).clone()
-        self.count = float(sd["count"])
-
-
 def critic_minibatches(z: Tensor, targets: Tensor, n_batches: int, shuffle: bool = False,
                        generator: torch.Generator | None = None) -> list[tuple[Tensor, Tensor]]:
     """The official ``CriticDataset``: z (H, B, L) and targets (H, B) flattened time-major to H*B rows,
@@ -211,12 +120,6 @@ def critic_minibatches(z: Tensor, targets: Tensor, n_batches: int, shuffle: bool
         perm = torch.randperm(targets.shape[0], generator=generator, device=targets.device)
         z, targets = z[perm], targets[perm]
     return [(z[i:i + size], targets[i:i + size]) for i in range(0, targets.shape[0], size)]
-
-
-def linear_lr(step: int, total: int, lr0: float, lr_end: float) -> float:
-    """lr at iteration ``step``: lr0 at 0, lr_end from ``total`` on (the code's float expression; the
-    code never runs past ``total``, where its expression would go on falling)."""
-    return (lr_end - lr0) * float(min(step, total) / total) + lr0
 
 
 # ---------------------------------------------------------------------------- imagined rollout
@@ -329,50 +232,14 @@ class Extractor:
                                  self._mask, cfg.detach)
         self._check_values(roll.next_value)
 
-        # 2. Actor: maximise the discounted imagined return plus the critic's bootstrap
-        loss = -discounted_return(roll.reward, roll.next_value[-1], cfg.gamma, cfg.bootstrap)  # (B,)
-        if cfg.ret_rms:
-            self.ret_rms.update(loss.detach())  # return normalisation: statistics include this batch,
-            loss = self.ret_rms.scale(loss)  # divide by the running std, no mean subtraction, no /H
-        else:
-            loss = loss / H
-        actor_loss = loss.mean()
-        self.actor_optim.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        actor_grad_norm = clip_grad_norm_(self.actor.parameters(), cfg.actor_grad_clip)
-        if torch.isnan(actor_grad_norm):
-            raise PwmError(f"NaN actor gradient at update {self.step_count}: the imagined rollout diverged; "
-                           "lower actor_lr or check the world model")
-        self.actor_optim.step()
-
-        # 3. Critic targets from this rollout's values (current critic, no target network)
-        reward, next_value = roll.reward.detach(), roll.next_value.detach()
-        if cfg.critic_target == "one-step":  # = the code's TD(lambda) recursion with its all-ones done mask
-            targets = one_step_targets(reward, next_value, cfg.gamma)
-        else:  # the paper's TD(lambda): the imagined trajectory ends only at the horizon
-            done = torch.zeros_like(reward)
-            done[-1] = 1.0
-            targets = td_lambda_targets(reward, next_value, done, cfg.gamma, cfg.lam)
-
-        # 4. Critic regression: critic_iterations passes x critic_batches minibatches of MSE
-        minibatches = critic_minibatches(roll.z, targets, cfg.critic_batches, cfg.shuffle_critic,
-                                         self.generator)
-        value_losses = []
-        for _ in range(cfg.critic_iterations):
-            for z, target in minibatches:
-                with self._autocast():
-                    values = self.critic(z).squeeze(-1).float()  # (K, n)
-                value_loss = (values - target).pow(2).mean()  # all heads regress the same target
-                self.critic_optim.zero_grad(set_to_none=True)
-                value_loss.backward()
-                for p in self.critic.parameters():
-                    p.grad.nan_to_num_(0.0, 0.0, 0.0)  # the code's "NaN fix": NaN/inf gradients -> 0
-                critic_grad_norm = clip_grad_norm_(self.critic.parameters(), cfg.critic_grad_clip)
-                self.critic_optim.step()
-                value_losses.append(value_loss.detach())
+        # 2. Actor: one step on the imagined return; 3-4. critic targets, then critic regression
+        actor_loss, actor_grad_norm = self.actor_update(roll)
+        reward = roll.reward.detach()
+        targets = self.critic_targets(reward, roll.next_value.detach())
+        value_loss, critic_grad_norm = self.critic_update(roll.z, targets)
 
         self.step_count += 1
-        out = {"actor_loss": actor_loss.detach(), "value_loss": torch.stack(value_losses).mean(),
+        out = {"actor_loss": actor_loss.detach(), "value_loss": value_loss,
                "actor_grad_norm": actor_grad_norm, "critic_grad_norm": critic_grad_norm,
                "imagined_reward": reward.mean(),
                "ret_std": torch.sqrt(self.ret_rms.var + RET_RMS_EPS) if cfg.ret_rms else torch.tensor(float(H))}
@@ -380,6 +247,60 @@ class Extractor:
         if every and (n == 1 or n % every == 0 or n == cfg.steps):
             out["model_return"] = self._model_return()
         return dict(zip(out, torch.stack([v.float().to(self.device) for v in out.values()]).tolist()))
+
+    def actor_loss(self, roll: Rollout) -> Tensor:
+        """Maximise the discounted imagined return plus the critic's bootstrap (Eq. 6): per sample
+        -(sum_t gamma^t r_t + gamma^k V(z_H)), divided by the running std of these losses (return
+        normalisation, statistics updated with this batch first; no mean subtraction), or by H."""
+        loss = -discounted_return(roll.reward, roll.next_value[-1], self.cfg.gamma, self.cfg.bootstrap)  # (B,)
+        if self.cfg.ret_rms:
+            self.ret_rms.update(loss.detach())
+            loss = self.ret_rms.scale(loss)
+        else:
+            loss = loss / self.cfg.horizon
+        return loss.mean()
+
+    def actor_update(self, roll: Rollout) -> tuple[Tensor, Tensor]:
+        """One Adam step of the actor on :meth:`actor_loss` (gradient-norm clip); (loss, grad norm)."""
+        actor_loss = self.actor_loss(roll)
+        self.actor_optim.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        grad_norm = clip_grad_norm_(self.actor.parameters(), self.cfg.actor_grad_clip)
+        if torch.isnan(grad_norm):
+            raise PwmError(f"NaN actor gradient at update {self.step_count}: the imagined rollout diverged; "
+                           "lower actor_lr or check the world model")
+        self.actor_optim.step()
+        return actor_loss, grad_norm
+
+    def critic_targets(self, reward: Tensor, next_value: Tensor) -> Tensor:
+        """Value targets (H, B) from this rollout's rewards and values (current critic, no target network):
+        one-step r_t + gamma V_{t+1} (the code's TD(lambda) with its all-ones done mask) or the paper's
+        TD(lambda), the imagined trajectory ending only at the horizon."""
+        if self.cfg.critic_target == "one-step":
+            return one_step_targets(reward, next_value, self.cfg.gamma)
+        done = torch.zeros_like(reward)
+        done[-1] = 1.0
+        return td_lambda_targets(reward, next_value, done, self.cfg.gamma, self.cfg.lam)
+
+    def critic_update(self, z: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """critic_iterations passes x critic_batches minibatches of MSE Adam steps, every head regressing
+        the same target; NaN/inf gradients zeroed (the code's "NaN fix"). (mean loss, last grad norm)."""
+        cfg = self.cfg
+        minibatches = critic_minibatches(z, targets, cfg.critic_batches, cfg.shuffle_critic, self.generator)
+        value_losses = []
+        for _ in range(cfg.critic_iterations):
+            for zb, target in minibatches:
+                with self._autocast():
+                    values = self.critic(zb).squeeze(-1).float()  # (K, n)
+                value_loss = (values - target).pow(2).mean()
+                self.critic_optim.zero_grad(set_to_none=True)
+                value_loss.backward()
+                for p in self.critic.parameters():
+                    p.grad.nan_to_num_(0.0, 0.0, 0.0)
+                grad_norm = clip_grad_norm_(self.critic.parameters(), cfg.critic_grad_clip)
+                self.critic_optim.step()
+                value_losses.append(value_loss.detach())
+        return torch.stack(value_losses).mean(), grad_norm
 
     @torch.no_grad()
     def model_return(self) -> float:
@@ -552,157 +473,5 @@ def recipe_config(recipe: str) -> ExtractConfig:
     return ExtractConfig.from_dict(EXTRACT_RECIPES[recipe])
 
 
-# ------------------------------------------------------------------------------ policy artifact
-_POLICY_KEYS = ("task", "task_row", "obs_dim", "act_dim", "task_obs_dim", "task_act_dim", "task_dim",
-                "latent_dim", "encoder_units", "simnorm_dim", "actor_units", "min_logstd", "critic_units",
-                "num_critics")
-
-
-def policy_config(extractor: Extractor) -> dict[str, Any]:
-    """The plain-data half of a policy artifact (policy.yaml): dims, layer widths, provenance."""
-    wm, cfg, row = extractor.world_model, extractor.cfg, extractor.task_row
-    spec = TASKS.get(extractor.task_name)
-    return {
-        "format": POLICY_FORMAT, "version": POLICY_VERSION, "task": extractor.task_name, "task_row": row,
-        "obs_dim": wm.cfg.obs_dim, "act_dim": wm.cfg.act_dim,
-        "task_obs_dim": spec.obs_dim if spec is not None else wm.cfg.obs_dim,
-        "task_act_dim": wm.cfg.action_dims[row], "task_dim": wm.cfg.task_dim, "latent_dim": wm.cfg.latent_dim,
-        "encoder_units": [layer.out_features for layer in list(wm._encoder)[:-1]],
-        "simnorm_dim": wm.cfg.simnorm_dim, "actor_units": list(cfg.actor_units), "min_logstd": cfg.min_logstd,
-        "critic_units": list(cfg.critic_units), "num_critics": cfg.num_critics,
-        "steps": extractor.step_count, "extract": cfg.to_dict(),
-    }
-
-
-@torch.no_grad()
-def policy_tensors(extractor: Extractor) -> dict[str, Tensor]:
-    """The tensor half of a policy artifact, under :class:`Policy`'s state-dict keys: the world model's
-    encoder (``encoder.*``), the task's embedding row as the encoder sees it (max_norm applied),
-    ``actor.*``, ``critic.*`` and the return statistics ``ret_rms_{mean,var,count}``."""
-    wm = extractor.world_model
-    tensors = {f"encoder.{k}": v for k, v in wm._encoder.state_dict().items()}
-    tensors["task_embedding"] = wm._task_emb(extractor._task)
-    tensors.update({f"actor.{k}": v for k, v in extractor.actor.state_dict().items()})
-    tensors.update({f"critic.{k}": v for k, v in extractor.critic.state_dict().items()})
-    rms = extractor.ret_rms.state_dict()
-    tensors.update({f"ret_rms_{k}": rms[k] for k in ("mean", "var", "count")})
-    return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-
-
-class Policy(nn.Module):
-    """An extracted policy that acts from raw observations: z = h(o, e_task), a = tanh(mu(z)).
-
-    Built from :func:`policy_config` data and :func:`policy_tensors` (or :func:`load_policy`); needs
-    no world model. ``critic`` and the ``ret_rms_*`` buffers are kept for value queries and planning.
-    """
-
-    def __init__(self, config: dict[str, Any], tensors: dict[str, Tensor] | None = None) -> None:
-        super().__init__()
-        missing = [k for k in _POLICY_KEYS if k not in config]
-        if missing:
-            raise PwmError(f"policy config: missing keys {', '.join(missing)}")
-        self.config = c = dict(config)
-        self.encoder = mlp(c["obs_dim"] + c["task_dim"], list(c["encoder_units"]), c["latent_dim"],
-                           act=SimNorm(c["simnorm_dim"]))
-        self.register_buffer("task_embedding", torch.zeros(c["task_dim"]))
-        self.actor = Actor(c["latent_dim"], c["act_dim"], c["actor_units"], min_logstd=c["min_logstd"])
-        self.critic = CriticEnsemble(c["latent_dim"], c["num_critics"], c["critic_units"])
-        self.register_buffer("ret_rms_mean", torch.zeros(()))
-        self.register_buffer("ret_rms_var", torch.ones(()))
-        self.register_buffer("ret_rms_count", torch.zeros((), dtype=torch.float64))
-        if tensors is not None:
-            self.load_tensors(tensors)
-        self.eval()
-
-    @classmethod
-    def from_extractor(cls, extractor: Extractor) -> Policy:
-        """The extractor's current policy, on the CPU."""
-        return cls(policy_config(extractor), policy_tensors(extractor))
-
-    def load_tensors(self, tensors: dict[str, Tensor], where: str = "policy tensors") -> None:
-        """Load :func:`policy_tensors`; any missing, unexpected or mis-shaped tensor is one PwmError."""
-        load_matching(self, tensors, f"{where} do not match the policy config")
-
-    def encode(self, obs: Tensor) -> Tensor:
-        """obs (N, O) padded -> z (N, L); the world model's encode with this task's embedding row."""
-        return self.encoder(torch.cat([obs, self.task_embedding.expand(*obs.shape[:-1], -1)], dim=-1))
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray | Tensor, deterministic: bool = True) -> np.ndarray:
-        """obs (N, O) padded or (N, task obs dim) -> actions (N, task act dim) in [-1, 1], float32.
-
-        A single observation (O,) gives one action (task act dim,). Stochastic actions draw from torch's
-        global generator.
-        """
-        x = self._obs(obs)
-        a = self.actor(self.encode(x), deterministic=deterministic)[..., :self.config["task_act_dim"]]
-        a = a.float().cpu().numpy()
-        return a[0] if np.ndim(obs) == 1 else a
-
-    @torch.no_grad()
-    def value(self, obs: np.ndarray | Tensor) -> np.ndarray:
-        """min_k V_k(h(o)) in symlog return units: obs as in :meth:`act` -> (N,) (or a scalar)."""
-        v = self.critic.min(self.encode(self._obs(obs))).squeeze(-1).float().cpu().numpy()
-        return v[0] if np.ndim(obs) == 1 else v
-
-    def _obs(self, obs: np.ndarray | Tensor) -> Tensor:
-        x = torch.as_tensor(obs, dtype=torch.float32, device=self.task_embedding.device)
-        x = x.unsqueeze(0) if x.ndim == 1 else x
-        O, d = self.config["obs_dim"], x.shape[-1]
-        if d == self.config["task_obs_dim"] and d < O:
-            x = F.pad(x, (0, O - d))  # zero padding, as the multi-task wrapper
-        elif d != O:
-            raise PwmError(f"observations have {d} dims; policy {self.config['task']!r} takes "
-                           f"{self.config['task_obs_dim']} (or {O} padded)")
-        return x
-
-
-def save_policy(extractor: Extractor, folder: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``folder/policy.safetensors`` and ``folder/policy.yaml`` (each atomically); ``metadata``
-    (plain data, e.g. the world model's reference) is stored under ``metadata`` in the YAML."""
-    folder = Path(folder)
-    config = policy_config(extractor)
-    if metadata:
-        config["metadata"] = metadata
-    data = save(policy_tensors(extractor), metadata={"format": POLICY_FORMAT})
-    atomic_write(folder / POLICY_FILE, lambda f: f.write(data))
-    text = yaml.safe_dump(config, sort_keys=False).encode()
-    atomic_write(folder / POLICY_CONFIG_FILE, lambda f: f.write(text))
-    return folder
-
-
-def load_policy(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Policy | ShacPolicy:
-    """Rebuild a policy written by :func:`save_policy` (or, by the ``format`` in its policy.yaml, a SHAC
-    policy written by :func:`pwm_core.diffsim.shac.save_shac_policy`); any problem is a one-line PwmError."""
-    folder = Path(folder)
-    for name in (POLICY_FILE, POLICY_CONFIG_FILE):
-        if not (folder / name).is_file():
-            raise PwmError(f"{folder} has no {name}: a policy folder holds {POLICY_FILE} and {POLICY_CONFIG_FILE}")
-    try:
-        config = yaml.safe_load((folder / POLICY_CONFIG_FILE).read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise PwmError(f"{POLICY_CONFIG_FILE} in {folder} is not valid YAML: {one_line(e)}") from None
-    if isinstance(config, dict) and config.get("format") == "pwm-shac-policy":  # shac.SHAC_POLICY_FORMAT
-        from pwm_core.diffsim.shac import load_shac_policy  # imports Warp: only for SHAC policies
-
-        return load_shac_policy(folder, config, device)
-    if not isinstance(config, dict) or config.get("format") != POLICY_FORMAT:
-        raise PwmError(f"{folder / POLICY_CONFIG_FILE} is not a pwmctl policy config")
-    if config.get("version", 0) > POLICY_VERSION:
-        raise PwmError(f"{folder} holds a policy of a newer pwmctl (version {config['version']}); upgrade pwmctl")
-    return build_policy(Policy, folder, config, device)
-
-
-def build_policy(policy_cls: type, folder: Path, config: dict[str, Any], device: str | torch.device) -> Any:
-    """``policy_cls(config)`` with the tensors of ``folder/policy.safetensors`` loaded (``load_tensors``),
-    on ``device``; a corrupt file or invalid config is a one-line PwmError."""
-    try:
-        tensors = load_file(folder / POLICY_FILE)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise PwmError(f"{POLICY_FILE} in {folder} is corrupt or truncated: {one_line(e)}") from None
-    try:
-        policy = policy_cls(config)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise PwmError(f"{POLICY_CONFIG_FILE} in {folder} has invalid values: {one_line(e)}") from None
-    policy.load_tensors(tensors, where=f"{POLICY_FILE} in {folder}")
-    return policy.to(device)
+# The policy artifact lives in pwm_core.policy; these names stay importable from here.
+from pwm_core.policy import Policy, load_policy, policy_config, policy_tensors, save_policy  # noqa: E402, F401

@@ -41,6 +41,7 @@ from pwm_core.seeding import (
 )
 from pwm_core.tasks import TaskSet
 from pwm_core.train import distributed
+from pwm_core.train.returns import RunningScale, rho_weights, td_targets
 from pwm_core.train.optim import adam
 
 CHECKPOINT_FORMAT = "pwm-pretrain-checkpoint"
@@ -96,45 +97,6 @@ def model_config(cfg: PretrainConfig, task_set: TaskSet, task_dim: int | None = 
 
 
 # ----------------------------------------------------------------------------------- pure math
-def rho_weights(H: int, rho: float, device: torch.device | str | None = None) -> Tensor:
-    """(H,) per-step loss weights rho^t, t = 0..H-1."""
-    return rho ** torch.arange(H, device=device, dtype=torch.float32)
-
-
-def td_targets(reward: Tensor, next_q: Tensor, discount: Tensor) -> Tensor:
-    """One-step TD targets y_t = r_t + gamma_task * Q(z'_{t+1}, pi(z'_{t+1})).
-
-    reward: (H, B) real units; next_q: (H, B) decoded target-Q values; discount: (B,) per-task gamma.
-    """
-    return reward + discount * next_q
-
-
-def percentile_range(x: Tensor, lo: float = 5.0, hi: float = 95.0) -> Tensor:
-    """P_hi - P_lo of all entries of x, linear interpolation between order statistics (scalar)."""
-    q = torch.quantile(x.detach().float().flatten(), torch.tensor([lo, hi], device=x.device) / 100)
-    return q[1] - q[0]
-
-
-class RunningScale:
-    """TD-MPC2's policy-loss normaliser S: EMA (rate tau) of max(1, P95 - P5) of Q, starting at 1."""
-
-    def __init__(self, tau: float = 0.01, device: torch.device | str = "cpu") -> None:
-        self.tau = tau
-        self.value = torch.ones((), device=device)
-
-    def update(self, q: Tensor) -> None:
-        self.value.lerp_(percentile_range(q).clamp(min=1.0).to(self.value), self.tau)
-
-    def __call__(self, q: Tensor) -> Tensor:
-        return q / self.value
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"value": self.value.clone()}
-
-    def load_state_dict(self, sd: dict[str, Tensor]) -> None:
-        self.value.copy_(sd["value"])
-
-
 # ------------------------------------------------------------------------------------- losses
 def latent_rollout(model: WorldModel, z0: Tensor, action: Tensor, task: Tensor) -> Tensor:
     """z_0 (B, L), actions (H, B, A) -> latents z_0..z_H (H+1, B, L) with z_{t+1} = d(z_t, a_t)."""

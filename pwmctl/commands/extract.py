@@ -104,7 +104,8 @@ def _extract_task(st, task, *, recipe, wm, data, steps, batch_size, critic_targe
     from pwm_core.data import open_dataset
     from pwm_core.nn import load_world_model
     from pwm_core.tasks import get_task
-    from pwm_core.train.extract import ExtractConfig, Extractor, recipe_config, save_policy, start_state_sampler
+    from pwm_core.policy import save_policy
+    from pwm_core.train.extract import ExtractConfig, Extractor, recipe_config, start_state_sampler
     from pwm_core.train.extract import validate_config
     from pwm_core.train.loop import Every, KeepBest, Loop, load_best, read_best
 

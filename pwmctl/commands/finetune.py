@@ -153,7 +153,7 @@ def _publish(reg, run, tuner, task: str, name: str, wm_artifact, pol_artifact, d
     """Publish the episodes (optional), then the world model, then the policy; each one version."""
     from pwm_core.data import open_dataset
     from pwm_core.nn import save_world_model
-    from pwm_core.train.extract import save_policy
+    from pwm_core.policy import save_policy
     from pwmctl.commands.collect import DATASET_DIR
 
     out, replay_refs = {}, []
