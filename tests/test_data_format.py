@@ -356,3 +356,105 @@ def test_pink_noise_has_unit_variance_and_a_one_over_f_spectrum():
     power = np.abs(np.fft.rfft(x[:, 0])) ** 2
     low, high = power[1:33].mean(), power[1024:2048].mean()  # f ~ 1/4096..32/4096 vs 1024..2048/4096
     assert low / high > 50  # 1/f: about (1536 / 16) ~ 100x more power at the low frequencies
+
+
+# ------------------------------------------------------------------------ damaged commit marker
+def _two_episode_dataset(tmp_path: Path) -> Path:
+    path = tmp_path / "d.zarr"
+    with EpisodeWriter.create(path, TWO_TASKS) as w:
+        for i in range(2):
+            w.append_episode(*episode_arrays(i), task="walker-walk")
+    return path
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _damage(file: Path, how: str) -> None:
+    if how == "lost":
+        file.unlink()
+    else:  # bytes overwritten inside the compressed stream
+        b = bytearray(file.read_bytes())
+        b[5:20] = b"\xff" * 15
+        file.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("how", ["lost", "corrupt"])
+def test_damaged_commit_marker_is_corruption_and_nothing_is_truncated(tmp_path, how):
+    """A lost or unreadable meta/episode_ends chunk is not "0 committed episodes": reading, repairing
+    and reopening for append all refuse, and every stored byte stays."""
+    path = _two_episode_dataset(tmp_path)
+    _damage(path / "meta/episode_ends/c/0", how)
+    before = _files(path)
+    with pytest.raises(DatasetError, match="commit marker meta/episode_ends is damaged"):
+        open_dataset(path)
+    with pytest.raises(DatasetError, match="commit marker meta/episode_ends is damaged"):
+        EpisodeWriter.open(path)
+    report = fsck(path)
+    assert report.marker_damaged and not report.ok and "commit marker" in report.problems[0]
+    repaired = fsck(path, repair=True)
+    assert not repaired.repaired and "not repaired, nothing changed" in repaired.repair_refused
+    assert _files(path) == before
+
+
+def test_commit_killed_before_its_shape_is_published_leaves_the_previous_commit(tmp_path, monkeypatch):
+    """The commit stores its entries before growing meta/episode_ends, so a kill in between (even in
+    the very first commit) leaves a readable dataset with the previous episodes, never a lost chunk."""
+    path = tmp_path / "d.zarr"
+    resize = zarr.Array.resize
+
+    def killed_when_committing(self, shape, *a, **k):
+        if self.path == "meta/episode_ends" and shape[0] > self.shape[0]:
+            raise KeyboardInterrupt
+        return resize(self, shape, *a, **k)
+
+    for committed in (0, 1):
+        w = EpisodeWriter.create(tmp_path / f"d{committed}.zarr", TWO_TASKS)
+        for i in range(committed):
+            w.append_episode(*episode_arrays(i), task="walker-walk")
+        with monkeypatch.context() as m:
+            m.setattr(zarr.Array, "resize", killed_when_committing)
+            with pytest.raises(KeyboardInterrupt):
+                w.append_episode(*episode_arrays(committed), task="walker-walk")
+        w.close()
+        path = tmp_path / f"d{committed}.zarr"
+        assert open_dataset(path).num_episodes == committed
+        report = fsck(path, repair=True)
+        assert report.ok and report.repaired
+        with EpisodeWriter.open(path) as w:
+            w.append_episode(*episode_arrays(committed), task="walker-walk")
+        for i in range(committed + 1):
+            assert_episode_equal(open_dataset(path), i)
+
+
+# -------------------------------------------------------------------------- damaged data chunks
+@pytest.mark.parametrize("how", ["lost", "corrupt", "truncated"])
+def test_fsck_names_a_damaged_data_chunk_and_its_rows(tmp_path, how):
+    path = _two_episode_dataset(tmp_path)
+    shard = path / "data/reward/c/0"
+    if how == "truncated":
+        shard.write_bytes(shard.read_bytes()[:100])
+    else:
+        _damage(shard, how)
+    report = fsck(path)
+    assert not report.ok
+    assert any(p.startswith("data/reward: stored object c/0 is ") and "rows 0-88" in p for p in report.problems), \
+        report.problems
+    # the lost/unreadable rows are not counted a second time as NaN values
+    assert not any("NaN/inf" in p for p in report.problems), report.problems
+    if how != "lost":
+        with pytest.raises(DatasetError, match=r"data/reward rows 0-88 are unreadable \(stored object c/0"):
+            open_dataset(path).episode_returns()
+
+
+def test_a_damaged_chunk_in_one_shard_spares_the_others(tmp_path):
+    path = tmp_path / "d.zarr"
+    with EpisodeWriter.create(path, TWO_TASKS, chunk_rows=16, shard_rows=32) as w:
+        for i in range(2):
+            w.append_episode(*episode_arrays(i), task="walker-walk")
+    _damage(path / "data/obs/c/1/0", "corrupt")  # rows 32-63
+    problems = fsck(path).problems
+    assert [p for p in problems if p.startswith("data/obs")] == [
+        p for p in problems if p.startswith("data/obs: stored object c/1/0 is corrupt or truncated, rows 32-")]
+    assert len(problems) == 1, problems

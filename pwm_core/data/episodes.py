@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 import zarr.errors
+from zarr.core.sync import sync
 
 from pwm_core.errors import DatasetError
 from pwm_core.tasks import TaskSet, TaskSpec, get_task
@@ -164,6 +165,112 @@ def structure_problems(ends: np.ndarray, num_rows_stored: int, num_episode_task:
         problems.append(f"meta/episode_task has {num_episode_task} entries for {ends.size} "
                         "committed episodes")
     return problems
+
+
+def read_commit_marker(layout: Layout) -> np.ndarray:
+    """The committed ``meta/episode_ends``, or a :class:`DatasetError` when the marker itself is damaged.
+
+    A lost or unreadable marker chunk is corruption, never "no episodes committed": reading it as fill
+    values would turn every stored episode into an uncommitted tail that fsck and ``EpisodeWriter.open``
+    delete. (The writer stores a commit's entries before publishing the grown shape, so a chunk inside
+    the shape is never legitimately absent.)
+    """
+    arr = layout.arrays[EPISODE_ENDS]
+    for key, lo, hi in missing_storage(arr, arr.shape[0]):
+        raise DatasetError(f"{layout.path}: the commit marker {EPISODE_ENDS} is damaged: its chunk {key} "
+                           f"(episodes {lo}-{hi - 1}) is missing; the stored rows are kept untouched - "
+                           "restore the dataset from a copy (or re-publish it)")
+    try:
+        raw = arr[:]
+    except Exception as e:  # see read_rows
+        raise DatasetError(f"{layout.path}: the commit marker {EPISODE_ENDS} is damaged: its chunk "
+                           f"{storage_key(arr, 0)} is unreadable ({type(e).__name__}: {_one_line(e)}); the "
+                           "stored rows are kept untouched - restore the dataset from a copy (or "
+                           "re-publish it)") from None
+    ends = committed_prefix(raw)
+    if np.any(raw[ends.size:] != ENDS_FILL):
+        raise DatasetError(f"{layout.path}: the commit marker {EPISODE_ENDS} is damaged: entry {ends.size} "
+                           "was never written but later ones were; the stored rows are kept untouched - "
+                           "restore the dataset from a copy (or re-publish it)")
+    return ends
+
+
+def read_episode_task(layout: Layout, num_episodes: int) -> np.ndarray:
+    """``meta/episode_task`` of the committed episodes; a lost or unreadable chunk is a DatasetError."""
+    arr = layout.arrays[EPISODE_TASK]
+    stop = min(num_episodes, arr.shape[0])
+    for key, lo, hi in missing_storage(arr, stop):
+        raise DatasetError(f"{layout.path}: {EPISODE_TASK} chunk {key} (episodes {lo}-{hi - 1}) is "
+                           "missing; the dataset is corrupt - restore it from a copy (or re-publish it)")
+    return read_rows(arr, EPISODE_TASK, 0, stop, layout.path)
+
+
+def storage_rows(arr: zarr.Array) -> int:
+    """Rows per stored object (file): a shard for sharded arrays, else a chunk."""
+    return int((arr.shards or arr.chunks)[0])
+
+
+def storage_key(arr: zarr.Array, row: int) -> str:
+    """The store key of the object (shard or chunk) holding ``row``, e.g. ``c/0/0``."""
+    return arr.metadata.encode_chunk_key((row // storage_rows(arr),) + (0,) * (arr.ndim - 1))
+
+
+def missing_storage(arr: zarr.Array, stop: int) -> list[tuple[str, int, int]]:
+    """``(key, lo, hi)`` for every stored object covering rows ``[0, stop)`` that is absent.
+
+    Zarr reads an absent object as fill values (NaN rows, -1 ids) without complaint; this tells a
+    lost file apart from stored data.
+    """
+    size = storage_rows(arr)
+    missing = []
+    for lo in range(0, stop, size):
+        key = storage_key(arr, lo)
+        if not sync((arr.store_path / key).exists()):
+            missing.append((key, lo, min(lo + size, stop)))
+    return missing
+
+
+def read_rows(arr: zarr.Array, name: str, lo: int, hi: int, path: str) -> np.ndarray:
+    """``arr[lo:hi]``, with a corrupt or truncated chunk as a :class:`DatasetError` naming it."""
+    try:
+        return arr[lo:hi]
+    except Exception as e:  # zarr/numcodecs raise ValueError, RuntimeError, SystemError... on bad bytes
+        raise DatasetError(f"{path}: {name} rows {lo}-{hi - 1} are unreadable (stored object "
+                           f"{storage_key(arr, lo)}: {type(e).__name__}: {_one_line(e)}); the dataset is "
+                           "corrupt - `pwmctl data fsck` lists every damaged chunk") from None
+
+
+def read_readable(arr: zarr.Array, name: str, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Rows ``[lo, hi)`` read chunk by chunk where a block read fails, for fsck.
+
+    Returns the values (unreadable rows hold the fill value), a (hi-lo,) bool mask of readable rows,
+    and one problem per damaged stored object, naming the array, the object and its unreadable rows.
+    """
+    try:
+        return arr[lo:hi], np.ones(hi - lo, bool), []
+    except Exception:
+        pass
+    values = np.full((hi - lo, *arr.shape[1:]), arr.fill_value, dtype=arr.dtype)
+    ok = np.ones(hi - lo, bool)
+    bad: dict[str, tuple[int, int, str]] = {}  # key -> first row, last row + 1, first error
+    step = int(arr.chunks[0])
+    for c_lo in range(lo - lo % step, hi, step):
+        a, b = max(c_lo, lo), min(c_lo + step, hi)
+        try:
+            values[a - lo:b - lo] = arr[a:b]
+        except Exception as e:
+            ok[a - lo:b - lo] = False
+            key = storage_key(arr, a)
+            first, _, err = bad.get(key, (a, b, f"{type(e).__name__}: {_one_line(e)}"))
+            bad[key] = (first, b, err)
+    problems = [f"{name}: stored object {key} is corrupt or truncated, rows {a}-{b - 1} unreadable ({err})"
+                for key, (a, b, err) in bad.items()]
+    return values, ok, problems
+
+
+def _one_line(e: BaseException) -> str:
+    """The first sentence of an error, on one line (codec errors append raw bytes after it)."""
+    return " ".join(str(e).split()).split(". ")[0][:160]
 
 
 def episode_starts(ends: np.ndarray) -> np.ndarray:

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from pwm_core.data.episodes import (
-    ACTION, DATA_ARRAYS, EPISODE_ENDS, EPISODE_TASK, OBS, REWARD, TASK, Layout, committed_prefix,
-    episode_starts, is_local, open_layout, resolve_task_ids, row_blocks, structure_problems,
+    ACTION, DATA_ARRAYS, EPISODE_ENDS, EPISODE_TASK, OBS, REWARD, TASK, Layout,
+    episode_starts, is_local, open_layout, read_commit_marker, read_episode_task, read_rows,
+    resolve_task_ids, row_blocks, structure_problems,
 )
 from pwm_core.errors import DatasetError
 from pwm_core.tasks import TaskSet
@@ -28,11 +29,11 @@ def open_dataset(path: str | os.PathLike, mode: str = "r") -> EpisodeDataset:
     if mode not in ("r", "r+"):
         raise ValueError(f"mode must be 'r' or 'r+', got {mode!r} (append with EpisodeWriter.open)")
     layout = open_layout(path, mode)
-    ends = committed_prefix(layout.arrays[EPISODE_ENDS][:])
+    ends = read_commit_marker(layout)
     problems = structure_problems(ends, layout.num_rows_stored, layout.arrays[EPISODE_TASK].shape[0])
     if problems:
         raise DatasetError(f"{layout.path}: {problems[0]}; run `pwmctl data fsck` on it")
-    return EpisodeDataset(layout, ends, layout.arrays[EPISODE_TASK][: ends.size])
+    return EpisodeDataset(layout, ends, read_episode_task(layout, ends.size))
 
 
 class EpisodeDataset:
@@ -89,16 +90,15 @@ class EpisodeDataset:
             raise IndexError(f"episode {i} out of range for {self.num_episodes} episodes")
         i %= self.num_episodes
         lo, hi = int(self.episode_starts[i]), int(self.episode_ends[i])
-        return {key: self._layout.arrays[name][lo:hi] for key, name in FIELDS.items()}
+        return {key: self._read(name, lo, hi) for key, name in FIELDS.items()}
 
     def episode_returns(self) -> np.ndarray:
         """(E,) float64 sum of rewards of each episode (row 0, the NaN filler, excluded)."""
         returns = np.zeros(self.num_episodes, np.float64)
-        reward = self._layout.arrays[REWARD]
         for lo, hi in row_blocks(self.num_rows):
             rows = np.arange(lo, hi)
             episode = np.searchsorted(self.episode_ends, rows, side="right")
-            r = np.nan_to_num(reward[lo:hi].astype(np.float64), nan=0.0)  # nansum
+            r = np.nan_to_num(self._read(REWARD, lo, hi).astype(np.float64), nan=0.0)  # nansum
             r[rows == self._starts[episode]] = 0.0  # row 0 is a filler, not a transition
             returns += np.bincount(episode, weights=r, minlength=self.num_episodes)
         return returns
@@ -139,9 +139,12 @@ class EpisodeDataset:
             if k == 0:
                 continue
             for key, dst in out.items():
-                block = self._layout.arrays[FIELDS[key]][lo:hi]
+                block = self._read(FIELDS[key], lo, hi)
                 dst[pos:pos + k] = block if k == hi - lo else block[keep]
             pos += k
+
+    def _read(self, name: str, lo: int, hi: int) -> np.ndarray:
+        return read_rows(self._layout.arrays[name], name, lo, hi, self.path)
 
     def rows_of(self, episodes: np.ndarray) -> int:
         """Number of rows held by ``episodes``."""

@@ -4,7 +4,8 @@ Write protocol (one writer per dataset, enforced with an advisory lock on local 
 
 1. every ``data/*`` array is resized and its new rows written,
 2. ``meta/episode_task`` is resized and written,
-3. ``meta/episode_ends`` is resized and written LAST: the commit marker.
+3. ``meta/episode_ends`` gets its new entries LAST: the commit marker (entries first, then the new
+   shape, so an entry inside the shape is never unwritten and a lost chunk reads as damage).
 
 A kill anywhere before step 3 completes leaves rows past ``episode_ends[-1]``, which readers ignore
 and :meth:`EpisodeWriter.open` / ``fsck(repair=True)`` truncate. Each chunk/shard file is replaced
@@ -25,9 +26,8 @@ from zarr.codecs import BloscCodec
 
 from pwm_core.data.episodes import (
     ACTION, CHUNK_ROWS, DATA_ARRAYS, ENDS_FILL, EPISODE_ENDS, EPISODE_TASK, FORMAT, FORMAT_VERSION,
-    META_CHUNK, OBS, REWARD, SHARD_ROWS, TASK, Layout, acquire_writer_lock, committed_prefix, is_local,
-    normalize_path,
-    open_layout, release_writer_lock, structure_problems,
+    META_CHUNK, OBS, REWARD, SHARD_ROWS, TASK, Layout, acquire_writer_lock, is_local, normalize_path,
+    open_layout, read_commit_marker, release_writer_lock, structure_problems,
 )
 from pwm_core.errors import DatasetError
 from pwm_core.tasks import TaskSet
@@ -47,7 +47,7 @@ class EpisodeWriter:
         self._lock_fd = lock_fd
         self.path = layout.path
         self.task_set: TaskSet = layout.task_set
-        ends = committed_prefix(layout.arrays[EPISODE_ENDS][:])
+        ends = read_commit_marker(layout)
         self.num_episodes = int(ends.size)
         self.num_rows = int(ends[-1]) if ends.size else 0
 
@@ -80,11 +80,15 @@ class EpisodeWriter:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> EpisodeWriter:
-        """Open an existing dataset for appending; first truncates any uncommitted tail."""
+        """Open an existing dataset for appending; first truncates any uncommitted tail.
+
+        A damaged commit marker (lost or unreadable ``meta/episode_ends`` chunk) is refused with a
+        :class:`DatasetError` and nothing is truncated.
+        """
         layout = open_layout(path, mode="r+")
         lock_fd = acquire_writer_lock(layout.path)
         try:
-            ends = committed_prefix(layout.arrays[EPISODE_ENDS][:])
+            ends = read_commit_marker(layout)
             problems = structure_problems(ends, layout.num_rows_stored,
                                           layout.arrays[EPISODE_TASK].shape[0])
             if problems:
@@ -116,7 +120,7 @@ class EpisodeWriter:
             raise DatasetError(f"{self.path}: the writer is closed")
         if not 0 <= num_episodes <= self.num_episodes:
             raise DatasetError(f"cannot keep {num_episodes} of {self.num_episodes} episodes")
-        ends = committed_prefix(self._layout.arrays[EPISODE_ENDS][:])[:num_episodes]
+        ends = read_commit_marker(self._layout)[:num_episodes]
         truncate_uncommitted(self._layout, ends)
         self.num_episodes, self.num_rows = int(ends.size), int(ends[-1]) if ends.size else 0
 
@@ -173,8 +177,17 @@ class EpisodeWriter:
         self.num_rows, self.num_episodes = n1, e1
 
     def _commit(self, e0: int, ends: np.ndarray) -> None:
-        """Commit marker written last: episodes exist for readers once their ends are stored."""
-        _write_range(self._layout.arrays[EPISODE_ENDS], e0, e0 + ends.size, ends)
+        """Commit marker written last: episodes exist for readers once their ends are stored.
+
+        The entries go into their chunk first, through a view of the grown array, and the new shape
+        is published after them (one atomic metadata write): a kill in between leaves the old shape,
+        so no entry inside the shape is ever unwritten and a missing chunk always means damage.
+        """
+        arr = self._layout.arrays[EPISODE_ENDS]
+        e1 = e0 + ends.size
+        grown = zarr.Array(zarr.AsyncArray(arr.metadata.update_shape((e1,)), arr.store_path, arr.config))
+        grown[e0:e1] = ends
+        arr.resize((e1,))
 
     # ------------------------------------------------------------------------------- validation
     def _obs_rows(self, obs: np.ndarray) -> tuple[np.ndarray, int]:

@@ -100,13 +100,19 @@ def data_fsck(
     st = state(ctx)
     path = _path(st, ref, for_repair=repair)
     report = fsck(path, repair=repair)
+    if report.repair_refused:
+        raise fail(report.repair_refused)
     doc = {"path": str(path), "committed_episodes": report.committed_episodes,
            "committed_rows": report.committed_rows, "tail_rows": report.tail_rows,
-           "problems": report.problems, "repaired": report.repaired}
+           "problems": report.problems, "repaired": report.repaired,
+           "marker_damaged": report.marker_damaged}
 
     def human() -> None:
         tail = {k: v for k, v in report.tail_rows.items() if v}
-        typer.echo(f"{path}: {report.committed_episodes} committed episodes, {report.committed_rows} rows")
+        if report.marker_damaged:
+            typer.echo(f"{path}: commit marker damaged, committed episodes unknown (nothing was changed)")
+        else:
+            typer.echo(f"{path}: {report.committed_episodes} committed episodes, {report.committed_rows} rows")
         if tail:
             typer.echo(("removed" if report.repaired else "uncommitted tail (run with --repair to remove)") + ": "
                        + ", ".join(f"{k} {v} rows" for k, v in tail.items()))

@@ -1,0 +1,45 @@
+"""`pwmctl data` on damaged datasets: one error line and exit 2, or a report naming the damage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers import run
+from test_data_format import TWO_TASKS, episode_arrays
+
+from pwm_core.data import EpisodeWriter
+
+
+def _dataset(tmp_path: Path) -> Path:
+    path = tmp_path / "d.zarr"
+    with EpisodeWriter.create(path, TWO_TASKS) as w:
+        for i in range(2):
+            w.append_episode(*episode_arrays(i), task="walker-walk")
+    return path
+
+
+def _one_error_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    return lines[0]
+
+
+def test_fsck_repair_refuses_a_lost_commit_marker_and_keeps_every_row(tmp_path):
+    path = _dataset(tmp_path)
+    (path / "meta/episode_ends/c/0").unlink()
+    line = _one_error_line(run(tmp_path / "home", "data", "fsck", "--repair", str(path), code=2))
+    assert "not repaired, nothing changed" in line and "commit marker" in line
+    assert (path / "data/obs/c/0/0").exists() and (path / "meta/episode_task/c/0").exists()
+    checked = run(tmp_path / "home", "data", "fsck", str(path), code=1)
+    assert "commit marker damaged" in checked.stdout and "problem: the commit marker" in checked.stdout
+
+
+def test_data_info_on_a_corrupt_chunk_is_one_error_line(tmp_path):
+    path = _dataset(tmp_path)
+    shard = path / "data/reward/c/0"
+    shard.write_bytes(shard.read_bytes()[:100])
+    line = _one_error_line(run(tmp_path / "home", "data", "info", str(path), code=2))
+    assert "data/reward rows 0-88 are unreadable" in line
+    report = run(tmp_path / "home", "data", "fsck", str(path), code=1)
+    assert "problem: data/reward: stored object c/0 is corrupt or truncated, rows 0-88" in report.stdout
