@@ -220,6 +220,20 @@ def test_world_model_stays_frozen_while_the_actor_learns():
     assert all(not torch.equal(c, p) for c, p in zip(critic_before, ex.critic.parameters()))
 
 
+def test_critic_warmup_holds_the_actor_while_the_critic_learns():
+    from dataclasses import replace
+
+    ex = Extractor(replace(tiny_config(), critic_warmup=2), tiny_world_model(), CARTPOLE, cartpole_states())
+    actor_before = [p.clone() for p in ex.actor.parameters()]
+    critic_before = [p.clone() for p in ex.critic.parameters()]
+    metrics = [ex.step() for _ in range(2)]
+    assert all(torch.equal(a, p) for a, p in zip(actor_before, ex.actor.parameters()))
+    assert all(not torch.equal(c, p) for c, p in zip(critic_before, ex.critic.parameters()))
+    assert [m["actor_grad_norm"] for m in metrics] == [0.0, 0.0] and all(math.isfinite(m["actor_loss"]) for m in metrics)
+    ex.step()
+    assert all(not torch.equal(a, p) for a, p in zip(actor_before, ex.actor.parameters()))
+
+
 def test_twenty_steps_end_to_end_give_finite_metrics():
     ex = Extractor(tiny_config(), tiny_world_model(), CARTPOLE, cartpole_states())
     history = [ex.step() for _ in range(20)]

@@ -86,6 +86,7 @@ class ExtractConfig:
     init_logstd: float = -1.0  # initial actor log-std (sigma ~ 0.368)
     min_logstd: float = -1.427  # lower clamp of the actor log-std (sigma >= 0.240); no upper clamp
     return_states: int = 64  # ours: fixed start states of the model_return metric
+    critic_warmup: int = 0  # ours: first updates train only the critic (the actor waits for a value estimate)
     keep: Literal["last", "best"] = "last"  # ours: publish the last policy (the code) or the best evaluated one
     checkpoint_every_s: float = 600.0  # ours: seconds of wall time between checkpoints (besides each evaluation)
     model_return_every: int = 10  # ours: the metric at update 1, every N-th and the last (0: never); 12% of a B=64 update
@@ -233,7 +234,10 @@ class Extractor:
         self._check_values(roll.next_value)
 
         # 2. Actor: one step on the imagined return; 3-4. critic targets, then critic regression
-        actor_loss, actor_grad_norm = self.actor_update(roll)
+        if self.step_count < cfg.critic_warmup:  # critic warm-up: the bootstrap of a random critic misleads
+            actor_loss, actor_grad_norm = self.actor_loss(roll).detach(), torch.zeros((), device=self.device)
+        else:
+            actor_loss, actor_grad_norm = self.actor_update(roll)
         reward = roll.reward.detach()
         targets = self.critic_targets(reward, roll.next_value.detach())
         value_loss, critic_grad_norm = self.critic_update(roll.z, targets)
@@ -443,6 +447,8 @@ def validate_config(cfg: ExtractConfig) -> None:
            cfg.return_states) < 1:
         raise ConfigError("steps, batch_size, horizon, critic_iterations, critic_batches, num_critics and "
                           "return_states must all be >= 1")
+    if cfg.critic_warmup < 0:
+        raise ConfigError(f"critic_warmup must be >= 0, got {cfg.critic_warmup}")
     if cfg.keep not in ("last", "best"):
         raise ConfigError(f"keep: {cfg.keep!r} is not one of ['last', 'best']")
     if cfg.model_return_every < 0:
