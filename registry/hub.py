@@ -36,7 +36,7 @@ from typing import Any
 from registry.cards import DEFAULT_ENDPOINT, render_card
 from registry.errors import IntegrityError, RegistryError
 from registry.manifest import MANIFEST_NAME, FileProblem, read_manifest
-from registry.refs import KINDS, check_kind, name_problem
+from registry.refs import KINDS, check_kind, name_problem, shorten
 from registry.store import Artifact, LineageNode, Registry, Remote, content_sha256
 
 CARD_NAME = "README.md"
@@ -46,7 +46,10 @@ _KEEP_ON_HUB = {".gitattributes"}  # never deleted by a push
 _NOT_PAYLOAD = {MANIFEST_NAME, CARD_NAME, ".gitattributes", ".cache"}  # skipped when pulling
 _OFFLINE_VALUES = ("1", "true", "yes", "on")
 _SHA_RE = re.compile(r"[0-9a-f]{40}")
-_REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+# The Hub's own rule (huggingface_hub's validate_repo_id): each part 1-96 of [A-Za-z0-9._-], not
+# starting or ending with '-' or '.', no '--' or '..', no '.git' ending.
+_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
+_REPO_RE = re.compile(rf"{_REPO_PART}/{_REPO_PART}")
 
 
 class HubError(RegistryError):
@@ -65,8 +68,10 @@ def resolve_endpoint(endpoint: str | None = None) -> str:
 
 def check_repo_id(repo: str) -> str:
     """Return `repo` if it is "org/name", else raise HubError."""
-    if not _REPO_RE.fullmatch(repo) or ".." in repo or repo.endswith((".git", ".")):
-        raise HubError(f"bad Hub repo {repo!r}: expected ORG/NAME, e.g. me/walker-walk")
+    if not _REPO_RE.fullmatch(repo) or ".." in repo or "--" in repo or repo.endswith(".git"):
+        raise HubError(f"bad Hub repo {shorten(repo)!r}: expected ORG/NAME, e.g. me/walker-walk (each part "
+                       "1-96 letters, digits, '-', '_', '.', starting with a letter or digit, not ending "
+                       "with '-' or '.', no '--' or '..')")
     return repo
 
 

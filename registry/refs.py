@@ -14,6 +14,7 @@ from registry.errors import RefError
 KINDS: tuple[str, ...] = ("dataset", "worldmodel", "policy", "report")
 LATEST = "latest"
 MAX_NAME_LEN = 100  # keeps folder paths and derived Hub repo names well inside their limits
+MAX_VERSION = 2**63 - 1  # SQLite's INTEGER
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _VERSION_RE = re.compile(r"v?([0-9]+)")
@@ -41,9 +42,9 @@ def kind_problem(kind: str) -> str | None:
 
 def version_problem(version: int | None) -> str | None:
     """Why `version` is not a version number (None = latest is fine), or None if it is."""
-    if version is None or (isinstance(version, int) and version >= 1):
+    if version is None or (isinstance(version, int) and 1 <= version <= MAX_VERSION):
         return None
-    return f"version {version!r} is not a whole number >= 1"
+    return f"version {version!r} is not a whole number from 1 to {MAX_VERSION}"
 
 
 def check_kind(kind: str) -> str:
@@ -105,8 +106,13 @@ def parse_ref(text: str, default_kind: str | None = None) -> Ref:
         or version_error
     )
     if problem:
-        raise RefError(f"bad artifact ref {text!r}: {problem}; {_EXPECTED}")
+        raise RefError(f"bad artifact ref {shorten(text)!r}: {problem}; {_EXPECTED}")
     return Ref(kind, name, version)
+
+
+def shorten(text: str, limit: int = 120) -> str:
+    """`text`, shortened to keep an error message on one readable line."""
+    return text if len(text) <= limit else f"{text[:limit - 30]}...{text[-10:]} ({len(text)} characters)"
 
 
 def _parse_version(text: str) -> tuple[int | None, str | None]:
@@ -114,6 +120,11 @@ def _parse_version(text: str) -> tuple[int | None, str | None]:
     if text == LATEST:
         return None, None
     match = _VERSION_RE.fullmatch(text)
-    if match and int(match.group(1)) >= 1:
-        return int(match.group(1)), None
-    return None, f"version {text!r} is not vN, N (N >= 1) or latest"
+    if not match:
+        return None, f"version {text!r} is not vN, N (N >= 1) or latest"
+    digits = match.group(1).lstrip("0")
+    if len(digits) > len(str(MAX_VERSION)) or int(digits or 0) > MAX_VERSION:  # int() of 5000 digits raises
+        return None, f"version {shorten(text, 40)!r} is too large (at most v{MAX_VERSION})"
+    if int(digits or 0) < 1:
+        return None, f"version {text!r} is not vN, N (N >= 1) or latest"
+    return int(digits), None

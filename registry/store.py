@@ -407,6 +407,14 @@ class Registry:
             )
         return artifact
 
+    def find(self, ref: RefLike, default_kind: str | None = None) -> Artifact:
+        """The indexed artifact a ref names, whether or not its folder is still there (for `rm`).
+
+        Raises:
+            RefError: the ref does not parse. ArtifactNotFound: the index has no such artifact.
+        """
+        return self._find(ref, default_kind)
+
     def latest(self, kind: str, name: str) -> Artifact | None:
         """The highest version of kind/name, or None if there is none."""
         with self._connect() as db:

@@ -222,11 +222,13 @@ def test_auth_and_network_failures_are_one_line_each(reg, fake_hub):
 
 
 def test_bad_repo_ids_and_specs(reg):
-    for bad in ("cartpole", "a/b/c", "me/../x", "me/x@"):
+    for bad in ("cartpole", "a/b/c", "me/../x", "me/x@", "me/" + "a" * 97, "a" * 300 + "/x", "me/x-",
+                "me/a--b"):
         with pytest.raises(HubError, match="bad Hub"):
             parse_hub_spec(bad)
     assert parse_hub_spec("datasets/me/x@v2") == ("dataset", "me/x", "v2")
     assert parse_hub_spec("me/x") == (None, "me/x", None)
+    assert parse_hub_spec("me/" + "a" * 96) == (None, "me/" + "a" * 96, None)
     with pytest.raises(HubError, match="bad Hub repo"):
         plan_push(reg, "policy/cartpole", "not a repo")
     publish(reg, "report", "notes", {"README.md": b"mine"})

@@ -85,6 +85,16 @@ def test_parse_ref_rejects_bad_input_with_the_expected_form(text, why):
     assert "expected KIND/NAME[:vN], KIND one of dataset, worldmodel, policy, report" in message
 
 
+@pytest.mark.parametrize("version", ["v99999999999999999999", "v9223372036854775808", "v" + "9" * 5000])
+def test_parse_ref_refuses_a_version_too_large_for_the_index(version):
+    with pytest.raises(RefError, match="is too large") as error:
+        parse_ref(f"dataset/x:{version}")
+    assert len(str(error.value)) < 400  # shortened: one readable line
+    assert parse_ref("dataset/x:v9223372036854775807").version == 2**63 - 1
+    with pytest.raises(RefError, match="from 1 to"):
+        Ref("dataset", "x", 2**63)
+
+
 def test_parse_ref_rejects_an_unknown_default_kind():
     with pytest.raises(RefError, match="unknown kind 'model'"):
         parse_ref("mt30", default_kind="model")
@@ -221,6 +231,14 @@ def test_resolve_of_an_indexed_artifact_whose_folder_is_gone_is_an_integrity_err
     os.rename(artifact.path, reg.home / "elsewhere")
     with pytest.raises(IntegrityError, match="its folder .* is gone"):
         reg.resolve(artifact.ref)
+
+
+def test_find_returns_an_indexed_artifact_whose_folder_is_gone_and_remove_drops_it(reg: Registry):
+    artifact = publish(reg, "policy", "walker-walk")
+    os.rename(artifact.path, reg.home / "elsewhere")
+    assert reg.find(artifact.ref) == reg.find("walker-walk:v1", default_kind="policy")
+    reg.remove(artifact.ref)
+    assert reg.list() == []
 
 
 def test_list_by_kind_task_and_name_newest_first(reg: Registry):

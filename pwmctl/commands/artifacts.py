@@ -106,14 +106,24 @@ def rm(
     force: bool = typer.Option(False, "--force", help="Remove even if other artifacts name it as a parent."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
-    """Delete one artifact version from the registry."""
+    """Delete one artifact version from the registry (also an index entry whose folder is gone)."""
+    from registry.refs import parse_ref
+
     st = state(ctx)
     reg = st.registry()
-    a = reg.resolve(ref)
-    if not yes and not typer.confirm(f"delete {a.ref} ({human_size(a.size_bytes)})?", err=True):
+    parsed = parse_ref(ref)
+    if parsed.version is None:  # never "whichever is newest" for a deletion
+        versions = [f"v{a.version}" for a in reg.list(parsed.kind, name=parsed.name)]
+        have = f" ({parsed.kind}/{parsed.name} has {', '.join(reversed(versions))})" if versions else ""
+        raise fail(f"name the version to delete: `pwmctl rm {parsed.kind}/{parsed.name}:vN`{have}")
+    a = reg.find(parsed)
+    present = a.path.is_dir()
+    what = human_size(a.size_bytes) if present else "its folder is already gone"
+    if not yes and not typer.confirm(f"delete {a.ref} ({what})?", err=True):
         raise typer.Exit(1)
     reg.remove(a.ref, force=force)
-    emit(st, {"removed": a.ref}, lambda: typer.echo(f"removed {a.ref}"))
+    emit(st, {"removed": a.ref, "folder_was_missing": not present},
+         lambda: typer.echo(f"removed {a.ref}" + ("" if present else " (index entry; its folder was already gone)")))
 
 
 def verify(
