@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers import run
+from helpers import run, run_json
 from test_data_format import TWO_TASKS, episode_arrays
 
 from pwm_core.data import EpisodeWriter
@@ -43,3 +43,27 @@ def test_data_info_on_a_corrupt_chunk_is_one_error_line(tmp_path):
     assert "data/reward rows 0-88 are unreadable" in line
     report = run(tmp_path / "home", "data", "fsck", str(path), code=1)
     assert "problem: data/reward: stored object c/0 is corrupt or truncated, rows 0-88" in report.stdout
+
+
+def test_a_pickled_chunk_is_refused_with_advice_that_works(tmp_path):
+    """The refusal names no option that does not exist: its re-save command, run as given, yields a
+    chunk that `data import-tdmpc2` accepts."""
+    import datetime
+    import shlex
+    import subprocess
+    import sys
+
+    import torch
+    from test_tdmpc2_import import write_synthetic_tdmpc2_chunk
+
+    chunk = tmp_path / "c.pt"
+    td = write_synthetic_tdmpc2_chunk(chunk, 2, 11, [0])
+    torch.save({**td.to_dict(), "created": datetime.date(2024, 1, 1)}, chunk)
+    home = tmp_path / "home"
+    line = _one_error_line(run(home, "data", "import-tdmpc2", str(chunk), code=2))
+    assert "re-run allowing pickle" not in line and "weights_only=True" in line
+    command = shlex.split(line.split("`")[1])
+    assert command[0] == "python"
+    subprocess.run([sys.executable, *command[1:]], check=True, timeout=120)
+    doc = run_json(home, "data", "import-tdmpc2", str(chunk) + ".plain.pt", "--name", "plain")
+    assert doc["artifact"] == "dataset/plain:v1" and doc["episodes"] == 2

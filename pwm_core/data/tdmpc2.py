@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -134,10 +135,20 @@ def _load_chunk(path: Path, allow_pickle: bool):
         return torch.load(path, map_location="cpu", mmap=True, weights_only=not allow_pickle)
     except pickle.UnpicklingError as e:
         reason = str(e).strip().splitlines()[-1]
-        raise DatasetError(f"{path}: refused by torch.load(weights_only=True): {reason}. If you "
-                           "trust this file, re-run allowing pickle (it can execute code)") from None
+        raise DatasetError(f"{path}: refused by torch.load(weights_only=True): {reason}. pwmctl never "
+                           "unpickles; if you trust this file (unpickling can execute code), re-save its "
+                           f"tensors as a plain dict and import that: `{_resave_command(path)}` (or call "
+                           "pwm_core.data.import_tdmpc2(..., allow_pickle=True) from Python)") from None
     except (RuntimeError, OSError) as e:
         raise DatasetError(f"{path}: not a readable torch.save file ({e})") from None
+
+
+def _resave_command(path: Path) -> str:
+    """A shell command writing ``<path>.plain.pt``: the chunk's four tensors, loadable with weights_only."""
+    code = (f"import torch; d = torch.load({str(path)!r}, mmap=True, weights_only=False); "
+            "torch.save({k: v for k, v in d.items() if k in ('obs', 'action', 'reward', 'task')}, "
+            f"{str(path) + '.plain.pt'!r})")
+    return f"python -c {shlex.quote(code)}"
 
 
 def _chunk_shape(td, path: Path) -> tuple[int, int, int]:
