@@ -202,3 +202,11 @@ def test_pink_noise_collection_is_reproducible_and_persistent(tmp_path):
     assert np.abs(a.episode(0)["action"][1:]).max() <= 1.0
     assert run_json(tmp_path, "show", docs[0]["artifact"])["manifest"]["config"]["noise"] == "pink"
     assert run(tmp_path, "collect", "cartpole-swingup", "--noise", "brown", code=2).stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("command,shown", [("pretrain", "[default: 5M]"), ("finetune", "[default: 5000]"),
+                                            ("extract", "[default: 10000]"), ("eval", "[default: the newest policy")])
+def test_help_shows_the_defaults_written_in_option_help(command, shown):
+    """Rich would swallow an unescaped "[default: ...]" as markup."""
+    result = CliRunner().invoke(app, [command, "--help"], env={"NO_COLOR": "1", "COLUMNS": "250"})
+    assert result.exit_code == 0 and shown in result.stdout

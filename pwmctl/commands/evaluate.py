@@ -17,14 +17,14 @@ PLANNER_PRIORS = ("wm", "policy")
 
 def evaluate_cmd(
     ctx: typer.Context,
-    refs: list[str] = typer.Argument(None, help="Policy refs, and/or `random` [default: the newest policy of "
+    refs: list[str] = typer.Argument(None, help="Policy refs, and/or `random` \\[default: the newest policy of "
                                      "every task].", show_default=False),
     seeds: int = typer.Option(10, "--seeds", min=1, help="Env seeds 0..N-1, one deterministic run each."),
     episodes: int = typer.Option(1, "--episodes", min=1, help="Episodes per seed."),
     tasks: str = typer.Option(None, "--tasks", help="Tasks for `random` when no policy names them."),
     workers: int = typer.Option(1, "--workers", "-j", min=1, help="Environment worker processes."),
     video: Path = typer.Option(None, "--video", help="Write an mp4 of the first episode per task here."),
-    name: str = typer.Option(None, "--name", help="Report name [default: eval-<first policy>]."),
+    name: str = typer.Option(None, "--name", help="Report name \\[default: eval-<first policy>]."),
     reps: int = typer.Option(2000, "--reps", min=100, help="Bootstrap resamples for the CIs."),
     planner: str = typer.Option("none", "--planner", help="none | mppi: also evaluate each policy's actions "
                                 "planned by TD-MPC2's MPPI on the policy's parent world model."),

@@ -22,12 +22,12 @@ def extract(
     task: str = typer.Argument(None, help="The task to extract a policy for, e.g. walker-walk.", show_default=False),
     tasks: str = typer.Option(None, "--tasks", help="Several tasks, one policy each: a set (mt30) or T1,T2. "
                               "Under torchrun the ranks split them."),
-    wm: str = typer.Option(None, "--wm", help="World-model ref [default: the newest one that has the task]."),
-    data: list[str] = typer.Option(None, "--data", help="Dataset ref(s) for start states [default: the world "
+    wm: str = typer.Option(None, "--wm", help="World-model ref \\[default: the newest one that has the task]."),
+    data: list[str] = typer.Option(None, "--data", help="Dataset ref(s) for start states \\[default: the world "
                                    "model's parent datasets]."),
     recipe: str = typer.Option("default", "--recipe", help="default (what measures best, docs/learning.md) | "
                                "official (the official multitask code exactly, quirks included)."),
-    steps: int = typer.Option(None, "--steps", min=1, help="Policy updates [default: 10000]."),
+    steps: int = typer.Option(None, "--steps", min=1, help="Policy updates \\[default: 10000]."),
     batch_size: int = typer.Option(None, "--batch-size", min=1,
                                    help="Start states per update [default recipe: 64; official: 512]."),
     critic_target: str = typer.Option(None, "--critic-target",
@@ -39,7 +39,7 @@ def extract(
     eval_every: int = typer.Option(200, "--eval-every", min=0, help="Real-env evaluation every N updates (0: only "
                                    "at the end)."),
     eval_episodes: int = typer.Option(10, "--eval-episodes", min=1, help="Episodes per evaluation (one seed each)."),
-    name: str = typer.Option(None, "--name", help="Policy name [default: the task]."),
+    name: str = typer.Option(None, "--name", help="Policy name \\[default: the task]."),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N]."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the imagined rollout."),
     amp: str = typer.Option(None, "--amp", help="bf16: bfloat16 autocast."),

@@ -21,14 +21,14 @@ CHECKPOINT = "checkpoint.pt"
 def pretrain(
     ctx: typer.Context,
     tasks: str = typer.Option(None, "--tasks", help="mt30 | mt80 | comma-separated tasks (the model's task set)."),
-    data: list[str] = typer.Option(None, "--data", help="Dataset ref (repeatable) [default: every local dataset "
+    data: list[str] = typer.Option(None, "--data", help="Dataset ref (repeatable) \\[default: every local dataset "
                                    "covering tasks of the set]."),
-    size: str = typer.Option(None, "--size", help="Model size preset: 1M, 5M, 19M, 48M, 317M [default: 5M]."),
+    size: str = typer.Option(None, "--size", help="Model size preset: 1M, 5M, 19M, 48M, 317M \\[default: 5M]."),
     steps: int = typer.Option(None, "--steps", min=1, help="Training steps."),
-    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Windows per step [default: 1024]."),
-    horizon: int = typer.Option(None, "--horizon", min=1, help="Rollout horizon H [default: 16]."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Windows per step \\[default: 1024]."),
+    horizon: int = typer.Option(None, "--horizon", min=1, help="Rollout horizon H \\[default: 16]."),
     seed: int = typer.Option(None, "--seed", help="Seeds python, numpy, torch and the sampler."),
-    name: str = typer.Option(None, "--name", help="World-model name [default: <tasks>-<size>]."),
+    name: str = typer.Option(None, "--name", help="World-model name \\[default: <tasks>-<size>]."),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N]."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the update."),
     amp: str = typer.Option(None, "--amp", help="bf16: bfloat16 autocast."),
@@ -237,7 +237,7 @@ def import_checkpoint(
     path: Path = typer.Argument(..., help="TD-MPC2 or PWM checkpoint (.pt; state dict under 'model')."),
     tasks: str = typer.Option(..., "--tasks", help="mt30 | mt80: the set the checkpoint was trained on."),
     size: str = typer.Option(..., "--size", help="1M, 5M, 19M, 48M or 317M: must match the file."),
-    name: str = typer.Option(None, "--name", help="World-model name [default: <tasks>-<size>]."),
+    name: str = typer.Option(None, "--name", help="World-model name \\[default: <tasks>-<size>]."),
 ) -> None:
     """Convert a released TD-MPC2 / PWM `.pt` checkpoint into a worldmodel artifact (safetensors).
 

@@ -54,12 +54,12 @@ def quickstart(
                                "| official (uniform random data, the official extraction)."),
     seed: int = typer.Option(0, "--seed", help="Seeds data collection, training and extraction."),
     max_pretrain_steps: int = typer.Option(None, "--pretrain-steps", min=1,
-                                           help="Upper bound on world-model updates [default: the time allows]."),
+                                           help="Upper bound on world-model updates \\[default: the time allows]."),
     max_extract_steps: int = typer.Option(None, "--extract-steps", min=1,
-                                          help="Upper bound on policy updates [default: the time allows]."),
-    episodes: int = typer.Option(None, "--episodes", min=1, help="Random-policy episodes [default: 30]."),
-    eval_seeds: int = typer.Option(None, "--seeds", min=2, help="Evaluation seeds [default: 10]."),
-    name: str = typer.Option(None, "--name", help="Name of the artifacts [default: quickstart-<task>]."),
+                                          help="Upper bound on policy updates \\[default: the time allows]."),
+    episodes: int = typer.Option(None, "--episodes", min=1, help="Random-policy episodes \\[default: 30]."),
+    eval_seeds: int = typer.Option(None, "--seeds", min=2, help="Evaluation seeds \\[default: 10]."),
+    name: str = typer.Option(None, "--name", help="Name of the artifacts \\[default: quickstart-<task>]."),
 ) -> None:
     """Collect -> pretrain -> extract -> eval vs random on one small task, within a time budget.
 

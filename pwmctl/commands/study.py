@@ -78,7 +78,7 @@ def ball_wall(
     ctx: typer.Context,
     seed: int = typer.Option(0, "--seed", help="Torch seed set before each model (the official script: 0)."),
     quick: bool = typer.Option(False, "--quick", help="Coarse grid and short training: seconds, for CI."),
-    out: Path = typer.Option(None, "--out", "-o", help="Output folder [default: $PWM_HOME/studies/ball-wall-<time>]."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output folder \\[default: $PWM_HOME/studies/ball-wall-<time>]."),
     landscape: str = typer.Option("analytic", "--landscape", help="analytic (the official closed form) | sim "
                                   "(the Warp simulator: blocked balls bounce)."),
     official_decoder_bug: bool = typer.Option(False, "--official-decoder-bug", help="Let the SimNorm read-out's "
@@ -109,11 +109,11 @@ def ball_wall(
 def gradient_variance(
     ctx: typer.Context,
     horizons: str = typer.Option("1..50", "--horizons", help="Rollout horizons: a range 1..50 and/or a list 1,2,4."),
-    samples: int = typer.Option(None, "--samples", min=2, help="Gradient samples per horizon [default: 100]."),
-    wm_steps: int = typer.Option(None, "--wm-steps", min=1, help="Updates per world model [default: 500]."),
+    samples: int = typer.Option(None, "--samples", min=2, help="Gradient samples per horizon \\[default: 100]."),
+    wm_steps: int = typer.Option(None, "--wm-steps", min=1, help="Updates per world model \\[default: 500]."),
     seed: int = typer.Option(0, "--seed", help="Seeds the data, the models, the policy and the samples."),
     quick: bool = typer.Option(False, "--quick", help="Tiny data, models and sample counts: seconds, for CI."),
-    out: Path = typer.Option(None, "--out", "-o", help="Output folder [default: $PWM_HOME/studies/"
+    out: Path = typer.Option(None, "--out", "-o", help="Output folder \\[default: $PWM_HOME/studies/"
                              "gradient-variance-<time>]."),
 ) -> None:
     """Figure 3: policy-gradient variance and ESNR vs horizon, through the differentiable double pendulum
