@@ -13,7 +13,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -32,6 +34,29 @@ _NONE = {"none", "null", "~", ""}
 
 class ConfigError(PwmError):
     """A config key that does not exist or a value that does not fit its field."""
+
+
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def check_device(device: str, key: str = "device") -> str:
+    """``device`` if it is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (the ``--device`` rule), else a ConfigError."""
+    if not isinstance(device, str) or not _DEVICE_RE.fullmatch(device):
+        raise ConfigError(f"{key}: {device!r} is not a device; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def check_range(cfg: Any, key: str, *, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """A ConfigError unless ``cfg.<key>`` is a finite number inside the interval (closed ends by default)."""
+    value = getattr(cfg, key)
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    if isinstance(value, bool) or not math.isfinite(value) or below or above:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        raise ConfigError(f"{key} must be a finite number{' ' if lo or hi else ''}{lo}"
+                          f"{' and ' if lo and hi else ''}{hi}, got {value!r}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -66,6 +66,15 @@ def resolve_endpoint(endpoint: str | None = None) -> str:
     return (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
+def check_namespace(namespace: str) -> str:
+    """Return `namespace` if it can own Hub repos (the ORG of ORG/NAME), else raise HubError."""
+    if not re.fullmatch(_REPO_PART, namespace) or ".." in namespace or "--" in namespace:
+        raise HubError(f"bad Hub namespace {shorten(namespace)!r}: a Hub user or organisation is 1-96 letters, "
+                       "digits, '-', '_', '.', starting with a letter or digit, not ending with '-' or '.', "
+                       "no '--' or '..'")
+    return namespace
+
+
 def check_repo_id(repo: str) -> str:
     """Return `repo` if it is "org/name", else raise HubError."""
     if not _REPO_RE.fullmatch(repo) or ".." in repo or "--" in repo or repo.endswith(".git"):

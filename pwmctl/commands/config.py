@@ -79,6 +79,47 @@ def _check_key(key: str) -> None:
         raise fail(f"unknown setting {key!r}: {hint}")
 
 
+def _check_value(home: Path, key: str, value: str) -> None:
+    """Refuse a value the command reading it would refuse: the same checks, run before anything is written."""
+    from pwm_core.config import ConfigError, apply_overrides, check_device
+    from registry.errors import RegistryError
+
+    section, _, field = key.partition(".")
+    try:
+        if section in SECTIONS:  # the value must parse as that field's type and pass the section's checks
+            cfg = _section_config(section)  # together with the other saved settings
+            apply_overrides(cfg, [f"{field}={value}"])
+            apply_overrides(cfg, [o for o in section_overrides(home, section) if o.split("=", 1)[0] != field])
+            _validate_section(section, cfg)
+        elif key == "device":
+            check_device(value)
+        elif key == "hub.namespace":
+            from registry.hub import check_namespace
+
+            check_namespace(value)
+        elif key == "hub.endpoint" and not value.startswith(("https://", "http://")):
+            raise ConfigError(f"{value!r} is not an http(s) URL, e.g. https://huggingface.co")
+        elif KEYS[key][1] is not None and value not in KEYS[key][1]:
+            raise ConfigError(f"must be one of {', '.join(KEYS[key][1])}, not {value!r}")
+    except (ConfigError, RegistryError) as e:
+        message, name = str(e), field if section in SECTIONS else key
+        raise fail(key + message[len(name):] if message.startswith(name) else f"{key}: {message}") from None
+
+
+def _validate_section(section: str, cfg) -> None:
+    from pwm_core.config import check_device
+
+    if section == "extract":
+        from pwm_core.train.extract import validate_config
+
+        validate_config(cfg)
+    else:
+        from pwm_core.train.validation import validate_pretrain_config
+
+        validate_pretrain_config(cfg)
+    check_device(cfg.device)  # ExtractConfig's checks leave the device to torch
+
+
 @app.command("list")
 def config_list(ctx: typer.Context) -> None:
     """Every setting with its value (or unset) and what it does."""
@@ -107,23 +148,7 @@ def config_set(ctx: typer.Context, key: str = typer.Argument(..., help="Setting 
     """Set one setting."""
     st = state(ctx)
     _check_key(key)
-    section, _, field = key.partition(".")
-    if section in SECTIONS:  # the value must parse as that field's type (and, for extract, pass its checks
-        from pwm_core.config import ConfigError, apply_overrides  # together with the other saved settings)
-
-        try:
-            cfg = _section_config(section)
-            apply_overrides(cfg, [f"{field}={value}"])
-            if section == "extract":
-                from pwm_core.train.extract import validate_config
-
-                others = [o for o in section_overrides(st.home, section) if o.split("=", 1)[0] != field]
-                apply_overrides(cfg, others)
-                validate_config(cfg)
-        except ConfigError as e:
-            raise fail(f"{key}: {e}") from None
-    elif KEYS[key][1] is not None and value not in KEYS[key][1]:
-        raise fail(f"{key} must be one of {', '.join(KEYS[key][1])}, not {value!r}")
+    _check_value(st.home, key, value)
     values = read_config(st.home)
     values[key] = value
     _write(st.home, values)
