@@ -9,6 +9,7 @@ or, after :func:`register_envs`, ``gymnasium.make("pwm/walker-walk-v0")``.
 Episodes end by time limit only (500 agent steps for dm_control, 100 for Meta-World, each step two
 simulator steps): ``truncated`` is True at the last step and ``terminated`` is always False, as
 neither suite has terminal states. ``info["success"]`` is a float (always 0.0 for dm_control).
+``diffsim-ball-wall`` is one step long (one throw); gymnasium's ``check_env`` refuses such episodes.
 
 Seeding follows :mod:`pwm_core.evaluate`: ``reset(seed=s)`` builds the task's env with seed ``s``, and
 each later ``reset()`` starts that env's next episode, so episode k after ``reset(seed=s)`` is the
