@@ -23,55 +23,48 @@ def collect(
     policy: str = typer.Option("random", "--policy", help="Behaviour policy: random, or a policy artifact ref."),
     noise: str = typer.Option("uniform", "--noise", help="Random policy's actions: uniform (new each step, "
                               "TD-MPC2's seeding) | pink (1/f noise: actions persist, far wider state coverage)."),
-    seed: int = typer.Option(0, "--seed", help="Seeds the environments and the policy."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seeds the environments and the policy."),
     name: str = typer.Option(None, "--name", help="Dataset name [default: the task or set name]."),
     append: str = typer.Option(None, "--append", help="Add the episodes to a new version of this dataset."),
-    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Environment worker processes."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Environment worker processes (a resumed "
+                                "run keeps its own: the env layout decides which episodes it records)."),
     resume: str = typer.Option(None, "--resume", help="Finish an interrupted collection (its run id)."),
 ) -> None:
     """Roll out a policy in the real environments and publish the episodes as a dataset.
 
     Every finished episode is committed at once: Ctrl-C (or SIGTERM) publishes the episodes
-    completed so far, and after a hard kill `--resume RUN` finishes the job.
+    completed so far, and after a hard kill `--resume RUN` finishes the job, recording the same
+    episodes the uninterrupted run would have.
     """
     from pwm_core.collect import collect as run_collect
-    from pwm_core.collect import NOISES, learned_policy, random_policy
+    from pwm_core.collect import NOISES, check_policy_dims, learned_policy, random_policy
     from pwm_core.data import EpisodeWriter, open_dataset
     from pwm_core.seeding import seed_everything
     from pwm_core.tasks import resolve_tasks
+    from registry.refs import check_name, parse_ref
 
     st = state(ctx)
     if noise not in NOISES:
         raise fail(f"unknown --noise {noise!r}: use {' or '.join(NOISES)}")
     reg = st.registry()
+    # Everything is checked before anything is done: a bad name or ref fails here, not after collecting.
     if resume:
         run = reg.run_dir(resume)
         plan = read_plan(run, "collect")
         noise = plan.get("noise", "uniform")
-        tasks, episodes, policy, seed, name, workers = (plan["tasks"], plan["episodes"], plan["policy"],
-                                                        plan["seed"], plan["name"], workers)
+        tasks, episodes, policy, seed, name = plan["tasks"], plan["episodes"], plan["policy"], plan["seed"], plan["name"]
+        workers = plan.get("workers", workers)
         append = plan.get("append")
-        writer = EpisodeWriter.open(run / DATASET_DIR)
     elif tasks is None and append is None:
         raise fail("no task given: name a task, e.g. `pwmctl collect walker-walk --episodes 10`")
     else:
         run = None
-    parent = reg.resolve(append, default_kind="dataset") if append else None
+    parent = reg.resolve(parse_ref(append, default_kind="dataset")) if append else None
     if parent is not None and parent.kind != "dataset":
         raise fail(f"--append needs a dataset, got {parent.ref}")
     if tasks is None:
         tasks = ",".join(parent.manifest.get("tasks", []))
     task_set = resolve_tasks(tasks)
-    behaviour = None
-    if policy != "random":  # a learned policy acts with its exploration noise (tanh of a Gaussian sample)
-        from pwm_core.train import load_policy
-
-        pol_artifact = reg.resolve(policy, default_kind="policy")
-        if pol_artifact.kind != "policy" or set(task_set.names) != set(pol_artifact.tasks):
-            raise fail(f"{pol_artifact.ref} acts on {', '.join(pol_artifact.tasks) or 'no task'}; collect those "
-                       f"tasks with it (`pwmctl collect {','.join(pol_artifact.tasks)} --policy {pol_artifact.ref}`)")
-        policy = pol_artifact.ref
-        behaviour = load_policy(pol_artifact.path)
     if parent is not None:
         data_set = open_dataset(parent.path / DATASET_DIR).task_set
         missing = [t for t in task_set.names if t not in data_set]
@@ -82,13 +75,26 @@ def collect(
     else:
         data_set = task_set
         name = name or _default_name(task_set)
-    if behaviour is not None:
-        behaviour = learned_policy(behaviour, seed, data_set.act_dim)
+    check_name(name, "dataset name")
+    behaviour = None
+    if policy != "random":  # a learned policy acts with its exploration noise (tanh of a Gaussian sample)
+        from pwm_core.train import load_policy
 
-    if run is None:
+        pol_artifact = reg.resolve(policy, default_kind="policy")
+        if pol_artifact.kind != "policy" or set(task_set.names) != set(pol_artifact.tasks):
+            raise fail(f"{pol_artifact.ref} acts on {', '.join(pol_artifact.tasks) or 'no task'}; collect those "
+                       f"tasks with it (`pwmctl collect {','.join(pol_artifact.tasks)} --policy {pol_artifact.ref}`)")
+        policy = pol_artifact.ref
+        loaded = load_policy(pol_artifact.path)
+        check_policy_dims(loaded.config, data_set)  # as eval does: obs / act widths of the task
+        behaviour = learned_policy(loaded, seed, data_set.act_dim)
+
+    if run is not None:
+        writer = EpisodeWriter.open(run / DATASET_DIR)
+    else:
         run = reg.new_run_dir("collect")
         write_plan(run, dict(command="collect", tasks=tasks, episodes=episodes, policy=policy, seed=seed, name=name, append=
-                              parent.ref if parent else None, noise=noise))
+                              parent.ref if parent else None, noise=noise, workers=workers))
         if parent is not None:
             shutil.copytree(parent.path / DATASET_DIR, run / DATASET_DIR)
             writer = EpisodeWriter.open(run / DATASET_DIR)
@@ -99,7 +105,8 @@ def collect(
 
     have = open_dataset(run / DATASET_DIR).per_task_counts()
     base = {} if parent is None else open_dataset(parent.path / DATASET_DIR).per_task_counts()
-    todo = {t: max(0, episodes - (have.get(t, 0) - base.get(t, 0))) for t in task_set.names}
+    done = {t: max(0, have.get(t, 0) - base.get(t, 0)) for t in task_set.names}  # by an interrupted run
+    todo = {t: max(0, episodes - done[t]) for t in task_set.names}
     seed_everything(seed)
     info(st, f"collecting {sum(todo.values())} episodes of {len(task_set)} task(s) with a {policy} policy, "
              f"{workers} worker(s); run {run.name}")
@@ -114,8 +121,7 @@ def collect(
 
         with interrupts_as_keyboard_interrupt():
             result = run_collect(writer, todo, data_set, behaviour or random_policy(seed, data_set.act_dim, noise),
-                                 seed=seed,
-                                 workers=workers, on_episode=on_episode)
+                                 seed=seed, workers=workers, on_episode=on_episode, done=done)
     writer.close()
     elapsed = time.monotonic() - t0
     if not result.episodes and parent is None and not any(have.values()):
