@@ -173,3 +173,11 @@ def test_a_live_run_can_be_watched_and_sighup_checkpoints_it(home, tmp_path):
     doc = run_json(home, "pretrain", "--resume", run_dir.name, "--steps", str(saved + 2))
     assert doc["steps"] == saved + 2 and run_json(home, "runs", "show", run_dir.name)["state"] == "finished"
     assert run(home, "runs", "rm", run_dir.name, "--yes").exit_code == 0 and not run_dir.exists()
+
+
+@pytest.mark.parametrize("override", ["steps=-5", "batch_size=0", "horizon=0", "checkpoint_every=0", "val_every=0",
+                                      "log_every=0", "rho=nan", "device=banana"])
+def test_invalid_pretrain_settings_are_refused_before_any_work(home, override):
+    result = run(home, "pretrain", "--tasks", "cartpole-balance", "--set", override, "--name", "bad", code=2)
+    assert len(result.stderr.strip().splitlines()) == 1 and override.split("=")[0] in result.stderr, result.stderr
+    assert not [p for p in home.glob("runs/pretrain-*") if '"bad"' in (p / "plan.json").read_text()]

@@ -51,6 +51,7 @@ def pretrain(
     from pwm_core.tasks import resolve_tasks
     from pwm_core.train import distributed as dist
     from pwm_core.train.pretrain import PretrainConfig, model_config
+    from pwm_core.train.validation import validate_pretrain_config
 
     st = state(ctx)
     loggers = check_loggers(logger)
@@ -66,6 +67,7 @@ def pretrain(
         loggers = loggers or plan.get("loggers", [])
         if steps is not None:  # allow extending a run
             cfg.steps = steps
+        validate_pretrain_config(cfg)
     else:
         if tasks is None:
             raise fail("name the model's task set: --tasks mt30, --tasks mt80 or --tasks walker-walk,cheetah-run")
@@ -80,6 +82,7 @@ def pretrain(
         set_given(cfg, size=size, steps=steps, batch_size=batch_size, horizon=horizon, seed=seed, device=device,
                   amp=amp)
         cfg.compile = cfg.compile or compile
+        validate_pretrain_config(cfg)  # before any work: steps=-5, batch_size=0, rho=nan, --device banana
         refs = _choose_datasets(reg, task_set, data, allow_missing or dry_run, st)
     model_cfg = model_config(cfg, task_set)
     counts = count_parameters(model_cfg)
