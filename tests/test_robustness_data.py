@@ -2,20 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from helpers import run, run_json
-from test_data_format import TWO_TASKS, episode_arrays
-
-from pwm_core.data import EpisodeWriter
-
-
-def _dataset(tmp_path: Path) -> Path:
-    path = tmp_path / "d.zarr"
-    with EpisodeWriter.create(path, TWO_TASKS) as w:
-        for i in range(2):
-            w.append_episode(*episode_arrays(i), task="walker-walk")
-    return path
+from test_data_format import _two_episode_dataset as _dataset
 
 
 def _one_error_line(result) -> str:
