@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.nn.utils import clip_grad_norm_
 
 from pwm_core import io
-from pwm_core.config import ConfigError, from_dict, to_dict
+from pwm_core.config import ConfigError, check_device, from_dict, to_dict
 from pwm_core.data import EpisodeDataset
 from pwm_core.data.sampler import WindowSampler
 from pwm_core.errors import PwmError
@@ -437,6 +437,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def validate_config(cfg: ExtractConfig) -> None:
+    check_device(cfg.device)
     if cfg.amp not in (None, "bf16"):
         raise ConfigError(f"amp: {cfg.amp!r} is not supported; use none or bf16")
     if cfg.critic_target not in ("one-step", "td-lambda"):

@@ -48,12 +48,14 @@ def read_config(home: Path) -> dict[str, str]:
     path = config_path(home)
     if not path.exists():
         return {}
+    from pwm_core.config import ConfigError  # the CLI prints it as one line; Python callers (pwmctl.api) can catch it
+
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise fail(f"{path} is not valid YAML ({e.__class__.__name__}); fix or delete it") from None
+        raise ConfigError(f"{path} is not valid YAML ({e.__class__.__name__}); fix or delete it") from None
     if not isinstance(data, dict):
-        raise fail(f"{path} must hold a mapping of settings; fix or delete it")
+        raise ConfigError(f"{path} must hold a mapping of settings; fix or delete it")
     return {str(k): str(v) for k, v in data.items()}
 
 
