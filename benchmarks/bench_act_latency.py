@@ -139,8 +139,9 @@ def main() -> None:
                 actors = {"policy": (act_policy, n_calls * 20, policy_flops(mcfg, ext))}
                 for name, planner in planners.items():
                     actor = PlannerActor(planner, mcfg.task_names, spec.act_dim)
-                    actors[name] = (lambda actor=actor, obs=obs: actor(obs, [spec], np.zeros(1, int), np.zeros(1, bool)),
-                                    n_calls, mppi_flops(mcfg, cfg, name.split("-")[1], ext))
+                    actors[name] = (
+                        lambda actor=actor, obs=obs: actor(obs, [spec], np.zeros(1, int), np.zeros(1, bool)),
+                        n_calls, mppi_flops(mcfg, cfg, name.split("-")[1], ext))
                 for name, (act, calls, flops) in actors.items():
                     ms = time_calls(act, warmup, calls, device)
                     mean = float(np.mean(ms))

@@ -77,7 +77,8 @@ def table(record: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tasks", default=None, help="comma list (default walker-walk,cartpole-balance; --quick: walker-walk)")
+    p.add_argument("--tasks", default=None,
+                   help="comma list (default walker-walk,cartpole-balance; --quick: walker-walk)")
     p.add_argument("--seeds", type=int, default=None, help="envs (one episode each) per call (default 8; --quick: 2)")
     p.add_argument("--workers", default="1,2", help="comma list of env worker-process counts")
     p.add_argument("--precisions", default="fp32,bf16")

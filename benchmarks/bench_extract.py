@@ -64,7 +64,8 @@ def table(record: dict) -> str:
              "| % of matmul peak |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in record["rows"]:
         share = r.get("flop_share", {}).get("critic_updates")
-        lines.append(f"| {r['size']} | {r['batch_size']} | {r['precision']} | {r['it_per_s']:.2f} | {r['s_per_it']:.3f} | "
+        lines.append(f"| {r['size']} | {r['batch_size']} | {r['precision']} | {r['it_per_s']:.2f} | "
+                     f"{r['s_per_it']:.3f} | "
                      f"{r['gflop_per_it']:.1f} | {'-' if share is None else f'{100 * share:.0f}%'} | "
                      f"{r['gflop_per_s']:.1f} | {100 * r['fraction_of_matmul_peak']:.0f}% |")
     return "\n".join(lines)
@@ -77,8 +78,10 @@ def main() -> None:
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--horizon", type=int, default=16)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--steps", type=int, default=None, help="timed iterations per setting, median (default 3; --quick: 2)")
-    p.add_argument("--matmul", type=int, default=None, help="n of the n^3 reference matmul (default 2048; --quick: 1024)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed iterations per setting, median (default 3; --quick: 2)")
+    p.add_argument("--matmul", type=int, default=None,
+                   help="n of the n^3 reference matmul (default 2048; --quick: 1024)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1M, B=64, 2 timed iterations, 1024^3 matmul")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--results", type=Path, default=RESULTS)

@@ -12,7 +12,8 @@ Tried and reverted (kept here as a record): a Mish computed from one exp with in
 
 Measured: (1) one Adam step of the 3-head critic alone; (2) ``Extractor.step()`` at 1M/5M x B under
 ``before`` (both old paths), ``adam`` (fused Adam only), ``metric`` (sparse model_return only) and
-``after`` (both new), 10 updates per timed block (one model_return period); (3) ``Pretrainer.step()`` at 1M B=256, before vs after (only Adam applies). The
+``after`` (both new), 10 updates per timed block (one model_return period); (3) ``Pretrainer.step()`` at
+1M B=256, before vs after (only Adam applies). The
 variants run in rounds, one timed block of each per round, so a change in machine load hits all of
 them alike; the table gives median seconds and the ratio before/variant.
 
@@ -106,6 +107,11 @@ def pretrainer_step(size: str, batch: int, root: Path) -> dict[str, Callable]:
     return {"before": make, "after": make}
 
 
+def _cell(s: dict, k: str) -> str:
+    """Variant ``k``'s median seconds and its speed-up over ``before``; "-" when it was not measured."""
+    return f"{s[k]:.4g} ({s['before'] / s[k]:.2f}x)" if k in s else "-"
+
+
 def table(record: dict) -> str:
     lines = [f"{record.get('threads')} torch threads, fp32; median of {record['rounds']} interleaved rounds; "
              "ratio = before / variant (higher is faster)", "",
@@ -113,9 +119,8 @@ def table(record: dict) -> str:
              "|---|---:|---:|---:|---:|---:|"]
     for r in record["rows"]:
         s = r["seconds"]
-        cell = lambda k: f"{s[k]:.4g} ({s['before'] / s[k]:.2f}x)" if k in s else "-"  # noqa: E731
-        lines.append(f"| {r['what']} | {s['before']:.4g} | {cell('adam')} | {cell('metric')} | {cell('after')} | "
-                     f"**{s['before'] / s['after']:.2f}x** |")
+        lines.append(f"| {r['what']} | {s['before']:.4g} | {_cell(s, 'adam')} | {_cell(s, 'metric')} | "
+                     f"{_cell(s, 'after')} | **{s['before'] / s['after']:.2f}x** |")
     return "\n".join(lines)
 
 

@@ -137,7 +137,8 @@ def main() -> None:
     p.add_argument("--horizon", type=int, default=16)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=None, help="timed updates per setting, median (default 3; --quick: 2)")
-    p.add_argument("--matmul", type=int, default=None, help="n of the n^3 reference matmul (default 2048; --quick: 1024)")
+    p.add_argument("--matmul", type=int, default=None,
+                   help="n of the n^3 reference matmul (default 2048; --quick: 1024)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1M, B=256, 2 timed updates, 1024^3 matmul")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--results", type=Path, default=RESULTS)

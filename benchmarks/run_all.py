@@ -62,7 +62,8 @@ BENCHES = [
      "update (`extract.model_return_every`), alone and together, in `Extractor.step()` (10 updates per timed "
      "block, one metric period) and `Pretrainer.step()`. Old and new paths run in interleaved rounds in the "
      "same process, so the ratios share the machine's load; compare ratios within this table, not its "
-     "absolute seconds with section 1 (another process, four extractors alive at once). Tried and reverted: a Mish computed from one exp with "
+     "absolute seconds with section 1 (another process, four extractors alive at once). Tried and reverted: "
+     "a Mish computed from one exp with "
      "in-place arithmetic (forward + backward 1.04x ATen's kernel at the critic's shapes, 0.56-0.78x at "
      "pre-training shapes: more memory passes than ATen's single pass); Mish stays the largest cost and needs "
      "a fused kernel (torch.compile / a C++ op) to go further."),
@@ -159,7 +160,8 @@ def _flop_rate_reading(rec: dict, rate_key: str, share_key: str, share_label: st
             text += (f"; on this device even the plain bf16 matmul ({rec['matmul_bf16_gflop_per_s']:.0f} GFLOP/s) is "
                      f"slower than fp32 ({rec['matmul_fp32_gflop_per_s']:.0f}), so autocast cannot pay off here")
         elif rec["matmul_bf16_gflop_per_s"] > 2 * rec["matmul_fp32_gflop_per_s"]:
-            text += (f"; the plain bf16 matmul is {rec['matmul_bf16_gflop_per_s'] / rec['matmul_fp32_gflop_per_s']:.1f}x "
+            ratio = rec["matmul_bf16_gflop_per_s"] / rec["matmul_fp32_gflop_per_s"]
+            text += (f"; the plain bf16 matmul is {ratio:.1f}x "
                      "the fp32 one, so the gap between the two is what the step leaves on the table")
         text += "."
     by_b: dict[int, list[float]] = {}
@@ -238,7 +240,8 @@ def reading_act_latency(rec: dict, latest: dict) -> str:
                  "its many small ops (6 iterations x H=3 world-model steps on 512-row batches, Q-heads, top-k, "
                  "sampling) are overhead-bound; the policy's call (a few small matmuls) is pure per-op overhead.")
     elif fracs:
-        text += " MPPI's latency follows its FLOPs (it runs near the matmul peak); the policy's call is per-op overhead."
+        text += (" MPPI's latency follows its FLOPs (it runs near the matmul peak); the policy's call is per-op "
+                 "overhead.")
     slow = [r for r in rows if r["actor"] == "policy" and r["p50_ms"] > 10]
     if slow:
         text += (f" A policy call of {_range([r['p50_ms'] for r in slow], lambda x: f'{x:.0f}')} ms for under 1 MFLOP "
@@ -258,7 +261,8 @@ def reading_eval(rec: dict, _: dict) -> str:
         if 1 in rnd and 2 in rnd:
             parts.append(f"{task}, random actor: {rnd[1]['steps_per_s']:,.0f} env steps/s with 1 worker, "
                          f"{rnd[2]['steps_per_s']:,.0f} with 2 ({rnd[2]['stepping_steps_per_s']:,.0f} while stepping, "
-                         f"i.e. without the {rnd[2]['wall_s'] - rnd[2]['stepping_s']:.1f} s of env and worker start-up)")
+                         f"i.e. without the {rnd[2]['wall_s'] - rnd[2]['stepping_s']:.1f} s of env and worker "
+                         "start-up)")
         pol = [r for r in sel if r["actor"] == "policy"]
         if pol:
             best = max(pol, key=lambda r: r["steps_per_s"])
@@ -358,7 +362,8 @@ def machine_section(m: dict | None) -> list[str]:
              f"sm {cuda['capability']}"),
             ("software", f"Python {m.get('python')}, torch {m.get('torch')}, numpy {m.get('numpy')}, "
                          f"zarr {m.get('zarr')}; {m.get('os')}")]
-    return [f"## Machine\n\n{when[:1].upper() + when[1:]}.\n", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+    return [f"## Machine\n\n{when[:1].upper() + when[1:]}.\n", "| | |", "|---|---|",
+            *[f"| {k} | {v} |" for k, v in rows], ""]
 
 
 def _short_command(cmd: str) -> str:
@@ -406,7 +411,8 @@ def render_report(records: list[dict]) -> str:
     if run:
         per = ", ".join(f"{k} {v['seconds']:.0f} s" + ("" if v["returncode"] == 0 else " (FAILED)")
                         for k, v in run["benchmarks"].items())
-        out += [f"Last suite run: `{_short_command(run['command'])}`, {run['time']}, {run['total_seconds']:.0f} s in all ({per}).", ""]
+        out += [f"Last suite run: `{_short_command(run['command'])}`, {run['time']}, "
+                f"{run['total_seconds']:.0f} s in all ({per}).", ""]
     for name, script, title, measures in BENCHES:
         out += [f"## {title}", "", f"Measures {measures}", ""]
         recs = latest.get(name, {})
