@@ -19,10 +19,11 @@ from dm_control import suite  # noqa: E402
 from dm_control.rl import control  # noqa: E402
 from dm_control.suite.wrappers import action_scale  # noqa: E402
 
-from pwm_core.envs.base import check_action
-from pwm_core.envs.custom import CUSTOM_TASKS
-from pwm_core.errors import EnvError
-from pwm_core.tasks import TaskSpec
+# After the filter as well: pwm_core.envs.custom imports dm_control.
+from pwm_core.envs.base import check_action  # noqa: E402
+from pwm_core.envs.custom import CUSTOM_TASKS  # noqa: E402
+from pwm_core.errors import EnvError  # noqa: E402
+from pwm_core.tasks import TaskSpec  # noqa: E402
 
 DOMAIN_ALIASES = {"cup": "ball_in_cup"}
 RENDER_CAMERAS = {"quadruped": 2}  # TD-MPC2: camera 2 for quadruped, 0 otherwise

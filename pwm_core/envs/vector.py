@@ -208,7 +208,7 @@ class VectorEnv:
         for w, positions in rows.items():
             self._workers[w].submit("reset", [indices[p] - self._bounds[w] for p in positions])
         obs = np.zeros((len(indices), self.obs_dim), dtype=np.float32)
-        for (w, positions), worker_obs in zip(rows.items(), self._gather(list(rows))):
+        for positions, worker_obs in zip(rows.values(), self._gather(list(rows))):
             obs[positions] = worker_obs
         return obs
 

@@ -214,7 +214,8 @@ def plot_ball_wall(results: dict[str, Any], path: Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     ax = axes[0]
     ax.plot(theta, curves[GROUND_TRUTH], color="black", lw=1.2)
-    ax.plot(paths[GROUND_TRUTH]["theta"], paths[GROUND_TRUTH]["J"], "o", ms=3, color="tab:red", alpha=0.5, label="descent")
+    descent = paths[GROUND_TRUTH]
+    ax.plot(descent["theta"], descent["J"], "o", ms=3, color="tab:red", alpha=0.5, label="descent")
     land = results["landscape"]
     ax.plot([land["theta_star"]], [land["J_star"]], "*", ms=12, color="gold", mec="black", label="optimum")
     ax.set(title=f"(a) landscape J = -x_T ({land['kind']})", xlabel="launch angle theta (rad)", ylabel="J")

@@ -275,7 +275,8 @@ def _run(cfg: GradientVarianceConfig, log: Callable[[str], None], on_step: Calla
     for name, model in models.items():
         t0 = time.perf_counter()
         params = per_sample_parameters(pi, cfg.samples)
-        curves[name] = gradient_statistics(model_rewards(model, params, sim.observe(s0), eps, cfg), params, cfg.horizons)
+        rewards = model_rewards(model, params, sim.observe(s0), eps, cfg)
+        curves[name] = gradient_statistics(rewards, params, cfg.horizons)
         seconds[f"{name}-gradients"] = time.perf_counter() - t0
     log(f"gradients: {cfg.samples} samples x {len(cfg.horizons)} horizons for {len(curves)} estimators")
     seconds["total"] = time.perf_counter() - t_start

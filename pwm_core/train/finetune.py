@@ -207,7 +207,8 @@ class Finetuner:
     def state_dict(self) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "round": self.round,
                 "updates": self.updates, "pending": self.pending,
-                "replay_episodes": open_dataset(self.replay_path).num_episodes, "config": self.cfg.to_dict(), "model": self.model.state_dict(),
+                "replay_episodes": open_dataset(self.replay_path).num_episodes, "config": self.cfg.to_dict(),
+                "model": self.model.state_dict(),
                 "optim": self.optim.state_dict(), "pi_optim": self.pi_optim.state_dict(),
                 "scale": self.scale.state_dict(), "extractor": self.extractor.state_dict(),
                 "samplers": [s.generator.get_state() for s in (self.sampler, self.policy_sampler)
