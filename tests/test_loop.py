@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -118,7 +117,8 @@ def test_jsonl_metrics_are_written_live_and_a_resume_drops_rows_after_the_checkp
 
 def test_evaluations_are_logged_whatever_the_log_interval(tmp_path):
     c = Counter()
-    Loop(c.step, lambda: c.n, 5, [Every(3, lambda: {"eval_return": 1.5}), JsonlMetrics(tmp_path / "m.jsonl", 100)]).run()
+    callbacks = [Every(3, lambda: {"eval_return": 1.5}), JsonlMetrics(tmp_path / "m.jsonl", 100)]
+    Loop(c.step, lambda: c.n, 5, callbacks).run()
     assert [(r["step"], "eval_return" in r) for r in read_jsonl(tmp_path / "m.jsonl")] == [(3, True), (5, True)]
 
 

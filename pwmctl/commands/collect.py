@@ -52,7 +52,8 @@ def collect(
         run = reg.run_dir(resume)
         plan = read_plan(run, "collect")
         noise = plan.get("noise", "uniform")
-        tasks, episodes, policy, seed, name = plan["tasks"], plan["episodes"], plan["policy"], plan["seed"], plan["name"]
+        tasks, episodes, policy = plan["tasks"], plan["episodes"], plan["policy"]
+        seed, name = plan["seed"], plan["name"]
         workers = plan.get("workers", workers)
         append = plan.get("append")
     elif tasks is None and append is None:
@@ -93,8 +94,8 @@ def collect(
         writer = EpisodeWriter.open(run / DATASET_DIR)
     else:
         run = reg.new_run_dir("collect")
-        write_plan(run, dict(command="collect", tasks=tasks, episodes=episodes, policy=policy, seed=seed, name=name, append=
-                              parent.ref if parent else None, noise=noise, workers=workers))
+        write_plan(run, dict(command="collect", tasks=tasks, episodes=episodes, policy=policy, seed=seed, name=name,
+                             append=parent.ref if parent else None, noise=noise, workers=workers))
         if parent is not None:
             shutil.copytree(parent.path / DATASET_DIR, run / DATASET_DIR)
             writer = EpisodeWriter.open(run / DATASET_DIR)
@@ -117,7 +118,8 @@ def collect(
             returns.append(ep.ret)
             steps[0] += ep.steps
             dt = max(time.monotonic() - t0, 1e-9)
-            bar.update(1, ep_per_s=len(returns) / dt, steps_per_s=steps[0] / dt, mean_return=sum(returns) / len(returns))
+            bar.update(1, ep_per_s=len(returns) / dt, steps_per_s=steps[0] / dt,
+                       mean_return=sum(returns) / len(returns))
 
         with interrupts_as_keyboard_interrupt():
             result = run_collect(writer, todo, data_set, behaviour or random_policy(seed, data_set.act_dim, noise),
@@ -135,8 +137,9 @@ def collect(
                "mean_return": (sum(returns) / len(returns)) if returns else None,
                "interrupted": result.interrupted}
     emit(st, summary, lambda: typer.echo(
-        f"{'interrupted: ' if result.interrupted else ''}published {artifact.ref}: {len(result.episodes)} new episodes, "
-        f"{result.env_steps} env steps in {elapsed:.1f}s ({summary['env_steps_per_s']:.0f} steps/s)"
+        f"{'interrupted: ' if result.interrupted else ''}published {artifact.ref}: "
+        f"{len(result.episodes)} new episodes, {result.env_steps} env steps in {elapsed:.1f}s "
+        f"({summary['env_steps_per_s']:.0f} steps/s)"
         + (f", mean return {summary['mean_return']:.1f}" if returns else "")))
     if result.interrupted:
         raise typer.Exit(130)

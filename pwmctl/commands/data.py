@@ -71,8 +71,9 @@ def data_info(
 
     def human() -> None:
         lens = doc["episode_rows"]
-        typer.echo(f"{label}: {ds.num_episodes} episodes of {lens[0] if len(lens) == 1 else f'{min(lens)}-{max(lens)}'} "
-                   f"rows, {ds.num_transitions} transitions, obs {ds.obs_dim} / act {ds.act_dim}, "
+        rows = lens[0] if len(lens) == 1 else f"{min(lens)}-{max(lens)}"
+        typer.echo(f"{label}: {ds.num_episodes} episodes of {rows} rows, {ds.num_transitions} transitions, "
+                   f"obs {ds.obs_dim} / act {ds.act_dim}, "
                    f"{human_size(doc['size_bytes'])} on disk")
         table = Table()
         for col in ("task", "episodes", "rows", "return mean", "std", "min", "max"):

@@ -10,7 +10,7 @@ from pwmctl.commands.collect import DATASET_DIR
 from pwmctl.commands.config import read_config, section_overrides
 from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
 from pwmctl.runs import LOGGER_HELP, METRICS, TIME_LIMIT_HELP, check_loggers, read_jsonl, read_plan, time_budget
-from pwmctl.runs import training_callbacks, write_plan
+from pwmctl.runs import refuse_if_published, training_callbacks, write_plan
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.safetensors"  # the best evaluated policy state so far (recipe keep=best)
@@ -98,7 +98,8 @@ def _published_line(doc: dict) -> str:
 
 
 def _extract_task(st, task, *, recipe, wm, data, steps, batch_size, critic_target, bootstrap, mask_actions, seed,
-                  eval_every, eval_episodes, name, device, compile, amp, overrides, resume, loggers, time_limit) -> dict:
+                  eval_every, eval_episodes, name, device, compile, amp, overrides, resume, loggers,
+                  time_limit) -> dict:
     """Extract (or resume) one task's policy and publish it; returns the result document."""
     from pwm_core.config import apply_overrides, set_given
     from pwm_core.data import open_dataset
@@ -114,6 +115,7 @@ def _extract_task(st, task, *, recipe, wm, data, steps, batch_size, critic_targe
         run = reg.run_dir(resume)
         plan = read_plan(run, "extract")
         task, wm_ref, data_refs, name = plan["task"], plan["wm"], plan["data"], plan["name"]
+        refuse_if_published(reg, "policy", name, run, "extract")
         cfg = ExtractConfig.from_dict(plan["extract"])
         eval_every, eval_episodes = plan["eval_every"], plan["eval_episodes"]
         loggers = loggers or plan.get("loggers", [])
@@ -141,17 +143,17 @@ def _extract_task(st, task, *, recipe, wm, data, steps, batch_size, critic_targe
         name = name or spec.name
         run = reg.new_run_dir("extract")
         write_plan(run, {"command": "extract", "task": spec.name, "wm": wm_ref, "data": data_refs, "name": name,
-                            "recipe": recipe, "extract": cfg.to_dict(), "eval_every": eval_every, "eval_episodes": eval_episodes,
-                         "loggers": loggers})
+                         "recipe": recipe, "extract": cfg.to_dict(), "eval_every": eval_every,
+                         "eval_episodes": eval_episodes, "loggers": loggers})
     spec = get_task(task)
     world_model = load_world_model(reg.resolve(wm_ref).path)
     if spec.name not in world_model.cfg.task_names:
         raise fail(f"{wm_ref} was not trained on {spec.name}; its tasks: {', '.join(world_model.cfg.task_names)}")
     row = world_model.cfg.task_names.index(spec.name)
     if not cfg.mask_actions and world_model.cfg.action_dims[row] < world_model.cfg.act_dim:
-        info(st, f"note: {spec.name} acts on {world_model.cfg.action_dims[row]} of the model's {world_model.cfg.act_dim} "
-                 f"action dims and masking is off (recipe official): the padded dims move in imagination only; "
-                 f"--mask-actions zeroes them")
+        info(st, f"note: {spec.name} acts on {world_model.cfg.action_dims[row]} of the model's "
+                 f"{world_model.cfg.act_dim} action dims and masking is off (recipe official): the padded dims "
+                 f"move in imagination only; --mask-actions zeroes them")
     datasets = [open_dataset(reg.resolve(r).path / DATASET_DIR) for r in data_refs]
     if not any(spec.name in ds.per_task_counts() for ds in datasets):
         raise fail(f"no episodes of {spec.name} in {', '.join(data_refs)}: collect some with "
@@ -204,6 +206,7 @@ def _extract_task(st, task, *, recipe, wm, data, steps, batch_size, critic_targe
                      "selected_update": selected["step"],
                      "learning_curve": [[r["step"], r["eval_return"]] for r in curve]},
             extra={"run": run.name, "eval_seeds": f"{EVAL_SEED_OFFSET}..{EVAL_SEED_OFFSET + eval_episodes - 1}"})
+    write_plan(run, {**read_plan(run, "extract"), "published": artifact.ref})
     return {"artifact": artifact.ref, "task": spec.name, "world_model": wm_ref, "datasets": data_refs,
             "steps": extractor.step_count, "selected_update": selected["step"],
             "eval_return": selected["eval_return"], "eval_episodes": eval_episodes,

@@ -37,7 +37,8 @@ def plot(
     if follow:
         from pwmctl.commands.runs import run_summary
 
-        info(st, "\n".join(f"wrote {p}" for p in written) + f"\nre-drawing every {every:g}s while running (Ctrl-C to stop)")
+        info(st, "\n".join(f"wrote {p}" for p in written)
+             + f"\nre-drawing every {every:g}s while running (Ctrl-C to stop)")
         try:
             while any(isinstance(t, Path) and run_summary(t)["state"] == "running" for t in targets):
                 time.sleep(every)

@@ -78,7 +78,8 @@ def ball_wall(
     ctx: typer.Context,
     seed: int = typer.Option(0, "--seed", help="Torch seed set before each model (the official script: 0)."),
     quick: bool = typer.Option(False, "--quick", help="Coarse grid and short training: seconds, for CI."),
-    out: Path = typer.Option(None, "--out", "-o", help="Output folder \\[default: $PWM_HOME/studies/ball-wall-<time>]."),
+    out: Path = typer.Option(None, "--out", "-o",
+                             help="Output folder \\[default: $PWM_HOME/studies/ball-wall-<time>]."),
     landscape: str = typer.Option("analytic", "--landscape", help="analytic (the official closed form) | sim "
                                   "(the Warp simulator: blocked balls bounce)."),
     official_decoder_bug: bool = typer.Option(False, "--official-decoder-bug", help="Let the SimNorm read-out's "

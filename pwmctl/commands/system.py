@@ -91,7 +91,8 @@ def _cpu_flags() -> set[str]:
 
 def _render_works(backend: str) -> tuple[bool, str]:
     """Try an offscreen MuJoCo render in a subprocess (a failing GL backend can abort the process)."""
-    code = ("import mujoco; m = mujoco.MjModel.from_xml_string('<mujoco><worldbody><geom size=\"1\"/></worldbody></mujoco>');"
+    code = ("import mujoco; "
+            "m = mujoco.MjModel.from_xml_string('<mujoco><worldbody><geom size=\"1\"/></worldbody></mujoco>');"
             "r = mujoco.Renderer(m, 8, 8); d = mujoco.MjData(m); r.update_scene(d); r.render()")
     try:
         out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MUJOCO_GL": backend},
