@@ -38,7 +38,8 @@ def pretrain(
     resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
     logger: list[str] = typer.Option(None, "--logger", help=LOGGER_HELP),
     time_limit: float = typer.Option(None, "--time-limit", min=0.01, help=TIME_LIMIT_HELP),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and parameter counts; train nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="Print the resolved config and parameter counts; train nothing."),
 ) -> None:
     """Pre-train a TD-MPC2-style multi-task world model (PWM's recipe: H=16, rho=0.99, batch 1024).
 
@@ -86,7 +87,8 @@ def pretrain(
         refs = _choose_datasets(reg, task_set, data, allow_missing or dry_run, st)
     model_cfg = model_config(cfg, task_set)
     counts = count_parameters(model_cfg)
-    name = (plan["name"] if run is not None else None) or name or f"{task_set.name.replace(',', '_')}-{cfg.size.lower()}"
+    default_name = f"{task_set.name.replace(',', '_')}-{cfg.size.lower()}"
+    name = (plan["name"] if run is not None else None) or name or default_name
 
     if dry_run:
         doc = {"name": name, "tasks": list(task_set.names), "datasets": refs, "pretrain": cfg.to_dict(),
