@@ -97,6 +97,13 @@ class PlannedFile:
     source: Path | None = None
     content: bytes | None = None
 
+    def upload(self) -> str | bytes:
+        """What ``CommitOperationAdd`` uploads: the file's path on disk, else its bytes."""
+        if self.source is not None:
+            return str(self.source)
+        assert self.content is not None, f"{self.path}: neither a source file nor content"
+        return self.content
+
 
 @dataclass
 class PushPlan:
@@ -200,7 +207,7 @@ def push(reg: Registry, plan: PushPlan, *, token: str | None = None) -> PushResu
             return PushResult(plan, remote, already=True)
         planned = {f.path for f in plan.files}
         operations: list[Any] = [
-            CommitOperationAdd(f.path, str(f.source) if f.source is not None else f.content) for f in plan.files]
+            CommitOperationAdd(f.path, f.upload()) for f in plan.files]
         operations += [CommitOperationDelete(path) for path in on_hub if path not in planned | _KEEP_ON_HUB]
         try:
             commit = api.create_commit(

@@ -20,6 +20,7 @@ the Hub ids of parents that are not here under `extra["hub"]` of its manifest (s
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import hashlib
 import json
@@ -420,9 +421,10 @@ class Registry:
         with self._connect() as db:
             return self._get(db, Ref(kind, name))
 
+    # This method shadows the builtin inside the class body: annotations here spell it `builtins.list`.
     def list(
         self, kind: str | None = None, task: str | None = None, name: str | None = None
-    ) -> list[Artifact]:
+    ) -> builtins.list[Artifact]:
         """Artifacts by kind, then name, newest version first; each filter is an exact match."""
         if kind is not None:
             check_kind(kind)
@@ -435,7 +437,7 @@ class Registry:
             rows = db.execute(query, {"kind": kind, "name": name, "task": task}).fetchall()
         return [self._artifact(row) for row in rows]
 
-    def children(self, ref: RefLike, default_kind: str | None = None) -> list[Artifact]:
+    def children(self, ref: RefLike, default_kind: str | None = None) -> builtins.list[Artifact]:
         """Artifacts that name this one as a parent."""
         with self._connect() as db:
             return self._children(db, self._lookup(db, _as_ref(ref, default_kind)).ref)
@@ -458,19 +460,19 @@ class Registry:
             ).fetchone()
             self._insert_remote(db, row[0], remote)
 
-    def remotes(self, ref: RefLike, default_kind: str | None = None) -> list[Remote]:
+    def remotes(self, ref: RefLike, default_kind: str | None = None) -> builtins.list[Remote]:
         """The Hub copies of one version, most recently recorded first."""
         with self._connect() as db:
             return self._remotes(db, self._lookup(db, _as_ref(ref, default_kind)).ref)
 
-    def all_remotes(self) -> dict[str, list[Remote]]:
+    def all_remotes(self) -> dict[str, builtins.list[Remote]]:
         """{pinned ref: its Hub copies} for every version that has one."""
         with self._connect() as db:
             rows = db.execute(
                 "SELECT a.kind, a.name, a.version, r.* FROM remotes r JOIN artifacts a ON a.id = r.artifact_id "
                 "ORDER BY r.pushed_at DESC, r.id DESC"
             ).fetchall()
-        found: dict[str, list[Remote]] = {}
+        found: dict[str, builtins.list[Remote]] = {}
         for row in rows:
             found.setdefault(f"{row['kind']}/{row['name']}:v{row['version']}", []).append(_remote(row))
         return found
@@ -494,7 +496,7 @@ class Registry:
 
     # ---- checking and removing --------------------------------------------------------------
 
-    def verify(self, ref: RefLike, default_kind: str | None = None) -> list[FileProblem]:
+    def verify(self, ref: RefLike, default_kind: str | None = None) -> builtins.list[FileProblem]:
         """Re-hash an artifact's folder against its published manifest; [] when intact.
 
         Reports changed, missing and unexpected payload files, and a manifest.json on disk that
@@ -528,7 +530,7 @@ class Registry:
         self._discard(artifact.path)
         return artifact
 
-    def gc(self, older_than_s: float = 3600.0) -> list[Path]:
+    def gc(self, older_than_s: float = 3600.0) -> builtins.list[Path]:
         """Delete staging folders nothing has touched for `older_than_s`, and leftover trash.
 
         Only <home>/tmp is cleaned: version folders are never deleted here, even ones missing
@@ -644,6 +646,7 @@ class Registry:
             (kind, name, version, manifest["created"], dest.relative_to(self.home).as_posix(),
              json.dumps(manifest)),
         ).lastrowid
+        assert artifact_id is not None  # set by every successful INSERT
         db.executemany(
             "INSERT INTO parents (child_id, parent_ref) VALUES (?, ?)",
             [(artifact_id, parent) for parent in manifest["parents"]],
@@ -669,7 +672,7 @@ class Registry:
              remote.pushed_at or _utc_now()),
         )
 
-    def _remotes(self, db: sqlite3.Connection, ref: str) -> list[Remote]:
+    def _remotes(self, db: sqlite3.Connection, ref: str) -> builtins.list[Remote]:
         kind, name, version = _ref_key(ref)
         rows = db.execute(
             "SELECT r.* FROM remotes r JOIN artifacts a ON a.id = r.artifact_id "
@@ -747,7 +750,7 @@ class Registry:
             str(ref), versions=versions, suggestions=suggestions, home=str(self.home)
         )
 
-    def _children(self, db: sqlite3.Connection, parent_ref: str) -> list[Artifact]:
+    def _children(self, db: sqlite3.Connection, parent_ref: str) -> builtins.list[Artifact]:
         rows = db.execute(
             f"SELECT {_COLUMNS} FROM artifacts a JOIN parents p ON p.child_id = a.id "
             "WHERE p.parent_ref = ? ORDER BY a.kind, a.name, a.version DESC",
