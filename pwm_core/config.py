@@ -20,13 +20,16 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from pwm_core.errors import PwmError
 
-C = TypeVar("C")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+C = TypeVar("C", bound="DataclassInstance")
 
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 _NONE = {"none", "null", "~", ""}
@@ -94,7 +97,7 @@ def merge(cfg: C, data: Mapping[str, Any], *, where: str = "") -> C:
         if key not in hints:
             raise ConfigError(_unknown_key(path, key, hints))
         current = getattr(cfg, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+        if dataclasses.is_dataclass(current) and not isinstance(current, type) and isinstance(value, Mapping):
             changes[key] = merge(copy.deepcopy(current), value, where=path)
         else:
             changes[key] = coerce(value, hints[key], path)
@@ -210,7 +213,7 @@ def coerce(value: Any, tp: Any, key: str = "value") -> Any:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         return from_dict(tp, value, where=key)

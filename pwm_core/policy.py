@@ -81,6 +81,11 @@ class Policy(nn.Module):
     no world model. ``critic`` and the ``ret_rms_*`` buffers are kept for value queries and planning.
     """
 
+    task_embedding: Tensor  # buffers
+    ret_rms_mean: Tensor
+    ret_rms_var: Tensor
+    ret_rms_count: Tensor
+
     def __init__(self, config: dict[str, Any], tensors: dict[str, Tensor] | None = None) -> None:
         super().__init__()
         missing = [k for k in _POLICY_KEYS if k not in config]

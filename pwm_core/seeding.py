@@ -19,6 +19,7 @@ def seed_everything(seed: int) -> None:
 def global_rng_state() -> dict[str, Any]:
     """torch / numpy / python global generators (model init and user code; the update has its own)."""
     np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)  # the global generator is the legacy MT19937: (name, keys, pos, ...)
     return {
         "torch": torch.get_rng_state(),
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),

@@ -432,6 +432,9 @@ class ShacPolicy(nn.Module):
     ``value`` / ``config`` interface, no world model, no task embedding, no padding beyond the task's).
     """
 
+    obs_rms_mean: Tensor  # buffers
+    obs_rms_var: Tensor
+
     def __init__(self, config: dict[str, Any], tensors: dict[str, Tensor] | None = None) -> None:
         super().__init__()
         missing = [k for k in _POLICY_KEYS if k not in config]

@@ -9,7 +9,7 @@ Our own numpy/scipy code (``rliable`` 1.2.0 fails to import with pandas 3 and ig
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, overload
 
 import numpy as np
 import scipy.stats
@@ -45,6 +45,10 @@ def _matrix(scores: np.ndarray, name: str = "scores") -> np.ndarray:
     return x
 
 
+@overload
+def iqm(x: np.ndarray, axis: None = None) -> float: ...
+@overload
+def iqm(x: np.ndarray, axis: int) -> np.ndarray: ...
 def iqm(x: np.ndarray, axis: int | None = None) -> float | np.ndarray:
     """Interquartile mean: the 25% trimmed mean (drop floor(n/4) scores at each end, average the rest).
 

@@ -12,7 +12,8 @@ matmuls instead of the official functorch vmap.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -80,7 +81,7 @@ class CriticEnsemble(nn.Module):
             for k in range(self.num_critics):
                 nn.init.orthogonal_(w[k], gain=math.sqrt(2))
             nn.init.zeros_(b)
-        for norm in self.norms:
+        for norm in cast(Iterable[EnsembleLayerNorm], self.norms):  # nn.ModuleList iterates as Module
             nn.init.ones_(norm.weight)
             nn.init.zeros_(norm.bias)
 

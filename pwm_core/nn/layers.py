@@ -81,6 +81,9 @@ def _select(t: Tensor, heads: Tensor | None, detach: bool) -> Tensor:
 class EnsembleLayerNorm(nn.Module):
     """Per-head LayerNorm: weight, bias (K, D). x: (K, N, D) -> (K, N, D)."""
 
+    weight: Tensor  # parameters, or buffers when not learnable (see _register)
+    bias: Tensor
+
     def __init__(self, num: int, dim: int, learnable: bool = True):
         super().__init__()
         _register(self, "weight", torch.ones(num, dim), learnable)
@@ -100,6 +103,9 @@ class EnsembleLinear(nn.Module):
     weight (K, out, in), bias (K, out); with ``norm``: -> Dropout(p) -> per-head LayerNorm -> Mish.
     x: (N, in) shared by all heads, or (K, N, in) one slice per head -> (K, N, out).
     """
+
+    weight: Tensor  # parameters, or buffers when not learnable (see _register)
+    bias: Tensor
 
     def __init__(self, num: int, in_features: int, out_features: int, norm: bool,
                  dropout: float = 0.0, learnable: bool = True):

@@ -12,13 +12,16 @@ A ``task`` is a LongTensor (B,) of embedding rows or an int (one row for the who
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
 from pwm_core.errors import PwmError
-from pwm_core.nn.layers import QEnsemble, SimNorm, mlp
+from pwm_core.nn.layers import EnsembleLinear, QEnsemble, SimNorm, mlp
 from pwm_core.nn.math import two_hot_inv
 from pwm_core.nn.sizes import WorldModelConfig
 
@@ -29,6 +32,9 @@ LOG_SQRT_2PI = 0.9189385332046727  # log(sqrt(2 pi)), the Gaussian normaliser pe
 class WorldModel(nn.Module):
     """TD-MPC2 world model. Parameter groups (= TD-MPC2 checkpoint prefixes): ``_encoder``,
     ``_dynamics``, ``_reward``, ``_pi``, ``_Qs``, ``_task_emb``; ``_target_Qs`` holds buffers."""
+
+    _action_masks: Tensor  # buffers
+    _discounts: Tensor
 
     def __init__(self, cfg: WorldModelConfig):
         super().__init__()
@@ -64,10 +70,11 @@ class WorldModel(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         nn.init.uniform_(self._task_emb.weight, -0.02, 0.02)
-        for layer in self._Qs.params:
+        # nn.Sequential / nn.ModuleList items are typed as Module: name the layer types.
+        for layer in cast(Iterable[EnsembleLinear], self._Qs.params):
             layer.reset_parameters()
-        nn.init.zeros_(self._reward[-1].weight)
-        nn.init.zeros_(self._Qs.params[-1].weight)
+        nn.init.zeros_(cast(nn.Linear, self._reward[-1]).weight)
+        nn.init.zeros_(cast(EnsembleLinear, self._Qs.params[-1]).weight)
         self.update_targets(1.0)
 
     @property

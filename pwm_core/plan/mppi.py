@@ -27,7 +27,7 @@ import copy
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 import numpy as np
 import torch
@@ -198,7 +198,8 @@ class PolicyPrior:
         """The actor and critics of ``policy``, which must have been extracted from ``world_model``."""
         c, m = policy.config, world_model.cfg
         if (c["latent_dim"], c["act_dim"]) != (m.latent_dim, m.act_dim) or c["task"] not in m.task_names or \
-                not torch.equal(policy.encoder[0].weight.cpu(), world_model._encoder[0].weight.cpu()):
+                not torch.equal(cast(nn.Linear, policy.encoder[0]).weight.cpu(),
+                                cast(nn.Linear, world_model._encoder[0]).weight.cpu()):
             raise PwmError(f"policy {c['task']!r} was not extracted from this world model (its encoder differs): "
                            "plan with the world model the policy names as parent")
         device = world_model.action_masks.device

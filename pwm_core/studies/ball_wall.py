@@ -76,19 +76,19 @@ class BallWallConfig:
         return cls(**{"grid": 200, "epochs": 10, "descent_steps": 60, **overrides})
 
 
-def _mish_ln_mlp(hidden: int) -> nn.Module:
+def _mish_ln_mlp(hidden: int) -> nn.Sequential:
     return mlp(1, [hidden, hidden], 1)
 
 
-def _relu_mlp(hidden: int) -> nn.Module:
+def _relu_mlp(hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
 
-def _simnorm_mlp(hidden: int) -> nn.Module:
+def _simnorm_mlp(hidden: int) -> nn.Sequential:
     return nn.Sequential(mlp(1, [hidden], hidden, act=SimNorm(8)), nn.Linear(hidden, 1))
 
 
-MODELS: dict[str, tuple[str, Callable[[int], nn.Module]]] = {
+MODELS: dict[str, tuple[str, Callable[[int], nn.Sequential]]] = {
     "mish-ln-mlp": ("MLP Mish+LN (paper: 'ReLU')", _mish_ln_mlp),
     "relu-mlp": ("MLP (ReLU)", _relu_mlp),
     "simnorm-mlp": ("SimNorm MLP", _simnorm_mlp),

@@ -100,10 +100,11 @@ def any_rank(flag: bool) -> bool:
 
 def broadcast_path(path: Path | None) -> Path:
     """Rank 0's ``path`` on every rank (e.g. the run folder only rank 0 created)."""
-    if world_size() <= 1:
-        return path
     box = [path]
-    dist.broadcast_object_list(box, src=0)
+    if world_size() > 1:
+        dist.broadcast_object_list(box, src=0)
+    if box[0] is None:
+        raise ValueError("broadcast_path: rank 0 passed no path")
     return box[0]
 
 
@@ -130,13 +131,14 @@ def all_reduce_gradients(params: Iterable[torch.nn.Parameter], bucket_bytes: int
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     for bucket in _buckets(params, bucket_bytes):
-        flat = torch.cat([p.grad.reshape(-1) for p in bucket])
+        grads = [g for p in bucket if (g := p.grad) is not None]  # all of them: zero-filled above
+        flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
         flat.div_(world)
         offset = 0
-        for p in bucket:
-            n = p.grad.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
             offset += n
 
 

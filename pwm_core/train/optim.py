@@ -24,7 +24,7 @@ def adam(params: Iterable[Any], **kwargs: Any) -> torch.optim.Adam:
     params = [{**g, "params": list(g["params"])} if isinstance(g, dict) else g for g in params]
     tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
     fused = _FUSED and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in tensors)
-    return torch.optim.Adam(params, **kwargs, **({"fused": True} if fused else {}))
+    return torch.optim.Adam(params, **kwargs, fused=True if fused else None)  # None: torch's default choice
 
 
 def use_fused_adam(flag: bool) -> None:
