@@ -13,7 +13,7 @@ from pwmctl.console import fail
 PLAN = "plan.json"  # the resolved inputs of a run; `--resume RUN` reads them back
 
 __all__ = ["LOGGERS", "METRICS", "PLAN", "STATUS", "append_jsonl", "check_loggers", "read_jsonl", "read_plan",
-           "read_status", "time_budget", "training_callbacks", "write_plan"]
+           "read_status", "published_by", "refuse_if_published", "time_budget", "training_callbacks", "write_plan"]
 
 TIME_LIMIT_HELP = ("Stop after this many minutes of training as if done (evaluate, publish); schedules are fitted "
                    "to the budget after its first 5%.")
@@ -33,6 +33,23 @@ def read_plan(run: Path, command: str) -> dict:
     if plan.get("command") not in (None, command):
         raise fail(f"run {run.name} was made by `pwmctl {plan['command']}`, not `pwmctl {command}`")
     return plan
+
+
+def published_by(reg, kind: str, name: str, run: Path):
+    """The version of ``kind/name`` this run published (its manifest's ``extra.run``), or None. A run killed
+    after its publish but before it could record it must not publish a second version on ``--resume``."""
+    for artifact in reg.list(kind=kind, name=name):
+        if (artifact.manifest.get("extra") or {}).get("run") == run.name:
+            return artifact
+    return None
+
+
+def refuse_if_published(reg, kind: str, name: str, run: Path, command: str) -> None:
+    """One error line when ``run`` already published ``kind/name`` (``--resume`` of a finished run)."""
+    done = published_by(reg, kind, name, run)
+    if done is not None:
+        raise fail(f"run {run.name} already finished and published {done.ref}; start a new `pwmctl {command}` "
+                   "to train again")
 
 
 def check_loggers(loggers: Sequence[str] | None) -> list[str]:

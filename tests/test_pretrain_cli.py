@@ -171,7 +171,9 @@ def test_a_live_run_can_be_watched_and_sighup_checkpoints_it(home, tmp_path):
     status = run_json(home, "runs", "show", run_dir.name)
     assert status["state"] == "interrupted" and status["step"] == saved  # nothing after the checkpoint is lost
     doc = run_json(home, "pretrain", "--resume", run_dir.name, "--steps", str(saved + 2))
-    assert doc["steps"] == saved + 2 and run_json(home, "runs", "show", run_dir.name)["state"] == "finished"
+    assert doc["steps"] == saved + 2 and run_json(home, "runs", "show", run_dir.name)["state"] == "published"
+    again = run(home, "pretrain", "--resume", run_dir.name, code=2)  # a finished run is not published twice
+    assert "already finished and published worldmodel/hup:v1" in again.stderr
     assert run(home, "runs", "rm", run_dir.name, "--yes").exit_code == 0 and not run_dir.exists()
 
 

@@ -10,7 +10,7 @@ import typer
 from pwmctl.commands.extract import evaluate_extractor
 from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
 from pwmctl.runs import LOGGER_HELP, METRICS, append_jsonl, check_loggers, read_jsonl, read_plan, training_callbacks
-from pwmctl.runs import write_plan
+from pwmctl.runs import published_by, write_plan
 
 CHECKPOINT = "checkpoint.pt"
 REPLAY_DIR = "replay.zarr"
@@ -63,6 +63,9 @@ def finetune(
     if resume:
         run = reg.run_dir(resume)
         plan = read_plan(run, "finetune")
+        published_policy = published_by(reg, "policy", plan["name"], run)
+        if published_policy is not None and not plan.get("published"):  # killed after its last publish
+            plan["published"] = {"policy": published_policy.ref}
         if plan.get("published"):
             raise fail(f"{run.name} already finished and published {', '.join(plan['published'].values())}; "
                        f"fine-tune again with `pwmctl finetune {plan['task']} --policy {plan['published']['policy']}`")
@@ -150,7 +153,9 @@ def finetune(
 
 def _publish(reg, run, tuner, task: str, name: str, wm_artifact, pol_artifact, data_refs, save_data: bool,
              before: float, after: float, seconds: float) -> dict:
-    """Publish the episodes (optional), then the world model, then the policy; each one version."""
+    """Publish the episodes (optional), then the world model, then the policy; each one version. Each is
+    looked up first (by its manifest's run): a resumed run that was killed halfway through publishing
+    finishes what is missing instead of publishing a second copy."""
     from pwm_core.data import open_dataset
     from pwm_core.nn import save_world_model
     from pwm_core.policy import save_policy
@@ -159,23 +164,28 @@ def _publish(reg, run, tuner, task: str, name: str, wm_artifact, pol_artifact, d
     out, replay_refs = {}, []
     replay = open_dataset(run / REPLAY_DIR)
     config = {"finetune": tuner.cfg.to_dict()}
-    if save_data and replay.num_episodes:
+    done = published_by(reg, "dataset", f"{task}-finetune", run)
+    if done is not None:
+        out["dataset"], replay_refs = done.ref, [done.ref]
+    elif save_data and replay.num_episodes:
         with reg.stage("dataset", f"{task}-finetune") as staging:
             shutil.copytree(run / REPLAY_DIR, staging.path / DATASET_DIR)
             artifact = staging.publish(
                 parents=[pol_artifact.ref], tasks=[task], config={**config, "policy": pol_artifact.ref},
                 metrics={"episodes": replay.num_episodes, "transitions": replay.num_transitions,
-                         "mean_return": float(replay.episode_returns().mean())})
+                         "mean_return": float(replay.episode_returns().mean())}, extra={"run": run.name})
         out["dataset"] = artifact.ref
         replay_refs = [artifact.ref]
     suffix = f"-{task}-ft"  # fine-tuning a fine-tuned model again makes the next version of its line
     wm_name = wm_artifact.name if wm_artifact.name.endswith(suffix) else wm_artifact.name + suffix
-    with reg.stage("worldmodel", wm_name) as staging:
-        save_world_model(tuner.model, staging.path)
-        artifact = staging.publish(
-            parents=[wm_artifact.ref, *replay_refs], tasks=list(wm_artifact.tasks),
-            config={**config, "pretrain": tuner.wm_cfg.to_dict(), "model": tuner.model.cfg.to_dict()},
-            metrics={"env_steps": tuner.env_steps, "updates": tuner.updates}, extra={"run": run.name})
+    artifact = published_by(reg, "worldmodel", wm_name, run)
+    if artifact is None:
+        with reg.stage("worldmodel", wm_name) as staging:
+            save_world_model(tuner.model, staging.path)
+            artifact = staging.publish(
+                parents=[wm_artifact.ref, *replay_refs], tasks=list(wm_artifact.tasks),
+                config={**config, "pretrain": tuner.wm_cfg.to_dict(), "model": tuner.model.cfg.to_dict()},
+                metrics={"env_steps": tuner.env_steps, "updates": tuner.updates}, extra={"run": run.name})
     out["world_model"] = artifact.ref
     curve = [r for r in read_jsonl(run / METRICS) if "explore_return" in r]
     with reg.stage("policy", name) as staging:

@@ -13,7 +13,7 @@ from pwmctl.commands.collect import DATASET_DIR
 from pwmctl.commands.config import read_config, section_overrides
 from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
 from pwmctl.runs import LOGGER_HELP, METRICS, TIME_LIMIT_HELP, append_jsonl, check_loggers, read_plan, time_budget
-from pwmctl.runs import training_callbacks, write_plan
+from pwmctl.runs import refuse_if_published, training_callbacks, write_plan
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -89,6 +89,8 @@ def pretrain(
     counts = count_parameters(model_cfg)
     default_name = f"{task_set.name.replace(',', '_')}-{cfg.size.lower()}"
     name = (plan["name"] if run is not None else None) or name or default_name
+    if run is not None:
+        refuse_if_published(reg, "worldmodel", name, run, "pretrain")
 
     if dry_run:
         doc = {"name": name, "tasks": list(task_set.names), "datasets": refs, "pretrain": cfg.to_dict(),
@@ -145,6 +147,7 @@ def pretrain(
     final = validation.last if validation.last is not None else trainer.validate()
     artifact = _publish(reg, run, name, trainer, cfg, model_cfg, refs, task_set, first_val, final,
                         time.monotonic() - t0)
+    write_plan(run, {**read_plan(run, "pretrain"), "published": artifact.ref})
     dist.cleanup()
     doc = {"artifact": artifact.ref, "steps": trainer.step_count, "parameters": counts["total"],
            "val_initial": first_val, "val_final": final, "run": run.name}
