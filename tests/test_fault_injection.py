@@ -119,8 +119,8 @@ def test_killed_pipeline_resumes_to_what_an_uninterrupted_one_makes(reference, t
         assert got.keys() == want.keys()
         for key in want:  # resumed bitwise from the checkpoints (same machine, same thread count)
             assert torch.equal(got[key], want[key]), (ref, key)
-    for run in runs_of(home, "pretrain") + runs_of(home, "extract"):  # a finished run is never published twice
-        cli(home, run.name.split("-")[0], "--resume", run.name, code=2)
+    for folder in runs_of(home, "pretrain") + runs_of(home, "extract"):  # a finished run is never published twice
+        cli(home, folder.name.split("-")[0], "--resume", folder.name, code=2)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
