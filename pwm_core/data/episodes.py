@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -73,7 +74,7 @@ def normalize_path(path: str | os.PathLike) -> str:
     return os.path.expanduser(path) if is_local(path) else path
 
 
-def open_layout(path: str | os.PathLike, mode: str = "r") -> Layout:
+def open_layout(path: str | os.PathLike, mode: Literal["r", "r+"] = "r") -> Layout:
     """Open and validate an episode group; every failure is a :class:`DatasetError`.
 
     Checks: the group exists, ``format`` is ours, ``format_version`` is not newer than this code,
@@ -107,13 +108,16 @@ def open_layout(path: str | os.PathLike, mode: str = "r") -> Layout:
     # opened after it longer, never shorter than what the marker commits.
     arrays = {name: _get_array(group, name, path) for name in (EPISODE_ENDS, EPISODE_TASK, *DATA_ARRAYS)}
     _check_array_dims(arrays, task_set, path)
-    return Layout(path, task_set, dict(attrs.get("provenance") or {}), arrays)
+    provenance = attrs.get("provenance") or {}
+    if not isinstance(provenance, dict):
+        raise DatasetError(f"{path}: provenance must be a mapping, got {provenance!r}; the dataset is corrupt")
+    return Layout(path, task_set, dict(provenance), arrays)
 
 
-def task_set_from_dict(d: object, path: str) -> TaskSet:
+def task_set_from_dict(d: Any, path: str) -> TaskSet:
     """Inverse of ``TaskSet.to_dict()``; the stored specs are authoritative for the dataset."""
     try:
-        return TaskSet(d["name"], tuple(TaskSpec(**t) for t in d["tasks"]))  # type: ignore[index]
+        return TaskSet(d["name"], tuple(TaskSpec(**t) for t in d["tasks"]))  # a malformed d: caught below
     except (KeyError, TypeError) as e:
         raise DatasetError(f"{path}: unreadable task_set attribute ({e}); the dataset is corrupt") from None
 
@@ -181,7 +185,7 @@ def read_commit_marker(layout: Layout) -> np.ndarray:
                            f"(episodes {lo}-{hi - 1}) is missing; the stored rows are kept untouched - "
                            "restore the dataset from a copy (or re-publish it)")
     try:
-        raw = arr[:]
+        raw = np.asarray(arr[:])
     except Exception as e:  # see read_rows
         raise DatasetError(f"{layout.path}: the commit marker {EPISODE_ENDS} is damaged: its chunk "
                            f"{storage_key(arr, 0)} is unreadable ({type(e).__name__}: {_one_line(e)}); the "
@@ -233,7 +237,7 @@ def missing_storage(arr: zarr.Array, stop: int) -> list[tuple[str, int, int]]:
 def read_rows(arr: zarr.Array, name: str, lo: int, hi: int, path: str) -> np.ndarray:
     """``arr[lo:hi]``, with a corrupt or truncated chunk as a :class:`DatasetError` naming it."""
     try:
-        return arr[lo:hi]
+        return np.asarray(arr[lo:hi])  # zarr types a read as array-like or scalar; a slice is an ndarray
     except Exception as e:  # zarr/numcodecs raise ValueError, RuntimeError, SystemError... on bad bytes
         raise DatasetError(f"{path}: {name} rows {lo}-{hi - 1} are unreadable (stored object "
                            f"{storage_key(arr, lo)}: {type(e).__name__}: {_one_line(e)}); the dataset is "
@@ -247,7 +251,7 @@ def read_readable(arr: zarr.Array, name: str, lo: int, hi: int) -> tuple[np.ndar
     and one problem per damaged stored object, naming the array, the object and its unreadable rows.
     """
     try:
-        return arr[lo:hi], np.ones(hi - lo, bool), []
+        return np.asarray(arr[lo:hi]), np.ones(hi - lo, bool), []
     except Exception:
         pass
     values = np.full((hi - lo, *arr.shape[1:]), arr.fill_value, dtype=arr.dtype)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from pwm_core.tasks import TaskSet
 FIELDS = {"obs": OBS, "action": ACTION, "reward": REWARD, "task": TASK}
 
 
-def open_dataset(path: str | os.PathLike, mode: str = "r") -> EpisodeDataset:
+def open_dataset(path: str | os.PathLike, mode: Literal["r", "r+"] = "r") -> EpisodeDataset:
     """Open an episode dataset for reading; every problem is a :class:`DatasetError`.
 
     Validates that the path exists, holds a ``pwm-episodes`` group of a format version this code
@@ -159,9 +160,9 @@ class EpisodeDataset:
         """
         episodes = self.select_episodes(tasks)
         n = self.rows_of(episodes)
-        out = {"obs": np.empty((n, self.obs_dim), np.float32),
-               "action": np.empty((n, self.act_dim), np.float32),
-               "reward": np.empty(n, np.float32), "task": np.empty(n, np.int16)}
+        out: dict[str, np.ndarray] = {"obs": np.empty((n, self.obs_dim), np.float32),
+                                      "action": np.empty((n, self.act_dim), np.float32),
+                                      "reward": np.empty(n, np.float32), "task": np.empty(n, np.int16)}
         self.read_rows_into(episodes, out)
         lengths = self.episode_lengths[episodes]
         return {**out, "episode_ends": np.cumsum(lengths).astype(np.int64),

@@ -166,7 +166,7 @@ def _chunk_shape(td, path: Path) -> tuple[int, int, int]:
     for key in ("reward", "task"):  # [N, L], or [N, L, 1]
         if tuple(td[key].shape) not in (tuple(obs.shape[:2]), (*obs.shape[:2], 1)):
             raise DatasetError(f"{path}: {key} must be {list(obs.shape[:2])}, got {list(td[key].shape)}")
-    return tuple(obs.shape)  # type: ignore[return-value]
+    return tuple(obs.shape)
 
 
 def _episode_batches(td, path: Path, task_set: TaskSet, inferred: bool):

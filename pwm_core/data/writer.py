@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 import zarr
@@ -62,7 +63,7 @@ class EpisodeWriter:
                                "EpisodeWriter.open")
         if shard_rows % chunk_rows:
             raise ValueError(f"shard_rows ({shard_rows}) must be a multiple of chunk_rows ({chunk_rows})")
-        attrs = {"format": FORMAT, "format_version": FORMAT_VERSION,
+        attrs: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
                  "task_set": task_set.to_dict(), "provenance": dict(provenance or {})}
         json.dumps(attrs)  # fail before touching the disk if provenance is not JSON-serialisable
         group = zarr.open_group(path, mode="w-", zarr_format=3, attributes=attrs)
@@ -185,7 +186,9 @@ class EpisodeWriter:
         """
         arr = self._layout.arrays[EPISODE_ENDS]
         e1 = e0 + ends.size
-        grown = zarr.Array(zarr.AsyncArray(arr.metadata.update_shape((e1,)), arr.store_path, arr.config))
+        # zarr's metadata TypeVar is constrained to V2 or V3 and rejects the union that .metadata returns
+        grown = zarr.Array(zarr.AsyncArray(arr.metadata.update_shape((e1,)),  # type: ignore[type-var]
+                                           arr.store_path, arr.config))
         grown[e0:e1] = ends
         arr.resize((e1,))
 
