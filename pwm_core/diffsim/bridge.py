@@ -19,7 +19,7 @@ import os
 import time
 from abc import ABC, abstractmethod
 from types import ModuleType
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import warp as wp
@@ -54,9 +54,11 @@ def load_kernels(modules: list[ModuleType]) -> dict[str, float]:
     return times
 
 
-def _wp(t: Tensor) -> wp.array:
-    """A Warp view of a torch tensor without a gradient buffer (the bridge manages gradients itself)."""
-    return wp.from_torch(t, requires_grad=False)
+def _wp(t: Tensor, grad: Tensor | None = None) -> wp.array:
+    """A Warp view of a torch tensor; with ``grad``, a differentiable one whose adjoint buffer is ``grad``
+    (without, no gradient buffer: the bridge manages gradients itself)."""
+    # an array unless return_ctype=True; Warp annotates the union without overloads
+    return cast(wp.array, wp.from_torch(t, requires_grad=grad is not None, grad=grad))
 
 
 def wp_device(t: Tensor) -> str:
@@ -88,9 +90,12 @@ class WarpStep(torch.autograd.Function):
         g_next = torch.zeros_like(next_state) if g_next is None else g_next.contiguous()
         g_reward = torch.zeros_like(reward) if g_reward is None else g_reward.contiguous()
         g_state = torch.zeros_like(state)
-        g_action = None if action is None else torch.zeros_like(action)
-        inputs = [_wp(state)] + ([] if action is None else [_wp(action)])
-        adj_inputs = [_wp(g_state)] + ([] if action is None else [_wp(g_action)])
+        g_action = None
+        inputs, adj_inputs = [_wp(state)], [_wp(g_state)]
+        if action is not None:
+            g_action = torch.zeros_like(action)
+            inputs.append(_wp(action))
+            adj_inputs.append(_wp(g_action))
         wp.launch(ctx.kernel, dim=state.shape[0], inputs=inputs,
                   outputs=[_wp(next_state), _wp(reward)], adj_inputs=adj_inputs,
                   adj_outputs=[_wp(g_next), _wp(g_reward)], adjoint=True,
@@ -111,13 +116,12 @@ class WarpRollout(torch.autograd.Function):
         states[0] = state0.detach()
         rewards = state0.new_empty(steps, N)
         g_states, g_rewards = torch.zeros_like(states), torch.zeros_like(rewards)
-        ws = wp.from_torch(states, requires_grad=True, grad=g_states)
-        wr = wp.from_torch(rewards, requires_grad=True, grad=g_rewards)
+        ws, wr = _wp(states, g_states), _wp(rewards, g_rewards)
         wa = None
         if actions is not None:
             actions = actions.detach().contiguous()
             ctx.g_actions = torch.zeros_like(actions)
-            wa = wp.from_torch(actions, requires_grad=True, grad=ctx.g_actions)
+            wa = _wp(actions, ctx.g_actions)
         tape = wp.Tape()
         with tape:
             for t in range(steps):
@@ -183,9 +187,8 @@ class DiffSim(ABC):
         if state.ndim != 2 or state.shape[1] != self.state_dim:
             raise PwmError(f"{self.name}: state must have shape (N, {self.state_dim}), got {tuple(state.shape)}")
 
-    def _check_action(self, state: Tensor, action: Tensor | None) -> Tensor | None:
-        if self.act_dim == 0:
-            return None
+    def _check_action(self, state: Tensor, action: Tensor | None) -> Tensor:
+        """A simulator with actions (act_dim > 0): ``action`` (N, A) in the state's dtype, clipped."""
         if action is None or action.shape[-1] != self.act_dim or action.shape[:-1] != state.shape[:1]:
             got = None if action is None else tuple(action.shape)
             raise PwmError(f"{self.name}: action must have shape ({state.shape[0]}, {self.act_dim}), got {got}")
@@ -194,7 +197,7 @@ class DiffSim(ABC):
     def step(self, state: Tensor, action: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One env step for N envs: (next_state (N, D), reward (N,)), differentiable in state and action."""
         self._check_state(state)
-        action = self._check_action(state, action)
+        action = self._check_action(state, action) if self.act_dim else None
         if self.backend == "torch":
             return self.step_torch(state, action)
         return WarpStep.apply(self.kernels[state.dtype], state, action)

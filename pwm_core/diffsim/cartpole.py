@@ -81,6 +81,7 @@ class CartPole(DiffSim):
 
     def step_torch(self, state: Tensor, action: Tensor | None) -> tuple[Tensor, Tensor]:
         x, th, xd, thd = state.unbind(-1)
+        assert action is not None  # act_dim 1: DiffSim.step checked it
         force = FORCE_SCALE * action[:, 0]
         for _ in range(SUBSTEPS):
             c, s = torch.cos(th), torch.sin(th)

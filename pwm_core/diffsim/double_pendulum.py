@@ -93,6 +93,7 @@ class DoublePendulum(DiffSim):
 
     def step_torch(self, state: Tensor, action: Tensor | None) -> tuple[Tensor, Tensor]:
         q1, q2, qd1, qd2 = state.unbind(-1)
+        assert action is not None  # act_dim 1: DiffSim.step checked it
         tau = TORQUE_SCALE * action[:, 0]
         for _ in range(SUBSTEPS):
             c2, s2, s12 = torch.cos(q2), torch.sin(q2), torch.sin(q1 + q2)

@@ -15,7 +15,7 @@ diffsim-ball-wall             4    1        1  one throw: theta = pi * action, r
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from pwm_core.envs.base import check_action
 from pwm_core.errors import EnvError
 from pwm_core.tasks import TaskSpec
 
-SUITE = "diffsim"
+SUITE: Final = "diffsim"
 FIRST_ID = 80  # global task ids after MT80's 0..79
 _SIMS: dict[str, type[DiffSim]] = {
     "diffsim-cartpole-swingup": CartPole,
@@ -36,7 +36,7 @@ _SIMS: dict[str, type[DiffSim]] = {
     "diffsim-ball-wall": BallWall,
 }
 DIFFSIM_TASKS: dict[str, TaskSpec] = {
-    name: TaskSpec(FIRST_ID + i, name, SUITE, cls.obs_dim, max(cls.act_dim, 1),  # type: ignore[arg-type]
+    name: TaskSpec(FIRST_ID + i, name, SUITE, cls.obs_dim, max(cls.act_dim, 1),
                    1 if cls is BallWall else cls.episode_length, action_repeat=1)
     for i, (name, cls) in enumerate(_SIMS.items())
 }
@@ -67,10 +67,10 @@ class DiffSimEnv:
             self._state = torch.zeros(1, 4)  # at the launch point, not yet thrown
         else:
             self._state = self.sim.initial_state(1, self._generator)
-        return self._obs()
+        return self._obs(self._state)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, dict[str, Any]]:
-        if self._t is None or self._t >= self.spec.episode_length:
+        if self._t is None or self._state is None or self._t >= self.spec.episode_length:
             raise EnvError(f"{self.spec.name}: step() needs a reset() first (at start and after done)")
         a = torch.from_numpy(np.clip(check_action(self.spec, action), -1.0, 1.0)).unsqueeze(0)
         with torch.no_grad():
@@ -81,10 +81,10 @@ class DiffSimEnv:
             else:
                 self._state, reward = self.sim.step(self._state, a)
         self._t += 1
-        return self._obs(), float(reward[0]), self._t >= self.spec.episode_length, {"success": 0.0}
+        return self._obs(self._state), float(reward[0]), self._t >= self.spec.episode_length, {"success": 0.0}
 
-    def _obs(self) -> np.ndarray:
-        return self.sim.observe(self._state)[0].numpy().astype(np.float32)
+    def _obs(self, state: torch.Tensor) -> np.ndarray:
+        return self.sim.observe(state)[0].numpy().astype(np.float32)
 
     def render(self, width: int = 384, height: int = 384) -> np.ndarray:
         raise EnvError(f"{self.spec.name}: the diffsim environments do not render")
