@@ -253,7 +253,10 @@ class _Episode:
     """Rows of one episode in TD-MPC2 alignment: obs[0..L], action[1..L], reward[1..L]."""
 
     def __init__(self, obs0: np.ndarray):
-        self.obs, self.action, self.reward, self.success = [obs0.copy()], [], [], 0.0
+        self.obs: list[np.ndarray] = [obs0.copy()]
+        self.action: list[np.ndarray] = []
+        self.reward: list[float] = []
+        self.success = 0.0
 
     def add(self, obs: np.ndarray, action: np.ndarray, reward: float, success: float) -> None:
         self.obs.append(obs.copy())

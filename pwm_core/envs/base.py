@@ -61,7 +61,7 @@ def make_env(task: str | TaskSpec, seed: int = 0) -> Env:
 
 def check_action(spec: TaskSpec, action: np.ndarray, dtype: type = np.float32) -> np.ndarray:
     """``action`` as a (spec.act_dim,) array of ``dtype``; a wrong shape raises EnvError."""
-    a = np.asarray(action, dtype=dtype)
+    a: np.ndarray = np.asarray(action, dtype=dtype)
     if a.shape != (spec.act_dim,):
         raise EnvError(f"{spec.name}: action must have shape ({spec.act_dim},), got {a.shape}")
     return a

@@ -42,11 +42,15 @@ class MetaWorldEnv:
 
     def __init__(self, spec: TaskSpec, seed: int):
         self.spec = spec
-        self._env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[env_id(spec.name)](seed=seed)
+        # Meta-World types its goal-observable classes as the base env, whose __init__ takes no seed;
+        # theirs does (metaworld/env_dict.py, _create_observable_goal_envs)
+        self._env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[env_id(spec.name)](seed=seed)  # type: ignore[call-arg]
         self._env._freeze_rand_vec = False  # TD-MPC2: object/goal positions re-sampled every reset
         self._env.seeded_rand_vec = True  # ours: from the env's seeded generator (see module doc)
         self._env.model.cam_pos[self._env.model.camera(CAMERA).id] = CAMERA_POS
-        obs_dim = self._env.observation_space.shape[0]
+        obs_shape = self._env.observation_space.shape
+        assert obs_shape is not None  # a Box
+        obs_dim = obs_shape[0]
         if obs_dim != spec.obs_dim:
             raise EnvError(f"{spec.name}: Meta-World gives obs {obs_dim}, the table says {spec.obs_dim}")
         self._renderer: mujoco.Renderer | None = None

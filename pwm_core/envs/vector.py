@@ -197,7 +197,7 @@ class VectorEnv:
             raise error
         return results
 
-    def reset(self, indices: Sequence[int] | None = None) -> np.ndarray:
+    def reset(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Reset the given envs (all by default) -> obs (len(indices), obs_dim) float32, in that order."""
         indices = list(range(self.num_envs)) if indices is None else [int(i) for i in indices]
         if len(set(indices)) != len(indices) or any(not 0 <= i < self.num_envs for i in indices):

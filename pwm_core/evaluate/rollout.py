@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 
@@ -277,9 +277,10 @@ def _run_wave(wave: list[_Unit], actors: dict[str, Actor], latency: dict[str, La
 
 
 def _call(actor: Actor, obs: np.ndarray, specs: list[TaskSpec], envs: np.ndarray, first: np.ndarray) -> np.ndarray:
+    # the `episodic` marker tells the two protocols apart at run time
     if getattr(actor, "episodic", False):
-        return actor(obs, specs, envs, first)
-    return actor(obs, specs)
+        return cast(EpisodicActor, actor)(obs, specs, envs, first)
+    return cast(PlainActor, actor)(obs, specs)
 
 
 def _timed_call(label: str, actor: Actor, obs: np.ndarray, specs: list[TaskSpec], act_dim: int,
@@ -360,7 +361,8 @@ def _record_episode(actor: Actor, spec: TaskSpec, seed: int, obs_dim: int, act_d
 
     env = PaddedEnv(make_env(spec, seed), obs_dim, act_dim)
     try:
-        with imageio.get_writer(path, fps=VIDEO_FPS, macro_block_size=1) as writer:
+        writer = imageio.get_writer(path, fps=VIDEO_FPS, macro_block_size=1)
+        with writer:  # imageio types `as` targets as its base class, without append_data
             obs, done, ret, first = env.reset(), False, 0.0, True
             writer.append_data(env.render(size, size))
             while not done:
