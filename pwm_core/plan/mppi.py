@@ -181,6 +181,7 @@ class WorldModelPrior:
     def value(self, z: Tensor, task: Tensor, eps: Tensor, heads: Tensor | None) -> Tensor:
         a = self.action(z, task, eps)
         q = two_hot_inv(self.wm.Q(z, a, task, "all").float(), self.wm.cfg.vmin, self.wm.cfg.vmax)  # (Q, M, 1)
+        assert heads is not None  # MPPI draws them: value_heads > 0
         return q.gather(0, heads.T.unsqueeze(-1)).mean(0)
 
 
@@ -244,7 +245,11 @@ class MPPI:
         self.cfg = cfg = MPPIConfig() if cfg is None else cfg
         validate_config(cfg)
         self.wm = world_model.eval() if isinstance(world_model, nn.Module) else world_model
-        self.prior = WorldModelPrior(world_model) if prior is None else prior
+        if prior is None:
+            if not isinstance(world_model, WorldModel):
+                raise TypeError(f"MPPI: a {type(world_model).__name__} is no WorldModel: pass its prior")
+            prior = WorldModelPrior(world_model)
+        self.prior = prior
         masks = world_model.action_masks
         self.device, self.n_tasks, self.act_dim = masks.device, masks.shape[0], masks.shape[1]
         self._mean = torch.zeros(0, cfg.horizon, self.act_dim, device=self.device)  # per slot: last plan's mean
@@ -320,7 +325,9 @@ class MPPI:
     def _estimate_value(self, z: Tensor, actions: Tensor, task: Tensor, eps: Tensor,
                         heads: Tensor | None) -> Tensor:
         """G = sum_t gamma^t r_t + gamma^H V(z_H): z (M, Z), actions (M, H, A) -> (M,)."""
-        G, discount, gamma = 0.0, 1.0, self.prior.discount(task)
+        G: Tensor | float = 0.0
+        discount: Tensor | float = 1.0
+        gamma = self.prior.discount(task)
         for t in range(actions.shape[1]):
             G = G + discount * self.prior.reward(z, actions[:, t], task)
             z = self.wm.next(z, actions[:, t], task)

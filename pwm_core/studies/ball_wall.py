@@ -105,6 +105,11 @@ def landscape(kind: str) -> Callable[[Tensor], Tensor]:
     raise PwmError(f"landscape must be 'analytic' or 'sim', got {kind!r}")
 
 
+def _objective(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    """The fitted landscape as a descent objective: theta (N,) -> J (N,)."""
+    return lambda theta: model(theta.unsqueeze(-1)).squeeze(-1)
+
+
 def fit(model: nn.Module, theta: Tensor, J: Tensor, cfg: BallWallConfig, zeroed: nn.Module | None = None
         ) -> list[float]:
     """MSE regression of J (G,) on theta (G,), the official loop; returns the per-epoch mean loss.
@@ -186,7 +191,7 @@ def _run(cfg: BallWallConfig, log: Callable[[str], None]) -> dict[str, Any]:
         model.eval()
         with torch.no_grad():
             pred = model(theta.float().unsqueeze(-1)).squeeze(-1).double()
-        path = descend(lambda th, m=model: m(th.unsqueeze(-1)).squeeze(-1), cfg, torch.float32)
+        path = descend(_objective(model), cfg, torch.float32)
         rows.append(row(name, label, path, pred, time.perf_counter() - t0))
         curves[name] = pred.tolist()
         r = rows[-1]

@@ -119,9 +119,9 @@ def model_config(cfg: GradientVarianceConfig, sim: DoublePendulum) -> WorldModel
                             num_q=2, log_std_min=-5.0, log_std_max=0.5)
 
 
-def train_world_model(mcfg: WorldModelConfig, data: tuple[Tensor, Tensor, Tensor], held_out: tuple[Tensor, ...],
-                      horizon: int, cfg: GradientVarianceConfig, on_step: Callable[[], None] | None = None
-                      ) -> tuple[WorldModel, dict[str, float]]:
+def train_world_model(mcfg: WorldModelConfig, data: tuple[Tensor, Tensor, Tensor],
+                      held_out: tuple[Tensor, Tensor, Tensor], horizon: int, cfg: GradientVarianceConfig,
+                      on_step: Callable[[], None] | None = None) -> tuple[WorldModel, dict[str, float]]:
     """TD-MPC2's update for ``cfg.wm_steps`` steps on windows of ``horizon``; returns the model and its
     last training losses plus held-out errors on 16-step windows (the same windows for every model)."""
     torch.manual_seed(cfg.seed)  # every model starts from the same weights
@@ -138,8 +138,9 @@ def train_world_model(mcfg: WorldModelConfig, data: tuple[Tensor, Tensor, Tensor
         if on_step is not None:
             on_step()
     model.eval()
-    H_val = min(16, held_out[2].shape[0])
-    obs, act, rew = sample_windows(*held_out, H_val, 256, torch.Generator().manual_seed(cfg.seed + 1))
+    val_obs, val_act, val_rew = held_out
+    H_val = min(16, val_rew.shape[0])
+    obs, act, rew = sample_windows(val_obs, val_act, val_rew, H_val, 256, torch.Generator().manual_seed(cfg.seed + 1))
     with torch.no_grad():
         val = held_out_metrics(model, obs, act, rew, torch.zeros(256, dtype=torch.long), pcfg)
     return model, {"loss": metrics["loss"], "consistency": metrics["consistency"], "reward_ce": metrics["reward_ce"],

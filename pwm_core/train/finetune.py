@@ -255,11 +255,14 @@ class Finetuner:
             self.sampler = self.policy_sampler = None
             return
         mcfg, H = self.model.cfg, self.wm_cfg.horizon
-        common = dict(tasks=[self.spec.id], device=self.device, obs_dim=mcfg.obs_dim, act_dim=mcfg.act_dim)
-        self.sampler = WindowSampler(datasets, H, self.cfg.wm_batch_size,
-                                     seed=derived_seed(self.cfg.seed, 2, self.round), **common)
-        self.policy_sampler = WindowSampler(datasets, H, self.cfg.policy_batch_size,
-                                            seed=derived_seed(self.cfg.seed, 3, self.round), **common)
+
+        def sampler(batch_size: int, stream: int) -> WindowSampler:
+            return WindowSampler(datasets, H, batch_size, tasks=[self.spec.id],
+                                 seed=derived_seed(self.cfg.seed, stream, self.round), device=self.device,
+                                 obs_dim=mcfg.obs_dim, act_dim=mcfg.act_dim)
+
+        self.sampler = sampler(self.cfg.wm_batch_size, 2)
+        self.policy_sampler = sampler(self.cfg.policy_batch_size, 3)
         for new, prev in zip((self.sampler, self.policy_sampler), old):
             if prev is not None:  # keep the streams going across rebuilds
                 new.generator.set_state(prev.generator.get_state())

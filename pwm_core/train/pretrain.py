@@ -310,11 +310,11 @@ class Pretrainer:
                                    f"episode {int(h.max())}; resume with the datasets of the run")
         train_eps = [np.setdiff1d(ds.select_episodes(self.task_set.ids), h)
                      for ds, h in zip(self.datasets, self.held_out)]
-        dims = {"obs_dim": mcfg.obs_dim, "act_dim": mcfg.act_dim}
         self.sampler = WindowSampler(self.datasets, cfg.horizon, cfg.batch_size, seed=cfg.seed + self.rank,
-                                     device=self.device, episodes=train_eps, **dims)
+                                     device=self.device, episodes=train_eps, obs_dim=mcfg.obs_dim,
+                                     act_dim=mcfg.act_dim)
         self.val_sampler = (WindowSampler(self.datasets, cfg.horizon, cfg.batch_size, device=self.device,
-                                          episodes=self.held_out, **dims)
+                                          episodes=self.held_out, obs_dim=mcfg.obs_dim, act_dim=mcfg.act_dim)
                             if any(h.size for h in self.held_out) else None)
 
     # ------------------------------------------------------------------------------- training
