@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # The CPU build of torch, pinned and installed first, so nothing pulls the CUDA wheels.
 TORCH  := torch==2.13.0
 
-.PHONY: install demo test test-fast bench bench-quick bench-learn clean
+.PHONY: install demo lint test test-fast bench bench-quick bench-learn clean
 
 install: $(STAMP)
 
@@ -22,10 +22,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash scripts/demo.sh
 
-test: $(STAMP)
+# ruff (pyproject.toml [tool.ruff]) and mypy ([tool.mypy]); `make test` and `make test-fast` run it first.
+lint: $(STAMP)
+	$(PY) -m ruff check pwm_core registry pwmctl tests benchmarks && $(PY) -m mypy pwm_core registry
+
+test: lint
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
 
 # Every benchmark (CPU, and the GPU too when CUDA is present), then docs/benchmarks.md from benchmarks/results.jsonl.
