@@ -201,8 +201,9 @@ def report() -> None:
     lines = ["# Learning benchmark", "",
              "What a user gets from the public commands within a wall-clock budget, measured by "
              "`python benchmarks/bench_learning.py` (`make bench-learn`; resumable; every record is a line of "
-             "`benchmarks/results.jsonl`). Scores are normalised (DMC return / 1000); IQM with 95% stratified-bootstrap "
-             "CIs over 10 evaluation seeds; P(X > Y) is the probability of improvement. MPPI is TD-MPC2's planner on "
+             "`benchmarks/results.jsonl`). Scores are normalised (DMC return / 1000); IQM with 95% "
+             "stratified-bootstrap CIs over 10 evaluation seeds; P(X > Y) is the probability of improvement. "
+             "MPPI is TD-MPC2's planner on "
              "the same world model at a CPU-cheap setting (2 iterations x 64 samples, horizon 3, the world model's "
              "policy prior); latencies are p50 per batched act call (10 envs).", ""]
     for proto, title in (("P1", "P1: one task from nothing (collection + pre-training + extraction in the budget)"),

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -89,7 +89,7 @@ class ExtractConfig:
     critic_warmup: int = 0  # ours: first updates train only the critic (the actor waits for a value estimate)
     keep: Literal["last", "best"] = "last"  # ours: publish the last policy (the code) or the best evaluated one
     checkpoint_every_s: float = 600.0  # ours: seconds of wall time between checkpoints (besides each evaluation)
-    model_return_every: int = 10  # ours: the metric at update 1, every N-th and the last (0: never); 12% of a B=64 update
+    model_return_every: int = 10  # ours: the metric at update 1, every N-th and the last (0: never); 12% of B=64
     seed: int = 0  # actor/critic init, action noise, critic shuffling (the official runs use 42)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str | None = None  # None (fp32) or "bf16": rollout and critic forward passes under autocast
@@ -155,6 +155,7 @@ def imagine(world_model: WorldModel, actor: Actor, critic: CriticEnsemble, z0: T
 
 
 # ------------------------------------------------------------------------------------ extractor
+@runtime_checkable
 class StartStates(Protocol):
     """A WindowSampler-like source: ``sample()`` returns windows with ``obs`` (H+1, B, O), ``task`` (B,)."""
 
@@ -199,8 +200,8 @@ class Extractor:
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)  # action noise, shuffling
 
         # Start states; the first draw also fixes the states of the model_return metric
-        self._sampler = start_states if hasattr(start_states, "sample") else None
-        self._source = None if self._sampler is not None else start_states
+        self._sampler: StartStates | None = start_states if isinstance(start_states, StartStates) else None
+        self._source: Callable[[], Tensor] | None = None if isinstance(start_states, StartStates) else start_states
         if self._sampler is not None:
             batch = self._sampler.sample()
             self._check_task(batch.task)
@@ -300,7 +301,8 @@ class Extractor:
                 self.critic_optim.zero_grad(set_to_none=True)
                 value_loss.backward()
                 for p in self.critic.parameters():
-                    p.grad.nan_to_num_(0.0, 0.0, 0.0)
+                    if p.grad is not None:
+                        p.grad.nan_to_num_(0.0, 0.0, 0.0)
                 grad_norm = clip_grad_norm_(self.critic.parameters(), cfg.critic_grad_clip)
                 self.critic_optim.step()
                 value_losses.append(value_loss.detach())
@@ -390,8 +392,10 @@ class Extractor:
 
     # --------------------------------------------------------------------------------- helpers
     def _start_obs(self) -> Tensor:
-        obs = self._sampler.sample().obs[0] if self._sampler is not None else self._source()
-        return self._checked(obs)
+        if self._sampler is not None:
+            return self._checked(self._sampler.sample().obs[0])
+        assert self._source is not None
+        return self._checked(self._source())
 
     def _checked(self, obs: Tensor) -> Tensor:
         want = (self.cfg.batch_size, self.world_model.cfg.obs_dim)
