@@ -31,6 +31,14 @@ class IntegrityError(RegistryError):
         )
 
 
+class AlreadyRegistered(RegistryError):
+    """A Hub commit that another pull registered here first (pulls of one commit racing)."""
+
+    def __init__(self, ref: str, hub_id: str) -> None:
+        super().__init__(f"already have {hub_id} as {ref}")
+        self.ref = ref
+
+
 class ArtifactNotFound(RegistryError):
     """A ref that names no artifact in the registry."""
 

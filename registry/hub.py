@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from registry.cards import DEFAULT_ENDPOINT, render_card
-from registry.errors import IntegrityError, RegistryError
-from registry.manifest import MANIFEST_NAME, FileProblem, read_manifest
+from registry.errors import AlreadyRegistered, IntegrityError, RegistryError
+from registry.manifest import MANIFEST_NAME, MANIFEST_VERSION, FileProblem, manifest_problem, read_manifest
 from registry.refs import KINDS, check_kind, name_problem, shorten
 from registry.store import Artifact, LineageNode, Registry, Remote, content_sha256
 
@@ -244,7 +244,7 @@ def unpushed(reg: Registry, endpoint: str | None = None) -> list[Artifact]:
     remotes = reg.all_remotes()
     todo = [a for a in reg.list() if a.kind in PUSH_ORDER
             and not any(r.endpoint == endpoint for r in remotes.get(a.ref, ()))]
-    return sorted(todo, key=lambda a: (PUSH_ORDER.index(a.kind), a.created, a.name, a.version))
+    return sorted(todo, key=lambda a: (PUSH_ORDER.index(a.kind), a.registered, a.name, a.version))
 
 
 def default_repo(reg: Registry, artifact: Artifact, namespace: str | None, endpoint: str | None = None) -> str | None:
@@ -356,12 +356,11 @@ def _register(reg: Registry, download: Path, remote: Remote) -> PullResult:
         manifest = read_manifest(download)
     except IntegrityError:
         raise HubError(f"{remote.hub_id} has no valid {MANIFEST_NAME}: it was not pushed by pwmctl") from None
-    kind, name = manifest.get("kind"), manifest.get("name")
-    if kind not in KINDS or not isinstance(name, str) or name_problem(name):
-        raise HubError(f"{remote.hub_id}: {MANIFEST_NAME} names no pwmctl artifact (kind {kind!r}, name {name!r})")
+    _check_pulled_manifest(manifest, remote)
+    kind, name = manifest["kind"], manifest["name"]
     lineage = manifest.get("lineage")
     if lineage is None:  # pushed by hand: parents by ref only
-        lineage = [{"ref": p, "content_sha256": None, "hub": None} for p in manifest.get("parents", [])]
+        lineage = [{"ref": p, "content_sha256": None, "hub": None} for p in manifest["parents"]]
     linked, hub_only, entries = [], [], []
     for entry in lineage:
         local = reg.match_hub_parent(entry)
@@ -370,14 +369,61 @@ def _register(reg: Registry, download: Path, remote: Remote) -> PullResult:
         else:
             hub_only.append(Remote.from_dict(entry["hub"]).hub_id if entry.get("hub") else entry["ref"])
         entries.append({**entry, "local": local.ref if local else None})
-    hub = {**remote.to_dict(), "ref": f"{kind}/{name}:v{manifest.get('version')}",
+    hub = {**remote.to_dict(), "ref": f"{kind}/{name}:v{manifest['version']}",
            "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "lineage": entries}
     with reg.stage(kind, name) as staging:
         for entry in download.iterdir():
             if entry.name not in _NOT_PAYLOAD:
                 os.rename(entry, staging.path / entry.name)
-        artifact = reg.publish_pulled(staging.path, manifest, parents=linked, hub=hub, remote=remote)
+        try:
+            artifact = reg.publish_pulled(staging.path, manifest, parents=linked, hub=hub, remote=remote)
+        except AlreadyRegistered:  # a concurrent pull of this commit registered it first
+            found = _local_copy(reg, remote.repo, remote.commit_sha, remote.repo_type, remote.endpoint)
+            assert found is not None, f"{remote.hub_id} was registered, then removed at once"
+            return found
     return PullResult(artifact, remote, already=False, linked=linked, hub_only=hub_only)
+
+
+def _check_pulled_manifest(manifest: Mapping[str, Any], remote: Remote) -> None:
+    """Refuse a pulled manifest.json this pwmctl cannot use: from a newer pwmctl, malformed, or
+    naming no pwmctl artifact; checked before any of its fields is used."""
+    made_by = manifest.get("manifest_version")
+    if isinstance(made_by, int) and not isinstance(made_by, bool) and made_by > MANIFEST_VERSION:
+        raise HubError(f"{remote.hub_id} was made by a newer pwmctl (manifest version {made_by}, this one reads "
+                       f"up to {MANIFEST_VERSION}): upgrade pwmctl to pull it; nothing was registered")
+    problem = manifest_problem(manifest) or _lineage_problem(manifest.get("lineage"))
+    if problem:
+        raise HubError(f"{remote.hub_id}: its {MANIFEST_NAME} is malformed ({problem}): it was not written by "
+                       f"pwmctl, or was edited after the push; nothing was registered")
+    kind, name = manifest["kind"], manifest["name"]
+    if kind not in KINDS or name_problem(name):
+        raise HubError(f"{remote.hub_id}: {MANIFEST_NAME} names no pwmctl artifact "
+                       f"(kind {shorten(kind, 40)!r}, name {shorten(name, 60)!r})")
+
+
+def _lineage_problem(lineage: Any) -> str | None:
+    """What is wrong with a pushed manifest's `lineage` list (see `_lineage_entry`), or None."""
+    if lineage is None:
+        return None
+    if not isinstance(lineage, list):
+        return f"'lineage' is {shorten(json.dumps(lineage), 60)}, not a list"
+    bad = next((entry for entry in lineage if not _is_lineage_entry(entry)), None)
+    if bad is not None:
+        return f"lineage entry {shorten(json.dumps(bad), 60)} is not {{ref, content_sha256, hub}}"
+    return None
+
+
+def _is_lineage_entry(entry: Any) -> bool:
+    """{"ref": str, "content_sha256": str | None, "hub": None | {repo, repo_type, commit, endpoint, tag}}."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("ref"), str):
+        return False
+    if not isinstance(entry.get("content_sha256"), (str, type(None))):
+        return False
+    hub = entry.get("hub")
+    if hub is None:
+        return True
+    return (isinstance(hub, dict) and isinstance(hub.get("tag"), (str, type(None)))
+            and all(isinstance(hub.get(key), str) for key in ("repo", "repo_type", "commit", "endpoint")))
 
 
 # ---- remote verification -------------------------------------------------------------------
@@ -443,11 +489,11 @@ def _lineage_entry(node: LineageNode, endpoint: str) -> dict[str, Any]:
 
 
 def _evaluation(reg: Registry, artifact: Artifact) -> dict[str, Any] | None:
-    """The newest eval report's summary of a policy, for its card."""
+    """The summary of the policy's newest eval report here, for its card."""
     if artifact.kind != "policy":
         return None
     reports = sorted((a for a in reg.children(artifact.ref) if a.kind == "report"),
-                     key=lambda a: (a.created, a.version), reverse=True)
+                     key=lambda a: a.registered, reverse=True)
     for report in reports:
         try:
             results = json.loads((report.path / "results.json").read_text())

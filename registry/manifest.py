@@ -9,18 +9,30 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from registry.errors import IntegrityError
+from registry.refs import shorten
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 BLOCK_BYTES = 1 << 20  # 1 MiB reads keep hashing of multi-GB datasets at constant memory
 
 FileEntry = dict[str, Any]  # {"sha256": hex str, "size": bytes}
+
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+# Every key make_manifest writes, with the JSON type it holds.
+_KEY_TYPES: dict[str, tuple[type, str]] = {
+    "manifest_version": (int, "an integer"), "kind": (str, "a string"), "name": (str, "a string"),
+    "version": (int, "an integer"), "created": (str, "a string"), "files": (dict, "a table"),
+    "parents": (list, "a list"), "tasks": (list, "a list"), "config": (dict, "a table"),
+    "metrics": (dict, "a table"), "code_version": (dict, "a table"), "extra": (dict, "a table"),
+}
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,52 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise IntegrityError(f"{path} has no 'files' table: the artifact is damaged")
     return manifest
+
+
+def manifest_problem(manifest: Mapping[str, Any]) -> str | None:
+    """What makes `manifest` unlike one `make_manifest` writes (a missing key, a wrong type, a bad
+    files table), or None. For manifests from elsewhere (a Hub pull), checked before any field is
+    used; a `manifest_version` newer than this pwmctl's is left for the caller to refuse."""
+    for key, (kind, what) in _KEY_TYPES.items():
+        if key not in manifest:
+            return f"no {key!r}"
+        value = manifest[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{key!r} is {_shown(value)}, not {what}"
+    for key in ("manifest_version", "version"):
+        if manifest[key] < 1:
+            return f"{key!r} is {manifest[key]}: versions start at 1"
+    try:
+        datetime.fromisoformat(manifest["created"])
+    except ValueError:
+        return f"'created' is {_shown(manifest['created'])}, not an ISO 8601 time"
+    for key in ("parents", "tasks"):
+        if not all(isinstance(item, str) and item.strip() for item in manifest[key]):
+            return f"{key!r} holds something else than names: {_shown(manifest[key])}"
+    for path, entry in manifest["files"].items():
+        problem = _file_entry_problem(path, entry)
+        if problem:
+            return f"files table: {problem}"
+    return None
+
+
+def _file_entry_problem(path: str, entry: Any) -> str | None:
+    parts = path.split("/")
+    if not path or path.startswith("/") or any(part in ("", ".", "..") for part in parts) or "\\" in path:
+        return f"{_shown(path)} is not a relative path inside the artifact"
+    if not isinstance(entry, dict):
+        return f"{_shown(path)} has {_shown(entry)}, not {{sha256, size}}"
+    sha, size = entry.get("sha256"), entry.get("size")
+    if not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha):
+        return f"{_shown(path)} has sha256 {_shown(sha)}, not 64 hex digits"
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return f"{_shown(path)} has size {_shown(size)}, not a byte count"
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A value from a manifest as JSON, shortened (it may be long, or hostile)."""
+    return shorten(json.dumps(value), 60)
 
 
 def verify_tree(root: Path, manifest: Mapping[str, Any]) -> list[FileProblem]:

@@ -39,7 +39,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from registry.errors import ArtifactNotFound, IntegrityError, RegistryError
+from registry.errors import AlreadyRegistered, ArtifactNotFound, IntegrityError, RegistryError
 from registry.manifest import (
     MANIFEST_NAME,
     FileEntry,
@@ -59,7 +59,7 @@ INDEX_NAME = "index.sqlite"
 TRASH_PREFIX = ".trash-"  # entries of tmp/ being deleted; gc() finishes what a crash left
 
 _VERSION_DIR_RE = re.compile(r"v([0-9]+)")
-_COLUMNS = "a.kind, a.name, a.version, a.created, a.path, a.manifest_json"
+_COLUMNS = "a.id, a.kind, a.name, a.version, a.created, a.path, a.manifest_json"
 _SCHEMA = (
     """CREATE TABLE artifacts (
         id            INTEGER PRIMARY KEY,
@@ -107,7 +107,12 @@ RefLike = str | Ref
 
 @dataclass(frozen=True)
 class Artifact:
-    """One published version. `manifest` is the index's copy, the one verify() checks against."""
+    """One published version. `manifest` is the index's copy, the one verify() checks against.
+
+    `created` is what the manifest says (for a pulled version, the pusher's clock); `registered`
+    orders versions by when they entered this registry (the index row id), so "the newest" never
+    depends on a remote's claim.
+    """
 
     kind: str
     name: str
@@ -115,6 +120,7 @@ class Artifact:
     path: Path
     manifest: dict[str, Any] = field(repr=False)
     created: str
+    registered: int = 0  # index row id: higher = published or pulled here later
 
     @property
     def ref(self) -> str:
@@ -333,6 +339,8 @@ class Registry:
 
         Raises:
             IntegrityError: files that differ from the manifest (all listed); nothing is published.
+            AlreadyRegistered: a version with this Hub commit is here already (another pull of
+                it finished first); nothing is published.
         """
         kind, name = check_kind(manifest["kind"]), check_name(manifest["name"])
         staging = self._checked_staging(Path(staging_path))
@@ -372,6 +380,11 @@ class Registry:
         try:
             with self._transaction() as db:
                 _check_unchanged(staging, files)
+                if remote is not None:  # a concurrent pull of the same commit may have won
+                    have = self._with_remote(db, remote.repo, commit_sha=remote.commit_sha,
+                                             repo_type=remote.repo_type)
+                    if have is not None:
+                        raise AlreadyRegistered(have.ref, remote.hub_id)
                 for parent in metadata["parents"]:  # not removed since it was pinned
                     self._lookup(db, parse_ref(parent))
                 version = self._next_version(db, kind, name)
@@ -388,7 +401,7 @@ class Registry:
         except BaseException:
             _undo_publish(staging, moved_to)
             raise
-        return self._artifact_from(manifest, dest)
+        return self._artifact_from(manifest, dest, artifact_id)
 
     # ---- finding ----------------------------------------------------------------------------
 
@@ -829,12 +842,13 @@ class Registry:
             path=self.home / row["path"],
             manifest=json.loads(row["manifest_json"]),
             created=row["created"],
+            registered=row["id"],
         )
 
-    def _artifact_from(self, manifest: dict[str, Any], path: Path) -> Artifact:
+    def _artifact_from(self, manifest: dict[str, Any], path: Path, artifact_id: int) -> Artifact:
         return Artifact(
             manifest["kind"], manifest["name"], manifest["version"], path, manifest,
-            manifest["created"],
+            manifest["created"], artifact_id,
         )
 
 

@@ -238,5 +238,5 @@ def _choose_world_model(reg, task: str, ref: str | None):
     if not candidates:
         raise fail(f"no local world model has {task}: train one with `pwmctl pretrain --tasks {task}` "
                    f"(or pass --wm REF)")
-    newest = max(candidates, key=lambda a: a.created)
+    newest = max(candidates, key=lambda a: a.registered)  # registered here last, whatever `created` claims
     return newest

@@ -216,4 +216,4 @@ def _choose_policy(reg, task: str, ref: str | None):
     candidates = reg.list(kind="policy", task=task)
     if not candidates:
         raise fail(f"no local policy for {task}: extract one with `pwmctl extract {task}` (or pass --policy REF)")
-    return max(candidates, key=lambda a: a.created)
+    return max(candidates, key=lambda a: a.registered)  # registered here last, whatever `created` claims
