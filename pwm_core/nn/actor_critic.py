@@ -1,4 +1,4 @@
-"""PWM's actor and critic ensemble (pwm-spec §4.1, §4.2). Both read only the latent z.
+"""PWM's actor and critic ensemble (docs/algorithm.md#extraction-actor-and-critics). Both read only the latent z.
 
 Actor pi(z): MLP [400, 200, 100], each block Linear -> Mish -> LayerNorm (activation BEFORE the norm,
 unlike TD-MPC2's NormedLinear), PyTorch's default init, a state-independent log-std; the action is

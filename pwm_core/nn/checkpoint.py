@@ -1,4 +1,5 @@
-"""World-model files: our safetensors + YAML pair, and TD-MPC2 ``.pt`` checkpoints (tdmpc2-spec §3.7).
+"""World-model files: our safetensors + YAML pair, and TD-MPC2 ``.pt`` checkpoints
+(docs/algorithm.md#world-model-checkpoint-files).
 
 Our format (a folder): ``model.safetensors`` holds ``WorldModel.state_dict()`` (learnable
 parameters, target Qs, action masks), ``config.yaml`` holds ``WorldModelConfig.to_dict()``.

@@ -6,7 +6,8 @@ Rewards and values are predicted as logits over ``num_bins`` evenly spaced bins 
 - ``two_hot``: the training target, a real value encoded on its two neighbouring bins.
 - ``two_hot_inv``: TD-MPC2's decoding, back in real units (symexp of the expected bin).
 - ``almost_two_hot_inv``: PWM's decoding inside imagined rollouts, **stays in symlog units** (no
-  symexp), so PWM's returns, critic targets and values all live in symlog space (pwm-spec §2.3).
+  symexp), so PWM's returns, critic targets and values all live in symlog space
+  (docs/algorithm.md#reward-encoding-symlog-bins).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""World-model configuration and TD-MPC2's model-size presets (tdmpc2-spec §3.1)."""
+"""World-model configuration and TD-MPC2's model-size presets (docs/algorithm.md#world-model-size-presets)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """TD-MPC2's multi-task implicit world model, the model PWM extracts policies from.
 
-Components (tdmpc2-spec §3.2), each conditioned on a learned task embedding e:
+Components (docs/algorithm.md#world-model-architecture), each conditioned on a learned task embedding e:
     encode  h(o, e) -> z        obs -> latent, ends LayerNorm + SimNorm
     next    d(z, e, a) -> z'    latent dynamics, ends LayerNorm + SimNorm
     reward  R(z, e, a)          logits over symlog bins; r_t uses the pre-step latent z_t

@@ -1,4 +1,5 @@
-"""MPPI planning with a world model: TD-MPC2's planner (tdmpc2-spec §4, ``tdmpc2.py:_plan``), for B envs at once.
+"""MPPI planning with a world model: TD-MPC2's planner (``tdmpc2.py:_plan``; docs/algorithm.md#mppi-planning),
+for B envs at once.
 
 Once per action and env:
 
@@ -187,7 +188,8 @@ class WorldModelPrior:
 
 class PolicyPrior:
     """An extracted PWM policy as prior and value: its actor's samples tanh(mu + sigma eps), masked; rewards in
-    symlog units (the units its critics were trained in, pwm-spec §2.3); its gamma; V(z_H) = min_k V_k(z_H)."""
+    symlog units (the units its critics were trained in, docs/algorithm.md#reward-encoding-symlog-bins); its gamma;
+    V(z_H) = min_k V_k(z_H)."""
 
     value_heads = 0
 

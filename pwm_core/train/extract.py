@@ -1,6 +1,7 @@
 """PWM policy extraction: first-order policy learning through a frozen multi-task world model.
 
-For one task, a new actor and a 3-critic ensemble are trained on latents only (pwm-spec §4, §5).
+For one task, a new actor and a 3-critic ensemble are trained on latents only
+(docs/algorithm.md#extraction-actor-and-critics and the Extraction sections after it).
 One iteration (:meth:`Extractor.step`, the official ``PWM.update`` with ``finetune_wm=False``):
 
 1. set the linearly decayed learning rates;
@@ -74,13 +75,17 @@ class ExtractConfig:
     critic_iterations: int = 8  # passes over the critic dataset per update
     critic_batches: int = 4  # minibatches per pass (size B*H/4 = 2048)
     num_critics: int = 3  # value heads; min over heads for bootstrap and targets
-    # critic targets: the code's done mask is all ones, so TD(lambda) is one-step (§4.5); paper: td-lambda
+    # critic targets: the code's done mask is all ones, so TD(lambda) is one-step; paper: td-lambda
+    # (docs/algorithm.md#extraction-critic-targets)
     critic_target: Literal["one-step", "td-lambda"] = "one-step"
-    bootstrap: Literal["gamma-h1", "gamma-h"] = "gamma-h1"  # code: gamma^(H+1) V(z_H) (§9.2); paper, SHAC: gamma^H
-    mask_actions: bool = False  # code drives padded action dims too (§9.6); True: zero them, as TD-MPC2
+    # code: gamma^(H+1) V(z_H); paper, SHAC: gamma^H (docs/algorithm.md#extraction-terminal-bootstrap)
+    bootstrap: Literal["gamma-h1", "gamma-h"] = "gamma-h1"
+    # code drives padded action dims too; True: zero them, as TD-MPC2 (docs/algorithm.md#extraction-action-masks)
+    mask_actions: bool = False
     ret_rms: bool = True  # divide the actor loss by the running std of per-sample losses; False: by H
     detach: bool = True  # the actor reads sg(z_t); the dynamics still get the live z_t
-    shuffle_critic: bool = False  # code: unshuffled time-major critic minibatches (§9.13)
+    # code: unshuffled time-major critic minibatches (docs/algorithm.md#extraction-critic-training)
+    shuffle_critic: bool = False
     actor_units: tuple[int, ...] = (400, 200, 100)  # actor hidden widths (alg yaml)
     critic_units: tuple[int, ...] = (400, 200)  # critic hidden widths (alg yaml)
     init_logstd: float = -1.0  # initial actor log-std (sigma ~ 0.368)
@@ -132,7 +137,8 @@ class Rollout(NamedTuple):
 
 def imagine(world_model: WorldModel, actor: Actor, critic: CriticEnsemble, z0: Tensor, task: Tensor,
             horizon: int, eps: Tensor | None = None, mask: Tensor | None = None, detach: bool = True) -> Rollout:
-    """Roll the actor through the world model for ``horizon`` steps from z0 (B, L) (pwm-spec §4.3).
+    """Roll the actor through the world model for ``horizon`` steps from z0 (B, L)
+    (docs/algorithm.md#extraction-imagined-rollout-and-actor-loss).
 
     ``eps`` (H, B, A): the actor's noise; None = deterministic actions tanh(mu). ``mask`` (A,): multiply
     the actions by the task's action mask. Gradients reach the actor through every later dynamics,
@@ -147,7 +153,7 @@ def imagine(world_model: WorldModel, actor: Actor, critic: CriticEnsemble, z0: T
         if mask is not None:
             a = a * mask  # action masking (TD-MPC2; not in PWM)
         logits = world_model.reward(z, a, task).float()  # r_t from the pre-step latent z_t
-        r = almost_two_hot_inv(logits, vmin, vmax).squeeze(-1)  # symlog units: no symexp (§2.3)
+        r = almost_two_hot_inv(logits, vmin, vmax).squeeze(-1)  # symlog units: no symexp
         rewards.append(torch.nan_to_num(r, 0.0, 0.0, 0.0))  # official: NaN reward -> 0
         z = world_model.next(z, a, task)
         values.append(critic.min(z, detach=True).squeeze(-1).float())
@@ -312,7 +318,7 @@ class Extractor:
     def model_return(self) -> float:
         """The deterministic policy's model-predicted return from the fixed start states ``return_obs``:
         sum_t gamma^t r_t + bootstrap, symlog units, averaged over the states. Unlike the normalised
-        actor loss it is comparable across updates (performance-notes.md)."""
+        actor loss it is comparable across updates (docs/algorithm.md#extraction-imagined-rollout-and-actor-loss)."""
         return float(self._model_return())
 
     @torch.no_grad()

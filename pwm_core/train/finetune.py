@@ -9,7 +9,8 @@ A round (``Finetuner.collect`` then ``updates`` x ``Finetuner.update``):
    and PWM policy updates through the updated model (:meth:`Extractor.step`).
 
 The official PWM code fine-tunes with its own MSE loss, whose reward term broadcasts 101 logits
-against a scalar reward in the multitask path (pwm-spec §3.2, a bug); the pre-training objective is
+against a scalar reward in the multitask path (a bug,
+docs/algorithm.md#fine-tuning-the-official-loss-and-its-bug); the pre-training objective is
 used instead. Windows come from the replay plus, by default, the task's offline episodes, so the
 first updates do not fit a single episode.
 """

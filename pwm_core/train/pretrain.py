@@ -1,6 +1,6 @@
 """World-model pre-training: TD-MPC2's multi-task update with PWM's horizon 16 and rho 0.99.
 
-One update (tdmpc2-spec §3.4, pwm-spec §3.1), on B windows of H+1 observations:
+One update (docs/algorithm.md#pre-training-the-td-mpc2-objective), on B windows of H+1 observations:
 
 1. targets, no gradient: z'_t = h(o_t) (online encoder), y_t = r_t + gamma_task Qmin_target(z'_t, pi(z'_t))
 2. latent rollout, with gradient: z_0 = h(o_0), z_{t+1} = d(z_t, a_t) (never re-encoded)
@@ -51,7 +51,8 @@ _VAL_SEED_OFFSET = 1_000_003  # the held-out windows' generator, apart from the 
 
 @dataclass
 class PretrainConfig:
-    """PWM's world-model pre-training recipe (pwm-spec §8.4: the TD-MPC2 fork run with H=16, rho=0.99)."""
+    """PWM's world-model pre-training recipe: the TD-MPC2 fork run with H=16, rho=0.99
+    (docs/algorithm.md#pre-training-pwms-recipe)."""
 
     size: str = "5M"  # world-model preset (1M, 5M, 19M, 48M, 317M); PWM's released models are 48M
     steps: int = 10_000_000  # gradient updates (TD-MPC2 config `steps`; ~2 weeks at 48M on an RTX 3090)
@@ -90,7 +91,8 @@ class PretrainConfig:
 
 def model_config(cfg: PretrainConfig, task_set: TaskSet, task_dim: int | None = None) -> WorldModelConfig:
     """The ``cfg.size`` preset for ``task_set`` with the policy-prior log-std range [-5, 0.5] of the
-    TD-MPC2 fork PWM pre-trains with (pwm-spec §8.4; upstream TD-MPC2: [-10, 2])."""
+    TD-MPC2 fork PWM pre-trains with (upstream TD-MPC2: [-10, 2];
+    docs/algorithm.md#pre-training-pwms-recipe)."""
     mcfg = world_model_config(cfg.size, task_set, task_dim)
     mcfg.log_std_min, mcfg.log_std_max = -5.0, 0.5
     return mcfg
@@ -108,7 +110,7 @@ def latent_rollout(model: WorldModel, z0: Tensor, action: Tensor, task: Tensor) 
 
 def world_model_loss(model: WorldModel, obs: Tensor, action: Tensor, reward: Tensor, task: Tensor,
                      cfg: PretrainConfig) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    """TD-MPC2's world-model objective (tdmpc2-spec §3.4).
+    """TD-MPC2's world-model objective (docs/algorithm.md#pre-training-the-td-mpc2-objective).
 
     obs: (H+1, B, O); action: (H, B, A) (action[t] leads from obs[t] to obs[t+1]); reward: (H, B)
     real units; task: (B,) embedding rows. Returns the total loss, its detached terms and the

@@ -30,7 +30,7 @@ def percentile_range(x: Tensor, lo: float = 5.0, hi: float = 95.0) -> Tensor:
 
 
 def td_lambda_targets(rewards: Tensor, next_values: Tensor, done: Tensor, gamma: float, lam: float) -> Tensor:
-    """SHAC's TD(lambda) recursion (pwm-spec §4.4), backwards over t = H-1..0.
+    """SHAC's TD(lambda) recursion (docs/algorithm.md#extraction-critic-targets), backwards over t = H-1..0.
 
     rewards r_t, next_values V(z_{t+1}), done d_t (1 where the rollout ends after step t): (H, B) ->
     targets (H, B). With every d_t = 1 this is exactly r_t + gamma V(z_{t+1}).
@@ -67,7 +67,7 @@ def discounted_return(rewards: Tensor, terminal_value: Tensor, gamma: float, boo
         G = G + discount * r
         discount = discount * gamma
     if bootstrap == "gamma-h1":
-        return G + gamma * discount * terminal_value  # the code advances the discount once more (§9.2)
+        return G + gamma * discount * terminal_value  # the code advances the discount once more
     return G + discount * terminal_value
 
 
