@@ -1,5 +1,6 @@
 """Differentiable simulators as Warp kernels (float32 / float64), batched over environments, with a
-pure-torch twin of each as the test oracle (diffsim.md §1).
+pure-torch twin of each as the test oracle
+(docs/algorithm.md#simulators-warp-kernels-and-torch-twins).
 
 >>> sim = make_sim("cartpole-swingup")                      # backend="torch" runs the twin
 >>> s = sim.initial_state(64)                               # (64, 4)

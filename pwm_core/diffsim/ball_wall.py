@@ -114,8 +114,9 @@ class BallWall(DiffSim):
 
 
 def analytic_landscape(theta: Tensor) -> Tensor:
-    """The official closed form f(theta) (pwm-spec §7.1): x_T of free flight, or WALL_X when the ball
-    reaches the wall below its top before DURATION. theta (N,) -> (N,), differentiable almost everywhere."""
+    """The official closed form f(theta) (docs/algorithm.md#studies-the-ball-thrown-at-a-wall): x_T of free
+    flight, or WALL_X when the ball reaches the wall below its top before DURATION. theta (N,) -> (N,),
+    differentiable almost everywhere."""
     c, s = torch.cos(theta), torch.sin(theta)
     # time to reach the wall, as the official script writes it: sqrt(v^2 c^2 + a w), not + 2 a w
     t_wall = (-V0 * c + torch.sqrt(V0**2 * c**2 + AX * WALL_X)) / AX

@@ -6,7 +6,7 @@ no damping, gravity 9.81. One env step is 1/60 s in 4 substeps of semi-implicit 
 
 Choice, documented: this is a proper two-link pendulum (the elbow sits at the tip of the upper rod).
 The fork's shipped URDF puts the elbow's origin at the shoulder, so both links hinge at one pivot; we do
-not reproduce that quirk (diffsim.md §4).
+not reproduce that quirk (docs/algorithm.md#simulators-the-double-pendulum).
 
 State (th1, th2, th1', th2'): th1 the shoulder angle from upright, th2 the elbow angle relative to
 the upper rod; 0 = both rods up. Obs [cos th1, sin th1, cos th2, sin th2, th1', th2'] (6); reward

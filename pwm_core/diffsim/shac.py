@@ -1,6 +1,6 @@
 """SHAC, short-horizon actor-critic (Xu et al. 2022), through a differentiable simulator.
 
-One epoch (:meth:`SHAC.epoch`, NVlabs/DiffRL ``algorithms/shac.py``; diffsim.md §5):
+One epoch (:meth:`SHAC.epoch`, NVlabs/DiffRL ``algorithms/shac.py``; docs/algorithm.md#shac):
 
 1. linear lr decay to 1e-5 over ``epochs``;
 2. roll the N envs on for h = 32 steps through the simulator, keeping the graph (the state is detached
@@ -60,7 +60,7 @@ SHAC_POLICY_VERSION = 1
 
 @dataclass
 class SHACConfig:
-    """SHAC's recipe; defaults = DiffRL's cartpole swing-up config (diffsim.md §5)."""
+    """SHAC's recipe; defaults = DiffRL's cartpole swing-up config (docs/algorithm.md#shac)."""
 
     num_envs: int = 64  # parallel environments N
     horizon: int = 32  # h, steps per window (the short horizon)

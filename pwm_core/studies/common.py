@@ -39,7 +39,7 @@ def write_json(path: Path, results: dict[str, Any]) -> Path:
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """torch's intra-op thread count set to ``n`` inside the block, restored after. The studies' models are
-    tiny: extra threads only spin (diffsim.md: 2 threads doubled the CPU time for no speed-up)."""
+    tiny: extra threads only spin (2 threads doubled the CPU time for no speed-up; docs/algorithm.md#speed)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

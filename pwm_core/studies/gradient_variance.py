@@ -21,8 +21,8 @@ through world models trained with horizons 3 and 16, against the rollout horizon
 5. Metrics per H: variance = mean over parameters of the unbiased variance over samples; ESNR = mean
    over parameters of mean^2 / (variance + 1e-9).
 
-Differences from the official scripts (pwm-spec §7.2), deliberately: no synthetic term is added to the
-"true" ESNR curve; curves are plotted at H (not H - 1); the true rollouts start from the same
+Differences from the official scripts (docs/algorithm.md#studies-gradient-variance), deliberately: no synthetic
+term is added to the "true" ESNR curve; curves are plotted at H (not H - 1); the true rollouts start from the same
 independent start states as the model rollouts (the official ones drift along one trajectory); rewards
 are decoded from the 101-bin head (the official indexes logit 0); and the policy is one explicit network
 shared by all estimators.

@@ -1,4 +1,5 @@
-"""TD-MPC2's 11 custom dm_control tasks (spec §1.5), built as plain ``control.Environment`` objects.
+"""TD-MPC2's 11 custom dm_control tasks (``nicklashansen/tdmpc2``: ``tdmpc2/envs/tasks/``), built as plain
+``control.Environment`` objects.
 
 Nothing is registered into ``dm_control.suite``: :data:`CUSTOM_TASKS` maps a task name to a
 builder ``seed -> control.Environment`` that :func:`pwm_core.envs.dmc.load` calls directly.
