@@ -1,8 +1,8 @@
 """A loopback fake of the Hugging Face Hub, so the real huggingface_hub client runs end to end offline.
 
 An in-memory store of repos (commits, branches, tags) and LFS objects behind a stdlib
-ThreadingHTTPServer on 127.0.0.1 (port 0), serving the endpoints listed in
-research/ecosystem.md §5.4. Uploads take the legacy LFS path: the `fake_hub` fixture sets
+ThreadingHTTPServer on 127.0.0.1 (port 0), serving the endpoints the client calls
+(the route table in `FakeHub.handle`). Uploads take the legacy LFS path: the `fake_hub` fixture sets
 HF_HUB_DISABLE_XET. Test hooks: `corrupt` (tamper with a stored file), `commit_files` (a commit
 by someone else), `before_commit` (run it while a push is under way), `token` (require auth),
 `requests` (the log of (method, path) served).

@@ -94,7 +94,8 @@ def test_running_scale_is_an_ema_of_the_clamped_5_95_range():
 
 # ------------------------------------------------------------------------------------ the loss
 def tdmpc2_loss(model, obs, action, reward, task, cfg):
-    """TD-MPC2's `_update` loss written out as its loops (tdmpc2-spec §3.4), the reference."""
+    """TD-MPC2's `_update` loss written out as its loops, the reference
+    (docs/algorithm.md#pre-training-the-td-mpc2-objective)."""
     H = action.shape[0]
     model.eval()
     with torch.no_grad():

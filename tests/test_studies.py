@@ -42,8 +42,8 @@ def test_ball_wall_quick_run_fills_the_table_and_writes_a_figure(tmp_path):
 
 
 def test_ball_wall_reproduces_the_official_fits_with_its_decoder_bug():
-    """The official script's numbers (pwm-spec §7.1): Mish+LN MLP RMSE 0.707; SimNorm 1.131 only because
-    its read-out's gradients are never zeroed."""
+    """The official script's numbers (docs/algorithm.md#studies-the-ball-thrown-at-a-wall): Mish+LN MLP RMSE 0.707;
+    SimNorm 1.131 only because its read-out's gradients are never zeroed."""
     cfg = BallWallConfig(models=("mish-ln-mlp", "simnorm-mlp"), descent_steps=1, official_decoder_bug=True)
     rows = {r["model"]: r for r in run_ball_wall(cfg)["rows"]}
     assert rows["mish-ln-mlp"]["approx_error"] == pytest.approx(0.707, abs=0.01)

@@ -202,7 +202,7 @@ def test_count_parameters_equals_built_model(size, task_set):
         assert counts[name] == sum(p.numel() for p in getattr(model, f"_{name}").parameters())
 
 
-PUBLISHED = {  # tdmpc2-spec §3.1, millions of learnable parameters
+PUBLISHED = {  # docs/algorithm.md#world-model-size-presets, millions of learnable parameters
     "mt30": {"1M": 1.43, "5M": 5.24, "19M": 16.0, "48M": 48.2, "317M": 317.3},
     "mt80": {"1M": 1.44, "5M": 5.39, "19M": 19.0, "48M": 48.8, "317M": 317.4},
 }
