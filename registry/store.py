@@ -554,7 +554,7 @@ class Registry:
         cutoff = time.time() - older_than_s
         stale = [
             path for path in sorted(self.tmp_dir.iterdir())
-            if path.name.startswith(TRASH_PREFIX) or _newest_mtime(path) < cutoff
+            if path.name.startswith(TRASH_PREFIX) or newest_mtime(path) < cutoff
         ]
         for path in stale:
             self._discard(path)
@@ -604,6 +604,13 @@ class Registry:
             db.execute("PRAGMA foreign_keys = ON")
             self._ensure_schema(db)
             yield db
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e):
+                raise
+            raise RegistryError(
+                f"the registry index {self.index_path} is busy (another pwmctl is writing; waited "
+                f"{BUSY_TIMEOUT_S:g} s); try again"
+            ) from None
         finally:
             db.close()
 
@@ -633,6 +640,8 @@ class Registry:
     def _user_version(self, db: sqlite3.Connection) -> int:
         try:
             return db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.OperationalError:  # a busy or unwritable index, not a damaged one: see _connect
+            raise
         except sqlite3.DatabaseError as e:
             raise RegistryError(
                 f"{self.index_path} is not a registry index ({e}): move it away or use another "
@@ -972,7 +981,7 @@ def _manifest_problems(artifact: Artifact) -> list[FileProblem]:
     return []
 
 
-def _newest_mtime(path: Path) -> float:
+def newest_mtime(path: Path) -> float:
     """Latest modification time of `path` and everything under it; now if it vanishes."""
     try:
         newest = path.lstat().st_mtime

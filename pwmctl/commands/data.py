@@ -134,6 +134,8 @@ def _looks_like_path(ref: str) -> bool:
 def _path(st, ref: str, for_repair: bool = False) -> Path:
     p = Path(ref).expanduser()
     if p.exists():
+        if for_repair:
+            _refuse_published(st, p)
         return p
     if _looks_like_path(ref):
         raise fail(f"no dataset at {ref}")
@@ -141,6 +143,19 @@ def _path(st, ref: str, for_repair: bool = False) -> Path:
     if for_repair:
         raise fail(f"{artifact.ref} is a published, immutable version; --repair works on a run folder's data.zarr")
     return artifact.path / DATASET_DIR
+
+
+def _refuse_published(st, path: Path) -> None:
+    """Refuse to repair a path inside a published version (named by its path, or by a link to it)."""
+    artifacts = st.registry().artifacts_dir.resolve()
+    real = path.resolve()
+    if not real.is_relative_to(artifacts):
+        return
+    parts = real.relative_to(artifacts).parts
+    where = (f"{parts[0]}/{parts[1]}:{parts[2]}, a published, immutable version" if len(parts) >= 3
+             else f"{artifacts}, which holds published, immutable versions")
+    raise fail(f"{path} is in {where}; --repair works on a run folder's data.zarr (to repair a published "
+               f"dataset, copy it out, repair the copy and publish that)")
 
 
 def _open(st, ref: str):

@@ -1,4 +1,4 @@
-"""`pwmctl runs ls | show | rm`: runs in progress, interrupted or finished, watched from any terminal."""
+"""`pwmctl runs ls | show | rm | gc`: runs in progress, interrupted or finished, watched from any terminal."""
 
 from __future__ import annotations
 
@@ -146,3 +146,45 @@ def rm(
     for r in runs:
         shutil.rmtree(r)
     emit(st, {"removed": [r.name for r in runs]}, lambda: typer.echo("\n".join(f"removed {r.name}" for r in runs)))
+
+
+@app.command("gc")
+def gc(
+    ctx: typer.Context,
+    older_than: float = typer.Option(24.0, "--older-than", min=0, metavar="HOURS",
+                                     help="Only runs nothing has written to for this many hours."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed; remove nothing."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
+) -> None:
+    """Delete old run folders that are not running (died, interrupted, finished, published, unknown),
+    e.g. those failed commands left behind. An interrupted run can no longer be resumed once removed."""
+    from registry.store import newest_mtime
+
+    st = state(ctx)
+    reg = st.registry()
+    runs = sorted(p for p in reg.runs_dir.glob("*") if p.is_dir()) if reg.runs_dir.is_dir() else []
+    now, listed = time.time(), []
+    for run in runs:
+        idle_h = (now - newest_mtime(run)) / 3600
+        if idle_h <= older_than:
+            continue
+        run_state = run_summary(run)["state"]
+        if run_state != "running":  # a live process may write seldom
+            listed.append({"run": run.name, "state": run_state, "idle_h": round(idle_h, 1), "path": str(run)})
+    verb = "would remove" if dry_run else "removed"
+
+    def human() -> None:
+        if not listed:
+            typer.echo(f"nothing to remove: no run in {reg.runs_dir} is idle for over {older_than:g} h and not running")
+        for r in listed:
+            typer.echo(f"{verb} {r['run']} ({r['state']}, idle {r['idle_h']:g} h)")
+
+    if listed and not dry_run and not yes:
+        for r in listed:
+            typer.echo(f"{r['run']} ({r['state']}, idle {r['idle_h']:g} h)", err=True)
+        if not typer.confirm(f"delete these {len(listed)} run folder(s)?", err=True):
+            raise typer.Exit(1)
+    if not dry_run:
+        for r in listed:
+            shutil.rmtree(r["path"])
+    emit(st, {"dry_run": dry_run, "older_than_h": older_than, "removed": listed}, human)
