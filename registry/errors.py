@@ -6,6 +6,8 @@ to do about it, without needing the traceback.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
 
 
@@ -29,6 +31,29 @@ class IntegrityError(RegistryError):
             f"artifact {ref} failed verification ({len(problems)} problems: {listed}{more}); "
             f"its files were modified after publishing: pull or re-create it"
         )
+
+
+class DiskError(RegistryError):
+    """A write the file system refused: the disk is full, read-only, or not writable by this user."""
+
+    @classmethod
+    def from_os_error(cls, error: OSError, path: str | os.PathLike | None = None) -> DiskError | None:
+        """The one-line error for a full, read-only or unwritable disk (naming the file, else
+        `path`); None for any other OSError."""
+        where = error.filename or path or "a file"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return cls.full(where)
+        if error.errno == errno.EROFS:
+            return cls(f"{where} is on a read-only file system: remount it read-write, or point --home "
+                       f"(PWM_HOME) at a writable folder")
+        if error.errno in (errno.EACCES, errno.EPERM):
+            return cls(f"{where} is not writable by you ({error.strerror}): fix its permissions, or point "
+                       f"--home (PWM_HOME) at a writable folder")
+        return None
+
+    @classmethod
+    def full(cls, where: str | os.PathLike) -> DiskError:
+        return cls(f"the disk holding {where} is full (or your quota is used up): free some space")
 
 
 class AlreadyRegistered(RegistryError):

@@ -30,6 +30,7 @@ import secrets
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -39,7 +40,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from registry.errors import AlreadyRegistered, ArtifactNotFound, IntegrityError, RegistryError
+from registry.errors import AlreadyRegistered, ArtifactNotFound, DiskError, IntegrityError, RegistryError
 from registry.manifest import (
     MANIFEST_NAME,
     FileEntry,
@@ -58,6 +59,9 @@ BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another process's transacti
 INDEX_NAME = "index.sqlite"
 TRASH_PREFIX = ".trash-"  # entries of tmp/ being deleted; gc() finishes what a crash left
 
+# SQLite primary result codes (sqlite3.Error.sqlite_errorcode & 0xFF) that say why the index failed.
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
+_SQLITE_IOERR, _SQLITE_UNWRITABLE = 10, (3, 8, 14)  # PERM, READONLY, CANTOPEN
 _VERSION_DIR_RE = re.compile(r"v([0-9]+)")
 _COLUMNS = "a.id, a.kind, a.name, a.version, a.created, a.path, a.manifest_json"
 _SCHEMA = (
@@ -263,7 +267,8 @@ class Registry:
         check_name(name)
         self._ensure_dirs()
         path = self.tmp_dir / f"stage-{kind}-{name}-{secrets.token_hex(4)}"
-        path.mkdir()
+        with _disk_errors(path):
+            path.mkdir()
         try:
             yield Staging(self, kind, name, path)
         finally:
@@ -568,7 +573,8 @@ class Registry:
         self._ensure_dirs()
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         path = self.runs_dir / f"{prefix}-{stamp}-{secrets.token_hex(3)}"
-        path.mkdir()
+        with _disk_errors(path):
+            path.mkdir()
         return path
 
     def run_dir(self, run_id: str) -> Path:
@@ -591,28 +597,56 @@ class Registry:
     def _ensure_dirs(self) -> None:
         if not self._dirs_ready:
             for folder in (self.artifacts_dir, self.runs_dir, self.tmp_dir):
-                folder.mkdir(parents=True, exist_ok=True)
+                with _disk_errors(folder):
+                    folder.mkdir(parents=True, exist_ok=True)
             self._dirs_ready = True
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection in autocommit mode with foreign keys on and the schema in place."""
+        """A connection in autocommit mode with foreign keys on and the schema in place.
+
+        A busy index, a full disk and an unwritable home become one-line RegistryErrors, for the
+        statements run inside the block too.
+        """
         self._ensure_dirs()
-        db = sqlite3.connect(self.index_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            db = sqlite3.connect(self.index_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.OperationalError as e:
+            raise self._index_error(e) from None
         try:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA foreign_keys = ON")
             self._ensure_schema(db)
             yield db
         except sqlite3.OperationalError as e:
-            if "locked" not in str(e):
+            error = self._index_error(e)
+            if error is e:
                 raise
-            raise RegistryError(
-                f"the registry index {self.index_path} is busy (another pwmctl is writing; waited "
-                f"{BUSY_TIMEOUT_S:g} s); try again"
-            ) from None
+            raise error from None
+        except OSError as e:  # a write inside a transaction (manifest.json, a rename) on a full or read-only disk
+            disk = DiskError.from_os_error(e, self.home)
+            if disk is None:
+                raise
+            raise disk from None
         finally:
             db.close()
+
+    def _index_error(self, error: sqlite3.OperationalError) -> Exception:
+        """What a failed index operation means: busy, disk full, a home that cannot be written
+        (found by trying), or `error` itself."""
+        code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+        if code in (_SQLITE_BUSY, _SQLITE_LOCKED) or "locked" in str(error):
+            return RegistryError(f"the registry index {self.index_path} is busy (another pwmctl is writing; waited "
+                                 f"{BUSY_TIMEOUT_S:g} s); try again")
+        if code == _SQLITE_FULL:
+            return DiskError.full(self.index_path)
+        if code == _SQLITE_IOERR:  # EROFS or ENOSPC surface as this too, as may a failing disk
+            return _write_problem(self.home) or error
+        if code in _SQLITE_UNWRITABLE or "unable to open" in str(error) or "readonly" in str(error):
+            return _write_problem(self.home) or RegistryError(
+                f"cannot write the registry index {self.index_path} ({error}): check that {self.home} and the "
+                f"files in it are writable by you")
+        return error
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -979,6 +1013,29 @@ def _manifest_problems(artifact: Artifact) -> list[FileProblem]:
     if json.dumps(on_disk, sort_keys=True) != json.dumps(artifact.manifest, sort_keys=True):
         return [FileProblem(MANIFEST_NAME, "changed", "differs from the index's copy")]
     return []
+
+
+@contextmanager
+def _disk_errors(path: Path) -> Iterator[None]:
+    """A full, read-only or unwritable disk as a one-line DiskError naming `path`; other OSErrors pass."""
+    try:
+        yield
+    except OSError as e:
+        error = DiskError.from_os_error(e, path)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _write_problem(folder: Path) -> DiskError | None:
+    """Why no file can be created in `folder` (full, read-only, not yours), found by trying; None if one can."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".pwmctl-write-test-")
+    except OSError as e:
+        return DiskError.from_os_error(OSError(e.errno, e.strerror, str(folder)))
+    os.close(fd)
+    os.unlink(probe)
+    return None
 
 
 def newest_mtime(path: Path) -> float:

@@ -3,9 +3,11 @@ folders, a full or read-only disk. Each refusal is one error line, exit 2, nothi
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sqlite3
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,8 +17,9 @@ from test_data_format import _two_episode_dataset
 from typer.testing import CliRunner
 
 import registry.store
-from pwmctl.cli import app
+from pwm_core.data import EpisodeWriter, open_dataset
 from pwm_core.train.loop import write_status
+from pwmctl.cli import app
 from registry import Registry, RegistryError
 
 
@@ -27,10 +30,12 @@ def _publish(home: Path, kind: str, name: str) -> str:
 
 
 def _one_error_line(result) -> str:
+    """The error: one line, the last on stderr (after any progress lines), exit code 2, no traceback."""
     lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert result.exit_code == 2 and errors == lines[-1:], result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return lines[0]
+    return errors[0]
 
 
 # ---- a busy index ----------------------------------------------------------------------------
@@ -119,3 +124,115 @@ def test_runs_gc_removes_old_runs_that_are_not_running(tmp_path):
     assert "nothing to remove" in run(home, "runs", "gc", "--yes").stdout
     gone = run_json(home, "runs", "gc", "--older-than", "1", "--yes")["removed"]
     assert [r["run"] for r in gone] == [young.name] and old["running"].is_dir()
+
+
+# ---- a full or read-only disk ------------------------------------------------------------------
+
+TASK = "cartpole-balance"
+
+
+def _fill_disk_after(monkeypatch, episodes: int) -> None:
+    """The writer's next append after `episodes` finds the disk full, as zarr's store would report it."""
+    real, calls = EpisodeWriter.append_episode, []
+
+    def append(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > episodes:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(self.path, "data/obs/c/0/0"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(EpisodeWriter, "append_episode", append)
+
+
+def test_a_full_disk_during_collect_keeps_the_committed_episodes_for_resume(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    _fill_disk_after(monkeypatch, 2)
+    line = _one_error_line(run(home, "collect", TASK, "-n", "4", code=2))
+    [folder] = Registry(home).runs_dir.iterdir()
+    assert "data.zarr/data/obs/c/0/0 is full" in line and "free some space" in line
+    assert f"the 2 episodes committed so far are kept in run {folder.name}" in line
+    assert f"`pwmctl collect --resume {folder.name}`" in line
+    assert Registry(home).list() == [] and open_dataset(folder / "data.zarr").num_episodes == 2
+    monkeypatch.undo()  # space freed
+    assert run_json(home, "collect", "--resume", folder.name)["artifact"] == f"dataset/{TASK}:v1"
+    assert open_dataset(Registry(home).resolve(f"dataset/{TASK}").path / "data.zarr").num_episodes == 4
+
+
+def test_a_full_disk_while_publishing_keeps_the_episodes_for_resume(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+
+    def full(folder, manifest):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / "manifest.json"))
+
+    monkeypatch.setattr(registry.store, "write_manifest", full)
+    line = _one_error_line(run(home, "collect", TASK, "-n", "2", code=2))
+    [folder] = Registry(home).runs_dir.iterdir()
+    assert "manifest.json is full" in line and f"the 2 episodes committed so far are kept in run {folder.name}" in line
+    assert Registry(home).list() == [] and list(Registry(home).tmp_dir.iterdir()) == []
+    monkeypatch.undo()
+    assert run_json(home, "collect", "--resume", folder.name)["episodes"] == 0  # all there: just published
+    assert [a.ref for a in Registry(home).list()] == [f"dataset/{TASK}:v1"]
+
+
+def test_a_full_disk_before_any_episode_leaves_no_run_behind(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    _fill_disk_after(monkeypatch, 0)
+    line = _one_error_line(run(home, "collect", TASK, "-n", "2", code=2))
+    assert "is full" in line and "nothing was collected" in line
+    assert list(Registry(home).runs_dir.iterdir()) == []
+
+
+@pytest.fixture
+def read_only_home(tmp_path, monkeypatch):
+    """A home with one dataset, then made read-only: by chmod, or, for root (whom chmod does not
+    stop), by making the calls that would write there fail as a read-only file system does."""
+    home = tmp_path / "home"
+    ref = _publish(home, "dataset", "x")
+    folders = [home, *(p for p in home.iterdir() if p.is_dir())]
+    if os.geteuid() != 0:
+        for folder in folders:
+            folder.chmod(0o555)
+        yield home, ref, "is not writable by you"
+        for folder in folders:
+            folder.chmod(0o755)
+        return
+
+    def refused(path) -> OSError:
+        return OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    class Unopenable(sqlite3.Connection):  # SQLite cannot make the WAL index's -shm file next to it
+        def execute(self, sql, *args):
+            if sql.startswith("PRAGMA foreign_keys"):  # a setting of the connection: no file access
+                return super().execute(sql, *args)
+            raise sqlite3.OperationalError("unable to open database file")
+
+    real_connect = sqlite3.connect
+
+    def connect(*args, **kwargs):
+        return real_connect(*args, factory=Unopenable, **kwargs)
+
+    def mkstemp(*args, dir=None, **kwargs):
+        raise refused(dir)
+
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self.is_relative_to(home) and not self.is_dir():
+            raise refused(self)
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    yield home, ref, "is on a read-only file system"
+    monkeypatch.undo()
+
+
+def test_a_read_only_home_is_reported_as_such(read_only_home):
+    home, ref, expected = read_only_home
+    for args in (["ls"], ["show", ref], ["rm", ref, "--yes"]):
+        line = _one_error_line(run(home, *args, code=2))
+        assert f"{home} {expected}" in line and "not a registry index" not in line, (args, line)
+    line = _one_error_line(run(home, "collect", TASK, "-n", "1", code=2))
+    assert expected in line and "nothing was collected" in line
+    assert list(Registry(home).runs_dir.iterdir()) == []

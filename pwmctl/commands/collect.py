@@ -41,6 +41,7 @@ def collect(
     from pwm_core.data import EpisodeWriter, open_dataset
     from pwm_core.seeding import seed_everything
     from pwm_core.tasks import resolve_tasks
+    from registry.errors import DiskError
     from registry.refs import check_name, parse_ref
 
     st = state(ctx)
@@ -90,48 +91,56 @@ def collect(
         check_policy_dims(loaded.config, data_set)  # as eval does: obs / act widths of the task
         behaviour = learned_policy(loaded, seed, data_set.act_dim)
 
-    if run is not None:
-        writer = EpisodeWriter.open(run / DATASET_DIR)
-    else:
-        run = reg.new_run_dir("collect")
-        write_plan(run, dict(command="collect", tasks=tasks, episodes=episodes, policy=policy, seed=seed, name=name,
-                             append=parent.ref if parent else None, noise=noise, workers=workers))
-        if parent is not None:
-            shutil.copytree(parent.path / DATASET_DIR, run / DATASET_DIR)
+    # A full or read-only disk stops the run with one line; the episodes it committed stay for --resume.
+    writer, resumed = None, run is not None
+    try:
+        if run is not None:
             writer = EpisodeWriter.open(run / DATASET_DIR)
         else:
-            writer = EpisodeWriter.create(run / DATASET_DIR, data_set, provenance={
-                "source": "pwmctl collect", "policy": policy, "seed": seed,
-                **({"noise": noise} if policy == "random" else {})})
+            run = reg.new_run_dir("collect")
+            write_plan(run, dict(command="collect", tasks=tasks, episodes=episodes, policy=policy, seed=seed, name=name,
+                                 append=parent.ref if parent else None, noise=noise, workers=workers))
+            if parent is not None:
+                shutil.copytree(parent.path / DATASET_DIR, run / DATASET_DIR)
+                writer = EpisodeWriter.open(run / DATASET_DIR)
+            else:
+                writer = EpisodeWriter.create(run / DATASET_DIR, data_set, provenance={
+                    "source": "pwmctl collect", "policy": policy, "seed": seed,
+                    **({"noise": noise} if policy == "random" else {})})
 
-    have = open_dataset(run / DATASET_DIR).per_task_counts()
-    base = {} if parent is None else open_dataset(parent.path / DATASET_DIR).per_task_counts()
-    done = {t: max(0, have.get(t, 0) - base.get(t, 0)) for t in task_set.names}  # by an interrupted run
-    todo = {t: max(0, episodes - done[t]) for t in task_set.names}
-    seed_everything(seed)
-    info(st, f"collecting {sum(todo.values())} episodes of {len(task_set)} task(s) with a {policy} policy, "
-             f"{workers} worker(s); run {run.name}")
-    t0, steps, returns = time.monotonic(), [0], []
+        have = open_dataset(run / DATASET_DIR).per_task_counts()
+        base = {} if parent is None else open_dataset(parent.path / DATASET_DIR).per_task_counts()
+        done = {t: max(0, have.get(t, 0) - base.get(t, 0)) for t in task_set.names}  # by an interrupted run
+        todo = {t: max(0, episodes - done[t]) for t in task_set.names}
+        seed_everything(seed)
+        info(st, f"collecting {sum(todo.values())} episodes of {len(task_set)} task(s) with a {policy} policy, "
+                 f"{workers} worker(s); run {run.name}")
+        t0, steps, returns = time.monotonic(), [0], []
 
-    with Progress(st, "collect", total=sum(todo.values())) as bar:
-        def on_episode(ep) -> None:
-            returns.append(ep.ret)
-            steps[0] += ep.steps
-            dt = max(time.monotonic() - t0, 1e-9)
-            bar.update(1, ep_per_s=len(returns) / dt, steps_per_s=steps[0] / dt,
-                       mean_return=sum(returns) / len(returns))
+        with Progress(st, "collect", total=sum(todo.values())) as bar:
+            def on_episode(ep) -> None:
+                returns.append(ep.ret)
+                steps[0] += ep.steps
+                dt = max(time.monotonic() - t0, 1e-9)
+                bar.update(1, ep_per_s=len(returns) / dt, steps_per_s=steps[0] / dt,
+                           mean_return=sum(returns) / len(returns))
 
-        with interrupts_as_keyboard_interrupt():
-            result = run_collect(writer, todo, data_set, behaviour or random_policy(seed, data_set.act_dim, noise),
-                                 seed=seed, workers=workers, on_episode=on_episode, done=done)
-    writer.close()
-    elapsed = time.monotonic() - t0
-    if not result.episodes and parent is None and not any(have.values()):
-        shutil.rmtree(run, ignore_errors=True)
-        raise fail("interrupted before any episode finished; nothing was published")
-    artifact = _publish(reg, run, name, data_set, parent, dict(tasks=task_set.names, episodes=episodes,
-                        policy=policy, seed=seed, workers=workers,
-                        **({"noise": noise} if policy == "random" else {})))
+            with interrupts_as_keyboard_interrupt():
+                result = run_collect(writer, todo, data_set, behaviour or random_policy(seed, data_set.act_dim, noise),
+                                     seed=seed, workers=workers, on_episode=on_episode, done=done)
+        writer.close()
+        elapsed = time.monotonic() - t0
+        if not result.episodes and parent is None and not any(have.values()):
+            shutil.rmtree(run, ignore_errors=True)
+            raise fail("interrupted before any episode finished; nothing was published")
+        artifact = _publish(reg, run, name, data_set, parent, dict(tasks=task_set.names, episodes=episodes,
+                            policy=policy, seed=seed, workers=workers,
+                            **({"noise": noise} if policy == "random" else {})))
+    except (OSError, DiskError) as e:
+        if writer is not None:
+            writer.close()
+        _stop_if_disk_trouble(e, run, resumed, parent)
+        raise
     summary = {"artifact": artifact.ref, "episodes": len(result.episodes), "env_steps": result.env_steps,
                "seconds": round(elapsed, 2), "env_steps_per_s": round(result.env_steps / max(elapsed, 1e-9), 1),
                "mean_return": (sum(returns) / len(returns)) if returns else None,
@@ -163,6 +172,29 @@ def _publish(reg, run: Path, name: str, task_set, parent, config: dict):
             raise
     shutil.rmtree(run, ignore_errors=True)
     return artifact
+
+
+def _stop_if_disk_trouble(error: Exception, run: Path | None, resumed: bool, parent) -> None:
+    """A full or read-only disk: one error line saying so and what was kept (a fresh run that
+    committed no episode is removed); any other error is left to the caller."""
+    from pwm_core.data import open_dataset
+    from pwm_core.errors import DatasetError
+    from registry.errors import DiskError
+
+    disk = error if isinstance(error, DiskError) else DiskError.from_os_error(error)
+    if disk is None:
+        return
+    try:  # episodes of this collection, not those copied from the --append parent
+        new = open_dataset(run / DATASET_DIR).num_episodes if run is not None else 0
+        new -= open_dataset(parent.path / DATASET_DIR).num_episodes if parent is not None else 0
+    except (DatasetError, OSError):  # stopped while the dataset was being created or copied
+        new = 0
+    if run is None or (new <= 0 and not resumed):
+        if run is not None:
+            shutil.rmtree(run, ignore_errors=True)
+        raise fail(f"{disk}; nothing was collected")
+    raise fail(f"{disk}; the {new} episodes committed so far are kept in run {run.name}: then "
+               f"`pwmctl collect --resume {run.name}` finishes the collection")
 
 
 def _default_name(task_set) -> str:
