@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 from pathlib import Path
 
 import typer
@@ -67,10 +68,10 @@ def evaluate_cmd(
     labels = list(dict.fromkeys(refs or []))
     policies: dict[str, list] = {}  # label -> [(artifact, Policy)]
     if not labels:
-        newest: dict[str, object] = {}
+        newest: dict[str, Any] = {}
         for a in reg.list(kind="policy"):
             for t in a.tasks:
-                if t not in newest or a.created > newest[t].created:
+                if t not in newest or a.registered > newest[t].registered:  # local order, not a remote claim
                     newest[t] = a
         if not newest:
             raise fail("no local policy to evaluate: extract one with `pwmctl extract TASK`, or name one "
