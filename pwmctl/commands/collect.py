@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from pwmctl.console import Progress, emit, fail, info, interrupts_as_keyboard_interrupt, state
-from pwmctl.runs import read_plan, write_plan
+from pwmctl.runs import published_by, read_plan, write_plan
 
 DATASET_DIR = "data.zarr"
 
@@ -57,6 +57,10 @@ def collect(
         seed, name = plan["seed"], plan["name"]
         workers = plan.get("workers", workers)
         append = plan.get("append")
+        done = published_by(reg, "dataset", name, run)
+        if done is not None:  # killed after its publish, before the run folder was removed
+            shutil.rmtree(run, ignore_errors=True)
+            raise fail(f"run {run.name} already published {done.ref}; nothing left to collect")
     elif tasks is None and append is None:
         raise fail("no task given: name a task, e.g. `pwmctl collect walker-walk --episodes 10`")
     else:
@@ -163,15 +167,21 @@ def _publish(reg, run: Path, name: str, task_set, parent, config: dict):
     metrics = {"episodes": ds.num_episodes, "transitions": ds.num_transitions,
                "mean_return": float(ds.episode_returns().mean())}
     with reg.stage("dataset", name) as staging:
-        os.replace(run / DATASET_DIR, staging.path / DATASET_DIR)
-        try:
-            artifact = staging.publish(parents=[parent.ref] if parent else [], tasks=tasks, config=config,
-                                       metrics=metrics)
-        except BaseException:  # keep the collected episodes in the run folder for --resume
-            os.replace(staging.path / DATASET_DIR, run / DATASET_DIR)
-            raise
+        # Hard links (a copy where links cannot be made): the run keeps its episodes until the index row is
+        # committed, so a kill at any point of the publish leaves either the run (`--resume` publishes it)
+        # or the published version (`--resume` says so), never episodes stranded in staging.
+        shutil.copytree(run / DATASET_DIR, staging.path / DATASET_DIR, copy_function=_link_or_copy)
+        artifact = staging.publish(parents=[parent.ref] if parent else [], tasks=tasks, config=config,
+                                   metrics=metrics, extra={"run": run.name})
     shutil.rmtree(run, ignore_errors=True)
     return artifact
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _stop_if_disk_trouble(error: Exception, run: Path | None, resumed: bool, parent) -> None:
