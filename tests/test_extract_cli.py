@@ -152,3 +152,10 @@ def test_time_limit_fits_the_schedule_and_publishes_at_the_budget(home):
     steps = shown["manifest"]["config"]["extract"]["steps"]  # the lr schedule's length, fitted to 9 s
     assert 3 <= doc["steps"] <= steps < 100_000
     assert doc["learning_curve"][-1][0] == doc["steps"]  # the final evaluation ran
+
+
+def test_a_bad_policy_name_is_refused_before_any_work(home):
+    before = set(home.glob("runs/*"))
+    result = run(home, "extract", "cartpole-balance", *TINY_EXTRACT, "--steps", "2", "--name", "../x", code=2)
+    assert len(result.stderr.strip().splitlines()) == 1 and "policy name" in result.stderr
+    assert set(home.glob("runs/*")) == before

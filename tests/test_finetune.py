@@ -150,3 +150,10 @@ def test_a_resumed_finetune_recollects_what_an_uninterrupted_run_would(home, tmp
     assert (open_dataset(tmp_path / "replay.zarr").episode(1)["obs"] == second).all()
     b.step()
     assert b.done and b.updates == 4
+
+
+def test_a_bad_policy_name_is_refused_before_any_work(home):
+    before = set(home.glob("runs/*"))
+    result = run(home, "finetune", "cartpole-balance", *TINY_FT, "--name", "../x", code=2)
+    assert len(result.stderr.strip().splitlines()) == 1 and "policy name" in result.stderr
+    assert set(home.glob("runs/*")) == before

@@ -183,3 +183,10 @@ def test_invalid_pretrain_settings_are_refused_before_any_work(home, override):
     result = run(home, "pretrain", "--tasks", "cartpole-balance", "--set", override, "--name", "bad", code=2)
     assert len(result.stderr.strip().splitlines()) == 1 and override.split("=")[0] in result.stderr, result.stderr
     assert not [p for p in home.glob("runs/pretrain-*") if '"bad"' in (p / "plan.json").read_text()]
+
+
+def test_a_bad_name_is_refused_before_any_work(home):
+    before = set(home.glob("runs/*"))
+    result = run(home, "pretrain", "--tasks", "cartpole-balance", *TINY, "--steps", "2", "--name", "../x", code=2)
+    assert len(result.stderr.strip().splitlines()) == 1 and "world-model name" in result.stderr
+    assert set(home.glob("runs/*")) == before

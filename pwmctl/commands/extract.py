@@ -6,6 +6,8 @@ import time
 
 import typer
 
+from registry.refs import check_name
+
 from pwmctl.commands.collect import DATASET_DIR
 from pwmctl.commands.config import read_config, section_overrides
 from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
@@ -140,7 +142,7 @@ def _extract_task(st, task, *, recipe, wm, data, steps, batch_size, critic_targe
                   seed=seed, device=device, amp=amp, mask_actions=mask_actions)
         cfg.compile = cfg.compile or compile
         validate_config(cfg)
-        name = name or spec.name
+        name = check_name(name or spec.name, "policy name")  # before any work, not at publish time
         run = reg.new_run_dir("extract")
         write_plan(run, {"command": "extract", "task": spec.name, "wm": wm_ref, "data": data_refs, "name": name,
                          "recipe": recipe, "extract": cfg.to_dict(), "eval_every": eval_every,

@@ -7,6 +7,8 @@ import time
 
 import typer
 
+from registry.refs import check_name
+
 from pwmctl.commands.extract import evaluate_extractor
 from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
 from pwmctl.runs import LOGGER_HELP, METRICS, append_jsonl, check_loggers, read_jsonl, read_plan, training_callbacks
@@ -85,7 +87,7 @@ def finetune(
         set_given(cfg, env_steps=env_steps, episodes_per_round=episodes_per_round,
                   updates_per_episode=updates_per_episode, wm_batch_size=wm_batch_size,
                   policy_batch_size=policy_batch_size, seed=seed, device=device)
-        name = name or pol_artifact.name
+        name = check_name(name or pol_artifact.name, "policy name")  # before any work, not at publish time
         run = reg.new_run_dir("finetune")
         write_plan(run, {"command": "finetune", "task": spec.name, "policy": pol_ref, "name": name,
                          "save_data": save_data, "eval_episodes": eval_episodes, "finetune": cfg.to_dict(),

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from registry.refs import check_name
+
 from pwmctl.commands.collect import DATASET_DIR
 from pwmctl.commands.config import read_config, section_overrides
 from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
@@ -56,6 +58,8 @@ def pretrain(
 
     st = state(ctx)
     loggers = check_loggers(logger)
+    if name is not None:
+        check_name(name, "world-model name")  # before anything is read or trained
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 talks
         st = _silent(st)
     reg = st.registry()
@@ -88,7 +92,7 @@ def pretrain(
     model_cfg = model_config(cfg, task_set)
     counts = count_parameters(model_cfg)
     default_name = f"{task_set.name.replace(',', '_')}-{cfg.size.lower()}"
-    name = (plan["name"] if run is not None else None) or name or default_name
+    name = check_name((plan["name"] if run is not None else None) or name or default_name, "world-model name")
     if run is not None:
         refuse_if_published(reg, "worldmodel", name, run, "pretrain")
 
