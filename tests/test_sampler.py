@@ -116,3 +116,22 @@ def test_not_enough_ram_is_a_clear_error(dataset, monkeypatch):
     monkeypatch.setattr(sampler_module, "available_memory_bytes", lambda: 1000)
     with pytest.raises(DatasetError, match=r"needs 0\.0 GB of RAM .* only 0\.0 GB .*task filter"):
         WindowSampler(dataset, horizon=8, batch_size=8)
+
+
+def test_nan_or_inf_rows_are_refused_with_the_episode_and_row(tmp_path):
+    import numpy as np
+
+    task_set = resolve_tasks("cartpole-balance")
+    w = EpisodeWriter.create(tmp_path / "d.zarr", task_set)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        w.append_episode(rng.normal(size=(11, 5)).astype(np.float32), rng.uniform(-1, 1, (10, 1)).astype(np.float32),
+                         rng.random(10).astype(np.float32), task_set.ids[0])
+    w.close()
+    import zarr
+
+    zarr.open_group(tmp_path / "d.zarr", mode="r+")["data/obs"][2 * 11 + 7, 3] = np.inf  # imported or damaged data
+    ds = open_dataset(tmp_path / "d.zarr")
+    with pytest.raises(DatasetError, match=r"episode 2 row 7 holds NaN or inf \(obs\)"):
+        WindowSampler(ds, horizon=3, batch_size=4)
+    WindowSampler(ds, horizon=3, batch_size=4, episodes=[np.array([0, 1])])  # the clean episodes train

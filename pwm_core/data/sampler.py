@@ -84,6 +84,7 @@ class WindowSampler:
             ds.read_rows_into(sel, {"obs": obs[pos:pos + k, :ds.obs_dim],
                                     "action": action[pos:pos + k, :ds.act_dim],
                                     "reward": reward[pos:pos + k]})
+            _check_finite(ds, sel, obs[pos:pos + k], action[pos:pos + k], reward[pos:pos + k])
             lengths.append(ds.episode_lengths[sel])
             episode_task.append(ds.episode_task[sel])
             pos += k
@@ -122,6 +123,23 @@ class WindowSampler:
         batch = Batch(obs=self.obs[rows], action=self.action[rows[1:]],
                       reward=self.reward[rows[1:]], task=self._task[episode])
         return batch.to(self.device)
+
+
+def _check_finite(ds: EpisodeDataset, sel: np.ndarray, obs: np.ndarray, action: np.ndarray,
+                  reward: np.ndarray) -> None:
+    """Refuse NaN / inf values (training on them diverges, or overflows an index), naming the episode and
+    row; the NaN action and reward of each episode's first row are the format's, not damage."""
+    lengths = np.asarray(ds.episode_lengths[sel], np.int64)
+    first = np.zeros(len(reward), bool)
+    first[np.cumsum(lengths) - lengths] = True
+    bad = ~np.isfinite(obs).all(1) | (~first & ~(np.isfinite(action).all(1) & np.isfinite(reward)))
+    if bad.any():
+        row = int(np.argmax(bad))
+        i = int(np.searchsorted(np.cumsum(lengths), row, side="right"))
+        in_episode = row - int(np.cumsum(lengths)[i] - lengths[i])
+        what = "obs" if not np.isfinite(obs[row]).all() else "action/reward"
+        raise DatasetError(f"{ds.path}: episode {int(sel[i])} row {in_episode} holds NaN or inf ({what}); "
+                           "training refuses it: collect the data again or drop that episode")
 
 
 def _target_dims(datasets: list[EpisodeDataset], obs_dim: int | None,
