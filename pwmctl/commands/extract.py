@@ -164,9 +164,10 @@ def _extract_task(st, task, *, recipe, wm, data, steps, batch_size, critic_targe
     if (run / CHECKPOINT).exists():
         extractor.load_checkpoint(run / CHECKPOINT)
         info(st, f"resumed {run.name} at update {extractor.step_count}")
-    info(st, f"extracting {spec.name} from {wm_ref} (start states: {', '.join(data_refs)}): {cfg.steps} updates, "
-             f"batch {cfg.batch_size}, H={cfg.horizon}, critic {cfg.critic_target}, bootstrap {cfg.bootstrap}; "
-             f"run {run.name}")
+    budget = f" or {time_limit:g} minutes" if time_limit else ""
+    info(st, f"extracting {spec.name} from {wm_ref} (start states: {', '.join(data_refs)}): "
+             f"{cfg.steps} updates{budget}, batch {cfg.batch_size}, H={cfg.horizon}, critic {cfg.critic_target}, "
+             f"bootstrap {cfg.bootstrap}; run {run.name}")
 
     t0 = time.monotonic()
     with Progress(st, f"extract {spec.name}", total=cfg.steps) as bar:

@@ -121,7 +121,8 @@ def pretrain(
         info(st, f"resumed {run.name} at step {trainer.step_count}")
     if main:
         info(st, f"pretraining {name}: {counts['total'] / 1e6:.2f}M parameters, {len(task_set)} task(s), "
-                 f"{cfg.steps} steps, batch {cfg.batch_size}, H={cfg.horizon}, on {ctx_dist.device}"
+                 f"{cfg.steps} steps{f' or {time_limit:g} minutes' if time_limit else ''}, batch {cfg.batch_size}, "
+                 f"H={cfg.horizon}, on {ctx_dist.device}"
                  f"{f' x{dist.world_size()} ranks' if dist.world_size() > 1 else ''}; run {run.name}")
     first_val = _first_validation(run, trainer, main)
     t0 = time.monotonic()
