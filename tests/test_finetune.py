@@ -69,7 +69,8 @@ def test_finetune_bad_input(home):
         assert len(result.stderr.strip().splitlines()) == 1 and word in result.stderr, result.stderr
 
 
-def test_finetuner_checkpoint_resumes_its_state(home, tmp_path):
+def _finetuner_factory(home: Path, tmp_path: Path):
+    """make() -> a Finetuner on the fixture's tiny model and policy, replaying into tmp_path/replay.zarr."""
     from pwm_core.data import open_dataset
     from pwm_core.nn import load_world_model
     from pwm_core.train import load_policy
@@ -87,6 +88,12 @@ def test_finetuner_checkpoint_resumes_its_state(home, tmp_path):
                          load_world_model(paths("worldmodel/wm:v1")), load_policy(paths("policy/cartpole-balance:v1")),
                          "cartpole-balance", [open_dataset(paths("dataset/tiny:v1") / "data.zarr")],
                          tmp_path / "replay.zarr")
+
+    return make
+
+
+def test_finetuner_checkpoint_resumes_its_state(home, tmp_path):
+    make = _finetuner_factory(home, tmp_path)
 
     a = make()
     a.collect()
@@ -116,22 +123,8 @@ def test_a_resumed_finetune_recollects_what_an_uninterrupted_run_would(home, tmp
     """A checkpoint in the middle of a round; episodes collected after it are undone on resume and the
     next round collects them again with the same seeds (no duplicate, no lost episode)."""
     from pwm_core.data import open_dataset
-    from pwm_core.nn import load_world_model
-    from pwm_core.train import load_policy
-    from pwm_core.train.extract import ExtractConfig
-    from pwm_core.train.finetune import FinetuneConfig, Finetuner
-    from pwm_core.train.pretrain import PretrainConfig
 
-    def paths(ref):
-        return Path(run_json(home, "show", ref)["path"])
-
-    def make() -> Finetuner:
-        cfg = FinetuneConfig(env_steps=1000, episodes_per_round=1, updates_per_episode=2, wm_batch_size=8,
-                             policy_batch_size=8, device="cpu")
-        return Finetuner(cfg, PretrainConfig(horizon=3), ExtractConfig(horizon=4, return_states=4),
-                         load_world_model(paths("worldmodel/wm:v1")), load_policy(paths("policy/cartpole-balance:v1")),
-                         "cartpole-balance", [open_dataset(paths("dataset/tiny:v1") / "data.zarr")],
-                         tmp_path / "replay.zarr")
+    make = _finetuner_factory(home, tmp_path)
 
     a = make()
     first = a.step()  # collects round 1, then its first update
