@@ -187,3 +187,7 @@ def test_keep_best_saves_the_best_scoring_state_and_survives_a_resume(tmp_path):
     c.n = 1  # resumed from a checkpoint older than the best: that best is not this run's
     Loop(c.step, lambda: c.n, 2, [Every(1, lambda: {"score": 0.5}), resumed]).run()
     assert resumed.best == 0.5 and read_best(tmp_path / "best.safetensors") == (2, 0.5)
+    c.n = 1
+    stale = KeepBest("score", lambda: {"w": torch.tensor([0.0])}, tmp_path / "best.safetensors")
+    Loop(c.step, lambda: c.n, 1, [stale]).run()  # nothing left to run: the later best must not survive
+    assert stale.best is None and not (tmp_path / "best.safetensors").exists()

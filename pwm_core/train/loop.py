@@ -248,8 +248,10 @@ class KeepBest(Callback):
 
     def on_start(self, state: LoopState) -> None:
         meta = read_best(self.path)
-        if meta is not None and meta[0] <= state.step:  # a best found after the resumed checkpoint is dropped
+        if meta is not None and meta[0] <= state.step:
             self.best_step, self.best = meta
+        elif meta is not None:  # found after the checkpoint this run resumes from: that future is redone
+            self.path.unlink()
 
     def on_step(self, state: LoopState) -> None:
         value = state.metrics.get(self.key)

@@ -195,8 +195,9 @@ def _extract_task(st, task, *, recipe, wm, data, steps, batch_size, critic_targe
     best = read_best(run / BEST) if cfg.keep == "best" else None
     if best is not None and best[0] != extractor.step_count:  # publish the best evaluated policy
         extractor.load_policy_state(load_best(run / BEST))
-        selected = next({"step": r["step"], "eval_return": r["eval_return"], "eval_success": r["eval_success"]}
-                        for r in curve if r["step"] == best[0])
+        selected = next(({"step": r["step"], "eval_return": r["eval_return"], "eval_success": r["eval_success"]}
+                         for r in curve if r["step"] == best[0]),
+                        {"step": best[0], "eval_return": best[1], "eval_success": None})
         info(st, f"publishing the policy of update {best[0]} (eval return {selected['eval_return']:.1f}), the best "
                  f"of {len(curve)} evaluations; the last scored {curve[-1]['eval_return']:.1f}")
     with reg.stage("policy", name) as staging:

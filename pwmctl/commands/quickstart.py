@@ -104,7 +104,11 @@ def quickstart(
     data = pwmctl("collect", spec.name, "--episodes", str(r.episodes), "--noise", r.noise, "--seed", str(seed),
                   "--name", name)
     left = budget - (time.monotonic() - t0)
-    pre_minutes, ext_minutes = r.pretrain_share * left / 60, r.extract_share * left / 60
+    if left < 60:
+        info(st, f"warning: {left:.0f} s of the budget left after collecting; the policy will barely train "
+                 "(raise --budget-minutes)")
+    pre_minutes = max(r.pretrain_share * left / 60, 0.05)  # at least a few updates, however late
+    ext_minutes = max(r.extract_share * left / 60, 0.05)
     wm = pwmctl("pretrain", "--tasks", spec.name, "--data", data["artifact"], "--size", r.size, "--batch-size",
                 str(r.pretrain_batch), "--steps", str(r.pretrain_steps or MANY), "--time-limit", f"{pre_minutes:.3f}",
                 "--seed", str(seed), "--set", "val_every=100", "--set", "log_every=10", "--name", name)
