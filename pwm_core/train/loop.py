@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from abc import ABC, abstractmethod
 import os
 import signal
 import threading
@@ -286,8 +287,9 @@ def load_best(path: str | os.PathLike) -> dict:
     return load_file(str(path))
 
 
-class MetricsSink(Callback):
-    """Writes the step's metrics every ``every`` steps (and the last step's) to some destination."""
+class MetricsSink(Callback, ABC):
+    """Writes the step's metrics every ``every`` steps (and the last step's) to some destination; a sink
+    implements :meth:`write` (and :meth:`close` if it holds a resource)."""
 
     def __init__(self, every: int = 1, rate_key: str = "steps_per_s") -> None:
         self.every, self.rate_key = max(int(every), 1), rate_key
@@ -298,8 +300,9 @@ class MetricsSink(Callback):
         if state.step % self.every == 0 or last_step or extra:
             self.write(state.step, {self.rate_key: state.steps_per_s, **state.metrics})
 
+    @abstractmethod
     def write(self, step: int, metrics: dict[str, float]) -> None:
-        raise NotImplementedError
+        """Record ``metrics`` (floats, plus the rate under ``rate_key``) for ``step``."""
 
     def close(self) -> None: ...
 
