@@ -210,3 +210,13 @@ def test_help_shows_the_defaults_written_in_option_help(command, shown):
     """Rich would swallow an unescaped "[default: ...]" as markup."""
     result = CliRunner().invoke(app, [command, "--help"], env={"NO_COLOR": "1", "COLUMNS": "250"})
     assert result.exit_code == 0 and shown in result.stdout
+
+
+@pytest.mark.parametrize("args,word", [(["plot", "nosuchrun"], "neither a run"),
+                                       (["extract", "cartpole-balance", "--recipe", "offical"], "--recipe"),
+                                       (["quickstart", "--noise", "brown"], "--noise"),
+                                       (["runs", "show", "nosuchrun"], "no run")])
+def test_typos_in_the_new_options_are_one_line(tmp_path, args, word):
+    result = run(tmp_path, *args, code=2)
+    assert len(result.stderr.strip().splitlines()) == 1 and word in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

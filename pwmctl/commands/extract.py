@@ -64,6 +64,10 @@ def extract(
     from pwm_core.tasks import resolve_tasks
 
     st = state(ctx)
+    from pwm_core.train.extract import EXTRACT_RECIPES
+
+    if recipe not in EXTRACT_RECIPES:
+        raise fail(f"unknown --recipe {recipe!r}: use {' or '.join(EXTRACT_RECIPES)}")
     settings = dict(recipe=recipe, wm=wm, data=data, steps=steps, batch_size=batch_size, critic_target=critic_target,
                     bootstrap=bootstrap, mask_actions=mask_actions, seed=seed, eval_every=eval_every,
                     eval_episodes=eval_episodes, device=device, compile=compile, amp=amp, overrides=overrides,

@@ -52,9 +52,10 @@ def _run_or_artifact(reg, ref: str):
     """A run folder when ``ref`` names a run (no kind prefix, found under runs/), else the artifact."""
     if "/" not in ref and ":" not in ref and (reg.runs_dir / ref).is_dir():
         return reg.runs_dir / ref
-    if "/" not in ref and ":" not in ref and reg.runs_dir.is_dir() and any(
-            p.name.startswith(ref) for p in reg.runs_dir.iterdir()):
-        return reg.run_dir(ref)
+    if "/" not in ref and ":" not in ref:
+        if reg.runs_dir.is_dir() and any(p.name.startswith(ref) for p in reg.runs_dir.iterdir()):
+            return reg.run_dir(ref)
+        raise fail(f"{ref!r} is neither a run (`pwmctl runs ls` lists them) nor an artifact ref KIND/NAME[:vN]")
     return reg.resolve(ref)
 
 

@@ -79,6 +79,8 @@ def quickstart(
         raise fail(f"{spec.name} is a Meta-World task; the quickstart takes a DMC task (e.g. cartpole-balance)")
     if recipe not in RECIPES:
         raise fail(f"unknown --recipe {recipe!r}: use {' or '.join(RECIPES)}")
+    if noise not in (None, "uniform", "pink"):
+        raise fail(f"unknown --noise {noise!r}: use uniform or pink")
     r = Recipe(task=spec.name, **RECIPES[recipe])
     set_given(r, pretrain_steps=max_pretrain_steps, extract_steps=max_extract_steps, episodes=episodes,
               eval_seeds=eval_seeds, noise=noise)
