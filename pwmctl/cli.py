@@ -96,6 +96,7 @@ def _register() -> None:
         extract,
         finetune,
         hub,
+        importing,
         plot,
         pretrain,
         quickstart,
@@ -109,7 +110,7 @@ def _register() -> None:
     app.command("collect", rich_help_panel="Data")(collect.collect)
     app.add_typer(data.app, name="data", rich_help_panel="Data")
     app.command("pretrain", rich_help_panel="Training")(pretrain.pretrain)
-    app.command("import-checkpoint", rich_help_panel="Training")(pretrain.import_checkpoint)
+    app.command("import-checkpoint", rich_help_panel="Training")(importing.import_checkpoint)
     app.command("extract", rich_help_panel="Training")(extract.extract)
     app.command("finetune", rich_help_panel="Training")(finetune.finetune)
     app.command("shac", rich_help_panel="Training")(shac.shac)
