@@ -7,17 +7,32 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # The CPU build of torch, pinned and installed first, so nothing pulls the CUDA wheels.
 TORCH  := torch==2.13.0
+# For a GPU, a CUDA build from PyTorch's index instead: `make install TORCH_INDEX=https://download.pytorch.org/whl/cu128`
+# (the index's last part, cu128, is the build's local version: torch==2.13.0+cu128).
+TORCH_INDEX ?=
+ifneq ($(strip $(TORCH_INDEX)),)
+TORCH  := torch==2.13.0+$(notdir $(patsubst %/,%,$(strip $(TORCH_INDEX))))
+TORCH_FROM := --index-url $(strip $(TORCH_INDEX))
+endif
+TORCH_SPEC := $(VENV)/.torch
 
-.PHONY: install demo lint test test-fast bench bench-quick bench-learn clean
+.PHONY: FORCE install demo lint test test-fast bench bench-quick bench-learn clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(TORCH_SPEC)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q $(TORCH_FROM) $(TORCH)
 	$(PY) -m pip install -q -e ".[dev,tdmpc2,video,tensorboard]" $(TORCH)
 	@touch $(STAMP)
+
+# Rewritten only when the torch requirement changes (a TORCH_INDEX given or dropped), which re-runs the install.
+$(TORCH_SPEC): FORCE
+	@mkdir -p $(VENV)
+	@echo '$(TORCH_FROM) $(TORCH)' | cmp -s - $@ || echo '$(TORCH_FROM) $(TORCH)' > $@
+
+FORCE:
 
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash scripts/demo.sh

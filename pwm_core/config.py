@@ -49,6 +49,30 @@ def check_device(device: str, key: str = "device") -> str:
     return device
 
 
+def check_device_available(device: str, key: str = "--device") -> str:
+    """``device`` if it is well formed and usable here, else a ConfigError saying what to do instead.
+
+    ``auto`` and ``cpu`` always pass; ``cuda[:N]`` needs a CUDA (or ROCm) build of torch, a visible GPU
+    and, for ``cuda:N``, more than N of them. Commands call this before any run folder is made.
+    """
+    check_device(device, key)
+    if not device.startswith("cuda"):
+        return device
+    import torch
+
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        raise ConfigError(f"{key} {device}: this torch ({torch.__version__}) is a CPU-only build; install a CUDA "
+                          "build (`make install TORCH_INDEX=https://download.pytorch.org/whl/cu128`, see the README) "
+                          "or use --device cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{key} {device}: torch {torch.__version__} finds no GPU (no driver, or "
+                          "CUDA_VISIBLE_DEVICES hides them); use --device cpu")
+    index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+    if index >= count:
+        raise ConfigError(f"{key} {device}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+    return device
+
+
 def check_range(cfg: Any, key: str, *, low: float | None = None, high: float | None = None,
                 low_open: bool = False, high_open: bool = False) -> None:
     """A ConfigError unless ``cfg.<key>`` is a finite number inside the interval (closed ends by default)."""

@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from pwm_core.config import check_device_available
+
 BUCKET_BYTES = 25 * 2**20  # gradient bytes per all_reduce (DDP's default bucket size)
 
 
@@ -54,7 +56,7 @@ def setup(device: str | torch.device = "auto") -> DistContext:
 def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` -> this rank's CUDA device (LOCAL_RANK) when there is one, else CPU."""
     if str(device) != "auto":
-        return torch.device(device)
+        return torch.device(check_device_available(str(device)))  # one clear line, not a CUDA traceback
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank() % torch.cuda.device_count())
     return torch.device("cpu")

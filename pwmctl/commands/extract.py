@@ -107,7 +107,7 @@ def _extract_task(st, task, *, recipe, wm, data, steps, batch_size, critic_targe
                   eval_every, eval_episodes, name, device, compile, amp, overrides, resume, loggers,
                   time_limit) -> dict:
     """Extract (or resume) one task's policy and publish it; returns the result document."""
-    from pwm_core.config import apply_overrides, set_given
+    from pwm_core.config import apply_overrides, check_device_available, set_given
     from pwm_core.data import open_dataset
     from pwm_core.nn import load_world_model
     from pwm_core.tasks import get_task
@@ -146,6 +146,7 @@ def _extract_task(st, task, *, recipe, wm, data, steps, batch_size, critic_targe
                   seed=seed, device=device, amp=amp, mask_actions=mask_actions)
         cfg.compile = cfg.compile or compile
         validate_config(cfg)
+        check_device_available(cfg.device)  # before the run folder
         name = check_name(name or spec.name, "policy name")  # before any work, not at publish time
         run = reg.new_run_dir("extract")
         write_plan(run, {"command": "extract", "task": spec.name, "wm": wm_ref, "data": data_refs, "name": name,

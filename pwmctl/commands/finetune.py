@@ -48,7 +48,7 @@ def finetune(
     Publishes a new world model (`<wm>-<task>-ft`) and a new policy version, both with lineage, plus the
     collected episodes as a dataset. Checkpoints after every round and on Ctrl-C; `--resume RUN` continues.
     """
-    from pwm_core.config import set_given
+    from pwm_core.config import check_device_available, set_given
     from pwm_core.data import open_dataset
     from pwm_core.nn import load_world_model
     from pwm_core.tasks import get_task
@@ -87,6 +87,7 @@ def finetune(
         set_given(cfg, env_steps=env_steps, episodes_per_round=episodes_per_round,
                   updates_per_episode=updates_per_episode, wm_batch_size=wm_batch_size,
                   policy_batch_size=policy_batch_size, seed=seed, device=device)
+        check_device_available(cfg.device)  # before the run folder
         name = check_name(name or pol_artifact.name, "policy name")  # before any work, not at publish time
         run = reg.new_run_dir("finetune")
         write_plan(run, {"command": "finetune", "task": spec.name, "policy": pol_ref, "name": name,

@@ -49,7 +49,7 @@ def pretrain(
     the same step count, optimiser and RNG state. Under `torchrun --nproc-per-node N -m pwmctl pretrain ...`
     the ranks train with data parallelism and rank 0 publishes.
     """
-    from pwm_core.config import apply_overrides, load_yaml_into, set_given
+    from pwm_core.config import apply_overrides, check_device_available, load_yaml_into, set_given
     from pwm_core.nn import count_parameters
     from pwm_core.tasks import resolve_tasks
     from pwm_core.train import distributed as dist
@@ -88,6 +88,8 @@ def pretrain(
                   amp=amp)
         cfg.compile = cfg.compile or compile
         validate_pretrain_config(cfg)  # before any work: steps=-5, batch_size=0, rho=nan, --device banana
+        if not dry_run:  # a dry run may plan a GPU run on a laptop
+            check_device_available(cfg.device)
         refs = _choose_datasets(reg, task_set, data, allow_missing or dry_run, st)
     model_cfg = model_config(cfg, task_set)
     counts = count_parameters(model_cfg)
