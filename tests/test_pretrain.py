@@ -267,3 +267,20 @@ def test_sampler_pads_other_datasets_to_the_model_dims(datasets):
     assert batch.obs.shape == (5, 64, 24) and batch.action.shape == (4, 64, 6)
     assert (batch.obs[..., 5:] == 0).all() and (batch.action[..., 1:] == 0).all()
     assert (batch.obs[..., :5] != 0).any() and sampler.num_episodes == 2
+
+
+def test_streamed_windows_train_exactly_as_windows_in_ram(datasets, tmp_path):
+    """Over the RAM budget the windows come from disk (prefetched): the same windows, so the same run."""
+    ram = Pretrainer(tiny_config(), tiny_model_config(), datasets, TASKS)
+    disk = Pretrainer(tiny_config(ram_budget_gb=0.0), tiny_model_config(), datasets, TASKS)
+    assert disk.streaming and not ram.streaming
+    for _ in range(3):
+        assert ram.step() == disk.step()
+    assert ram.validate() == disk.validate()
+    disk.save_checkpoint(tmp_path / "disk.pt")  # the prefetched batches are not in its sampler state
+    ram.step()
+    resumed = Pretrainer.resume(tmp_path / "disk.pt", datasets, cfg=tiny_config())  # resumed in RAM
+    assert not resumed.streaming
+    resumed.step()
+    for a, b in zip(ram.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)

@@ -31,7 +31,8 @@ from pwm_core.collect import CollectResult
 from pwm_core.collect import collect as run_collect
 from pwm_core.config import from_dict, to_dict
 from pwm_core.data import EpisodeDataset, EpisodeWriter, fsck, open_dataset
-from pwm_core.data.sampler import WindowSampler
+from pwm_core.data.outofcore import OutOfCoreSampler
+from pwm_core.data.sampler import WindowSampler, choose_sampler, in_ram_nbytes
 from pwm_core.errors import PwmError
 from pwm_core.io import atomic_write, read_checkpoint
 from pwm_core.nn import WorldModel
@@ -58,6 +59,8 @@ class FinetuneConfig:
     offline_data: bool = True  # also draw windows from the task's offline episodes
     seed: int = 0  # env seeds, exploration noise, samplers
     device: str = "auto"
+    ram_budget_gb: float | None = None  # rows held in RAM at most (None: half the available memory); beyond, the
+    # windows stream from the Zarr arrays on disk (the same windows)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -212,7 +215,7 @@ class Finetuner:
                 "model": self.model.state_dict(),
                 "optim": self.optim.state_dict(), "pi_optim": self.pi_optim.state_dict(),
                 "scale": self.scale.state_dict(), "extractor": self.extractor.state_dict(),
-                "samplers": [s.generator.get_state() for s in (self.sampler, self.policy_sampler)
+                "samplers": [s.get_state() for s in (self.sampler, self.policy_sampler)
                              if s is not None], "rng": global_rng_state()}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
@@ -233,7 +236,7 @@ class Finetuner:
             self._refresh_samplers()
         for s, state in zip((self.sampler, self.policy_sampler), sd["samplers"]):
             if s is not None:
-                s.generator.set_state(state)
+                s.set_state(state)
         set_global_rng_state(sd["rng"])
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
@@ -256,17 +259,21 @@ class Finetuner:
             self.sampler = self.policy_sampler = None
             return
         mcfg, H = self.model.cfg, self.wm_cfg.horizon
+        O, A = mcfg.obs_dim, mcfg.act_dim
+        budget = None if self.cfg.ram_budget_gb is None else int(self.cfg.ram_budget_gb * 1e9)
+        sampler_cls = choose_sampler(2 * in_ram_nbytes(datasets, tasks=[self.spec.id], obs_dim=O, act_dim=A), budget)
 
-        def sampler(batch_size: int, stream: int) -> WindowSampler:
-            return WindowSampler(datasets, H, batch_size, tasks=[self.spec.id],
-                                 seed=derived_seed(self.cfg.seed, stream, self.round), device=self.device,
-                                 obs_dim=mcfg.obs_dim, act_dim=mcfg.act_dim)
+        def sampler(batch_size: int, stream: int) -> WindowSampler | OutOfCoreSampler:
+            return sampler_cls(datasets, H, batch_size, tasks=[self.spec.id],
+                               seed=derived_seed(self.cfg.seed, stream, self.round), device=self.device,
+                               obs_dim=O, act_dim=A)
 
         self.sampler = sampler(self.cfg.wm_batch_size, 2)
         self.policy_sampler = sampler(self.cfg.policy_batch_size, 3)
         for new, prev in zip((self.sampler, self.policy_sampler), old):
             if prev is not None:  # keep the streams going across rebuilds
-                new.generator.set_state(prev.generator.get_state())
+                new.set_state(prev.get_state())
+                prev.close()
 
     def _start_states(self) -> Tensor:
         if self.policy_sampler is None:  # before the first round: the extractor only takes its metric states

@@ -28,10 +28,11 @@ from pwm_core import io
 from pwm_core.config import ConfigError, from_dict, to_dict
 from pwm_core.data import EpisodeDataset
 from pwm_core.data.episodes import task_set_from_dict
-from pwm_core.data.sampler import WindowSampler
+from pwm_core.data.sampler import WindowSampler, choose_sampler, in_ram_nbytes
 from pwm_core.errors import DatasetError, PwmError
 from pwm_core.io import atomic_write
 from pwm_core.nn import WorldModel, WorldModelConfig, world_model_config
+from pwm_core.nn.kernels import use_kernels
 from pwm_core.nn.math import soft_ce, two_hot_inv
 from pwm_core.seeding import (
     derived_seed,
@@ -79,6 +80,9 @@ class PretrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str | None = None  # None (fp32) or "bf16": forward passes under torch.autocast(bfloat16)
     compile: bool = False  # torch.compile the world-model loss
+    kernels: str = "exact"  # Mish kernel: exact (ATen's, TD-MPC2's) | fast (one exp; pwm_core.nn.kernels)
+    ram_budget_gb: float | None = None  # rows held in RAM at most (None: half the available memory); beyond, the
+    # windows stream from the Zarr arrays on disk (the same windows: this never changes a run)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -251,7 +255,9 @@ class Pretrainer:
     """Offline multi-task world-model training: ``step()`` is one TD-MPC2 update.
 
     Episodes are split (seeded, per dataset) into training and held-out ones; windows are drawn
-    uniformly from each split and padded to the model's task-set dims. Under ``torchrun`` (after
+    uniformly from each split and padded to the model's task-set dims, from rows loaded into RAM or,
+    when they exceed ``cfg.ram_budget_gb`` (``streaming``), read from disk per batch with prefetch
+    (:class:`~pwm_core.data.outofcore.OutOfCoreSampler`: the same windows). Under ``torchrun`` (after
     :func:`pwm_core.train.distributed.setup`) every rank samples its own windows and the
     gradients are averaged, so all ranks keep identical weights.
 
@@ -312,12 +318,20 @@ class Pretrainer:
                                    f"episode {int(h.max())}; resume with the datasets of the run")
         train_eps = [np.setdiff1d(ds.select_episodes(self.task_set.ids), h)
                      for ds, h in zip(self.datasets, self.held_out)]
-        self.sampler = WindowSampler(self.datasets, cfg.horizon, cfg.batch_size, seed=cfg.seed + self.rank,
-                                     device=self.device, episodes=train_eps, obs_dim=mcfg.obs_dim,
-                                     act_dim=mcfg.act_dim)
-        self.val_sampler = (WindowSampler(self.datasets, cfg.horizon, cfg.batch_size, device=self.device,
-                                          episodes=self.held_out, obs_dim=mcfg.obs_dim, act_dim=mcfg.act_dim)
-                            if any(h.size for h in self.held_out) else None)
+        has_val = any(h.size for h in self.held_out)
+        O, A = mcfg.obs_dim, mcfg.act_dim
+        self.data_nbytes = sum(in_ram_nbytes(self.datasets, episodes=eps, obs_dim=O, act_dim=A)
+                               for eps in ([train_eps, self.held_out] if has_val else [train_eps]))
+        budget = None if cfg.ram_budget_gb is None else int(cfg.ram_budget_gb * 1e9)
+        sampler_cls = choose_sampler(self.data_nbytes, budget)  # both splits in RAM, or both streamed
+        self.streaming = sampler_cls is not WindowSampler
+        for old in (getattr(self, "sampler", None), getattr(self, "val_sampler", None)):
+            if old is not None:
+                old.close()
+        self.sampler = sampler_cls(self.datasets, cfg.horizon, cfg.batch_size, seed=cfg.seed + self.rank,
+                                   device=self.device, episodes=train_eps, obs_dim=O, act_dim=A)
+        self.val_sampler = (sampler_cls(self.datasets, cfg.horizon, cfg.batch_size, device=self.device,
+                                        episodes=self.held_out, obs_dim=O, act_dim=A) if has_val else None)
 
     # ------------------------------------------------------------------------------- training
     def step(self) -> dict[str, float]:
@@ -326,7 +340,7 @@ class Pretrainer:
         Keys: loss, consistency, reward_ce, value_ce, grad_norm (before clipping), pi_loss,
         pi_entropy, pi_scale, pi_grad_norm.
         """
-        with self._own_rng():
+        with self._own_rng(), use_kernels(self.cfg.kernels):
             return self._step()
 
     def _step(self) -> dict[str, float]:
@@ -347,7 +361,7 @@ class Pretrainer:
         if self.val_sampler is None:
             return {}
         self.model.eval()
-        self.val_sampler.generator.manual_seed(self.cfg.seed + _VAL_SEED_OFFSET)
+        self.val_sampler.manual_seed(self.cfg.seed + _VAL_SEED_OFFSET)
         totals: dict[str, float] = {}
         for _ in range(self.cfg.val_batches):
             batch = self.val_sampler.sample()
@@ -368,7 +382,7 @@ class Pretrainer:
             "held_out": [torch.from_numpy(h) for h in self.held_out],
             "model": self.model.state_dict(), "optim": self.optim.state_dict(),
             "pi_optim": self.pi_optim.state_dict(), "scale": self.scale.state_dict(),
-            "sampler": self.sampler.generator.get_state(),
+            "sampler": self.sampler.get_state(),
             "rng": {**global_rng_state(), "step": self._rng},
         }
 
@@ -389,13 +403,13 @@ class Pretrainer:
         self.step_count = int(sd["step"])
         set_global_rng_state(sd["rng"])
         if self.rank == 0:
-            self.sampler.generator.set_state(sd["sampler"])
+            self.sampler.set_state(sd["sampler"])
             self._rng = dict(sd["rng"]["step"])
             if self.device.type == "cuda" and self._rng["cuda"].numel() == 0:  # written on CPU
                 self._rng["cuda"] = _seeded_rng_state(self.cfg.seed, self.device)["cuda"]
         else:  # the checkpoint holds rank 0's streams: give the other ranks fresh, distinct ones
             seed = derived_seed(self.cfg.seed, self.rank, self.step_count)
-            self.sampler.generator.manual_seed(seed)
+            self.sampler.manual_seed(seed)
             self._rng = _seeded_rng_state(seed + 1, self.device)
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:

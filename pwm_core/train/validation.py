@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pwm_core.config import ConfigError, check_device, check_range
+from pwm_core.nn.kernels import KERNELS
 from pwm_core.nn.sizes import SIZES
 
 if TYPE_CHECKING:
@@ -36,8 +37,12 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
         check_range(cfg, key, low=0.0)
     check_range(cfg, "tau", low=0.0, high=1.0, low_open=True)  # Polyak rate
     check_range(cfg, "val_fraction", low=0.0, high=1.0, high_open=True)
+    if cfg.ram_budget_gb is not None:
+        check_range(cfg, "ram_budget_gb", low=0.0)  # 0: always stream the windows from disk
     if cfg.seed < 0:
         raise ConfigError(f"seed must be >= 0, got {cfg.seed}")
     check_device(cfg.device)
     if cfg.amp not in AMP:
         raise ConfigError(f"amp: {cfg.amp!r} is not supported; use none or bf16")
+    if cfg.kernels not in KERNELS:
+        raise ConfigError(f"kernels: {cfg.kernels!r} is not one of {list(KERNELS)}")

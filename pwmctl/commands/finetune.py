@@ -10,6 +10,7 @@ import typer
 from registry.refs import check_name
 
 from pwmctl.commands.extract import evaluate_extractor
+from pwmctl.commands.pretrain import RAM_BUDGET_HELP
 from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
 from pwmctl.runs import LOGGER_HELP, METRICS, append_jsonl, check_loggers, read_jsonl, read_plan, training_callbacks
 from pwmctl.runs import published_by, write_plan
@@ -41,6 +42,7 @@ def finetune(
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N]."),
     resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
     logger: list[str] = typer.Option(None, "--logger", help=LOGGER_HELP),
+    ram_budget: float = typer.Option(None, "--ram-budget", min=0.0, help=RAM_BUDGET_HELP),
 ) -> None:
     """Fine-tune a policy and its world model online: collect episodes with the policy's exploration
     noise, then alternate world-model updates (the pre-training objective) and PWM policy updates.
@@ -77,6 +79,8 @@ def finetune(
         loggers = loggers or plan.get("loggers", [])
         if env_steps is not None:
             cfg.env_steps = env_steps
+        if ram_budget is not None:  # this machine's memory: never changes the run
+            cfg.ram_budget_gb = ram_budget
     else:
         if task is None:
             raise fail("name the task: `pwmctl finetune cartpole-balance`")
@@ -86,7 +90,7 @@ def finetune(
         cfg = FinetuneConfig(offline_data=offline_data)
         set_given(cfg, env_steps=env_steps, episodes_per_round=episodes_per_round,
                   updates_per_episode=updates_per_episode, wm_batch_size=wm_batch_size,
-                  policy_batch_size=policy_batch_size, seed=seed, device=device)
+                  policy_batch_size=policy_batch_size, seed=seed, device=device, ram_budget_gb=ram_budget)
         check_device_available(cfg.device)  # before the run folder
         name = check_name(name or pol_artifact.name, "policy name")  # before any work, not at publish time
         run = reg.new_run_dir("finetune")

@@ -18,6 +18,8 @@ from pwmctl.runs import LOGGER_HELP, METRICS, TIME_LIMIT_HELP, append_jsonl, che
 from pwmctl.runs import refuse_if_published, training_callbacks, write_plan
 
 CHECKPOINT = "checkpoint.pt"
+RAM_BUDGET_HELP = ("GB of dataset rows to hold in RAM; beyond it, windows stream from disk (the same windows) "
+                   "\\[default: half the available memory].")
 
 
 def pretrain(
@@ -40,6 +42,7 @@ def pretrain(
     resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
     logger: list[str] = typer.Option(None, "--logger", help=LOGGER_HELP),
     time_limit: float = typer.Option(None, "--time-limit", min=0.01, help=TIME_LIMIT_HELP),
+    ram_budget: float = typer.Option(None, "--ram-budget", min=0.0, help=RAM_BUDGET_HELP),
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Print the resolved config and parameter counts; train nothing."),
 ) -> None:
@@ -72,6 +75,8 @@ def pretrain(
         loggers = loggers or plan.get("loggers", [])
         if steps is not None:  # allow extending a run
             cfg.steps = steps
+        if ram_budget is not None:  # this machine's memory: never changes the run
+            cfg.ram_budget_gb = ram_budget
         validate_pretrain_config(cfg)
     else:
         if tasks is None:
@@ -85,7 +90,7 @@ def pretrain(
             load_yaml_into(cfg, config)
         apply_overrides(cfg, overrides or [])
         set_given(cfg, size=size, steps=steps, batch_size=batch_size, horizon=horizon, seed=seed, device=device,
-                  amp=amp)
+                  amp=amp, ram_budget_gb=ram_budget)
         cfg.compile = cfg.compile or compile
         validate_pretrain_config(cfg)  # before any work: steps=-5, batch_size=0, rho=nan, --device banana
         if not dry_run:  # a dry run may plan a GPU run on a laptop
@@ -126,6 +131,9 @@ def pretrain(
                  f"{cfg.steps} steps{f' or {time_limit:g} minutes' if time_limit else ''}, batch {cfg.batch_size}, "
                  f"H={cfg.horizon}, on {ctx_dist.device}"
                  f"{f' x{dist.world_size()} ranks' if dist.world_size() > 1 else ''}; run {run.name}")
+        if trainer.streaming:
+            info(st, f"windows stream from disk: the rows take {trainer.data_nbytes / 1e9:.1f} GB, over the RAM "
+                     "budget (--ram-budget GB)")
     first_val = _first_validation(run, trainer, main)
     t0 = time.monotonic()
     with Progress(st if main else _silent(st), "pretrain", total=cfg.steps) as bar:

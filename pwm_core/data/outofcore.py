@@ -1,0 +1,351 @@
+"""Out-of-core window sampler: the in-RAM sampler's windows, read straight from the Zarr arrays on disk.
+
+For datasets larger than RAM. :class:`OutOfCoreSampler` draws exactly the windows
+:class:`~pwm_core.data.sampler.WindowSampler` draws for the same episodes and seed (both go through
+:class:`~pwm_core.data.sampler.WindowIndex`), so a run can switch between the two and stay bitwise the
+same. Per batch, for each dataset and array:
+
+1. batched gather: the B x (H+1) rows become the set of chunks they fall in, sorted by position on
+   disk (chunk-aware order: each chunk is read and decoded once per batch, shards in file order);
+2. chunks come from a bounded LRU cache of decoded chunks, or are read: on local disk, for the
+   writer's layout (sharded, blosc), each chunk is one ``pread`` of its bytes at the offset the
+   shard's index gives plus one blosc decode, on a small thread pool (both release the GIL); other
+   stores or codecs go through one zarr orthogonal selection per array and batch;
+3. every chunk read is checked for NaN / inf in the rows of the sampled episodes (an episode's NaN
+   first action / reward is the format's) and refused as the in-RAM sampler refuses it.
+
+A background thread prepares the next ``prefetch`` batches while the caller trains on the current
+one. Their windows are drawn from the generator in the caller's thread, in order; the sampler's
+state (:meth:`OutOfCoreSampler.get_state`) is the generator's state before the first batch not yet
+returned, so a checkpoint resumes with exactly the next batch.
+
+Cost model: a window of H+1 = 17 rows touches about 1 + H / chunk_rows chunks per array, so the
+bytes decoded per window are ~chunk_rows x 126 B (obs 24 + action 6 + reward float32 columns):
+64 KB at the writer's default 4096-row chunks (~0.5 ms of blosc per window on one core), 32 KB at
+256-row chunks.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import google_crc32c  # zarr's own dependency (its crc32c codec)
+import numpy as np
+import torch
+import zarr
+from numcodecs import blosc
+
+from pwm_core.data.episodes import ACTION, OBS, REWARD, storage_key, storage_rows
+from pwm_core.data.reader import EpisodeDataset
+from pwm_core.data.sampler import Batch, WindowIndex, nan_error, select_episodes, target_dims
+from pwm_core.errors import DatasetError
+
+CACHE_BYTES = 256 * 2**20  # decoded chunks kept per sampler (LRU)
+PREFETCH = 2  # batches prepared ahead in the background
+READ_THREADS = 2  # chunk reads + decodes in parallel
+_EMPTY = np.uint64(2**64 - 1)  # a shard index entry of a chunk never written
+_FIELDS = (("obs", OBS), ("action", ACTION), ("reward", REWARD))
+
+
+class OutOfCoreSampler:
+    """Uniform H+1-row windows, as :class:`~pwm_core.data.sampler.WindowSampler`, read from disk per batch.
+
+    Same arguments and batches as ``WindowSampler`` (same seed -> same windows), plus ``prefetch``
+    (batches prepared ahead by a background thread; 0: read when asked), ``cache_bytes`` (decoded
+    chunks kept) and ``read_threads``. Call :meth:`close` (or let it be collected) to stop its threads.
+    """
+
+    def __init__(self, dataset: EpisodeDataset | Sequence[EpisodeDataset], horizon: int, batch_size: int,
+                 tasks: Sequence[int | str] | None = None, seed: int = 0, device: str | torch.device = "cpu", *,
+                 episodes: Sequence[np.ndarray] | None = None, obs_dim: int | None = None,
+                 act_dim: int | None = None, prefetch: int = PREFETCH, cache_bytes: int = CACHE_BYTES,
+                 read_threads: int = READ_THREADS) -> None:
+        datasets = [dataset] if isinstance(dataset, EpisodeDataset) else list(dataset)
+        if horizon < 1 or batch_size < 1:
+            raise ValueError(f"horizon and batch_size must be >= 1, got {horizon}, {batch_size}")
+        if prefetch < 0 or read_threads < 1:
+            raise ValueError(f"prefetch must be >= 0 and read_threads >= 1, got {prefetch}, {read_threads}")
+        self.horizon, self.batch_size, self.device = horizon, batch_size, torch.device(device)
+        self.prefetch = prefetch
+        selections = select_episodes(datasets, tasks, episodes)
+        self.obs_dim, self.act_dim = target_dims(datasets, obs_dim, act_dim)
+        lengths = torch.from_numpy(np.concatenate([ds.episode_lengths[s] for ds, s in zip(datasets, selections)]))
+        ep_task = np.concatenate([ds.episode_task[s] for ds, s in zip(datasets, selections)]).astype(np.int64)
+        self.index = WindowIndex(lengths.long(), torch.from_numpy(ep_task), horizon)
+        self.num_windows, self.num_episodes = self.index.num_windows, self.index.num_episodes
+        keep = self.index.keep.numpy()
+        # per kept episode: its dataset and first row there (the in-RAM sampler's row, relocated)
+        self._dataset_of = np.concatenate([np.full(s.size, i) for i, s in enumerate(selections)])[keep]
+        self._first_row = np.concatenate([ds.episode_starts[s] for ds, s in zip(datasets, selections)])[keep]
+        self._task = self.index.task
+        self._cache = _ChunkCache(cache_bytes)
+        self._pool = ThreadPoolExecutor(read_threads, thread_name_prefix="pwm-chunk-read")
+        self._sources = [_Source(ds, s, self._pool) for ds, s in zip(datasets, selections)]
+        self._generator = torch.Generator().manual_seed(seed)
+        self._pending: deque[tuple[torch.Tensor, Future[Batch]]] = deque()
+        self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="pwm-prefetch")
+        self._finalizer = weakref.finalize(self, _shutdown, self._prefetcher, self._pool)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of decoded chunks held in the cache."""
+        return self._cache.nbytes
+
+    def sample(self) -> Batch:
+        """B windows drawn uniformly (with replacement) over all valid start rows (as WindowSampler)."""
+        if not self._pending:
+            self._submit()
+        _, batch = self._pending.popleft()
+        while len(self._pending) < self.prefetch:  # the next batches are read while the caller trains
+            self._submit()
+        return batch.result().to(self.device)
+
+    # The stream's state, for checkpoints: that of the first batch not returned yet
+    def get_state(self) -> torch.Tensor:
+        return self._pending[0][0].clone() if self._pending else self._generator.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self._drop_pending()
+        self._generator.set_state(state)
+
+    def manual_seed(self, seed: int) -> None:
+        self._drop_pending()
+        self._generator.manual_seed(seed)
+
+    def close(self) -> None:
+        """Stop the background threads (pending batches are dropped)."""
+        self._drop_pending()
+        self._finalizer()
+
+    # ------------------------------------------------------------------------------- internals
+    def _submit(self) -> None:
+        state = self._generator.get_state()
+        episode, offset = self.index.draw(self._generator, self.batch_size)
+        self._pending.append((state, self._prefetcher.submit(self._read, episode, offset)))
+
+    def _drop_pending(self) -> None:
+        while self._pending:
+            _, future = self._pending.pop()
+            if not future.cancel():
+                future.exception()  # wait for it; an error of a batch nobody asked for is not raised
+
+    def _read(self, episode: torch.Tensor, offset: torch.Tensor) -> Batch:
+        """The windows (kept-episode index, start offset) gathered from disk, on the CPU."""
+        H, B = self.horizon, self.batch_size
+        ep = episode.numpy()
+        source_of, start = self._dataset_of[ep], self._first_row[ep] + offset.numpy()
+        obs = np.zeros((H + 1, B, self.obs_dim), np.float32)  # zero padding, as the in-RAM sampler's
+        action = np.zeros((H, B, self.act_dim), np.float32)
+        reward = np.empty((H, B), np.float32)
+        for i in np.unique(source_of):
+            cols = np.flatnonzero(source_of == i)
+            rows = start[cols][None, :] + np.arange(H + 1)[:, None]  # (H+1, b) rows of dataset i
+            src = self._sources[i]
+            obs[:, cols, :src.dataset.obs_dim] = src.gather("obs", rows, self._cache)
+            action[:, cols, :src.dataset.act_dim] = src.gather("action", rows[1:], self._cache)
+            reward[:, cols] = src.gather("reward", rows[1:], self._cache)
+        return Batch(torch.from_numpy(obs), torch.from_numpy(action), torch.from_numpy(reward), self._task[episode])
+
+
+class _ChunkCache:
+    """Decoded chunks by (dataset, array, chunk), least recently used dropped beyond ``max_bytes``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.nbytes = max_bytes, 0
+        self._chunks: OrderedDict[tuple[int, str, int], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, str, int]) -> np.ndarray | None:
+        with self._lock:
+            chunk = self._chunks.get(key)
+            if chunk is not None:
+                self._chunks.move_to_end(key)
+            return chunk
+
+    def put(self, key: tuple[int, str, int], chunk: np.ndarray) -> None:
+        if chunk.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            if key not in self._chunks:
+                self._chunks[key] = chunk
+                self.nbytes += chunk.nbytes
+            while self.nbytes > self.max_bytes:
+                _, old = self._chunks.popitem(last=False)
+                self.nbytes -= old.nbytes
+
+
+class _Source:
+    """One dataset's obs / action / reward arrays as decoded chunks, checked for NaN / inf."""
+
+    def __init__(self, dataset: EpisodeDataset, selected: np.ndarray, pool: ThreadPoolExecutor) -> None:
+        self.dataset, self._pool = dataset, pool
+        self._selected = np.zeros(dataset.num_episodes + 1, bool)  # + 1: rows past the committed ones
+        self._selected[selected] = True
+        self._arrays = {key: _ChunkedArray(dataset._layout.arrays[name], name, dataset.path)
+                        for key, name in _FIELDS}
+        self._key = id(self)
+
+    def gather(self, key: str, rows: np.ndarray, cache: _ChunkCache) -> np.ndarray:
+        """``array[rows]`` for an int array of rows (any shape): shape ``rows.shape + row shape``."""
+        arr = self._arrays[key]
+        chunk_of = rows // arr.chunk_rows
+        need = np.unique(chunk_of)  # sorted: the order of the chunks on disk
+        chunks: list[np.ndarray | None] = [cache.get((self._key, key, int(c))) for c in need]
+        missing = [i for i, c in enumerate(chunks) if c is None]
+        if missing:
+            read = arr.read(need[missing], self._pool)
+            for i, chunk in zip(missing, read):
+                self._check_finite(key, int(need[i]) * arr.chunk_rows, chunk)
+                cache.put((self._key, key, int(need[i])), chunk)
+                chunks[i] = chunk
+        stack = np.stack(chunks)  # type: ignore[arg-type]  # (n, chunk_rows, *row shape), all filled above
+        return stack[np.searchsorted(need, chunk_of), rows - chunk_of * arr.chunk_rows]
+
+    def _check_finite(self, key: str, lo: int, chunk: np.ndarray) -> None:
+        """Refuse NaN / inf in the rows of sampled episodes (the first row's action / reward excepted)."""
+        finite = np.isfinite(chunk) if chunk.ndim == 1 else np.isfinite(chunk).all(1)
+        if finite.all():
+            return
+        ds = self.dataset
+        rows = lo + np.arange(len(chunk))
+        episode = np.searchsorted(ds.episode_ends, rows, side="right")  # num_episodes past the committed rows
+        bad = ~finite & self._selected[episode]
+        if key != "obs":
+            bad &= rows != np.append(ds.episode_starts, ds.num_rows)[episode]
+        if bad.any():
+            row = int(rows[np.argmax(bad)])
+            e = int(np.searchsorted(ds.episode_ends, row, side="right"))
+            raise nan_error(ds, e, row - int(ds.episode_starts[e]), "obs" if key == "obs" else "action/reward")
+
+
+class _ChunkedArray:
+    """Whole chunks of one Zarr array, decoded: ``pread`` + blosc on the writer's local sharded layout,
+    else zarr itself (any store, any codec)."""
+
+    def __init__(self, arr: zarr.Array, name: str, path: str) -> None:
+        self.arr, self.name, self.path = arr, name, path
+        self.chunk_rows = int(arr.chunks[0])
+        self._row_shape = tuple(arr.shape[1:])
+        self._shard_rows = storage_rows(arr)
+        self._dir = _local_blosc_shards(arr)
+        self._indices: OrderedDict[int, np.ndarray] = OrderedDict()  # shard -> (chunks, 2) offsets, lengths
+        self._lock = threading.Lock()
+
+    def read(self, chunks: np.ndarray, pool: ThreadPoolExecutor) -> list[np.ndarray]:
+        """The decoded chunks ``chunks`` (sorted indices), each (chunk_rows, *row shape)."""
+        if self._dir is None:
+            return self._read_zarr(chunks)
+        per_shard = self._shard_rows // self.chunk_rows
+        shards = chunks // per_shard
+        groups = np.split(chunks, np.flatnonzero(np.diff(shards)) + 1)  # one task per shard file
+        out: list[np.ndarray] = []
+        for part in pool.map(self._read_shard, groups):
+            out.extend(part)
+        return out
+
+    def _read_shard(self, chunks: np.ndarray) -> list[np.ndarray]:
+        per_shard = self._shard_rows // self.chunk_rows
+        shard = int(chunks[0]) // per_shard
+        key = storage_key(self.arr, shard * self._shard_rows)
+        assert self._dir is not None
+        try:
+            fd = os.open(self._dir / key, os.O_RDONLY)
+        except FileNotFoundError:
+            raise DatasetError(f"{self.path}: {self.name} stored object {key} is missing; the dataset is corrupt - "
+                               "`pwmctl data fsck` lists every damaged chunk") from None
+        try:
+            index = self._shard_index(fd, shard, key, per_shard)
+            out = []
+            for c in chunks:
+                offset, nbytes = index[int(c) % per_shard]
+                chunk = np.empty((self.chunk_rows, *self._row_shape), self.arr.dtype)
+                if offset == _EMPTY:  # never written: zarr's fill value (NaN rows are refused by the caller)
+                    chunk.fill(self.arr.fill_value)
+                else:
+                    data = os.pread(fd, int(nbytes), int(offset))
+                    try:
+                        blosc.decompress(data, chunk)
+                    except Exception as e:  # a short read or bad bytes
+                        raise self._corrupt(key, int(c), e) from None
+                out.append(chunk)
+            return out
+        finally:
+            os.close(fd)
+
+    def _shard_index(self, fd: int, shard: int, key: str, per_shard: int) -> np.ndarray:
+        with self._lock:
+            index = self._indices.get(shard)
+            if index is not None:
+                self._indices.move_to_end(shard)
+                return index
+        size = os.fstat(fd).st_size
+        raw = os.pread(fd, 16 * per_shard + 4, size - 16 * per_shard - 4) if size >= 16 * per_shard + 4 else b""
+        if len(raw) != 16 * per_shard + 4 or np.uint32(google_crc32c.value(raw[:-4])).tobytes() != raw[-4:]:
+            raise DatasetError(f"{self.path}: {self.name} stored object {key} has a damaged shard index; the dataset "
+                               "is corrupt - `pwmctl data fsck` lists every damaged chunk")
+        index = np.frombuffer(raw[:-4], "<u8").reshape(per_shard, 2)
+        with self._lock:
+            self._indices[shard] = index
+            while len(self._indices) > 4096:  # 64 KB each at most (4096 chunks per shard)
+                self._indices.popitem(last=False)
+        return index
+
+    def _read_zarr(self, chunks: np.ndarray) -> list[np.ndarray]:
+        R, n = self.chunk_rows, self.arr.shape[0]
+        rows = np.concatenate([np.arange(c * R, min((c + 1) * R, n)) for c in chunks])
+        try:
+            values = np.asarray(self.arr.oindex[rows])  # one batched orthogonal read: each chunk decoded once
+        except Exception:  # zarr/numcodecs raise many types on bad bytes: find the chunk, name it
+            for c in chunks:
+                try:
+                    self.arr[c * R:min((c + 1) * R, n)]
+                except Exception as e:
+                    raise self._corrupt(storage_key(self.arr, int(c) * R), int(c), e) from None
+            raise
+        out, pos = [], 0
+        for c in chunks:
+            k = min((c + 1) * R, n) - c * R
+            chunk = np.full((R, *self._row_shape), self.arr.fill_value, self.arr.dtype)
+            chunk[:k] = values[pos:pos + k]
+            out.append(chunk)
+            pos += k
+        return out
+
+    def _corrupt(self, key: str, chunk: int, e: BaseException) -> DatasetError:
+        lo = chunk * self.chunk_rows
+        return DatasetError(f"{self.path}: {self.name} rows {lo}-{lo + self.chunk_rows - 1} are unreadable (stored "
+                            f"object {key}: {type(e).__name__}: {' '.join(str(e).split())[:160]}); the dataset is "
+                            "corrupt - `pwmctl data fsck` lists every damaged chunk")
+
+
+def _local_blosc_shards(arr: zarr.Array) -> Path | None:
+    """The array's folder when its chunks can be read directly: a local store, sharded with the index at the end
+    (little-endian uint64 pairs + crc32c), chunks as little-endian bytes + blosc (what EpisodeWriter writes)."""
+    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
+    from zarr.codecs.sharding import ShardingCodecIndexLocation
+    from zarr.storage import LocalStore
+
+    codecs = arr.metadata.codecs if arr.metadata.zarr_format == 3 else ()
+    if not isinstance(arr.store, LocalStore) or len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+        return None
+    sharding = codecs[0]
+    little = [c for c in (*sharding.codecs, *sharding.index_codecs) if isinstance(c, BytesCodec)]
+    layout_ok = ([type(c) for c in sharding.codecs] == [BytesCodec, BloscCodec]
+                 and [type(c) for c in sharding.index_codecs] == [BytesCodec, Crc32cCodec]
+                 and all(c.endian is None or c.endian.value == "little" for c in little)
+                 and sharding.index_location == ShardingCodecIndexLocation.end
+                 and tuple(sharding.chunk_shape[1:]) == tuple(arr.shape[1:])
+                 and arr.dtype.byteorder in "<=|")
+    return Path(arr.store.root) / arr.path if layout_ok else None
+
+
+def _shutdown(*executors: ThreadPoolExecutor) -> None:
+    for ex in executors:  # no wait: the last reference may be dropped in one of their own threads
+        ex.shutdown(wait=False, cancel_futures=True)
+
