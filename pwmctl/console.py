@@ -99,26 +99,34 @@ def human_size(n: float) -> str:
 
 class Progress:
     """Progress for long loops: a Rich bar on a terminal, a plain line every few seconds otherwise
-    (SLURM/CI logs), nothing with -q / --format json. ``update(advance, **fields)``."""
+    (SLURM/CI logs), nothing with -q / --format json. ``update(advance, **fields)``.
 
-    def __init__(self, st: State, description: str, total: int | None, every_s: float = 10.0):
+    With a ``unit`` ("bytes", "episodes", ...) the plain lines are quieter: none before ``every_s`` has
+    passed, so a short job prints just its final line; "bytes" shows sizes, speed and ETA. ``start``:
+    what was done before (a resumed download), not counted in the speed."""
+
+    def __init__(self, st: State, description: str, total: int | None, every_s: float = 10.0,
+                 unit: str | None = None, start: int = 0):
         self.enabled = not st.quiet
         self.tty = stderr.is_terminal
-        self.description, self.total, self.every_s = description, total, every_s
-        self.done, self.fields, self._t0, self._last = 0, {}, time.monotonic(), 0.0
+        self.description, self.total, self.every_s, self.unit = description, total, every_s, unit
+        self.done, self.fields, self._t0 = start, {}, time.monotonic()
+        self._start, self._last = start, (self._t0 if unit else 0.0)
         self._bar = None
 
     def __enter__(self) -> Progress:
         if self.enabled and self.tty:
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
+            from rich.progress import TimeRemainingColumn, TransferSpeedColumn
 
-            self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            counts = [DownloadColumn(), TransferSpeedColumn()] if self.unit == "bytes" else [MofNCompleteColumn()]
+            self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), *counts,
                                      TimeElapsedColumn(), TimeRemainingColumn(),
                                      TextColumn("{task.fields[status]}"), console=stderr,
                                      refresh_per_second=4)
             self._bar.__enter__()
-            self._task = self._bar.add_task(self.description, total=self.total, status="")
+            self._task = self._bar.add_task(self.description, total=self.total, completed=self.done, status="")
         return self
 
     def update(self, advance: int = 1, **fields: Any) -> None:
@@ -131,9 +139,17 @@ class Progress:
             self._bar.update(self._task, advance=advance, status=status)
         elif time.monotonic() - self._last >= self.every_s or self.done == self.total:
             self._last = time.monotonic()
-            total = f"/{self.total}" if self.total else ""
-            stderr.print(f"{self.description} {self.done}{total} "
-                         f"[{time.monotonic() - self._t0:.0f}s] {status}", soft_wrap=True)
+            stderr.print(f"{self.description} {self._counts()} [{time.monotonic() - self._t0:.0f}s] {status}".rstrip(),
+                         soft_wrap=True)
+
+    def _counts(self) -> str:
+        if self.unit != "bytes":
+            return f"{self.done}{f'/{self.total}' if self.total else ''}{f' {self.unit}' if self.unit else ''}"
+        rate = (self.done - self._start) / max(time.monotonic() - self._t0, 1e-9)
+        shown = f"{human_size(self.done)}{f' / {human_size(self.total)}' if self.total else ''}, {human_size(rate)}/s"
+        if self.total and self.done < self.total and rate > 0:
+            shown += f", ETA {_duration((self.total - self.done) / rate)}"
+        return shown
 
     def set_total(self, total: int | None) -> None:
         self.total = total
@@ -147,6 +163,26 @@ class Progress:
     def __exit__(self, *exc: Any) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
+
+
+class ByteProgress:
+    """A download's ``progress(done, total)`` callback as a byte :class:`Progress` (sizes, speed, ETA; quiet
+    plain lines off a terminal) that starts at the bytes a resumed download already had. A context manager."""
+
+    def __init__(self, st: State, description: str) -> None:
+        self.st, self.description, self.bar = st, description, None
+
+    def __enter__(self) -> ByteProgress:
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = Progress(self.st, self.description, total, every_s=60, unit="bytes", start=done).__enter__()
+        self.bar.update(done - self.bar.done)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
 
 class ProgressCallback:
@@ -168,6 +204,12 @@ class ProgressCallback:
     def on_interrupt(self, state) -> None: ...
 
     def on_end(self, state) -> None: ...
+
+
+def _duration(seconds: float) -> str:
+    """3h05m, 4m10s, 12s."""
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def _fmt(v: Any) -> str:

@@ -5,7 +5,9 @@ ThreadingHTTPServer on 127.0.0.1 (port 0), serving the endpoints the client call
 (the route table in `FakeHub.handle`). Uploads take the legacy LFS path: the `fake_hub` fixture sets
 HF_HUB_DISABLE_XET. Test hooks: `corrupt` (tamper with a stored file), `commit_files` (a commit
 by someone else), `before_commit` (run it while a push is under way), `token` (require auth),
-`requests` (the log of (method, path) served).
+`requests` (the log of (method, path) served), `add_repo` (a repo holding files, as another publisher's),
+`ranges` (the log of (path, Range header) of ranged downloads), `fail_next` / `cut_next` (the next
+download of a path answers an HTTP error / stops after some bytes and drops the connection).
 
     pytest_plugins = ["fakehub"]        # in a test module, then:
 
@@ -83,6 +85,9 @@ class FakeHub:
         self.lfs: dict[str, bytes] = {}  # sha256 -> uploaded object
         self.requests: list[tuple[str, str]] = []
         self.before_commit: Callable[[], None] | None = None  # runs once, inside the next commit call
+        self.ranges: list[tuple[str, str]] = []  # (path, Range header) of ranged downloads
+        self.fail_next: dict[str, int] = {}  # path -> HTTP status the next GET of it answers
+        self.cut_next: dict[str, int] = {}  # path -> bytes the next GET of it sends before dropping the connection
         self.url = ""
         self._lock = threading.RLock()
         self._ids = itertools.count(1)
@@ -169,6 +174,12 @@ class FakeHub:
                     old = files[path]
                     files[path] = data if data is not None else bytes([old[0] ^ 0xFF]) + old[1:]
 
+    def add_repo(self, repo_id: str, files: dict[str, bytes], repo_type: str = "model") -> str:
+        """A public repo with `files` on main, made by someone else; returns the commit oid."""
+        with self._lock:
+            repo = self.repos[(repo_type, repo_id)] = Repo(repo_type, repo_id, private=False)
+            return self._commit(repo, "main", {".gitattributes": GITATTRIBUTES, **files})
+
     def commit_files(self, repo_id: str, files: dict[str, bytes], repo_type: str = "model") -> str:
         """A commit on main by someone else (adds or replaces `files`); returns its oid."""
         with self._lock:
@@ -207,7 +218,7 @@ class FakeHub:
             if match and method == route_method:
                 try:
                     with self._lock:
-                        return route(match, body, {**query, "_headers": headers})
+                        return route(match, body, {**query, "_headers": headers, "_method": method})
                 except _Refused as refused:
                     return refused.response
         return _error(404, f"no route for {method} {path}")
@@ -371,13 +382,23 @@ class FakeHub:
         if "lfs" in entry:
             headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))})
         asked = query["_headers"].get("Range", query["_headers"].get("range", ""))
+        if asked:
+            self.ranges.append((path, asked))
+        if query["_method"] == "GET" and path in self.fail_next:
+            status = self.fail_next.pop(path)
+            return _error(status, f"refused for the test ({status})", {"X-Repo-Commit": oid})
         byte_range = re.fullmatch(r"bytes=(\d+)-(\d*)", asked)
+        status, start, end = 200, 0, len(data) - 1
         if byte_range:
             start = int(byte_range[1])
             end = int(byte_range[2]) if byte_range[2] else len(data) - 1
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-            return 206, headers, data[start:end + 1]
-        return 200, headers, data
+            status = 206
+        body = data[start:end + 1]
+        if query["_method"] == "GET" and path in self.cut_next:  # promise the whole body, send part, hang up
+            headers.update({"Content-Length": str(len(body)), "Connection": "close"})
+            body = body[:self.cut_next.pop(path)]
+        return status, headers, body
 
 
 def _file_entry(path: str, data: bytes) -> dict:

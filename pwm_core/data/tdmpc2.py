@@ -28,6 +28,10 @@ TDMPC2_ACT_DIM = 6  # TD-MPC2 pads every action to 6 dims in both mt30 and mt80
 OBS_DIM_TO_TASK_SET = {24: "mt30", 39: "mt80"}
 IMPORT_SHARD_ROWS = 2**18  # bulk writes: big shards keep mt80 under ~2k files per array
 IMPORT_BATCH_ROWS = 2**18  # rows per write; memory stays bounded by one batch, not one chunk
+# Where TD-MPC2 published the chunks (docs/algorithm.md#released-data-and-checkpoints-on-the-hub):
+# the Hub dataset repo HUB_REPO, files <set>/chunk_<i>.pt for i < HUB_CHUNKS[set].
+HUB_REPO = "nicklashansen/tdmpc2"
+HUB_CHUNKS = {"mt30": 4, "mt80": 20}
 
 
 @dataclass
@@ -93,6 +97,32 @@ def import_tdmpc2(paths: str | os.PathLike | Sequence[str | os.PathLike], out_pa
     return ImportReport(os.fspath(out_path), task_set.name, [str(f) for f in files], done,
                         rows - done, time.perf_counter() - t0,
                         {t.name: int(counts[t.id]) for t in task_set if counts[t.id]})
+
+
+def append_chunk(writer: EpisodeWriter, path: str | os.PathLike, *, skip_episodes: int = 0,
+                 progress: Callable[[int, int], None] | None = None, allow_pickle: bool = False) -> int:
+    """Append one chunk's episodes to an open dataset of the chunk's task set; returns the chunk's episodes.
+
+    ``skip_episodes``: the chunk's first episodes are already in the dataset (an interrupted import
+    committed them), so the import resumes after them. ``progress(done, total)`` counts the chunk's
+    episodes. Every batch is committed, as in :func:`import_tdmpc2`.
+    """
+    path = Path(path)
+    td = _load_chunk(path, allow_pickle)
+    N, _, D = _chunk_shape(td, path)
+    task_set = writer.task_set
+    if D != task_set.obs_dim:
+        raise DatasetError(f"{path}: obs dim {D}, but the dataset's task set {task_set.name!r} pads obs to "
+                           f"{task_set.obs_dim} (mt30 chunks have 24, mt80 chunks 39)")
+    if not 0 <= skip_episodes <= N:
+        raise DatasetError(f"{path}: {skip_episodes} of its episodes are said to be imported, but it holds {N}")
+    done = skip_episodes
+    for obs, action, reward, ep_task in _episode_batches(td, path, task_set, False, start=skip_episodes):
+        writer.append_episodes(obs, action, reward, ep_task)
+        done += len(ep_task)
+        if progress is not None:
+            progress(done, N)
+    return N
 
 
 def expand_chunk_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -169,12 +199,12 @@ def _chunk_shape(td, path: Path) -> tuple[int, int, int]:
     return tuple(obs.shape)
 
 
-def _episode_batches(td, path: Path, task_set: TaskSet, inferred: bool):
-    """Yield (obs, action, reward, episode_task) numpy batches of whole episodes."""
+def _episode_batches(td, path: Path, task_set: TaskSet, inferred: bool, start: int = 0):
+    """Yield (obs, action, reward, episode_task) numpy batches of whole episodes, from episode ``start``."""
     N, L, _ = td["obs"].shape
     A = task_set.act_dim
     per_batch = max(1, IMPORT_BATCH_ROWS // L)
-    for i0 in range(0, N, per_batch):
+    for i0 in range(start, N, per_batch):
         sl = slice(i0, min(i0 + per_batch, N))
         action = td["action"][sl].numpy()
         task = td["task"][sl].reshape(-1, L).numpy()

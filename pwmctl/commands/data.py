@@ -16,15 +16,30 @@ app = typer.Typer(help="Import, inspect and check episode datasets.", no_args_is
 @app.command("import-tdmpc2")
 def import_tdmpc2(
     ctx: typer.Context,
-    paths: list[Path] = typer.Argument(..., help="TD-MPC2 chunk files (chunk_0.pt ...) or the folder holding them."),
+    paths: list[Path] = typer.Argument(None, help="TD-MPC2 chunk files (chunk_0.pt ...) or the folder holding them."),
     tasks: str = typer.Option(None, "--tasks", help="mt30 | mt80 [default: inferred from the chunks]."),
     name: str = typer.Option(None, "--name", help="Dataset name [default: the task set, e.g. mt30]."),
+    from_hub: str = typer.Option(None, "--from-hub", metavar="SET", help="mt30 | mt80: download the published "
+                                 "chunks from the Hub, one at a time (re-run to resume)."),
+    hub_endpoint: str = typer.Option(None, "--hub-endpoint", envvar="PWMCTL_HUB_ENDPOINT",
+                                     help="Hub URL (default: config hub.endpoint, else HF_ENDPOINT, else "
+                                          "https://huggingface.co)."),
 ) -> None:
     """Convert TD-MPC2's published MT30/MT80 `.pt` chunks into a dataset, one chunk at a time."""
     from pwm_core.data.tdmpc2 import import_tdmpc2 as run_import
     from pwm_core.tasks import resolve_tasks
 
     st = state(ctx)
+    if from_hub is not None:
+        from pwmctl.commands.data_hub import import_from_hub
+        from pwmctl.commands.hub import _endpoint
+
+        if paths or (tasks and tasks != from_hub):
+            raise fail("--from-hub downloads the chunks itself: pass no chunk files, and no --tasks other than "
+                       f"{from_hub}")
+        return import_from_hub(st, from_hub, name, _endpoint(st, hub_endpoint))
+    if not paths:
+        raise fail("name the chunk files or their folder, or download them with --from-hub mt30|mt80")
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise fail(f"no such file or folder: {', '.join(missing)}")
