@@ -16,11 +16,13 @@ import difflib
 import hashlib
 import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from registry.errors import DiskError
 from registry.hub import HubError, _api, _hub_errors, _shown, check_repo_id
 from registry.manifest import sha256_file
 from registry.refs import shorten
@@ -147,6 +149,10 @@ def download(file: HubFile, dest: Path, progress: Progress | None = None, token:
         part.unlink()
         have = 0
     dest.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(dest.parent).free
+    if file.size - have > free:
+        raise DiskError(f"{file.ref.path} needs {file.size - have} more bytes but {dest.parent} has {free} free: "
+                        "free some space, or point --home (PWM_HOME) at a bigger disk")
     what = f"{file.ref.path} from {_shown(file.ref.repo, file.ref.repo_type)}"
     url = hf_hub_url(file.ref.repo, file.ref.path, repo_type=file.ref.repo_type, revision=file.ref.revision,
                      endpoint=file.endpoint)
@@ -157,6 +163,8 @@ def download(file: HubFile, dest: Path, progress: Progress | None = None, token:
             http_get(url, _Counting(f, have, file.size, progress),  # type: ignore[arg-type]
                      resume_size=have, expected_size=file.size, displayed_filename=file.name,
                      headers=build_hf_headers(token=token, library_name="pwmctl"), tqdm_class=_NoBar)
+    except OSError as e:  # a full disk while writing: the part file stays for the next try
+        raise DiskError.from_os_error(e, part) or e from None
     except HubError as e:
         kept = part.stat().st_size if part.is_file() else 0
         if not kept:

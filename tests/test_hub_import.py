@@ -266,3 +266,18 @@ def test_byte_progress_shows_sizes_speed_and_eta(tmp_path, monkeypatch):
             lines = text.splitlines()  # ... then one line per update, with speed and ETA until done
             assert len(lines) == 2 and "1.5 MB / 2.0 MB" in lines[0] and "/s, ETA " in lines[0]
             assert "2.0 MB / 2.0 MB" in lines[1] and "ETA" not in lines[1]
+
+
+def test_a_download_the_disk_cannot_hold_is_refused_before_any_byte(fake_hub, tmp_path, monkeypatch):
+    import collections
+
+    import registry.hub_files as hub_files
+    from registry.errors import DiskError
+
+    fake_hub.add_repo("me/files", {"blob.bin": b"a" * 5000})
+    file = find_file(parse_file_ref("hf://me/files/blob.bin"), fake_hub.url)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(hub_files.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 4999, 4999))
+    with pytest.raises(DiskError, match="blob.bin needs 5000 more bytes but .* has 4999 free"):
+        download(file, tmp_path / "blob.bin")
+    assert list(tmp_path.iterdir()) == [] and not any(m == "GET" and "resolve" in p for m, p in fake_hub.requests)
