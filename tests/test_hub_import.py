@@ -119,7 +119,8 @@ def test_bad_sets_and_a_missing_chunk_are_one_error_line(fake_hub, tmp_path):
     home = tmp_path / "home"
     for args, message in [(["--from-hub", "mt40"], "--from-hub takes mt30 or mt80"),
                           (["--from-hub", "mt30"], "no dataset repo nicklashansen/tdmpc2"),
-                          (["--from-hub", "mt30", "some.pt"], "pass no chunk files")]:
+                          (["--from-hub", "mt30", "some.pt"], "pass no chunk files"),
+                          ([], "name the chunk files or their folder, or download them with --from-hub")]:
         result = run(home, "data", "import-tdmpc2", *args, "--hub-endpoint", fake_hub.url, code=2)
         assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     fake_hub.add_repo(REPO, {"mt30/chunk_0.pt": b"x", "mt30/chunk_1.pt": b"y"}, repo_type="dataset")

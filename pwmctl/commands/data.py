@@ -17,8 +17,8 @@ app = typer.Typer(help="Import, inspect and check episode datasets.", no_args_is
 def import_tdmpc2(
     ctx: typer.Context,
     paths: list[Path] = typer.Argument(None, help="TD-MPC2 chunk files (chunk_0.pt ...) or the folder holding them."),
-    tasks: str = typer.Option(None, "--tasks", help="mt30 | mt80 [default: inferred from the chunks]."),
-    name: str = typer.Option(None, "--name", help="Dataset name [default: the task set, e.g. mt30]."),
+    tasks: str = typer.Option(None, "--tasks", help="mt30 | mt80 \\[default: inferred from the chunks]."),
+    name: str = typer.Option(None, "--name", help="Dataset name \\[default: the task set, e.g. mt30]."),
     from_hub: str = typer.Option(None, "--from-hub", metavar="SET", help="mt30 | mt80: download the published "
                                  "chunks from the Hub, one at a time (re-run to resume)."),
     hub_endpoint: str = typer.Option(None, "--hub-endpoint", envvar="PWMCTL_HUB_ENDPOINT",
