@@ -33,7 +33,7 @@ def import_from_hub(st: State, set_name: str, name: str | None, endpoint: str) -
     """Fetch, convert and publish the chunks of ``set_name`` (mt30 | mt80) from ``endpoint``, resuming an
     unfinished run of the same import."""
     from pwm_core.data.tdmpc2 import HUB_CHUNKS, HUB_REPO
-    from pwm_core.tasks import resolve_tasks
+    from registry.errors import DiskError
     from registry.hub import HubError
     from registry.refs import check_name
 
@@ -43,7 +43,7 @@ def import_from_hub(st: State, set_name: str, name: str | None, endpoint: str) -
     reg = st.registry()
     run = _unfinished_run(reg.runs_dir, endpoint, set_name, name)
     if run is None:
-        run = _start(reg, st, endpoint, HUB_REPO, set_name, name, resolve_tasks(set_name), HUB_CHUNKS[set_name])
+        run = _start(reg, st, endpoint, HUB_REPO, set_name, name, HUB_CHUNKS[set_name])
     else:
         done = published_by(reg, "dataset", name, run)
         if done is not None:  # killed after its publish, before the run folder was removed
@@ -51,8 +51,8 @@ def import_from_hub(st: State, set_name: str, name: str | None, endpoint: str) -
             emit(st, {"artifact": done.ref, "already": True},
                  lambda: typer.echo(f"run {run.name} had already published {done.ref}"))
             return
-        plan = read_plan(run, COMMAND)
-        info(st, f"resuming run {run.name}: {len(_converted(run))} of {len(plan['chunks'])} chunks converted")
+        info(st, f"resuming run {run.name}: {len(_converted(run))} of "
+                 f"{len(read_plan(run, COMMAND)['chunks'])} chunks converted")
     plan = read_plan(run, COMMAND)
     t0 = time.monotonic()
     try:
@@ -62,8 +62,8 @@ def import_from_hub(st: State, set_name: str, name: str | None, endpoint: str) -
         info(st, f"interrupted: {len(_converted(run))} of {len(plan['chunks'])} chunks converted and kept in run "
                  f"{run.name}; nothing was published. Run the same command again to resume")
         raise typer.Exit(130) from None
-    except HubError as e:  # the network or the Hub: worth trying again later
-        raise HubError(f"{e}. {len(_converted(run))} of {len(plan['chunks'])} chunks are converted and kept in run "
+    except (HubError, DiskError) as e:  # the network, the Hub or the disk: worth trying again later
+        raise type(e)(f"{e}. {len(_converted(run))} of {len(plan['chunks'])} chunks are converted and kept in run "
                        f"{run.name}, nothing was published: run the same command again to resume") from None
     artifact = _publish(reg, run, plan)
     metrics = artifact.manifest.get("metrics", {})
@@ -88,10 +88,8 @@ def _unfinished_run(runs_dir: Path, endpoint: str, set_name: str, name: str) -> 
     return max(found, key=lambda p: p.name) if found else None
 
 
-def _start(reg, st: State, endpoint: str, repo: str, set_name: str, name: str, task_set, n_chunks: int) -> Path:
-    """Pin the Hub's current commit, list the chunks, and make the run folder with an empty dataset."""
-    from pwm_core.data import EpisodeWriter
-    from pwm_core.data.tdmpc2 import IMPORT_SHARD_ROWS
+def _start(reg, st: State, endpoint: str, repo: str, set_name: str, name: str, n_chunks: int) -> Path:
+    """Pin the Hub's current commit, list the chunks, and make the run folder with its plan."""
     from registry.hub import HubError
     from registry.hub_files import FileRef, list_files, resolve_commit
 
@@ -107,9 +105,6 @@ def _start(reg, st: State, endpoint: str, repo: str, set_name: str, name: str, t
     write_plan(run, {"command": COMMAND, "endpoint": endpoint, "repo": repo, "commit": commit, "task_set": set_name,
                      "name": name, "chunks": [{"path": f.ref.path, "size": f.size, "sha256": f.sha256,
                                                "git_oid": f.git_oid} for f in chunks]})
-    provenance = {"source": "tdmpc2", "files": wanted, "hub": {"repo": repo, "repo_type": "dataset",
-                                                                "commit": commit, "endpoint": endpoint}}
-    EpisodeWriter.create(run / DATASET_DIR, task_set, provenance, shard_rows=IMPORT_SHARD_ROWS).close()
     total = sum(f.size for f in chunks)
     info(st, f"importing {set_name}: {n_chunks} chunks, {human_size(total)} to download, from dataset repo {repo} "
              f"at {commit[:12]} on {endpoint}; run {run.name} (if stopped, the same command resumes it)")
@@ -118,11 +113,17 @@ def _start(reg, st: State, endpoint: str, repo: str, set_name: str, name: str, t
 
 def _fetch_and_convert(st: State, run: Path, plan: dict) -> None:
     from pwm_core.data import EpisodeWriter
-    from pwm_core.data.tdmpc2 import append_chunk
+    from pwm_core.data.tdmpc2 import IMPORT_SHARD_ROWS, append_chunk
+    from pwm_core.tasks import resolve_tasks
     from registry.hub_files import FileRef, HubFile, download
 
     converted = _converted(run)
     n = len(plan["chunks"])
+    if not (run / DATASET_DIR).exists():  # a new run (or one killed before it made its dataset)
+        hub = {"repo": plan["repo"], "repo_type": "dataset", "commit": plan["commit"], "endpoint": plan["endpoint"]}
+        provenance = {"source": "tdmpc2", "files": [Path(c["path"]).name for c in plan["chunks"]], "hub": hub}
+        EpisodeWriter.create(run / DATASET_DIR, resolve_tasks(plan["task_set"]), provenance,
+                             shard_rows=IMPORT_SHARD_ROWS).close()
     with EpisodeWriter.open(run / DATASET_DIR) as writer:
         for i, chunk in enumerate(plan["chunks"]):
             local = run / Path(chunk["path"]).name
