@@ -67,12 +67,18 @@ BENCHES = [
      "in-place arithmetic (forward + backward 1.04x ATen's kernel at the critic's shapes, 0.56-0.78x at "
      "pre-training shapes: more memory passes than ATen's single pass); Mish stays the largest cost and needs "
      "a fused kernel (torch.compile / a C++ op) to go further."),
+    ("outofcore", "bench_outofcore.py", "7. Out-of-core pre-training (a dataset larger than RAM)",
+     "pre-training (1M, B=1024, H=16, all 30 MT30 tasks) on a synthetic MT30-shaped dataset of 40 GB on disk, written "
+     "once with `EpisodeWriter` (kept in `benchmarks/.outofcore/`), whose windows `pwmctl pretrain` streams from disk "
+     "because the rows exceed the RAM budget (`OutOfCoreSampler`: chunk-ordered gathers, pread + blosc, prefetch), "
+     "against the same configuration on an in-RAM subset, each run in its own process: s/step, the time `sample()` "
+     "blocks a step, peak RSS, losses; and the out-of-core sampler's windows/s alone and while steps run."),
     ("collect", "bench_collect.py", "Extra: data collection throughput (env steps/s)",
      "env steps per second of `pwmctl collect` with a random policy (1 and 2 workers) against the raw env "
      "loop; CPU only, no precision."),
 ]
 # Execution order: pretrain before the sampler, which compares itself with the newest pretrain line.
-RUN_ORDER = ["pretrain", "sampler", "extract", "act_latency", "eval", "collect", "overheads"]
+RUN_ORDER = ["pretrain", "sampler", "extract", "act_latency", "eval", "collect", "overheads", "outofcore"]
 NO_DEVICE = {"collect", "overheads"}  # scripts without --device (CPU only)
 
 
@@ -322,9 +328,28 @@ def reading_overheads(rec: dict, _: dict) -> str:
     return text
 
 
+def reading_outofcore(rec: dict, _: dict) -> str:
+    ooc, ram, s, b = rec["runs"]["outofcore"], rec["runs"]["in_ram_subset"], rec["sampler"], rec["build"]
+    B = rec["batch_size"]
+    text = (f"Streaming {ooc['rows_nbytes'] / 1e9:.0f} GB of rows ({b['bytes_on_disk'] / 1e9:.0f} GB on disk) with "
+            f"{rec['ram_gb']:.0f} GB of RAM, pre-training peaks at {ooc['peak_rss_gb']:.1f} GB RSS (in-RAM subset: "
+            f"{ram['peak_rss_gb']:.1f} GB) and runs at {rec['s_per_step_ratio']:.2f}x the in-RAM s/step "
+            f"({ooc['s_per_step']:.2f} vs {ram['s_per_step']:.2f} s); a step waits "
+            f"{1e3 * ooc['sample_wait_s_per_step']:.0f} ms for its batch (the prefetch thread reads the next ones "
+            f"while the step runs). The sampler delivers {s['windows_per_s']:,.0f} windows/s alone and "
+            f"{ooc['read_windows_per_s_while_training']:,.0f} while steps run, against the "
+            f"{B / ooc['s_per_step']:,.0f} windows/s a step consumes here.")
+    if s["windows_per_s"] < 20_000:
+        text += (f" Below 20,000 windows/s: each window of {rec['horizon'] + 1} rows touches ~1 chunk of each of 3 "
+                 f"arrays ({b['chunk_rows']} rows: {b['chunk_rows'] * 124 / 1e3:.0f} KB of float32 to decode, one "
+                 f"random read per array), so a batch of {B} costs ~{3 * B:,} random reads and ~"
+                 f"{B * b['chunk_rows'] * 124 / 1e6:.0f} MB of blosc decoding.")
+    return text
+
+
 READINGS = {"extract": reading_extract, "pretrain": reading_pretrain, "sampler": reading_sampler,
             "act_latency": reading_act_latency, "eval": reading_eval, "collect": reading_collect,
-            "overheads": reading_overheads}
+            "overheads": reading_overheads, "outofcore": reading_outofcore}
 
 
 def _peak_of(latest: dict, device: str) -> dict[str, float] | None:
