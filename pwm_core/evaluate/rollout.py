@@ -8,12 +8,8 @@ in waves of at most ``workers * envs_per_worker`` envs over one :class:`VectorEn
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +21,7 @@ import numpy as np
 from pwm_core.envs import PaddedEnv, VectorEnv, lockstep, make_env
 from pwm_core.errors import EnvError
 from pwm_core.evaluate.stats import normalized_score
+from pwm_core.render import video_problem
 from pwm_core.tasks import TaskSpec, get_task
 
 # A deterministic policy over a batch of envs: padded obs (N, O) and the N envs' tasks -> actions (N, A).
@@ -48,8 +45,6 @@ Actor = PlainActor | EpisodicActor
 
 ENVS_PER_WORKER = 16  # default envs per process: ~20-50 MB each (dm_control / Meta-World)
 VIDEO_FPS = 30
-HEADLESS_GL = ("egl", "osmesa")
-PROBE_TIMEOUT_S = 120
 
 
 @dataclass
@@ -195,7 +190,7 @@ def evaluate(
     _check_args(actor_map, tasks, seeds, episodes, workers, envs_per_worker)
     obs_dim = max(s.obs_dim for s in specs) if obs_dim is None else obs_dim
     act_dim = max(s.act_dim for s in specs) if act_dim is None else act_dim
-    video_note = _video_unavailable() if video_dir is not None else None  # before mujoco loads here
+    video_note = video_problem() if video_dir is not None else None  # before mujoco loads here
 
     keys = list(itertools.product(actor_map, specs, seeds))  # (actor, task, seed): the result order
     units = [_Unit(label, spec, seed) for label, spec, seed in keys]
@@ -303,42 +298,6 @@ def _timed_call(label: str, actor: Actor, obs: np.ndarray, specs: list[TaskSpec]
 
 # --- videos ----------------------------------------------------------------------------------
 
-_PROBE = """
-from pwm_core.envs import make_env
-for task in ("cartpole-balance", "mw-reach"):
-    env = make_env(task, 0); env.reset(); env.render(8, 8); env.close()
-"""
-
-
-def _video_unavailable() -> str | None:
-    """Why videos cannot be recorded in this process, or None when they can.
-
-    MuJoCo picks its OpenGL backend when first imported (from MUJOCO_GL); without a headless one
-    rendering fails or aborts the process. If MuJoCo is not loaded yet and MUJOCO_GL is unset, EGL
-    is tried in a subprocess and, if it works, selected for this process.
-    """
-    missing = [m for m in ("imageio", "imageio_ffmpeg") if importlib.util.find_spec(m) is None]
-    if missing:
-        return f"videos need {' and '.join(missing)}: pip install imageio imageio-ffmpeg"
-    gl = os.environ.get("MUJOCO_GL", "")
-    if gl in HEADLESS_GL:
-        return None
-    if gl or "mujoco" in sys.modules:
-        return (f"videos need headless OpenGL chosen before MuJoCo loads (MUJOCO_GL is {gl or 'unset'}): "
-                "start the process with MUJOCO_GL=egl (or osmesa)")
-    try:
-        probe = subprocess.run([sys.executable, "-c", _PROBE], env={**os.environ, "MUJOCO_GL": "egl"},
-                               capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return f"headless rendering with MUJOCO_GL=egl did not answer within {PROBE_TIMEOUT_S} s"
-    if probe.returncode != 0:
-        lines = (probe.stderr or "").strip().splitlines()
-        reason = lines[-1] if lines else f"exit code {probe.returncode}"
-        return f"headless rendering with MUJOCO_GL=egl failed: {reason}"
-    os.environ["MUJOCO_GL"] = "egl"
-    return None
-
-
 def _record_videos(evaluation: Evaluation, actors: dict[str, Actor], specs: list[TaskSpec], seed: int,
                    obs_dim: int, act_dim: int, video_dir: Path, size: int) -> None:
     """Replay the first episode of each (actor, task) with ``seed`` and write it as mp4."""
@@ -349,6 +308,7 @@ def _record_videos(evaluation: Evaluation, actors: dict[str, Actor], specs: list
             try:
                 ret = _record_episode(actor, spec, seed, obs_dim, act_dim, path, size)
             except Exception as e:  # a video is a by-product: never fail an evaluation over it
+                path.unlink(missing_ok=True)  # no half-written file
                 evaluation.video_note = f"video of {spec.name} failed: {type(e).__name__}: {e}"
                 return
             evaluation.videos.append(Video(label, spec.name, seed, str(path), ret))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import shutil
 from typing import Any
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import typer
 from pwmctl.console import emit, fail, info, state
 
 RESULTS = "results.json"
+VIDEOS = "videos"  # the report's copies of the --video files
 PLANNERS = ("none", "mppi")
 PLANNER_PRIORS = ("wm", "policy")
 
@@ -24,7 +25,9 @@ def evaluate_cmd(
     episodes: int = typer.Option(1, "--episodes", min=1, help="Episodes per seed."),
     tasks: str = typer.Option(None, "--tasks", help="Tasks for `random` when no policy names them."),
     workers: int = typer.Option(1, "--workers", "-j", min=1, help="Environment worker processes."),
-    video: Path = typer.Option(None, "--video", help="Write an mp4 of the first episode per task here."),
+    video: Path = typer.Option(None, "--video", help="Write an mp4 of the first episode of each (policy, task), "
+                               "baselines included, into this folder (kept in the report too; needs headless "
+                               "OpenGL and pwmctl[video])."),
     name: str = typer.Option(None, "--name", help="Report name \\[default: eval-<first policy>]."),
     reps: int = typer.Option(2000, "--reps", min=100, help="Bootstrap resamples for the CIs."),
     planner: str = typer.Option("none", "--planner", help="none | mppi: also evaluate each policy's actions "
@@ -49,8 +52,10 @@ def evaluate_cmd(
     in a report artifact. With --planner mppi each policy is also evaluated as `REF+mppi`: actions
     planned with its world model, with act latency (mean, p50, p95) for both.
     """
-    if video is not None:
-        os.environ.setdefault("MUJOCO_GL", "egl")  # before any MuJoCo import: headless rendering
+    from pwm_core.render import video_problem
+
+    video_note = video_problem() if video is not None else None  # headless OpenGL, chosen before MuJoCo loads
+    video_dir = video if video_note is None else None
     from pwm_core.evaluate import compare, evaluate, format_table, random_actor, summarize
     from pwm_core.evaluate.report import format_latency
     from pwm_core.tasks import resolve_tasks
@@ -95,7 +100,9 @@ def evaluate_cmd(
         raise fail("--planner mppi plans with a policy's world model: name a policy REF")
     seed_list = list(range(seeds))
 
-    results, latency, notes, world_models = {}, {}, [], {}  # world_models: policy ref -> its planner's model
+    results, latency, world_models = {}, {}, {}  # world_models: policy ref -> its planner's model
+    notes = [video_note] if video_note else []
+    videos = []  # (Video, the policy ref it shows or None)
     for label, pairs in policies.items():
         for artifact, policy in pairs:
             task = artifact.tasks[0]
@@ -105,18 +112,20 @@ def evaluate_cmd(
                 actors[label + "+mppi"], world_models[artifact.ref] = _planner_actor(
                     reg, artifact, policy, mppi_cfg, planner_prior, device)
             ev = evaluate(actors, [task], seed_list, episodes, obs_dim=c["obs_dim"], act_dim=c["task_act_dim"],
-                          workers=workers, video_dir=video)
+                          workers=workers, video_dir=video_dir)
             for key, episodes_of in ev.by_actor().items():
                 results.setdefault(key, []).extend(episodes_of)
                 latency[f"{key} ({task})" if len(pairs) > 1 else key] = ev.latency[key].to_dict()
-            if ev.video_note:
-                notes.append(ev.video_note)
+            notes += [ev.video_note] if ev.video_note else []
+            videos += [(v, artifact.ref) for v in ev.videos]
     if "random" in labels:
         ts = resolve_tasks(",".join(random_tasks))
         ev = evaluate({"random": random_actor(ts.act_dim, seed=0)}, list(ts.names), seed_list, episodes,
-                      obs_dim=ts.obs_dim, act_dim=ts.act_dim, workers=workers)
+                      obs_dim=ts.obs_dim, act_dim=ts.act_dim, workers=workers, video_dir=video_dir)
         results["random"] = ev.episodes
         latency["random"] = ev.latency["random"].to_dict()
+        notes += [ev.video_note] if ev.video_note else []
+        videos += [(v, None) for v in ev.videos]
     summaries = {label: summarize(rs, label, reps=reps) for label, rs in results.items()}
     comparison = compare(results, reps=reps) if len(results) > 1 else None
 
@@ -126,9 +135,13 @@ def evaluate_cmd(
         "config": mppi_cfg.to_dict()}
     doc = {"summaries": summaries, "comparison": comparison, "latency_ms": latency,
            "seeds": seed_list, "episodes_per_seed": episodes, "video": str(video) if video else None,
+           "videos": [_video_entry(v, policy_ref) for v, policy_ref in videos],
            "video_notes": sorted(set(notes)), "planner": planner_doc}
     report_name = name or ("eval-" + (parents[0].split("/")[1].split(":")[0] if parents else "random"))
     with reg.stage("report", report_name) as staging:
+        for entry in doc["videos"]:  # a copy in the report: the card of a pushed policy shows it
+            (staging.path / VIDEOS).mkdir(exist_ok=True)
+            shutil.copyfile(entry["written_to"], staging.path / entry["file"])
         raw = {label: [vars(r) for r in rs] for label, rs in results.items()}
         (staging.path / RESULTS).write_text(json.dumps({**doc, "episodes": raw}, indent=1, default=str))
         artifact = staging.publish(parents=list(dict.fromkeys([*parents, *world_models.values()])),
@@ -145,11 +158,23 @@ def evaluate_cmd(
         if comparison:
             typer.echo(format_table(comparison) + "\n")
         typer.echo(f"act latency ({device}):\n" + format_latency(latency) + "\n")
+        for entry in doc["videos"]:
+            typer.echo(f"video of {entry['label']} on {entry['task']} (seed {entry['seed']}, return "
+                       f"{entry['return']:.1f}): {entry['written_to']}")
+        if doc["videos"]:
+            typer.echo(f"videos: copies in {artifact.ref} ({VIDEOS}/), shown by its policies' Hub cards")
         for note in doc["video_notes"]:
             typer.echo(f"video: {note}")
         typer.echo(f"report: {artifact.ref}")
 
     emit(st, doc, human)
+
+
+def _video_entry(video, policy_ref: str | None) -> dict[str, Any]:
+    """A video as results.json lists it: who and what it shows, its file in the report, where it was written."""
+    actor = "random" if policy_ref is None else "mppi" if video.actor.endswith("+mppi") else "policy"
+    return {"label": video.actor, "actor": actor, "policy": policy_ref, "task": video.task, "seed": video.seed,
+            "return": video.ret, "file": f"{VIDEOS}/{Path(video.path).name}", "written_to": video.path}
 
 
 def _mppi_config(iterations: int | None, samples: int | None, horizon: int | None, overrides: list[str]):
