@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from pwmctl import __version__
+from pwmctl.commands.data_export import FORMATS as FILE_FORMATS  # `data export --format parquet`
 from pwmctl.console import EXIT_USAGE, State, default_home, stderr
 
 _GLOBAL_WITH_VALUE = ("--format", "--home")
@@ -15,18 +16,24 @@ _GLOBAL_FLAGS = ("-q", "--quiet", "-v", "-vv", "--verbose")
 
 
 def hoist_global_options(args: list[str]) -> list[str]:
-    """Let global options follow the command too (`pwmctl ls --format json`): move them to the front."""
+    """Let global options follow the command too (`pwmctl ls --format json`): move them to the front.
+    `--format` with a file format (`data export --format parquet`) stays with its command."""
     front, rest, i = [], [], 0
     while i < len(args):
         a = args[i]
         if a == "--":
             rest.extend(args[i:])
             break
+        if a == "--format" and i + 1 < len(args) and args[i + 1] in FILE_FORMATS:
+            rest += args[i:i + 2]
+            i += 2
+            continue
         if a in _GLOBAL_WITH_VALUE and i + 1 < len(args):
             front += args[i:i + 2]
             i += 2
             continue
-        if a.split("=", 1)[0] in _GLOBAL_WITH_VALUE or a in _GLOBAL_FLAGS:
+        name, _, value = a.partition("=")
+        if (name in _GLOBAL_WITH_VALUE and value not in FILE_FORMATS) or a in _GLOBAL_FLAGS:
             front.append(a)
         else:
             rest.append(a)
@@ -81,7 +88,8 @@ def root(
                                  help="Print the version and exit."),
 ) -> None:
     if format not in ("human", "json"):
-        raise typer.BadParameter(f"{format!r} is not one of human, json", param_hint="--format")
+        raise typer.BadParameter(f"{format!r} is not one of human, json (or, for data export, "
+                                 f"{', '.join(FILE_FORMATS)})", param_hint="--format")
     ctx.obj = State(home=(home or default_home()).expanduser(), format=format,
                     verbosity=-1 if quiet else verbose)
 
@@ -92,6 +100,7 @@ def _register() -> None:
         collect,
         config,
         data,
+        data_export,
         evaluate,
         extract,
         finetune,
@@ -109,6 +118,7 @@ def _register() -> None:
     app.command("quickstart", rich_help_panel="Start here")(quickstart.quickstart)
     app.command("collect", rich_help_panel="Data")(collect.collect)
     app.add_typer(data.app, name="data", rich_help_panel="Data")
+    data.app.command("export")(data_export.export)
     app.command("pretrain", rich_help_panel="Training")(pretrain.pretrain)
     app.command("import-checkpoint", rich_help_panel="Training")(importing.import_checkpoint)
     app.command("extract", rich_help_panel="Training")(extract.extract)

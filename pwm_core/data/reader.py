@@ -104,6 +104,21 @@ class EpisodeDataset:
             returns += np.bincount(episode, weights=r, minlength=self.num_episodes)
         return returns
 
+    def task_summary(self) -> list[dict]:
+        """Per task present, in task-set order: name, id, episodes, rows, transitions and the mean,
+        std (ddof 0), min and max of its episode returns."""
+        returns, lengths = self.episode_returns(), self.episode_lengths
+        rows = []
+        for t in self.task_set:
+            sel = self.episode_task == t.id
+            if not sel.any():
+                continue
+            r = returns[sel]
+            rows.append({"task": t.name, "task_id": t.id, "episodes": int(sel.sum()), "rows": int(lengths[sel].sum()),
+                         "transitions": int(lengths[sel].sum() - sel.sum()), "return_mean": float(r.mean()),
+                         "return_std": float(r.std()), "return_min": float(r.min()), "return_max": float(r.max())})
+        return rows
+
     def per_task_counts(self) -> dict[str, int]:
         """Task name -> number of episodes, for the tasks present, in task-set order."""
         ids, counts = np.unique(self.episode_task, return_counts=True)
@@ -123,6 +138,13 @@ class EpisodeDataset:
         if tasks is None:
             return np.arange(self.num_episodes)
         return np.flatnonzero(np.isin(self.episode_task, resolve_task_ids(tasks)))
+
+    def read_range(self, lo: int, hi: int) -> dict[str, np.ndarray]:
+        """Stored rows ``[lo, hi)`` of committed episodes (``hi <= num_rows``): obs (n, O), action (n, A),
+        reward (n,), task (n,). Read ranges of whole episodes to stream a dataset in bounded memory."""
+        if not 0 <= lo <= hi <= self.num_rows:
+            raise IndexError(f"rows [{lo}, {hi}) out of range for {self.num_rows} committed rows")
+        return {key: self._read(name, lo, hi) for key, name in FIELDS.items()}
 
     def read_rows_into(self, episodes: np.ndarray, out: dict[str, np.ndarray]) -> None:
         """Copy the rows of ``episodes`` (sorted indices) into ``out``, in dataset order.
