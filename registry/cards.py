@@ -1,9 +1,11 @@
 """README.md cards for artifact versions pushed to the Hugging Face Hub.
 
 A card is YAML front matter (built with huggingface_hub's `ModelCardData` / `DatasetCardData`, so
-`model-index` has the shape Hub widgets read) followed by markdown: what the artifact is, the exact
-commands to pull and use it, evaluation results, dataset facts, lineage with Hub ids, and a config
-summary. Rendering is pure: the caller gathers the lineage and the evaluation summary.
+`model-index` has the shape Hub widgets read; a license; for a dataset, `configs` for the dataset
+viewer) followed by markdown: what the artifact is, the exact commands and Python lines to pull and use
+it, a replay video, evaluation results, dataset facts, lineage with Hub ids, a config summary and the
+citation. The video and the Parquet previews are files committed beside the payload for the Hub page
+only. Rendering is pure: the caller gathers the lineage, the evaluation summary and those files.
 """
 
 from __future__ import annotations
@@ -16,7 +18,34 @@ from typing import Any
 from registry.store import Artifact, LineageNode, Remote, content_sha256
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+DEFAULT_LICENSE = "mit"  # pwmctl's own; `pwmctl push --license` or config hub.license for another
 MAX_CONFIG_ROWS = 30  # the full config is in manifest.json
+# Files a push commits beside the payload, for the Hub page only (never part of the artifact; pull skips them).
+PREVIEW_DIR = "preview"
+REPLAY_VIDEO = f"{PREVIEW_DIR}/replay.mp4"  # a policy's replay, from its newest eval report with videos
+PREVIEW_EPISODES = f"{PREVIEW_DIR}/episodes.parquet"  # a dataset's first episodes, one row per step
+PREVIEW_TASKS = f"{PREVIEW_DIR}/tasks.parquet"  # a dataset's per-task summary
+METAWORLD_PREFIX = "mw-"  # Meta-World task names; their score is success, not return
+
+CITATION = """@inproceedings{georgiev2025pwm,
+  title         = {{PWM}: Policy Learning with Multi-Task World Models},
+  author        = {Georgiev, Ignat and Giridhar, Varun and Hansen, Nicklas and Garg, Animesh},
+  booktitle     = {International Conference on Learning Representations (ICLR)},
+  year          = {2025},
+  eprint        = {2407.02466},
+  archivePrefix = {arXiv},
+  url           = {https://arxiv.org/abs/2407.02466}
+}
+
+@inproceedings{hansen2024tdmpc2,
+  title         = {{TD-MPC2}: Scalable, Robust World Models for Continuous Control},
+  author        = {Hansen, Nicklas and Su, Hao and Wang, Xiaolong},
+  booktitle     = {International Conference on Learning Representations (ICLR)},
+  year          = {2024},
+  eprint        = {2310.16828},
+  archivePrefix = {arXiv},
+  url           = {https://arxiv.org/abs/2310.16828}
+}"""
 
 _ABOUT = {
     "dataset": "An offline RL dataset in the pwm-episodes Zarr v3 format (TD-MPC2 row alignment)",
@@ -41,6 +70,8 @@ def render_card(
     endpoint: str,
     lineage: LineageNode,
     evaluation: Mapping[str, Any] | None = None,
+    license: str = DEFAULT_LICENSE,
+    extras: Mapping[str, str] | None = None,
 ) -> str:
     """The README.md of the commit that pushes `artifact` to `repo` as `tag`.
 
@@ -48,26 +79,35 @@ def render_card(
         artifact: the version being pushed.
         repo, repo_type, tag, endpoint: where it goes.
         lineage: `Registry.lineage(artifact)`, its ancestors with their Hub copies.
-        evaluation: for a policy, {"report": ref, "summary": the report's summary of this policy}
-            (`summaries[label]` of results.json); adds `model-index` results.
+        evaluation: for a policy, {"report": ref, "summary": the report's summary of this policy
+            (`summaries[label]` of results.json)}; adds `model-index` results. Without a summary, a
+            policy's own evaluation metrics (from extraction) are used.
+        license: a Hub license id (mit, apache-2.0, cc-by-4.0, other, ...).
+        extras: {path in the repo: one-line description} of the files committed beside the payload
+            for the Hub page (REPLAY_VIDEO, PREVIEW_EPISODES, PREVIEW_TASKS).
     """
+    extras = extras or {}
     hub_ids = _hub_ids(lineage, endpoint)
-    front = _front_matter(artifact, hub_ids, evaluation)
+    results = _results(artifact, evaluation)
+    front = _front_matter(artifact, hub_ids, results, license, extras)
     sections = [
         f"# {artifact.name} (pwmctl {artifact.kind}, {tag})",
         f"{_ABOUT[artifact.kind]}, shared with pwmctl, a toolkit for PWM (Policy learning with "
         f"multi-task World Models, [arXiv 2407.02466](https://arxiv.org/abs/2407.02466)).",
         _facts_table(artifact),
-        "## Use it\n\n```bash\n" + "\n".join(usage_commands(artifact, repo, repo_type, tag, endpoint)) + "\n```\n\n"
-        "`pull` downloads the files pinned to the commit of this tag, checks each against the sha256 in "
-        "`manifest.json`, and registers the artifact with its lineage.",
+        _usage_section(artifact, repo, repo_type, tag, endpoint),
     ]
-    if evaluation:
-        sections.append(_evaluation_section(evaluation))
+    if REPLAY_VIDEO in extras:
+        sections.append(_video_section(REPLAY_VIDEO, extras[REPLAY_VIDEO], repo, repo_type, tag, endpoint))
+    sections.append(_evaluation_section(artifact, evaluation, results))
     if artifact.kind == "dataset":
-        sections.append(_dataset_section(artifact))
-    sections.append("## Lineage\n\n" + "\n".join(_lineage_lines(lineage, hub_ids, f"{repo}@{tag}")))
+        sections.append(_dataset_section(artifact, extras))
+    if artifact.kind == "report":
+        sections.append(_report_videos_section(artifact))
+    sections.append("## Lineage\n\n" + "\n".join(_lineage_lines(lineage, hub_ids, f"{repo}@{tag}", set())))
     sections.append(_config_section(artifact))
+    sections.append(f"## Citation\n\nIf you use this {artifact.kind}, please cite PWM and TD-MPC2, whose "
+                    f"world model and data conventions it follows:\n\n```bibtex\n{CITATION}\n```")
     return f"---\n{front.to_yaml()}\n---\n\n" + "\n\n".join(s.strip() for s in sections if s) + "\n"
 
 
@@ -79,12 +119,33 @@ def usage_commands(artifact: Artifact, repo: str, repo_type: str, tag: str, endp
     tasks = ",".join(artifact.tasks) or "TASK"
     use = {
         "dataset": [f"pwmctl data info dataset/{artifact.name}",
+                    f"pwmctl data export dataset/{artifact.name} --format parquet",
                     f"pwmctl pretrain --tasks {tasks} --data dataset/{artifact.name}"],
         "worldmodel": [f"pwmctl extract {artifact.tasks[0] if artifact.tasks else 'TASK'} --wm {artifact.name}"],
         "policy": [f"pwmctl eval policy/{artifact.name} --seeds 10"],
         "report": [f"pwmctl show report/{artifact.name}"],
     }[artifact.kind]
     return [f"pwmctl pull {repo}@{tag}{flags}", *use]
+
+
+def usage_python(artifact: Artifact, repo: str, repo_type: str, tag: str, endpoint: str) -> list[str]:
+    """The Python lines a card shows (pwmctl.api): load this version by its Hub id, then use it."""
+    hub_id = f"{'datasets/' if repo_type == 'dataset' else ''}{repo}@{tag}"
+    lines = ["from pwmctl import api", ""]
+    if endpoint.rstrip("/") != DEFAULT_ENDPOINT:
+        lines = ["import os", "", *lines[:1], f'os.environ["PWMCTL_HUB_ENDPOINT"] = "{endpoint}"', ""]
+    task = artifact.tasks[0] if artifact.tasks else "TASK"
+    lines += {
+        "dataset": [f'ds = api.open_dataset("{hub_id}")  # pulled into $PWM_HOME (~/.pwm), every file checked',
+                    "data = ds.load()  # obs (N, O), action (N, A), reward (N,), task (N,), episode_ends (E,)"],
+        "worldmodel": [f'wm = api.load_world_model("{hub_id}")  # pulled into $PWM_HOME (~/.pwm), every file '
+                       "checked", "print(wm.cfg.task_names)  # encode / next / reward / pi / Q"],
+        "policy": [f'policy = api.load_policy("{hub_id}")  # pulled into $PWM_HOME (~/.pwm), every file checked',
+                   f'returns = api.rollout(policy, "{task}", seed=0, episodes=2)'],
+        "report": ["import json", "", f'report = api.resolve("{hub_id}", "report")',
+                   'results = json.loads((report.path / "results.json").read_text())'],
+    }[artifact.kind]
+    return lines
 
 
 def dataset_facts(artifact: Artifact) -> dict[str, Any]:
@@ -107,7 +168,8 @@ def dataset_facts(artifact: Artifact) -> dict[str, Any]:
     return facts
 
 
-def _front_matter(artifact: Artifact, hub_ids: dict[str, Remote], evaluation: Mapping[str, Any] | None):
+def _front_matter(artifact: Artifact, hub_ids: dict[str, Remote], results: list[dict[str, Any]], license: str,
+                  extras: Mapping[str, str]):
     from huggingface_hub import DatasetCardData, EvalResult, ModelCardData
 
     ancestors = [remote for ref, remote in hub_ids.items() if ref != artifact.ref]
@@ -118,23 +180,45 @@ def _front_matter(artifact: Artifact, hub_ids: dict[str, Remote], evaluation: Ma
     if artifact.kind == "dataset":
         facts = dataset_facts(artifact)
         pwm["format"], pwm["format_version"] = facts.get("format"), facts.get("format_version")
-        return DatasetCardData(pretty_name=f"{artifact.name} (pwmctl dataset)",
+        configs = [{"config_name": "episodes", "data_files": [{"split": "preview", "path": PREVIEW_EPISODES}],
+                    "default": True}] if PREVIEW_EPISODES in extras else []
+        if PREVIEW_TASKS in extras:
+            configs.append({"config_name": "tasks", "data_files": [{"split": "summary", "path": PREVIEW_TASKS}]})
+        return DatasetCardData(pretty_name=f"{artifact.name} (pwmctl dataset)", license=license,
                                task_categories=["reinforcement-learning"],
                                size_categories=_size_category(facts.get("transitions")), tags=tags,
-                               library_name="pwmctl", pwm=pwm)
-    results = []
-    for task, row in (evaluation or {}).get("summary", {}).get("tasks", {}).items():
-        common = dict(task_type="reinforcement-learning", task_name="reinforcement-learning", dataset_type=task,
-                      dataset_name=task)
-        results.append(EvalResult(metric_type="mean_reward", metric_name="mean_reward",
-                                  metric_value=f"{row['return_mean']:.2f} +/- {row['return_std']:.2f}", **common))
-        if row.get("success_rate") is not None:
-            results.append(EvalResult(metric_type="success_rate", metric_name="success_rate",
-                                      metric_value=round(row["success_rate"], 4), **common))
+                               library_name="pwmctl", configs=configs or None, pwm=pwm)
+    eval_results = [EvalResult(task_type="reinforcement-learning", task_name="reinforcement-learning",
+                               dataset_type=r["task"], dataset_name=r["task"], metric_type=r["metric"],
+                               metric_name=r["metric"], metric_value=r["value"]) for r in results]
     base = [r.repo for r in ancestors if r.repo_type == "model"][:1] if artifact.kind == "policy" else []
-    return ModelCardData(library_name="pwmctl", tags=tags, datasets=datasets or None, base_model=base or None,
-                         model_name=artifact.name, eval_results=results or None,
+    return ModelCardData(library_name="pwmctl", license=license, tags=tags, datasets=datasets or None,
+                         base_model=base or None, model_name=artifact.name, eval_results=eval_results or None,
                          pipeline_tag="reinforcement-learning", pwm=pwm)
+
+
+def _is_metaworld(task: str) -> bool:
+    return task.startswith(METAWORLD_PREFIX)
+
+
+def _results(artifact: Artifact, evaluation: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The `model-index` results: per task, the mean return (DMC and custom tasks) or the success rate
+    (Meta-World), from the eval report if there is one, else from the policy's own evaluation."""
+    rows = []
+    if evaluation and evaluation.get("summary"):
+        for task, row in evaluation["summary"].get("tasks", {}).items():
+            if row.get("success_rate") is not None or _is_metaworld(task):
+                rows.append({"task": task, "metric": "success_rate", "value": round(row["success_rate"], 4)})
+            else:
+                rows.append({"task": task, "metric": "mean_reward",
+                             "value": f"{row['return_mean']:.2f} +/- {row['return_std']:.2f}"})
+    elif artifact.kind == "policy" and len(artifact.tasks) == 1:
+        task, metrics = artifact.tasks[0], artifact.metrics
+        if _is_metaworld(task) and isinstance(metrics.get("eval_success"), (int, float)):
+            rows.append({"task": task, "metric": "success_rate", "value": round(metrics["eval_success"], 4)})
+        elif not _is_metaworld(task) and isinstance(metrics.get("eval_return"), (int, float)):
+            rows.append({"task": task, "metric": "mean_reward", "value": f"{metrics['eval_return']:.2f}"})
+    return rows
 
 
 def _facts_table(artifact: Artifact) -> str:
@@ -144,11 +228,37 @@ def _facts_table(artifact: Artifact) -> str:
     rows = [("artifact", f"`{artifact.ref}`"), ("tasks", ", ".join(artifact.tasks) or "-"),
             ("created", artifact.created), ("made by", f"pwmctl {code_text}"),
             ("files", f"{len(artifact.manifest['files'])} ({size:,} bytes); sha256 of each in `manifest.json`")]
-    rows += [(k, _fmt(v)) for k, v in artifact.metrics.items() if isinstance(v, (int, float, str))][:8]
+    success_applies = any(_is_metaworld(t) for t in artifact.tasks)  # DMC has no success signal
+    rows += [(k, _fmt(v)) for k, v in artifact.metrics.items() if isinstance(v, (int, float, str))
+             and (success_applies or "success" not in k)][:8]
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
-def _evaluation_section(evaluation: Mapping[str, Any]) -> str:
+def _usage_section(artifact: Artifact, repo: str, repo_type: str, tag: str, endpoint: str) -> str:
+    shell = "\n".join(usage_commands(artifact, repo, repo_type, tag, endpoint))
+    python = "\n".join(usage_python(artifact, repo, repo_type, tag, endpoint))
+    return (f"## Use it\n\nFrom the command line (`pip install pwmctl`):\n\n```bash\n{shell}\n```\n\n"
+            f"From Python:\n\n```python\n{python}\n```\n\n"
+            "Both download the files pinned to the commit of this tag, check each against the sha256 in "
+            "`manifest.json`, and register the artifact with its lineage.")
+
+
+def _video_section(path: str, caption: str, repo: str, repo_type: str, tag: str, endpoint: str) -> str:
+    url = f"{endpoint.rstrip('/')}/{'datasets/' if repo_type == 'dataset' else ''}{repo}/resolve/{tag}/{path}"
+    return (f"## Replay\n\n<video controls autoplay loop muted width=\"384\" src=\"{url}\"></video>\n\n"
+            f"[`{path}`]({path}): {caption}")
+
+
+def _evaluation_section(artifact: Artifact, evaluation: Mapping[str, Any] | None,
+                        results: list[dict[str, Any]]) -> str:
+    if not (evaluation and evaluation.get("summary")):
+        if not results:
+            return ""
+        r = results[0]
+        what = "success rate" if r["metric"] == "success_rate" else "mean return"
+        return (f"## Evaluation\n\n{r['task']}: {what} {r['value']} in the evaluation episodes run while "
+                f"extracting (update {artifact.metrics.get('selected_update', '?')}). For returns with "
+                f"confidence intervals: `pwmctl eval policy/{artifact.name} --seeds 10`, then push again.")
     summary = evaluation["summary"]
     lines = [f"## Evaluation\n\nFrom `{evaluation['report']}` ({summary.get('runs_per_task', '?')} runs per task; "
              f"score: {summary.get('score', 'normalised return')}).\n",
@@ -164,7 +274,15 @@ def _evaluation_section(evaluation: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _dataset_section(artifact: Artifact) -> str:
+def _report_videos_section(artifact: Artifact) -> str:
+    """A pushed report's own videos (`pwmctl eval --video`), linked."""
+    videos = sorted(p for p in artifact.manifest["files"] if p.startswith("videos/") and p.endswith(".mp4"))
+    if not videos:
+        return ""
+    return "## Videos\n\n" + "\n".join(f"- [`{p}`]({p})" for p in videos)
+
+
+def _dataset_section(artifact: Artifact, extras: Mapping[str, str]) -> str:
     facts = dataset_facts(artifact)
     ids = facts.get("task_ids") or {}
     tasks = ", ".join(f"{t} (id {ids[t]})" if ids.get(t) is not None else t for t in artifact.tasks) or "-"
@@ -176,7 +294,16 @@ def _dataset_section(artifact: Artifact) -> str:
         f"- episodes: {facts.get('episodes')}",
         f"- transitions: {facts.get('transitions')}",
         f"- obs dim {facts.get('obs_dim')}, action dim {facts.get('act_dim')} (zero-padded across tasks)",
-    ])
+    ]) + _preview_text(extras)
+
+
+def _preview_text(extras: Mapping[str, str]) -> str:
+    previews = [(path, text) for path, text in extras.items() if path in (PREVIEW_EPISODES, PREVIEW_TASKS)]
+    if not previews:
+        return ""
+    return ("\n\n### Preview\n\nThe dataset viewer shows Parquet previews, made at push time (not part of the "
+            "artifact; `pull` skips them):\n\n" + "\n".join(f"- `{path}`: {text}" for path, text in previews)
+            + "\n\nThe whole dataset as Parquet: `pwmctl data export` (see above).")
 
 
 def _config_section(artifact: Artifact) -> str:
@@ -200,7 +327,13 @@ def _hub_ids(node: LineageNode, endpoint: str) -> dict[str, Remote]:
     return found
 
 
-def _lineage_lines(node: LineageNode, hub_ids: dict[str, Remote], this: str, depth: int = 0) -> list[str]:
+def _lineage_lines(node: LineageNode, hub_ids: dict[str, Remote], this: str, seen: set[str],
+                   depth: int = 0) -> list[str]:
+    """The lineage tree, depth first; an ancestor reached again (a dataset both the policy and its
+    world model name) is not repeated."""
+    if node.ref in seen:
+        return []
+    seen.add(node.ref)
     if depth == 0:
         where = f"this repo, {this}"
     elif node.ref in hub_ids:
@@ -209,7 +342,7 @@ def _lineage_lines(node: LineageNode, hub_ids: dict[str, Remote], this: str, dep
         where = "not on the Hub"
     lines = [f"{'  ' * depth}- `{node.ref}`: {where}"]
     for parent in node.parents:
-        lines += _lineage_lines(parent, hub_ids, this, depth + 1)
+        lines += _lineage_lines(parent, hub_ids, this, seen, depth + 1)
     return lines
 
 

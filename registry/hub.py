@@ -33,9 +33,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from registry.cards import DEFAULT_ENDPOINT, render_card
+from registry.cards import DEFAULT_ENDPOINT, DEFAULT_LICENSE, PREVIEW_DIR, REPLAY_VIDEO, render_card
 from registry.errors import AlreadyRegistered, IntegrityError, RegistryError
-from registry.manifest import MANIFEST_NAME, MANIFEST_VERSION, FileProblem, manifest_problem, read_manifest
+from registry.manifest import (
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    FileProblem,
+    manifest_problem,
+    read_manifest,
+    sha256_file,
+)
 from registry.refs import KINDS, check_kind, name_problem, shorten
 from registry.store import Artifact, LineageNode, Registry, Remote, content_sha256
 
@@ -43,13 +50,14 @@ CARD_NAME = "README.md"
 PUSH_ORDER = ("dataset", "worldmodel", "policy")  # lineage order; reports go into policy cards instead
 MODEL_REPO_PRIORITY = ("policy", "worldmodel", "report")  # who gets {ns}/{name} when names clash
 _KEEP_ON_HUB = {".gitattributes"}  # never deleted by a push
-_NOT_PAYLOAD = {MANIFEST_NAME, CARD_NAME, ".gitattributes", ".cache"}  # skipped when pulling
+_NOT_PAYLOAD = {MANIFEST_NAME, CARD_NAME, ".gitattributes", ".cache", PREVIEW_DIR}  # skipped when pulling
 _OFFLINE_VALUES = ("1", "true", "yes", "on")
 _SHA_RE = re.compile(r"[0-9a-f]{40}")
 # The Hub's own rule (huggingface_hub's validate_repo_id): each part 1-96 of [A-Za-z0-9._-], not
 # starting or ending with '-' or '.', no '--' or '..', no '.git' ending.
 _REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
 _REPO_RE = re.compile(rf"{_REPO_PART}/{_REPO_PART}")
+_LICENSE_RE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")  # Hub license ids: mit, apache-2.0, cc-by-nc-4.0, other
 
 
 class HubError(RegistryError):
@@ -84,7 +92,32 @@ def check_repo_id(repo: str) -> str:
     return repo
 
 
+def check_license(license: str) -> str:
+    """Return `license` if it looks like a Hub license id, else raise HubError."""
+    if not _LICENSE_RE.fullmatch(license):
+        raise HubError(f"bad license {shorten(license)!r}: give a Hub license id in lower case, e.g. mit, "
+                       "apache-2.0, cc-by-4.0, cc-by-nc-4.0, or other")
+    return license
+
+
 # ---- push ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Extra:
+    """A file a push commits beside the payload for the Hub page only (a replay video, a Parquet
+    preview): under preview/, described on the card, not part of the artifact (pull skips it)."""
+
+    path: str
+    description: str
+    content: bytes | None = None
+    source: Path | None = None
+
+    def planned(self) -> PlannedFile:
+        if self.content is not None:
+            return PlannedFile(self.path, len(self.content), _sha256(self.content), content=self.content)
+        assert self.source is not None, f"{self.path}: neither content nor a source file"
+        return PlannedFile(self.path, self.source.stat().st_size, sha256_file(self.source), source=self.source)
 
 
 @dataclass(frozen=True)
@@ -141,16 +174,21 @@ class PushResult:
 
 
 def plan_push(reg: Registry, ref: str, repo: str, *, endpoint: str | None = None, private: bool = False,
-              default_kind: str | None = None) -> PushPlan:
+              default_kind: str | None = None, license: str = DEFAULT_LICENSE,
+              extras: list[Extra] | None = None) -> PushPlan:
     """The commit that would push `ref` to `repo`: files with sizes and sha256, repo type, tag.
 
     Reads only the local registry. The artifact is re-hashed first, so a damaged copy is never
-    shared.
+    shared. A policy's card shows the replay video of its newest eval report that has one
+    (`pwmctl eval --video`), committed as preview/replay.mp4; `extras` adds other preview/ files
+    (a dataset's Parquet previews, which need pwm_core to read the data).
 
     Raises:
-        IntegrityError: the local copy no longer matches its manifest. HubError: a bad repo id.
+        IntegrityError: the local copy no longer matches its manifest. HubError: a bad repo id or
+        license, or an extra outside preview/.
     """
     check_repo_id(repo)
+    check_license(license)
     endpoint = resolve_endpoint(endpoint)
     artifact = reg.resolve(ref, default_kind)
     problems = reg.verify(artifact.ref)
@@ -164,10 +202,17 @@ def plan_push(reg: Registry, ref: str, repo: str, *, endpoint: str | None = None
     lineage = reg.lineage(artifact.ref)
     pushed = {**artifact.manifest, "lineage": [_lineage_entry(node, endpoint) for node in lineage.parents]}
     manifest_bytes = (json.dumps(pushed, indent=2) + "\n").encode()
+    evaluation = _evaluation(reg, artifact)
+    extras = [*(extras or []), *_replay_video(evaluation)]
+    outside = [e.path for e in extras if not e.path.startswith(PREVIEW_DIR + "/")]
+    if outside:
+        raise HubError(f"{outside[0]}: files for the Hub page go under {PREVIEW_DIR}/")
     card = render_card(artifact, repo=repo, repo_type=repo_type, tag=tag, endpoint=endpoint, lineage=lineage,
-                       evaluation=_evaluation(reg, artifact)).encode()
+                       evaluation=evaluation, license=license,
+                       extras={e.path: e.description for e in extras}).encode()
     files = [PlannedFile(path, entry["size"], entry["sha256"], source=artifact.path / path)
              for path, entry in artifact.manifest["files"].items()]
+    files += [e.planned() for e in extras]
     files += [PlannedFile(name, len(data), _sha256(data), content=data)
               for name, data in ((MANIFEST_NAME, manifest_bytes), (CARD_NAME, card))]
     already = next((r for r in reg.remotes(artifact.ref)
@@ -344,7 +389,8 @@ def pull(reg: Registry, spec: str, *, repo_type: str | None = None, endpoint: st
         try:
             from huggingface_hub import snapshot_download
 
-            snapshot_download(repo, repo_type=repo_type, revision=sha, local_dir=work, endpoint=endpoint, token=token)
+            snapshot_download(repo, repo_type=repo_type, revision=sha, local_dir=work, endpoint=endpoint, token=token,
+                              ignore_patterns=[f"{PREVIEW_DIR}/*"])  # for the Hub page, not the artifact
             return _register(reg, work, remote)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -426,6 +472,64 @@ def _is_lineage_entry(entry: Any) -> bool:
             and all(isinstance(hub.get(key), str) for key in ("repo", "repo_type", "commit", "endpoint")))
 
 
+# ---- reachability (pwmctl doctor) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HubStatus:
+    """What one short request to the Hub's whoami endpoint told: reachable (None: not tried, offline),
+    the login it accepted, and a one-line detail."""
+
+    endpoint: str
+    reachable: bool | None
+    token_source: str | None  # "HF_TOKEN" | "token file" | None (not logged in)
+    user: str | None
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "reachable": self.reachable, "logged_in": self.token_source is not None,
+                "token_source": self.token_source, "user": self.user, "detail": self.detail}
+
+
+def hub_status(endpoint: str | None = None, *, timeout_s: float = 3.0) -> HubStatus:
+    """Ask `endpoint`'s whoami (one GET, `timeout_s`) whether it answers and who the token is.
+
+    Never raises for network trouble: no network is an answer (`reachable` False), not an error.
+    With HF_HUB_OFFLINE set, nothing is sent (`reachable` None).
+    """
+    import urllib.error
+    import urllib.request
+
+    endpoint = resolve_endpoint(endpoint)
+    try:
+        from huggingface_hub import get_token
+
+        token = get_token()
+    except Exception:  # a broken token file or OIDC setup: report it as not logged in
+        token = None
+    source = None if token is None else "HF_TOKEN" if os.environ.get("HF_TOKEN") else "token file"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in _OFFLINE_VALUES:
+        return HubStatus(endpoint, None, source, None, "HF_HUB_OFFLINE is set: not contacted")
+    request = urllib.request.Request(f"{endpoint}/api/whoami-v2", headers={"User-Agent": "pwmctl"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            body = response.read(1 << 16)
+    except urllib.error.HTTPError as e:  # it answered: reachable
+        if e.code in (401, 403) and token:
+            return HubStatus(endpoint, True, source, None, f"the token was refused (HTTP {e.code})")
+        return HubStatus(endpoint, True, source, None, f"answered HTTP {e.code} to whoami")
+    except (urllib.error.URLError, OSError, ValueError) as e:  # ValueError: a malformed endpoint URL
+        reason = getattr(e, "reason", None) or e
+        return HubStatus(endpoint, False, source, None, f"not reachable within {timeout_s:g} s ({reason})")
+    try:
+        user = json.loads(body).get("name")
+    except (ValueError, AttributeError):
+        user = None
+    return HubStatus(endpoint, True, source, user if isinstance(user, str) else None, "answered")
+
+
 # ---- remote verification -------------------------------------------------------------------
 
 
@@ -489,20 +593,35 @@ def _lineage_entry(node: LineageNode, endpoint: str) -> dict[str, Any]:
 
 
 def _evaluation(reg: Registry, artifact: Artifact) -> dict[str, Any] | None:
-    """The summary of the policy's newest eval report here, for its card."""
+    """For a policy's card: the summary of its newest eval report here, and the video of the newest
+    report that recorded one of it (its own actions: not a baseline's, not MPPI's)."""
     if artifact.kind != "policy":
         return None
     reports = sorted((a for a in reg.children(artifact.ref) if a.kind == "report"),
                      key=lambda a: a.registered, reverse=True)
+    found: dict[str, Any] = {}
     for report in reports:
         try:
             results = json.loads((report.path / "results.json").read_text())
         except (OSError, ValueError):
             continue
         summary = (results.get("summaries") or {}).get(artifact.ref)
-        if summary:
-            return {"report": report.ref, "summary": summary}
-    return None
+        if summary and "summary" not in found:
+            found.update(report=report.ref, summary=summary)
+        video = next((v for v in results.get("videos") or [] if isinstance(v, dict) and v.get("actor") == "policy"
+                      and v.get("policy") == artifact.ref and v.get("file") in report.manifest["files"]), None)
+        if video and "video" not in found:
+            found["video"] = {**video, "report": report.ref, "source": report.path / video["file"]}
+    return found or None
+
+
+def _replay_video(evaluation: Mapping[str, Any] | None) -> list[Extra]:
+    video = (evaluation or {}).get("video")
+    if not video:
+        return []
+    caption = (f"{video.get('task')}, env seed {video.get('seed')}, return {video.get('return', float('nan')):.1f} "
+               f"with deterministic actions (from `{video['report']}`)")
+    return [Extra(REPLAY_VIDEO, caption, source=Path(video["source"]))]
 
 
 def _local_copy(reg: Registry, repo: str, rev: str | None, repo_type: str | None, endpoint: str,

@@ -19,6 +19,7 @@ app = typer.Typer(help="User defaults (Hub namespace, device, model size, pretra
 KEYS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "hub.namespace": ("Hub user or organisation that `pwmctl push` names repos under", None),
     "hub.endpoint": ("Hub endpoint URL (default: huggingface_hub's, or HF_ENDPOINT)", None),
+    "hub.license": ("license id on the cards `pwmctl push` writes (default mit): apache-2.0, cc-by-4.0, ...", None),
     "device": ("default --device for training and evaluation: auto, cpu, cuda, cuda:N", None),
     "size": ("default world-model --size", ("1M", "5M", "19M", "48M", "317M")),
 }
@@ -99,6 +100,10 @@ def _check_value(home: Path, key: str, value: str) -> None:
             from registry.hub import check_namespace
 
             check_namespace(value)
+        elif key == "hub.license":
+            from registry.hub import check_license
+
+            check_license(value)
         elif key == "hub.endpoint" and not value.startswith(("https://", "http://")):
             raise ConfigError(f"{value!r} is not an http(s) URL, e.g. https://huggingface.co")
         elif KEYS[key][1] is not None and value not in KEYS[key][1]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pwmctl.console import State, emit, fail, human_size, info, state
+from pwmctl.console import State, emit, fail, human_size, info, state, stderr
 
 MAX_FILES_SHOWN = 20  # per plan in human output; --format json lists every file
 
@@ -21,18 +21,23 @@ def push(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the commit plan (files, sizes, sha256, repo, tag); "
                                                           "touch nothing."),
     hub_endpoint: str = typer.Option(None, "--hub-endpoint", envvar="PWMCTL_HUB_ENDPOINT", help=_ENDPOINT_HELP),
+    license: str = typer.Option(None, "--license", help="Hub license id for the cards (mit, apache-2.0, "
+                                "cc-by-4.0, other, ...) \\[default: config hub.license, else mit]."),
 ) -> None:
     """Push artifact versions to the Hub: one commit per version, tagged vN, recorded here.
 
     Datasets go to dataset repos, world models and policies to model repos. Without REF: every
     version not yet on that Hub, datasets first, then world models, then policies (eval reports
-    go into the policy cards; push one by its ref to share it).
+    go into the policy cards; push one by its ref to share it). Each commit has a card (README.md:
+    license, usage, results, lineage, citation); a dataset also gets Parquet previews for the Hub's
+    dataset viewer and a policy the replay video of its newest `pwmctl eval --video`, under preview/.
     """
     from registry import hub
 
     st = state(ctx)
     reg = st.registry()
     endpoint = _endpoint(st, hub_endpoint)
+    license = hub.check_license(license or _config(st).get("hub.license") or hub.DEFAULT_LICENSE)
     if ref is None and repo is not None:
         raise fail("--repo names one repo: give the REF to push there too, or drop --repo to push every "
                    "version to NAMESPACE/NAME")
@@ -44,14 +49,16 @@ def push(
         ns = _namespace(st, namespace)
         targets = [(a, hub.default_repo(reg, a, ns, endpoint)) for a in hub.unpushed(reg, endpoint)]
     if dry_run:
-        plans = [hub.plan_push(reg, a.ref, r, endpoint=endpoint, private=private) for a, r in targets]
+        plans = [hub.plan_push(reg, a.ref, r, endpoint=endpoint, private=private, license=license,
+                               extras=_previews(st, a)) for a, r in targets]
         emit(st, {"dry_run": True, "endpoint": endpoint, "plans": [p.to_dict() for p in plans]},
              lambda: _print_plans(plans, endpoint))
         return
     _quiet_hub(st)
     results = []
     for artifact, target in targets:
-        plan = hub.plan_push(reg, artifact.ref, target, endpoint=endpoint, private=private)
+        plan = hub.plan_push(reg, artifact.ref, target, endpoint=endpoint, private=private, license=license,
+                             extras=_previews(st, artifact))
         if plan.already is None:
             info(st, f"pushing {artifact.ref} to {target} as {plan.tag}: {len(plan.files)} files, "
                      f"{human_size(plan.total_bytes)}")
@@ -122,11 +129,33 @@ def _namespace(st: State, flag: str | None) -> str:
 
 
 def _quiet_hub(st: State) -> None:
-    """huggingface_hub's progress bars go to stderr; keep them off with -q and --format json."""
-    if st.quiet:
+    """huggingface_hub's progress bars (one per file: a Zarr store has hundreds) go to stderr; keep
+    them off with -q, --format json, and when stderr is no terminal (logs get one line per artifact)."""
+    if st.quiet or not stderr.is_terminal:
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
+
+
+def _previews(st: State, artifact):
+    """A dataset's Parquet previews for the Hub's dataset viewer ([] for other kinds, or without pyarrow)."""
+    if artifact.kind != "dataset":
+        return []
+    from pwm_core.data import open_dataset
+    from pwm_core.data.parquet import preview_tables
+    from pwm_core.errors import PwmError
+    from pwmctl.commands.collect import DATASET_DIR
+    from registry.cards import PREVIEW_EPISODES, PREVIEW_TASKS
+    from registry.hub import Extra
+
+    try:
+        episodes, tasks, what = preview_tables(open_dataset(artifact.path / DATASET_DIR), {"dataset": artifact.ref})
+    except PwmError as e:  # pyarrow missing, or no episodes: the push goes on without previews
+        info(st, f"{artifact.ref}: no Parquet preview for the dataset viewer ({e})")
+        return []
+    return [Extra(PREVIEW_EPISODES, what, content=episodes),
+            Extra(PREVIEW_TASKS, "one row per task: episodes, rows, transitions, return mean / std / min / max",
+                  content=tasks)]
 
 
 def _print_plans(plans, endpoint: str) -> None:
