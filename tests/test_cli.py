@@ -154,9 +154,13 @@ def test_sigint_publishes_completed_episodes(home):
     assert 1 <= n < 200
 
 
-def test_doctor_json(home):
+def test_doctor_json(home, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the Hub check would contact huggingface.co
     doc = run_json(home, "doctor")
-    assert doc["versions"]["torch"].startswith("2.") and "egl" in doc["render"]
+    assert doc["versions"]["torch"].startswith("2.") and set(doc["render"]) == {"egl", "osmesa"}
+    names = [c["check"] for c in doc["checks"]]
+    assert names == ["torch build", "headless render", "video files", "Hub endpoint", "Hub login", "registry disk"]
+    assert all(c["status"] in ("ok", "warn") for c in doc["checks"])
 
 
 def test_config_set_get_list_and_typos(home):
