@@ -133,7 +133,8 @@ def usage_python(artifact: Artifact, repo: str, repo_type: str, tag: str, endpoi
     hub_id = f"{'datasets/' if repo_type == 'dataset' else ''}{repo}@{tag}"
     lines = ["from pwmctl import api", ""]
     if endpoint.rstrip("/") != DEFAULT_ENDPOINT:
-        lines = ["import os", "", *lines[:1], f'os.environ["PWMCTL_HUB_ENDPOINT"] = "{endpoint}"', ""]
+        lines = ["import os", "", "from pwmctl import api", "",
+                 f'os.environ["PWMCTL_HUB_ENDPOINT"] = "{endpoint}"  # this Hub, not huggingface.co', ""]
     task = artifact.tasks[0] if artifact.tasks else "TASK"
     lines += {
         "dataset": [f'ds = api.open_dataset("{hub_id}")  # pulled into $PWM_HOME (~/.pwm), every file checked',
@@ -237,7 +238,7 @@ def _facts_table(artifact: Artifact) -> str:
 def _usage_section(artifact: Artifact, repo: str, repo_type: str, tag: str, endpoint: str) -> str:
     shell = "\n".join(usage_commands(artifact, repo, repo_type, tag, endpoint))
     python = "\n".join(usage_python(artifact, repo, repo_type, tag, endpoint))
-    return (f"## Use it\n\nFrom the command line (`pip install pwmctl`):\n\n```bash\n{shell}\n```\n\n"
+    return (f"## Use it\n\nFrom the command line, with pwmctl installed:\n\n```bash\n{shell}\n```\n\n"
             f"From Python:\n\n```python\n{python}\n```\n\n"
             "Both download the files pinned to the commit of this tag, check each against the sha256 in "
             "`manifest.json`, and register the artifact with its lineage.")
