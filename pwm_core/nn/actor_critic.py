@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from pwm_core.nn.kernels import Mish, mish
 from pwm_core.nn.layers import EnsembleLayerNorm
 
 
@@ -36,7 +37,7 @@ class Actor(nn.Module):
         dims = [latent_dim, *units]
         blocks: list[nn.Module] = []
         for i in range(len(units)):
-            blocks += [nn.Linear(dims[i], dims[i + 1]), nn.Mish(), nn.LayerNorm(dims[i + 1])]
+            blocks += [nn.Linear(dims[i], dims[i + 1]), Mish(), nn.LayerNorm(dims[i + 1])]
         blocks.append(nn.Linear(dims[-1], act_dim))
         self.mu_net = nn.Sequential(*blocks)
         self.logstd = nn.Parameter(torch.full((act_dim,), float(init_logstd)))
@@ -100,7 +101,7 @@ class CriticEnsemble(nn.Module):
             else:
                 h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
             if i < n_layers - 1:
-                h = self.norms[i](F.mish(h), detach=detach)  # Mish, then LayerNorm
+                h = self.norms[i](mish(h), detach=detach)  # Mish, then LayerNorm
         return h.reshape(h.shape[0], *lead, 1)
 
     def min(self, z: Tensor, detach: bool = False) -> Tensor:

@@ -12,6 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from pwm_core.nn.kernels import Mish, mish
+
 
 class NormedLinear(nn.Linear):
     """Linear -> Dropout (only if p > 0) -> LayerNorm -> activation (Mish unless ``act`` is given)."""
@@ -21,7 +23,7 @@ class NormedLinear(nn.Linear):
         super().__init__(in_features, out_features)
         self.dropout = nn.Dropout(dropout) if dropout else None
         self.ln = nn.LayerNorm(out_features)
-        self.act = nn.Mish() if act is None else act
+        self.act = Mish() if act is None else act
 
     def forward(self, x: Tensor) -> Tensor:
         x = super().forward(x)
@@ -137,7 +139,7 @@ class EnsembleLinear(nn.Module):
             return x
         if self.p:
             x = F.dropout(x, self.p, self.training)  # independent mask per head
-        return F.mish(self.ln(x, heads, detach))
+        return mish(self.ln(x, heads, detach))
 
     def extra_repr(self) -> str:
         p = f", dropout={self.p}" if self.p else ""

@@ -43,6 +43,7 @@ from pwm_core.errors import PwmError
 from pwm_core.io import atomic_write
 from pwm_core.nn.actor_critic import Actor, CriticEnsemble
 from pwm_core.nn.math import almost_two_hot_inv
+from pwm_core.nn.kernels import KERNELS, use_kernels
 from pwm_core.nn.world_model import WorldModel
 from pwm_core.seeding import derived_seed, global_rng_state, set_global_rng_state
 from pwm_core.tasks import TASKS
@@ -99,6 +100,7 @@ class ExtractConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str | None = None  # None (fp32) or "bf16": rollout and critic forward passes under autocast
     compile: bool = False  # torch.compile the imagined rollout
+    kernels: str = "exact"  # Mish kernel: exact (ATen's, the official code's) | fast (one exp; ours)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -219,11 +221,15 @@ class Extractor:
 
     # ------------------------------------------------------------------------------- training
     def step(self) -> dict[str, float]:
-        """One update. Returns actor_loss, value_loss (mean over the critic minibatches),
+        """One update (Mish: ``cfg.kernels``). Returns actor_loss, value_loss (mean over the critic minibatches),
         actor_grad_norm and critic_grad_norm (before clipping; critic: its last minibatch),
         imagined_reward (mean r_t of the rollout, symlog units), ret_std (the actor-loss divisor) and, at
         update 1, every ``model_return_every``-th and the last, model_return (see :meth:`model_return`; a
         no-grad rollout that costs about 12% of a B=64 update, so it is not computed every time)."""
+        with use_kernels(self.cfg.kernels):
+            return self._update()
+
+    def _update(self) -> dict[str, float]:
         cfg, H = self.cfg, self.cfg.horizon
         # Linear lr decay towards lr_end over cfg.steps, set at the start of the iteration
         for optim, lr0 in ((self.actor_optim, cfg.actor_lr), (self.critic_optim, cfg.critic_lr)):
@@ -450,6 +456,8 @@ def validate_config(cfg: ExtractConfig) -> None:
     check_device(cfg.device)
     if cfg.amp not in (None, "bf16"):
         raise ConfigError(f"amp: {cfg.amp!r} is not supported; use none or bf16")
+    if cfg.kernels not in KERNELS:
+        raise ConfigError(f"kernels: {cfg.kernels!r} is not one of {list(KERNELS)}")
     if cfg.critic_target not in ("one-step", "td-lambda"):
         raise ConfigError(f"critic_target: {cfg.critic_target!r} is not one of ['one-step', 'td-lambda']")
     if cfg.bootstrap not in ("gamma-h1", "gamma-h"):

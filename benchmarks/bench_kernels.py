@@ -1,0 +1,136 @@
+"""Exact vs fast Mish kernels (``pwm_core.nn.kernels``), each pair measured in the same run, interleaved.
+
+Mish runs after every hidden layer (world model, actor, critic). torch.profiler on this CPU put ATen's
+``mish`` + ``mish_backward`` at about a third of an update (pre-training 1M B=256 H=16; extraction 1M
+B=64): more than the matmuls. The ``fast`` kernel computes the same function from one ``exp``.
+
+Measured, ``exact`` and ``fast`` alternating in every round so a change in machine load hits both alike:
+(1) Mish forward + backward alone at the shapes an update uses; (2) ``Extractor.step()`` at 1M and 5M,
+B=64; (3) ``Pretrainer.step()`` at 1M B=256 (H=16) and H=3. The table gives median seconds and the
+ratio exact/fast (higher is faster), plus the largest difference of the two Mish outputs.
+
+Run: ``python benchmarks/bench_kernels.py [--quick] [--rounds 5]``; appends one JSON line to
+``benchmarks/results.jsonl`` (bench ``kernels``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bench_common import RESULTS, append_record, common_fields, rounded
+from pwm_core.nn import WorldModel, world_model_config
+from pwm_core.nn.kernels import mish, use_kernels
+from pwm_core.tasks import resolve_tasks
+from pwm_core.train.extract import ExtractConfig, Extractor
+
+MODES = ("exact", "fast")
+
+
+def interleaved(make: Callable[[str], Callable[[], object]], rounds: int, reps: int) -> dict[str, float]:
+    """Median seconds per call of ``make(mode)()`` for each kernel mode, the modes alternating every round."""
+    funcs = {m: make(m) for m in MODES}
+    for m, f in funcs.items():
+        with use_kernels(m):
+            f()  # warm-up
+    times: dict[str, list[float]] = {m: [] for m in MODES}
+    for _ in range(rounds):
+        for m, f in funcs.items():
+            with use_kernels(m):
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    f()
+                times[m].append((time.perf_counter() - t0) / reps)
+    return {m: statistics.median(ts) for m, ts in times.items()}
+
+
+def mish_case(shape: tuple[int, ...]) -> Callable[[str], Callable[[], object]]:
+    x = (torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 3).requires_grad_()
+    g = torch.randn(shape)
+    return lambda mode: (lambda: torch.autograd.grad(mish(x), x, g))
+
+
+def extractor_case(size: str, batch: int) -> Callable[[str], Callable[[], object]]:
+    task_set = resolve_tasks("mt30")
+    mcfg = world_model_config(size, task_set)
+    model = WorldModel(mcfg)
+
+    def make(mode: str):
+        g = torch.Generator().manual_seed(0)
+        cfg = ExtractConfig(batch_size=batch, seed=0, steps=10_000, kernels=mode)
+        return Extractor(cfg, model, task_set.index("walker-walk"),
+                         lambda: torch.randn(batch, mcfg.obs_dim, generator=g)).step
+
+    return make
+
+
+def pretrainer_case(size: str, batch: int, horizon: int, root: Path) -> Callable[[str], Callable[[], object]]:
+    from bench_pretrain import synthetic_dataset  # the pretrain benchmark's data
+    from pwm_core.train import PretrainConfig, Pretrainer, model_config
+
+    task_set = resolve_tasks("mt30")
+    dataset = synthetic_dataset(root)
+
+    def make(mode: str):
+        cfg = PretrainConfig(size=size, batch_size=batch, horizon=horizon, device="cpu", val_fraction=0.0, seed=0,
+                             kernels=mode)
+        return Pretrainer(cfg, model_config(cfg, task_set), [dataset], task_set).step
+
+    return make
+
+
+def max_difference() -> float:
+    """Largest |fast - exact| of Mish over [-60, 60] (float32)."""
+    x = torch.linspace(-60, 60, 200_001)
+    with use_kernels("fast"):
+        fast = mish(x)
+    return float((fast - torch.nn.functional.mish(x)).abs().max())
+
+
+def table(record: dict) -> str:
+    lines = [f"{record.get('threads')} torch threads, fp32; median of {record['rounds']} interleaved rounds; "
+             f"ratio = exact / fast (higher is faster); max |fast - exact| of Mish on [-60, 60]: "
+             f"{record['max_abs_difference']:.2g}", "",
+             "| what | exact s | fast s | ratio |", "|---|---:|---:|---:|"]
+    for r in record["rows"]:
+        s = r["seconds"]
+        lines.append(f"| {r['what']} | {s['exact']:.4g} | {s['fast']:.4g} | **{s['exact'] / s['fast']:.2f}x** |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: Mish alone and extract 1M B=64, 1 round")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick: 1)")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    args = p.parse_args()
+    rounds = args.rounds or (1 if args.quick else 5)
+    with tempfile.TemporaryDirectory() as tmp:
+        cases: list[tuple[str, Callable[[], Callable[[str], Callable[[], object]]], int]] = [
+            ("Mish fwd+bwd (64, 384): extraction", lambda: mish_case((64, 384)), 200),
+            ("Mish fwd+bwd (4096, 384): pre-training 1M B=256 H=16", lambda: mish_case((4096, 384)), 5),
+            ("extract 1M B=64 (Extractor.step)", lambda: extractor_case("1M", 64), 5)]
+        if not args.quick:
+            cases += [("extract 5M B=64", lambda: extractor_case("5M", 64), 3),
+                      ("pretrain 1M B=256 H=16 (Pretrainer.step)",
+                       lambda: pretrainer_case("1M", 256, 16, Path(tmp)), 2),
+                      ("pretrain 1M B=256 H=3", lambda: pretrainer_case("1M", 256, 3, Path(tmp)), 5)]
+        rows = []
+        for what, build, reps in cases:
+            seconds = interleaved(build(), rounds, reps)
+            rows.append({"what": what, "reps_per_round": reps, "seconds": seconds})
+            print(f"  {what}: " + ", ".join(f"{k} {v:.4g}s" for k, v in seconds.items()), flush=True)
+    record = {"bench": "kernels", **common_fields(torch.device("cpu"), args.quick), "rounds": rounds,
+              "max_abs_difference": max_difference(), "rows": [rounded(r) for r in rows]}
+    print("\n" + table(record) + "\n", flush=True)
+    append_record(args.results, record)
+
+
+if __name__ == "__main__":
+    main()
