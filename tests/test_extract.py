@@ -14,6 +14,7 @@ from pwm_core.data import EpisodeWriter, open_dataset
 from pwm_core.errors import PwmError
 from pwm_core.nn import WorldModel, WorldModelConfig
 from pwm_core.nn.actor_critic import Actor, CriticEnsemble
+from pwm_core.nn.kernels import Mish
 from pwm_core.tasks import resolve_tasks
 from pwm_core.train.extract import (
     ExtractConfig, Extractor, Policy, RunningMeanStd, critic_minibatches, discounted_return, linear_lr,
@@ -160,7 +161,7 @@ def test_actor_blocks_apply_mish_before_layernorm():
     torch.manual_seed(0)
     actor = Actor(16, 3)
     kinds = [type(m) for m in actor.mu_net]
-    assert kinds == [nn.Linear, nn.Mish, nn.LayerNorm] * 3 + [nn.Linear]
+    assert kinds == [nn.Linear, Mish, nn.LayerNorm] * 3 + [nn.Linear]  # nn.Mish following use_kernels
     assert [m.out_features for m in actor.mu_net if isinstance(m, nn.Linear)] == [400, 200, 100, 3]
     z = torch.randn(5, 16)
     first = actor.mu_net[:3](z)

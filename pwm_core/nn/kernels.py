@@ -74,7 +74,7 @@ def mish(x: Tensor) -> Tensor:
     return F.mish(x)
 
 
-class Mish(nn.Module):
+class Mish(nn.Mish):
     """``nn.Mish`` that follows :func:`use_kernels` (no parameters: state dicts are unchanged)."""
 
     def forward(self, x: Tensor) -> Tensor:

@@ -38,6 +38,7 @@ from torch import Tensor
 from pwm_core.config import ConfigError, from_dict, to_dict
 from pwm_core.errors import PwmError
 from pwm_core.nn.actor_critic import Actor, CriticEnsemble
+from pwm_core.nn.imagine import imagine
 from pwm_core.nn.math import almost_two_hot_inv, two_hot_inv
 from pwm_core.nn.world_model import WorldModel
 from pwm_core.tasks import TaskSpec
@@ -297,12 +298,14 @@ class MPPI:
             # Policy-prior trajectories, the same in every iteration
             pi_actions = torch.zeros(B, P, H, A, device=self.device)
             if P:
-                z, task_p = z0.repeat_interleave(P, 0), task.repeat_interleave(P)
-                for t in range(H):
-                    a = prior.action(z, task_p, noise.prior[:, :, t].reshape(B * P, A))
+                task_p = task.repeat_interleave(P)
+
+                def prior_action(t: int, z: Tensor) -> Tensor:
+                    return prior.action(z, task_p, noise.prior[:, :, t].reshape(B * P, A))
+
+                prior_roll = imagine(wm, z0.repeat_interleave(P, 0), task_p, H, prior_action, roll_last=False)
+                for t, a in enumerate(prior_roll.action):
                     pi_actions[:, :, t] = a.view(B, P, A)
-                    if t < H - 1:
-                        z = wm.next(z, a, task_p)
 
             # Gaussian with warm start; the std restarts at max_std every step
             mean = warm_start(self._mean[envs], first)
@@ -330,11 +333,12 @@ class MPPI:
         G: Tensor | float = 0.0
         discount: Tensor | float = 1.0
         gamma = self.prior.discount(task)
-        for t in range(actions.shape[1]):
-            G = G + discount * self.prior.reward(z, actions[:, t], task)
-            z = self.wm.next(z, actions[:, t], task)
+        roll = imagine(self.wm, z, task, actions.shape[1], lambda t, _: actions[:, t],
+                       reward=lambda z_t, a_t: self.prior.reward(z_t, a_t, task))
+        for r in roll.reward:
+            G = G + discount * r
             discount = discount * gamma
-        return (G + discount * self.prior.value(z, task, eps, heads)).squeeze(-1)
+        return (G + discount * self.prior.value(roll.z[-1], task, eps, heads)).squeeze(-1)
 
     def _noise(self, generators: list[torch.Generator]) -> _Noise:
         """All random numbers of one plan, drawn per env from its own generator."""

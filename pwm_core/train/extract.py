@@ -43,6 +43,7 @@ from pwm_core.errors import PwmError
 from pwm_core.io import atomic_write
 from pwm_core.nn.actor_critic import Actor, CriticEnsemble
 from pwm_core.nn.math import almost_two_hot_inv
+from pwm_core.nn.imagine import imagine as roll_out
 from pwm_core.nn.kernels import KERNELS, use_kernels
 from pwm_core.nn.world_model import WorldModel
 from pwm_core.seeding import derived_seed, global_rng_state, set_global_rng_state
@@ -145,21 +146,25 @@ def imagine(world_model: WorldModel, actor: Actor, critic: CriticEnsemble, z0: T
     ``eps`` (H, B, A): the actor's noise; None = deterministic actions tanh(mu). ``mask`` (A,): multiply
     the actions by the task's action mask. Gradients reach the actor through every later dynamics,
     reward and value step; the critic's parameters take none (the code computes and discards them).
+    The loop is the shared :func:`pwm_core.nn.imagine.imagine`.
     """
     vmin, vmax = world_model.cfg.vmin, world_model.cfg.vmax
-    zs, rewards, values = [], [], []
-    z = z0
-    for t in range(horizon):
-        zs.append(z.detach())
+    values: list[Tensor] = []
+
+    def act(t: int, z: Tensor) -> Tensor:
         a = actor(z.detach() if detach else z, deterministic=eps is None, eps=None if eps is None else eps[t])
-        if mask is not None:
-            a = a * mask  # action masking (TD-MPC2; not in PWM)
+        return a if mask is None else a * mask  # action masking (TD-MPC2; not in PWM)
+
+    def reward(z: Tensor, a: Tensor) -> Tensor:
         logits = world_model.reward(z, a, task).float()  # r_t from the pre-step latent z_t
         r = almost_two_hot_inv(logits, vmin, vmax).squeeze(-1)  # symlog units: no symexp
-        rewards.append(torch.nan_to_num(r, 0.0, 0.0, 0.0))  # official: NaN reward -> 0
-        z = world_model.next(z, a, task)
+        return torch.nan_to_num(r, 0.0, 0.0, 0.0)  # official: NaN reward -> 0
+
+    def value(t: int, z: Tensor) -> None:
         values.append(critic.min(z, detach=True).squeeze(-1).float())
-    return Rollout(torch.stack(zs), torch.stack(rewards), torch.stack(values))
+
+    out = roll_out(world_model, z0, task, horizon, act, reward=reward, after_step=value)
+    return Rollout(torch.stack([z.detach() for z in out.z[:-1]]), torch.stack(out.reward), torch.stack(values))
 
 
 # ------------------------------------------------------------------------------------ extractor

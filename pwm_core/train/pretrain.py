@@ -32,6 +32,7 @@ from pwm_core.data.sampler import WindowSampler, choose_sampler, in_ram_nbytes
 from pwm_core.errors import DatasetError, PwmError
 from pwm_core.io import atomic_write
 from pwm_core.nn import WorldModel, WorldModelConfig, world_model_config
+from pwm_core.nn.imagine import imagine
 from pwm_core.nn.kernels import use_kernels
 from pwm_core.nn.math import soft_ce, two_hot_inv
 from pwm_core.seeding import (
@@ -106,10 +107,7 @@ def model_config(cfg: PretrainConfig, task_set: TaskSet, task_dim: int | None = 
 # ------------------------------------------------------------------------------------- losses
 def latent_rollout(model: WorldModel, z0: Tensor, action: Tensor, task: Tensor) -> Tensor:
     """z_0 (B, L), actions (H, B, A) -> latents z_0..z_H (H+1, B, L) with z_{t+1} = d(z_t, a_t)."""
-    zs = [z0]
-    for a in action:
-        zs.append(model.next(zs[-1], a, task))
-    return torch.stack(zs)
+    return torch.stack(imagine(model, z0, task, action.shape[0], lambda t, z: action[t]).z)
 
 
 def world_model_loss(model: WorldModel, obs: Tensor, action: Tensor, reward: Tensor, task: Tensor,
