@@ -159,3 +159,32 @@ def test_a_bad_policy_name_is_refused_before_any_work(home):
     result = run(home, "extract", "cartpole-balance", *TINY_EXTRACT, "--steps", "2", "--name", "../x", code=2)
     assert len(result.stderr.strip().splitlines()) == 1 and "policy name" in result.stderr
     assert set(home.glob("runs/*")) == before
+
+
+def test_extract_and_finetune_dry_runs_resolve_the_config_and_train_nothing(home, tmp_path):
+    runs_before = sorted(p.name for p in (home / "runs").iterdir())
+    (tmp_path / "x.yaml").write_text("lam: 0.9\n")
+    doc = run_json(home, "extract", "cartpole-balance", "--dry-run", "--recipe", "official", "--config",
+                   str(tmp_path / "x.yaml"), "--set", "horizon=5", "--steps", "3")
+    assert doc["dry_run"] and doc["wm"] == "worldmodel/wm:v1" and doc["data"] == ["dataset/tiny:v1"]
+    assert (doc["config"]["batch_size"], doc["config"]["lam"], doc["config"]["horizon"], doc["config"]["steps"]) == \
+        (512, 0.9, 5, 3)
+    assert {k: doc["sources"][k] for k in ("batch_size", "lam", "horizon", "steps")} == \
+        {"batch_size": "default", "lam": "config", "horizon": "set", "steps": "flag"}
+    human = run(home, "extract", "cartpole-balance", "--dry-run").stdout
+    assert "batch_size" in human and "[recipe]" in human
+    result = run(home, "extract", "cartpole-balance", "--dry-run", "--set", "horizn=5", code=2)
+    assert len(result.stderr.strip().splitlines()) == 1 and "did you mean 'horizon'" in result.stderr
+    assert sorted(p.name for p in (home / "runs").iterdir()) == runs_before  # no run folder
+
+    run(home, "extract", "cartpole-balance", *TINY_EXTRACT, "--steps", "2", "--eval-every", "0", "--name", "ft-dry")
+    runs_before = sorted(p.name for p in (home / "runs").iterdir())
+    doc = run_json(home, "finetune", "cartpole-balance", "--policy", "policy/ft-dry", "--dry-run", "--set",
+                   "updates_per_episode=7", "--no-offline-data", "--env-steps", "100")
+    assert doc["dry_run"] and doc["policy"] == "policy/ft-dry:v1"
+    assert (doc["config"]["updates_per_episode"], doc["config"]["offline_data"], doc["config"]["env_steps"]) == \
+        (7, False, 100)
+    assert doc["sources"]["updates_per_episode"] == "set" and doc["sources"]["offline_data"] == "flag"
+    assert sorted(p.name for p in (home / "runs").iterdir()) == runs_before  # no run folder
+    result = run(home, "finetune", "cartpole-balance", "--policy", "policy/ft-dry", "--set", "env_steps=0", code=2)
+    assert len(result.stderr.strip().splitlines()) == 1 and "env_steps" in result.stderr

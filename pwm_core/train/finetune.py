@@ -29,7 +29,7 @@ from torch import Tensor
 
 from pwm_core.collect import CollectResult
 from pwm_core.collect import collect as run_collect
-from pwm_core.config import from_dict, to_dict
+from pwm_core.config import ConfigError, check_device, check_range, from_dict, to_dict
 from pwm_core.data import EpisodeDataset, EpisodeWriter, fsck, open_dataset
 from pwm_core.data.outofcore import OutOfCoreSampler
 from pwm_core.data.sampler import WindowSampler, choose_sampler, in_ram_nbytes
@@ -68,6 +68,18 @@ class FinetuneConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
         return from_dict(cls, d)
+
+
+def validate_finetune_config(cfg: FinetuneConfig) -> None:
+    """Raise a :class:`ConfigError` naming the first field outside its allowed values."""
+    for key in ("env_steps", "episodes_per_round", "updates_per_episode", "wm_batch_size", "policy_batch_size"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {cfg.seed}")
+    if cfg.ram_budget_gb is not None:
+        check_range(cfg, "ram_budget_gb", low=0.0)
+    check_device(cfg.device)
 
 
 class Finetuner:

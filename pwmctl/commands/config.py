@@ -25,14 +25,18 @@ KEYS: dict[str, tuple[str, tuple[str, ...] | None]] = {
 }
 
 
-SECTIONS = ("pretrain", "extract")  # `pretrain.<field>` / `extract.<field>`: any PretrainConfig / ExtractConfig field
+# `<section>.<field>`: any field of that command's config (PretrainConfig, ExtractConfig, FinetuneConfig, SHACConfig)
+SECTIONS = ("pretrain", "extract", "finetune", "shac")
 
 
 def _section_config(section: str):
+    from pwm_core.diffsim.shac import SHACConfig
     from pwm_core.train.extract import ExtractConfig
+    from pwm_core.train.finetune import FinetuneConfig
     from pwm_core.train.pretrain import PretrainConfig
 
-    return {"pretrain": PretrainConfig, "extract": ExtractConfig}[section]()
+    return {"pretrain": PretrainConfig, "extract": ExtractConfig, "finetune": FinetuneConfig,
+            "shac": SHACConfig}[section]()
 
 
 def section_overrides(home: Path, section: str) -> list[str]:
@@ -120,11 +124,20 @@ def _validate_section(section: str, cfg) -> None:
         from pwm_core.train.extract import validate_config
 
         validate_config(cfg)
+    elif section == "finetune":
+        from pwm_core.train.finetune import validate_finetune_config
+
+        validate_finetune_config(cfg)
+    elif section == "shac":
+        from pwm_core.diffsim.shac import validate_config as validate_shac
+
+        validate_shac(cfg)
     else:
         from pwm_core.train.validation import validate_pretrain_config
 
         validate_pretrain_config(cfg)
-    check_device(cfg.device)  # ExtractConfig's checks leave the device to torch
+    if hasattr(cfg, "device"):
+        check_device(cfg.device)  # ExtractConfig's checks leave the device to torch
 
 
 @app.command("list")

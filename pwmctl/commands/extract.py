@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import typer
 
 from registry.refs import check_name
 
 from pwmctl.commands.collect import DATASET_DIR
-from pwmctl.commands.config import read_config, section_overrides
 from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
 from pwmctl.runs import LOGGER_HELP, METRICS, TIME_LIMIT_HELP, check_loggers, read_jsonl, read_plan, time_budget
+from pwmctl.resolve import print_dry_run, resolve_config
 from pwmctl.runs import refuse_if_published, training_callbacks, write_plan
 
 CHECKPOINT = "checkpoint.pt"
@@ -45,10 +46,13 @@ def extract(
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N]."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the imagined rollout."),
     amp: str = typer.Option(None, "--amp", help="bf16: bfloat16 autocast."),
+    config: Path = typer.Option(None, "--config", help="YAML file of ExtractConfig fields."),
     overrides: list[str] = typer.Option(None, "--set", help="key=value ExtractConfig override (repeatable)."),
     resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
     logger: list[str] = typer.Option(None, "--logger", help=LOGGER_HELP),
     time_limit: float = typer.Option(None, "--time-limit", min=0.01, help=TIME_LIMIT_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the world model, start-state data and the resolved "
+                                 "config with where each value came from; train nothing."),
 ) -> None:
     """Extract a policy for one task by first-order gradients through the frozen world model (PWM).
 
@@ -70,11 +74,13 @@ def extract(
         raise fail(f"unknown --recipe {recipe!r}: use {' or '.join(EXTRACT_RECIPES)}")
     settings = dict(recipe=recipe, wm=wm, data=data, steps=steps, batch_size=batch_size, critic_target=critic_target,
                     bootstrap=bootstrap, mask_actions=mask_actions, seed=seed, eval_every=eval_every,
-                    eval_episodes=eval_episodes, device=device, compile=compile, amp=amp, overrides=overrides,
-                    loggers=check_loggers(logger), time_limit=time_limit)
+                    eval_episodes=eval_episodes, device=device, compile=compile, amp=amp, config=config,
+                    overrides=overrides, loggers=check_loggers(logger), time_limit=time_limit, dry_run=dry_run)
+    if resume and dry_run:
+        raise fail("--dry-run plans a new run; `pwmctl runs show RUN` shows a run's config")
     if tasks is None or resume:
         doc = _extract_task(st, task, name=name, resume=resume, **settings)
-        emit(st, doc, lambda: typer.echo(_published_line(doc)))
+        emit(st, doc, lambda: typer.echo(_published_line(doc)) if not dry_run else None)
         return
     if task is not None:
         raise fail(f"give either a task or --tasks, not both ({task!r} and --tasks {tasks})")
@@ -93,7 +99,7 @@ def extract(
     for t in mine:
         doc = _extract_task(st, t, name=None, resume=None, **settings)
         docs.append(doc)
-        if not st.json:
+        if not st.json and not dry_run:
             typer.echo(_published_line(doc))
     emit(st, {"policies": docs, "rank": rank, "world_size": world})
 
@@ -104,15 +110,16 @@ def _published_line(doc: dict) -> str:
 
 
 def _extract_task(st, task, *, recipe, wm, data, steps, batch_size, critic_target, bootstrap, mask_actions, seed,
-                  eval_every, eval_episodes, name, device, compile, amp, overrides, resume, loggers,
-                  time_limit) -> dict:
-    """Extract (or resume) one task's policy and publish it; returns the result document."""
-    from pwm_core.config import apply_overrides, check_device_available, set_given
+                  eval_every, eval_episodes, name, device, compile, amp, config, overrides, resume, loggers,
+                  time_limit, dry_run) -> dict:
+    """Extract (or resume) one task's policy and publish it; returns the result document (``dry_run``: the plan,
+    printed, and nothing trained)."""
+    from pwm_core.config import check_device_available
     from pwm_core.data import open_dataset
     from pwm_core.nn import load_world_model
     from pwm_core.tasks import get_task
     from pwm_core.policy import save_policy
-    from pwm_core.train.extract import ExtractConfig, Extractor, recipe_config, start_state_sampler
+    from pwm_core.train.extract import EXTRACT_RECIPES, ExtractConfig, Extractor, start_state_sampler
     from pwm_core.train.extract import validate_config
     from pwm_core.train.loop import Every, KeepBest, Loop, load_best, read_best
 
@@ -137,17 +144,22 @@ def _extract_task(st, task, *, recipe, wm, data, steps, batch_size, critic_targe
             p for p in wm_artifact.parents if p.startswith("dataset/")]
         if not data_refs:
             raise fail(f"{wm_ref} names no dataset to draw start states from; pass --data DATASET")
-        cfg = recipe_config(recipe)
-        user = read_config(st.home)
-        cfg.device = user.get("device", cfg.device)
-        apply_overrides(cfg, section_overrides(st.home, "extract"))  # `pwmctl config set extract.steps 2000`
-        apply_overrides(cfg, overrides or [])
-        set_given(cfg, steps=steps, batch_size=batch_size, critic_target=critic_target, bootstrap=bootstrap,
-                  seed=seed, device=device, amp=amp, mask_actions=mask_actions)
-        cfg.compile = cfg.compile or compile
-        validate_config(cfg)
-        check_device_available(cfg.device)  # before the run folder
+        resolved = resolve_config(
+            ExtractConfig(), home=st.home, section="extract", recipe=EXTRACT_RECIPES[recipe], config_file=config,
+            overrides=overrides, validate=validate_config,
+            flags=dict(steps=steps, batch_size=batch_size, critic_target=critic_target, bootstrap=bootstrap, seed=seed,
+                       device=device, amp=amp, mask_actions=mask_actions, compile=True if compile else None))
+        cfg = resolved.cfg
         name = check_name(name or spec.name, "policy name")  # before any work, not at publish time
+        if dry_run:  # may plan a GPU run on a laptop: no device check
+            doc = {"dry_run": True, "task": spec.name, "wm": wm_ref, "data": data_refs, "name": name,
+                   "recipe": recipe, "eval_every": eval_every, "eval_episodes": eval_episodes, **resolved.as_doc()}
+            if not st.json:
+                print_dry_run(f"policy {name}: extract {spec.name} from {wm_ref} (recipe {recipe})", resolved,
+                              {"start states": ", ".join(data_refs),
+                               "evaluation": f"every {eval_every} updates, {eval_episodes} episodes"})
+            return doc
+        check_device_available(cfg.device)  # before the run folder
         run = reg.new_run_dir("extract")
         write_plan(run, {"command": "extract", "task": spec.name, "wm": wm_ref, "data": data_refs, "name": name,
                          "recipe": recipe, "extract": cfg.to_dict(), "eval_every": eval_every,

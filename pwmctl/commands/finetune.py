@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 import typer
 
@@ -12,6 +13,7 @@ from registry.refs import check_name
 from pwmctl.commands.extract import evaluate_extractor
 from pwmctl.commands.pretrain import RAM_BUDGET_HELP
 from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
+from pwmctl.resolve import print_dry_run, resolve_config
 from pwmctl.runs import LOGGER_HELP, METRICS, append_jsonl, check_loggers, read_jsonl, read_plan, training_callbacks
 from pwmctl.runs import published_by, write_plan
 
@@ -31,8 +33,8 @@ def finetune(
     wm_batch_size: int = typer.Option(None, "--wm-batch-size", min=1, help="Windows per model update [256]."),
     policy_batch_size: int = typer.Option(None, "--policy-batch-size", min=1,
                                           help="Start states per policy update [64]."),
-    offline_data: bool = typer.Option(True, "--offline-data/--no-offline-data",
-                                      help="Also learn from the task's offline episodes."),
+    offline_data: bool = typer.Option(None, "--offline-data/--no-offline-data",
+                                      help="Also learn from the task's offline episodes \\[default: on]."),
     save_data: bool = typer.Option(True, "--save-data/--no-save-data",
                                    help="Publish the collected episodes as a dataset version."),
     eval_episodes: int = typer.Option(10, "--eval-episodes", min=1, help="Evaluation episodes before and after."),
@@ -43,6 +45,11 @@ def finetune(
     resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
     logger: list[str] = typer.Option(None, "--logger", help=LOGGER_HELP),
     ram_budget: float = typer.Option(None, "--ram-budget", min=0.0, help=RAM_BUDGET_HELP),
+    config: Path = typer.Option(None, "--config", help="YAML file of FinetuneConfig fields."),
+    overrides: list[str] = typer.Option(None, "--set", help="key=value FinetuneConfig override (repeatable), e.g. "
+                                        "--set updates_per_episode=100."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the policy, its world model and the resolved config "
+                                 "with where each value came from; train nothing."),
 ) -> None:
     """Fine-tune a policy and its world model online: collect episodes with the policy's exploration
     noise, then alternate world-model updates (the pre-training objective) and PWM policy updates.
@@ -50,13 +57,13 @@ def finetune(
     Publishes a new world model (`<wm>-<task>-ft`) and a new policy version, both with lineage, plus the
     collected episodes as a dataset. Checkpoints after every round and on Ctrl-C; `--resume RUN` continues.
     """
-    from pwm_core.config import check_device_available, set_given
+    from pwm_core.config import check_device_available
     from pwm_core.data import open_dataset
     from pwm_core.nn import load_world_model
     from pwm_core.tasks import get_task
     from pwm_core.train import load_policy
     from pwm_core.train.extract import ExtractConfig
-    from pwm_core.train.finetune import FinetuneConfig, Finetuner
+    from pwm_core.train.finetune import FinetuneConfig, Finetuner, validate_finetune_config
     from pwm_core.train.loop import CHECKPOINT_EVERY_S, Loop, OnStep
     from pwm_core.train.pretrain import PretrainConfig
     from pwmctl.commands.collect import DATASET_DIR
@@ -64,6 +71,8 @@ def finetune(
     st = state(ctx)
     loggers = check_loggers(logger)
     reg = st.registry()
+    if resume and dry_run:
+        raise fail("--dry-run plans a new run; `pwmctl runs show RUN` shows a run's config")
     if resume:
         run = reg.run_dir(resume)
         plan = read_plan(run, "finetune")
@@ -87,12 +96,22 @@ def finetune(
         spec = get_task(task)
         pol_artifact = _choose_policy(reg, spec.name, policy)
         pol_ref = pol_artifact.ref
-        cfg = FinetuneConfig(offline_data=offline_data)
-        set_given(cfg, env_steps=env_steps, episodes_per_round=episodes_per_round,
-                  updates_per_episode=updates_per_episode, wm_batch_size=wm_batch_size,
-                  policy_batch_size=policy_batch_size, seed=seed, device=device, ram_budget_gb=ram_budget)
-        check_device_available(cfg.device)  # before the run folder
+        resolved = resolve_config(
+            FinetuneConfig(), home=st.home, section="finetune", config_file=config, overrides=overrides,
+            validate=validate_finetune_config,
+            flags=dict(env_steps=env_steps, episodes_per_round=episodes_per_round, offline_data=offline_data,
+                       updates_per_episode=updates_per_episode, wm_batch_size=wm_batch_size,
+                       policy_batch_size=policy_batch_size, seed=seed, device=device, ram_budget_gb=ram_budget))
+        cfg = resolved.cfg
         name = check_name(name or pol_artifact.name, "policy name")  # before any work, not at publish time
+        if dry_run:
+            doc = {"dry_run": True, "task": spec.name, "policy": pol_ref, "name": name, "save_data": save_data,
+                   "eval_episodes": eval_episodes, **resolved.as_doc()}
+            emit(st, doc, lambda: print_dry_run(f"policy {name}: fine-tune {pol_ref} on {spec.name}", resolved, {
+                "world model": ", ".join(p for p in pol_artifact.parents if p.startswith("worldmodel/")) or "(none)",
+                "collected data": "published as a dataset" if save_data else "not kept"}))
+            return
+        check_device_available(cfg.device)  # before the run folder
         run = reg.new_run_dir("finetune")
         write_plan(run, {"command": "finetune", "task": spec.name, "policy": pol_ref, "name": name,
                          "save_data": save_data, "eval_episodes": eval_episodes, "finetune": cfg.to_dict(),

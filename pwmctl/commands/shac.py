@@ -5,10 +5,12 @@ from __future__ import annotations
 import difflib
 import math
 import time
+from pathlib import Path
 
 import typer
 
 from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
+from pwmctl.resolve import print_dry_run, resolve_config
 from pwmctl.runs import LOGGER_HELP, METRICS, check_loggers, read_jsonl, read_plan, training_callbacks, write_plan
 
 CHECKPOINT = "checkpoint.pt"
@@ -33,6 +35,7 @@ def shac(
                                    "at the end)."),
     eval_episodes: int = typer.Option(10, "--eval-episodes", min=1, help="Episodes per evaluation (one seed each)."),
     name: str = typer.Option(None, "--name", help="Policy name \\[default: shac-<task>, e.g. shac-cartpole-swingup]."),
+    config: Path = typer.Option(None, "--config", help="YAML file of SHACConfig fields."),
     overrides: list[str] = typer.Option(None, "--set", help="key=value SHACConfig override (repeatable), e.g. "
                                         "actor_lr=2e-3, horizon=16, actor_units=[128,64]."),
     resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
@@ -44,6 +47,8 @@ def shac(
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads while training; the networks are "
                                 "tiny, so more threads mostly spin (2 were ~8x slower than 1 on a busy 2-core box)."),
     logger: list[str] = typer.Option(None, "--logger", help=LOGGER_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config with where each value came "
+                                 "from; train nothing."),
 ) -> None:
     """Train a policy with SHAC on a Warp differentiable simulator and publish it as policy/<name>.
 
@@ -57,7 +62,6 @@ def shac(
     then and on Ctrl-C / SIGTERM; `--resume RUN` continues bitwise. `pwmctl eval policy/NAME`
     scores it (diffsim scores are raw returns).
     """
-    from pwm_core.config import apply_overrides, set_given
     from pwm_core.diffsim import make_sim
     from pwm_core.diffsim.shac import SHAC, SHACConfig, save_shac_policy, validate_config
     from pwm_core.studies.common import torch_threads
@@ -68,6 +72,8 @@ def shac(
     st = state(ctx)
     loggers = check_loggers(logger)
     reg = st.registry()
+    if resume and dry_run:
+        raise fail("--dry-run plans a new run; `pwmctl runs show RUN` shows a run's config")
     if resume:
         run = reg.run_dir(resume)
         plan = read_plan(run, "shac")
@@ -84,14 +90,21 @@ def shac(
         if task is None:
             raise fail("name the task: `pwmctl shac cartpole-swingup` (or double-pendulum)")
         task = resolve_shac_task(task)
-        cfg = SHACConfig()
-        apply_overrides(cfg, overrides or [])
-        set_given(cfg, epochs=epochs, num_envs=num_envs, seed=seed)
-        validate_config(cfg)
+        resolved = resolve_config(SHACConfig(), home=st.home, section="shac", config_file=config,
+                                  overrides=overrides, flags=dict(epochs=epochs, num_envs=num_envs, seed=seed),
+                                  validate=validate_config)
+        cfg = resolved.cfg
         name = check_name(name or "shac-" + short_name(task), "policy name")
         if record > cfg.num_envs:
             raise fail(f"--record {record} > --num-envs {cfg.num_envs}: record at most every env")
         data_name = check_name(data_name or name, "dataset name") if record else None
+        if dry_run:
+            doc = {"dry_run": True, "task": task, "name": name, "eval_every": eval_every,
+                   "eval_episodes": eval_episodes, "record": record, "data_name": data_name, **resolved.as_doc()}
+            emit(st, doc, lambda: print_dry_run(f"policy {name}: SHAC on {task}", resolved, {
+                "evaluation": f"every {eval_every} epochs, {eval_episodes} episodes",
+                "recording": f"{record} envs -> dataset/{data_name}" if record else "off"}))
+            return
         run = reg.new_run_dir("shac")
         write_plan(run, {"command": "shac", "task": task, "name": name, "shac": cfg.to_dict(),
                          "eval_every": eval_every, "eval_episodes": eval_episodes, "record": record,
