@@ -46,7 +46,7 @@ def resolve_config(cfg: Any, *, home: Path, section: str | None, recipe: Mapping
 
     ``section``: the `pwmctl config set <section>.<field>` prefix this command reads (None: only `device`);
     ``flags``: the command's own options, None meaning "not given"; ``validate``: the config's checks, run
-    once on the result (a :class:`~pwm_core.config.ConfigError` names the field).
+    once on the result (a :class:`~pwm_core.config.ConfigError` names the field) [default: ``cfg.validate()``].
     """
     from pwm_core.config import apply_overrides, load_yaml_into, merge, set_given
 
@@ -74,6 +74,8 @@ def resolve_config(cfg: Any, *, home: Path, section: str | None, recipe: Mapping
     layer("flag", lambda: set_given(cfg, **dict(flags or {})))
     if validate is not None:
         validate(cfg)
+    elif hasattr(cfg, "validate"):
+        cfg.validate()
     return resolved
 
 

@@ -81,3 +81,23 @@ def test_shac_dry_run_prints_the_resolved_config_and_trains_nothing(home, tmp_pa
     assert not (home / "runs").exists() or not any((home / "runs").iterdir())
     result = run(home, "shac", "cartpole-swingup", "--dry-run", "--set", "epoch=3", code=2)
     assert len(result.stderr.strip().splitlines()) == 1 and "did you mean 'epochs'" in result.stderr
+
+
+@pytest.mark.parametrize("cls, bad, word", [
+    (ExtractConfig, {"horizon": 0}, "horizon"), (FinetuneConfig, {"env_steps": 0}, "env_steps"),
+    (SHACConfig, {"epochs": 0}, "epochs"), ("pretrain", {"rho": 2.0}, "rho"),
+    ("mppi", {"num_samples": 32}, "num_elites"),
+    (ExtractConfig, {"kernels": "turbo"}, "kernels"), ("pretrain", {"kernels": "turbo"}, "kernels"),
+])
+def test_configs_validate_on_construction_and_on_demand(cls, bad, word):
+    from pwm_core.plan.mppi import MPPIConfig
+    from pwm_core.train.pretrain import PretrainConfig
+
+    cls = {"pretrain": PretrainConfig, "mppi": MPPIConfig}.get(cls, cls)
+    cfg = cls()  # the defaults are valid
+    with pytest.raises(ConfigError, match=word):
+        cls(**bad)
+    for key, value in bad.items():  # fields set later (layers, scripts) are checked by validate()
+        setattr(cfg, key, value)
+    with pytest.raises(ConfigError, match=word):
+        cfg.validate()

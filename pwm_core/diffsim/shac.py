@@ -82,6 +82,13 @@ class SHACConfig:
     stochastic_init: bool = True  # random start states (DiffRL's stochastic_init)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ConfigError naming the first field outside its allowed values (after any field changed)."""
+        validate_config(self)
+
     def to_dict(self) -> dict:
         return to_dict(self)
 

@@ -67,6 +67,13 @@ class MPPIConfig:
     seed: int = 0  # seeds the per-env generators
     amp: str | None = None  # None (fp32) or "bf16": network calls under bfloat16 autocast
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ConfigError naming the first field outside its allowed values (after any field changed)."""
+        validate_config(self)
+
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 

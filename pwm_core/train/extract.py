@@ -103,6 +103,13 @@ class ExtractConfig:
     compile: bool = False  # torch.compile the imagined rollout
     kernels: str = "exact"  # Mish kernel: exact (ATen's, the official code's) | fast (one exp; ours)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ConfigError naming the first field outside its allowed values (after any field changed)."""
+        validate_config(self)
+
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 

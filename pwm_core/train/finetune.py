@@ -62,6 +62,13 @@ class FinetuneConfig:
     ram_budget_gb: float | None = None  # rows held in RAM at most (None: half the available memory); beyond, the
     # windows stream from the Zarr arrays on disk (the same windows)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ConfigError naming the first field outside its allowed values (after any field changed)."""
+        validate_finetune_config(self)
+
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 

@@ -85,6 +85,15 @@ class PretrainConfig:
     ram_budget_gb: float | None = None  # rows held in RAM at most (None: half the available memory); beyond, the
     # windows stream from the Zarr arrays on disk (the same windows: this never changes a run)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ConfigError naming the first field outside its allowed values (after any field changed)."""
+        from pwm_core.train.validation import validate_pretrain_config
+
+        validate_pretrain_config(self)
+
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
