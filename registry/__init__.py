@@ -8,11 +8,16 @@ Knows files and metadata, not neural networks: it imports neither pwm_core nor p
         wm = staging.publish(parents=["dataset/mt30:v1"], tasks=tasks, code_version="0.1.0")
     reg.resolve("mt30-48m", default_kind="worldmodel")   # -> worldmodel/mt30-48m:v1
 
-Sharing on the Hugging Face Hub lives in `registry.hub` (push/pull, one commit per version) and
-`registry.cards` (README cards); they import huggingface_hub only when called.
+`registry.store` is the facade (staging, publishing, finding); beside it `registry.index` (the SQLite
+index), `registry.lineage` (Hub remotes, lineage trees), `registry.runs` (run folders) and
+`registry.provenance` (the code that made an artifact). Sharing on the Hugging Face Hub lives in
+`registry.hub` (push/pull, one commit per version) and `registry.cards` (README cards); they import
+huggingface_hub only when called.
 """
 
 from registry.errors import ArtifactNotFound, IntegrityError, RefError, RegistryError
+from registry.index import SCHEMA_VERSION, Artifact
+from registry.lineage import LineageNode, Remote, content_sha256
 from registry.manifest import (
     MANIFEST_NAME,
     FileProblem,
@@ -22,15 +27,7 @@ from registry.manifest import (
     write_manifest,
 )
 from registry.refs import KINDS, Ref, parse_ref
-from registry.store import (
-    SCHEMA_VERSION,
-    Artifact,
-    LineageNode,
-    Registry,
-    Remote,
-    Staging,
-    content_sha256,
-)
+from registry.store import Registry, Staging
 
 __all__ = [
     "KINDS",

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 
 class RegistryError(Exception):
@@ -54,6 +55,18 @@ class DiskError(RegistryError):
     @classmethod
     def full(cls, where: str | os.PathLike) -> DiskError:
         return cls(f"the disk holding {where} is full (or your quota is used up): free some space")
+
+
+@contextmanager
+def disk_errors(path: str | os.PathLike) -> Iterator[None]:
+    """A full, read-only or unwritable disk as a one-line DiskError naming `path`; other OSErrors pass."""
+    try:
+        yield
+    except OSError as e:
+        error = DiskError.from_os_error(e, path)
+        if error is None:
+            raise
+        raise error from None
 
 
 class AlreadyRegistered(RegistryError):

@@ -158,7 +158,7 @@ def gc(
 ) -> None:
     """Delete old run folders that are not running (died, interrupted, finished, published, unknown),
     e.g. those failed commands left behind. An interrupted run can no longer be resumed once removed."""
-    from registry.store import newest_mtime
+    from registry.runs import newest_mtime
 
     st = state(ctx)
     reg = st.registry()
