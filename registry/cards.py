@@ -5,17 +5,23 @@ A card is YAML front matter (built with huggingface_hub's `ModelCardData` / `Dat
 viewer) followed by markdown: what the artifact is, the exact commands and Python lines to pull and use
 it, a replay video, evaluation results, dataset facts, lineage with Hub ids, a config summary and the
 citation. The video and the Parquet previews are files committed beside the payload for the Hub page
-only. Rendering is pure: the caller gathers the lineage, the evaluation summary and those files.
+only (`Extra`). Rendering is pure: the caller gathers the lineage, the evaluation and those files.
+
+What a policy's card says about its evaluation is read here from its eval reports (pwmctl's
+results.json: `summaries` and `videos`, by `policy_evaluation`), so registry/hub.py, which moves
+versions to and from the Hub, knows nothing of the report format.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.store import Artifact, LineageNode, Remote, content_sha256
+from registry.index import Artifact
+from registry.lineage import LineageNode, Remote, content_sha256
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_LICENSE = "mit"  # pwmctl's own; `pwmctl push --license` or config hub.license for another
@@ -59,6 +65,59 @@ _TAGS = {
     "policy": ["policy", "model-based-rl"],
     "report": ["evaluation"],
 }
+
+
+@dataclass(frozen=True)
+class Extra:
+    """A file a push commits beside the payload for the Hub page only (a replay video, a Parquet
+    preview): under preview/, described on the card, not part of the artifact (pull skips it)."""
+
+    path: str
+    description: str
+    content: bytes | None = None
+    source: Path | None = None
+
+
+def policy_evaluation(artifact: Artifact, children: Iterable[Artifact]) -> dict[str, Any] | None:
+    """For a policy's card: the summary of its newest eval report here, and the video of the newest
+    report that recorded one of it (its own actions: not a baseline's, not MPPI's).
+
+    Args:
+        artifact: the version being pushed; other kinds than a policy get None.
+        children: the artifacts that name it as a parent (`Registry.children`); its eval reports
+            are the ones of kind report, read from their results.json.
+
+    Returns:
+        {"report": ref, "summary": `summaries[artifact.ref]` of that report, "video": its `videos`
+        entry with "report" and "source" (the file) added}, the keys found; None when none is.
+    """
+    if artifact.kind != "policy":
+        return None
+    reports = sorted((a for a in children if a.kind == "report"), key=lambda a: a.registered, reverse=True)
+    found: dict[str, Any] = {}
+    for report in reports:
+        try:
+            results = json.loads((report.path / "results.json").read_text())
+        except (OSError, ValueError):
+            continue
+        summary = (results.get("summaries") or {}).get(artifact.ref)
+        if summary and "summary" not in found:
+            found.update(report=report.ref, summary=summary)
+        video = next((v for v in results.get("videos") or [] if isinstance(v, dict) and v.get("actor") == "policy"
+                      and v.get("policy") == artifact.ref and v.get("file") in report.manifest["files"]), None)
+        if video and "video" not in found:
+            found["video"] = {**video, "report": report.ref, "source": report.path / video["file"]}
+    return found or None
+
+
+def replay_extras(evaluation: Mapping[str, Any] | None) -> list[Extra]:
+    """The replay video `policy_evaluation` found, as the REPLAY_VIDEO file of a push ([] without one)."""
+    video = (evaluation or {}).get("video")
+    if not video:
+        return []
+    caption = (f"{video.get('task')}, env seed {video.get('seed')}, return {video.get('return', float('nan')):.1f} "
+               f"with deterministic actions (from `{video['report']}`)")
+    return [Extra(REPLAY_VIDEO, caption, source=Path(video["source"]))]
 
 
 def render_card(

@@ -11,7 +11,8 @@ provenance, and link its parents to local copies (same Hub commit, or same kind/
 parents not here keep their Hub ids. A commit already registered is never downloaded again.
 
 The pushed manifest.json is the local one plus a `lineage` list: for each parent, its ref, its
-payload hash (`content_sha256`) and its Hub copy when it has one.
+payload hash (`content_sha256`) and its Hub copy when it has one. What the card says is
+registry/cards.py's business; this module only moves versions and records where they went.
 
 huggingface_hub is imported lazily, and every call passes `endpoint=` explicitly: the library
 reads HF_ENDPOINT once, at import time.
@@ -33,8 +34,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from registry.cards import DEFAULT_ENDPOINT, DEFAULT_LICENSE, PREVIEW_DIR, REPLAY_VIDEO, render_card
+from registry.cards import (
+    DEFAULT_ENDPOINT,
+    DEFAULT_LICENSE,
+    PREVIEW_DIR,
+    Extra,
+    policy_evaluation,
+    render_card,
+    replay_extras,
+)
 from registry.errors import AlreadyRegistered, IntegrityError, RegistryError
+from registry.index import Artifact
+from registry.lineage import LineageNode, Remote, content_sha256
 from registry.manifest import (
     MANIFEST_NAME,
     MANIFEST_VERSION,
@@ -44,7 +55,7 @@ from registry.manifest import (
     sha256_file,
 )
 from registry.refs import KINDS, check_kind, name_problem, shorten
-from registry.store import Artifact, LineageNode, Registry, Remote, content_sha256
+from registry.store import Registry
 
 CARD_NAME = "README.md"
 PUSH_ORDER = ("dataset", "worldmodel", "policy")  # lineage order; reports go into policy cards instead
@@ -101,23 +112,6 @@ def check_license(license: str) -> str:
 
 
 # ---- push ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Extra:
-    """A file a push commits beside the payload for the Hub page only (a replay video, a Parquet
-    preview): under preview/, described on the card, not part of the artifact (pull skips it)."""
-
-    path: str
-    description: str
-    content: bytes | None = None
-    source: Path | None = None
-
-    def planned(self) -> PlannedFile:
-        if self.content is not None:
-            return PlannedFile(self.path, len(self.content), _sha256(self.content), content=self.content)
-        assert self.source is not None, f"{self.path}: neither content nor a source file"
-        return PlannedFile(self.path, self.source.stat().st_size, sha256_file(self.source), source=self.source)
 
 
 @dataclass(frozen=True)
@@ -179,9 +173,10 @@ def plan_push(reg: Registry, ref: str, repo: str, *, endpoint: str | None = None
     """The commit that would push `ref` to `repo`: files with sizes and sha256, repo type, tag.
 
     Reads only the local registry. The artifact is re-hashed first, so a damaged copy is never
-    shared. A policy's card shows the replay video of its newest eval report that has one
-    (`pwmctl eval --video`), committed as preview/replay.mp4; `extras` adds other preview/ files
-    (a dataset's Parquet previews, which need pwm_core to read the data).
+    shared. The card and the preview/ files come from registry/cards.py: a policy's card shows what
+    its eval reports say and the replay video of the newest one that has one (`pwmctl eval --video`),
+    committed as preview/replay.mp4; `extras` adds other preview/ files (a dataset's Parquet
+    previews, which need pwm_core to read the data).
 
     Raises:
         IntegrityError: the local copy no longer matches its manifest. HubError: a bad repo id or
@@ -202,8 +197,8 @@ def plan_push(reg: Registry, ref: str, repo: str, *, endpoint: str | None = None
     lineage = reg.lineage(artifact.ref)
     pushed = {**artifact.manifest, "lineage": [_lineage_entry(node, endpoint) for node in lineage.parents]}
     manifest_bytes = (json.dumps(pushed, indent=2) + "\n").encode()
-    evaluation = _evaluation(reg, artifact)
-    extras = [*(extras or []), *_replay_video(evaluation)]
+    evaluation = policy_evaluation(artifact, reg.children(artifact.ref))
+    extras = [*(extras or []), *replay_extras(evaluation)]
     outside = [e.path for e in extras if not e.path.startswith(PREVIEW_DIR + "/")]
     if outside:
         raise HubError(f"{outside[0]}: files for the Hub page go under {PREVIEW_DIR}/")
@@ -212,7 +207,7 @@ def plan_push(reg: Registry, ref: str, repo: str, *, endpoint: str | None = None
                        extras={e.path: e.description for e in extras}).encode()
     files = [PlannedFile(path, entry["size"], entry["sha256"], source=artifact.path / path)
              for path, entry in artifact.manifest["files"].items()]
-    files += [e.planned() for e in extras]
+    files += [_planned(e) for e in extras]
     files += [PlannedFile(name, len(data), _sha256(data), content=data)
               for name, data in ((MANIFEST_NAME, manifest_bytes), (CARD_NAME, card))]
     already = next((r for r in reg.remotes(artifact.ref)
@@ -585,43 +580,19 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _planned(extra: Extra) -> PlannedFile:
+    """A preview/ file as one file of the push commit."""
+    if extra.content is not None:
+        return PlannedFile(extra.path, len(extra.content), _sha256(extra.content), content=extra.content)
+    assert extra.source is not None, f"{extra.path}: neither content nor a source file"
+    return PlannedFile(extra.path, extra.source.stat().st_size, sha256_file(extra.source), source=extra.source)
+
+
 def _lineage_entry(node: LineageNode, endpoint: str) -> dict[str, Any]:
     """A parent as the pushed manifest names it: ref, payload hash, Hub copy (this endpoint's first)."""
     remotes = sorted(node.remotes, key=lambda r: r.endpoint != endpoint)
     digest = content_sha256(node.artifact.manifest) if node.artifact is not None else None
     return {"ref": node.ref, "content_sha256": digest, "hub": remotes[0].to_dict() if remotes else None}
-
-
-def _evaluation(reg: Registry, artifact: Artifact) -> dict[str, Any] | None:
-    """For a policy's card: the summary of its newest eval report here, and the video of the newest
-    report that recorded one of it (its own actions: not a baseline's, not MPPI's)."""
-    if artifact.kind != "policy":
-        return None
-    reports = sorted((a for a in reg.children(artifact.ref) if a.kind == "report"),
-                     key=lambda a: a.registered, reverse=True)
-    found: dict[str, Any] = {}
-    for report in reports:
-        try:
-            results = json.loads((report.path / "results.json").read_text())
-        except (OSError, ValueError):
-            continue
-        summary = (results.get("summaries") or {}).get(artifact.ref)
-        if summary and "summary" not in found:
-            found.update(report=report.ref, summary=summary)
-        video = next((v for v in results.get("videos") or [] if isinstance(v, dict) and v.get("actor") == "policy"
-                      and v.get("policy") == artifact.ref and v.get("file") in report.manifest["files"]), None)
-        if video and "video" not in found:
-            found["video"] = {**video, "report": report.ref, "source": report.path / video["file"]}
-    return found or None
-
-
-def _replay_video(evaluation: Mapping[str, Any] | None) -> list[Extra]:
-    video = (evaluation or {}).get("video")
-    if not video:
-        return []
-    caption = (f"{video.get('task')}, env seed {video.get('seed')}, return {video.get('return', float('nan')):.1f} "
-               f"with deterministic actions (from `{video['report']}`)")
-    return [Extra(REPLAY_VIDEO, caption, source=Path(video["source"]))]
 
 
 def _local_copy(reg: Registry, repo: str, rev: str | None, repo_type: str | None, endpoint: str,
