@@ -48,6 +48,8 @@ def push(
     else:
         ns = _namespace(st, namespace)
         targets = [(a, hub.default_repo(reg, a, ns, endpoint)) for a in hub.unpushed(reg, endpoint)]
+    for _, target in targets:  # a bad repo id is the one line, before previews are made
+        hub.check_repo_id(target)
     if dry_run:
         plans = [hub.plan_push(reg, a.ref, r, endpoint=endpoint, private=private, license=license,
                                extras=_previews(st, a)) for a, r in targets]
