@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml $(TORCH_SPEC)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_FROM) $(TORCH)
-	$(PY) -m pip install -q -e ".[dev,tdmpc2,video,tensorboard,parquet]" $(TORCH)
+	$(PY) -m pip install -q -e ".[dev,tdmpc2,video,tensorboard,parquet,wandb]" $(TORCH)
 	@touch $(STAMP)
 
 # Rewritten only when the torch requirement changes (a TORCH_INDEX given or dropped), which re-runs the install.

@@ -154,6 +154,26 @@ def test_tensorboard_event_files_hold_the_metrics(tmp_path):
     assert [e.step for e in events.Scalars("val/return")] == [2, 4]
 
 
+def test_wandb_runs_offline_by_default_and_records_the_metrics(tmp_path, monkeypatch):
+    """--logger wandb with no W&B account: an offline run folder (for `wandb sync`) holding every metric."""
+    pytest.importorskip("wandb")
+    from pwm_core.train.loop import WandbMetrics
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    c = Counter()
+    sink = WandbMetrics(tmp_path / "wandb", "run-x", {"horizon_marker": 1234567}, every=1)
+    Loop(c.step, lambda: c.n, 4, [Every(2, lambda: {"return": 7.5}, prefix="val/"), sink]).run()
+    sink.close()
+    assert os.environ["WANDB_MODE"] == "offline"
+    runs = list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((tmp_path / "wandb").rglob("*"))
+    (log,) = runs[0].glob("run-*.wandb")  # protobuf records; the logged keys and JSON values are plain bytes in it
+    data = log.read_bytes()
+    assert b"val/return" in data and b"7.5" in data and b"0.25" in data  # loss 1/4 at step 4
+    assert b"horizon_marker" in data and b"1234567" in data  # the run's config
+
+
 def test_run_callbacks_refuse_an_unknown_logger_before_anything_runs(tmp_path):
     from pwm_core.train.loop import LoggerUnavailable
 
