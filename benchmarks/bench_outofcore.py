@@ -212,6 +212,11 @@ def main() -> None:
                    help=f"the in-RAM subset: this many build batches of {BUILD_BATCH} episodes (default 4; --quick: 1)")
     p.add_argument("--sampler-batches", type=int, default=None, help="batches timed alone (default 30; --quick: 3)")
     p.add_argument("--build-only", action="store_true", help="build (or finish building) the dataset, then stop")
+    p.add_argument("--no-build", action="store_true",
+                   help="measure the dataset as it stands, even if an interrupted build left it under --gb")
+    p.add_argument("--ram-budget", type=float, default=None,
+                   help="GB, the out-of-core run's --ram-budget (default: pretrain's own default, half the available "
+                        "memory; a dataset under it would be loaded, so a partial build needs a smaller one)")
     p.add_argument("--quick", action="store_true", help="smoke run: a ~60 MB dataset in a temporary folder")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP + " (the first one is used)")
     p.add_argument("--results", type=Path, default=RESULTS)
@@ -241,7 +246,7 @@ def run(args, root: Path, gb: float) -> None:
     q = args.quick
     available = available_memory_bytes()
     big = root / f"mt30-{gb:g}gb.zarr"
-    build = build_dataset(big, gb * 1e9)
+    build = build_dataset(big, 0 if args.no_build else gb * 1e9)
     if args.build_only:
         print(json.dumps(build))
         return
@@ -250,7 +255,7 @@ def run(args, root: Path, gb: float) -> None:
     sampler = sampler_alone(big, args.horizon, args.batch_size, args.sampler_batches or (3 if q else 30))
     print(f"sampler alone: {sampler['windows_per_s']:,.0f} windows/s", flush=True)
     # --quick: the small dataset fits any budget, so it is streamed by a budget of 0
-    ooc = run_child(big, args, 0.0 if q else None)
+    ooc = run_child(big, args, 0.0 if q else args.ram_budget)
     print(f"out of core: {ooc['s_per_step']:.2f} s/step, peak RSS {ooc['peak_rss_gb']:.2f} GB", flush=True)
     ram = run_child(small, args, None)
     print(f"in RAM: {ram['s_per_step']:.2f} s/step, peak RSS {ram['peak_rss_gb']:.2f} GB", flush=True)

@@ -190,3 +190,46 @@ def test_a_bad_name_is_refused_before_any_work(home):
     result = run(home, "pretrain", "--tasks", "cartpole-balance", *TINY, "--steps", "2", "--name", "../x", code=2)
     assert len(result.stderr.strip().splitlines()) == 1 and "world-model name" in result.stderr
     assert set(home.glob("runs/*")) == before
+
+
+@pytest.mark.slow
+def test_torchrun_on_two_nodes_trains_resumes_and_publishes_once(home):
+    """`torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d` twice on loopback, as two machines sharing
+    PWM_HOME: --global-batch-size splits over the ranks, a stopped run resumes on both, rank 0 publishes."""
+    import socket
+
+    env = {**os.environ, "PWM_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    tiny = [a for a in TINY if a not in ("--batch-size", "8")]
+
+    def two_nodes(rdzv_id: str, *args: str) -> list[subprocess.Popen]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [torchrun, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+               f"127.0.0.1:{port}", "--rdzv-id", rdzv_id, "-m", "pwmctl", "--format", "json", "pretrain", *args]
+        return [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 start_new_session=True) for _ in range(2)]
+
+    procs = two_nodes("first", "--tasks", "cartpole-balance", *tiny, "--global-batch-size", "16", "--steps", "100000",
+                      "--set", "checkpoint_every=2", "--name", "nodes")
+    deadline, ckpt = time.monotonic() + 240, None
+    while time.monotonic() < deadline and ckpt is None:
+        found = list(home.glob("runs/pretrain-*/checkpoint.pt"))
+        ckpt = next((p for p in found if '"nodes"' in (p.parent / "plan.json").read_text()), None)
+        time.sleep(0.5)
+    for p in procs:  # stop both machines: torchrun passes SIGTERM to its worker, which checkpoints and exits
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        p.wait(timeout=120)
+    assert ckpt is not None, procs[0].stderr.read()
+    assert json.loads((ckpt.parent / "plan.json").read_text())["pretrain"]["batch_size"] == 8  # 16 over 2 ranks
+
+    import torch
+
+    saved = torch.load(ckpt, weights_only=True)["step"]
+    outs = [p.communicate(timeout=300) for p in two_nodes("again", "--resume", ckpt.parent.name, "--steps",
+                                                          str(saved + 2))]
+    docs = [json.loads(out) for out, _ in outs if out.strip()]  # rank 0 prints the one document
+    assert len(docs) == 1, [err for _, err in outs]
+    assert docs[0]["steps"] == saved + 2 and docs[0]["artifact"] == "worldmodel/nodes:v1"

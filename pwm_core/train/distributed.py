@@ -100,6 +100,14 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
+def gather_ints(value: int) -> list[int]:
+    """Every rank's ``value``, in rank order, on every rank (e.g. the step each rank's checkpoint resumed)."""
+    if world_size() <= 1:
+        return [value]
+    device = f"cuda:{local_rank()}" if dist.get_backend() == "nccl" else "cpu"
+    return all_gather(torch.tensor([value], dtype=torch.int64, device=device)).tolist()
+
+
 def broadcast_path(path: Path | None) -> Path:
     """Rank 0's ``path`` on every rank (e.g. the run folder only rank 0 created)."""
     box = [path]

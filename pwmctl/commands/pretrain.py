@@ -29,7 +29,11 @@ def pretrain(
                                    "covering tasks of the set]."),
     size: str = typer.Option(None, "--size", help="Model size preset: 1M, 5M, 19M, 48M, 317M \\[default: 5M]."),
     steps: int = typer.Option(None, "--steps", min=1, help="Training steps."),
-    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Windows per step \\[default: 1024]."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1,
+                                   help="Windows per step and rank \\[default: 1024]."),
+    global_batch_size: int = typer.Option(None, "--global-batch-size", min=1,
+                                          help="Windows per step over all torchrun ranks (per-rank batch x world "
+                                               "size); instead of --batch-size."),
     horizon: int = typer.Option(None, "--horizon", min=1, help="Rollout horizon H \\[default: 16]."),
     seed: int = typer.Option(None, "--seed", help="Seeds python, numpy, torch and the sampler."),
     name: str = typer.Option(None, "--name", help="World-model name \\[default: <tasks>-<size>]."),
@@ -75,6 +79,9 @@ def pretrain(
         loggers = loggers or plan.get("loggers", [])
         if steps is not None:  # allow extending a run
             cfg.steps = steps
+        if batch_size is not None or global_batch_size is not None:
+            raise fail(f"a resumed run keeps its batch size ({cfg.batch_size} per rank); drop --batch-size / "
+                       "--global-batch-size")
         if ram_budget is not None:  # this machine's memory: never changes the run
             cfg.ram_budget_gb = ram_budget
         validate_pretrain_config(cfg)
@@ -89,6 +96,7 @@ def pretrain(
         if config is not None:
             load_yaml_into(cfg, config)
         apply_overrides(cfg, overrides or [])
+        batch_size = _per_rank_batch(batch_size, global_batch_size)
         set_given(cfg, size=size, steps=steps, batch_size=batch_size, horizon=horizon, seed=seed, device=device,
                   amp=amp, ram_budget_gb=ram_budget)
         cfg.compile = cfg.compile or compile
@@ -126,10 +134,16 @@ def pretrain(
     if (run / CHECKPOINT).exists():
         trainer.load_checkpoint(run / CHECKPOINT)
         info(st, f"resumed {run.name} at step {trainer.step_count}")
+    resumed = dist.gather_ints(trainer.step_count)
+    if len(set(resumed)) > 1:  # a machine that does not see the run folder starts from step 0
+        dist.cleanup()
+        raise fail(f"the ranks resumed {run.name} at different steps ({', '.join(map(str, resumed))}, in rank "
+                   "order): every machine must see the same PWM_HOME (a shared file system), or at least the run "
+                   "folder and the datasets")
     if main:
         info(st, f"pretraining {name}: {counts['total'] / 1e6:.2f}M parameters, {len(task_set)} task(s), "
-                 f"{cfg.steps} steps{f' or {time_limit:g} minutes' if time_limit else ''}, batch {cfg.batch_size}, "
-                 f"H={cfg.horizon}, on {ctx_dist.device}"
+                 f"{cfg.steps} steps{f' or {time_limit:g} minutes' if time_limit else ''}, batch {cfg.batch_size}"
+                 f"{_global_batch(cfg.batch_size, dist.world_size())}, H={cfg.horizon}, on {ctx_dist.device}"
                  f"{f' x{dist.world_size()} ranks' if dist.world_size() > 1 else ''}; run {run.name}")
         if trainer.streaming:
             info(st, f"windows stream from disk: the rows take {trainer.data_nbytes / 1e9:.1f} GB, over the RAM "
@@ -169,6 +183,23 @@ def pretrain(
     emit(st, doc, lambda: typer.echo(
         f"published {artifact.ref}: {trainer.step_count} steps; held-out "
         + ", ".join(f"{k} {first_val[k]:.4g} -> {final[k]:.4g}" for k in final)))
+
+
+def _per_rank_batch(batch_size: int | None, global_batch_size: int | None) -> int | None:
+    """--global-batch-size over the torchrun world size (WORLD_SIZE, set before any process group)."""
+    if global_batch_size is None:
+        return batch_size
+    if batch_size is not None:
+        raise fail("give --batch-size (per rank) or --global-batch-size (over all ranks), not both")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if global_batch_size % world:
+        raise fail(f"--global-batch-size {global_batch_size} does not divide over {world} ranks; use a multiple "
+                   f"of {world}")
+    return global_batch_size // world
+
+
+def _global_batch(batch_size: int, world: int) -> str:
+    return f" per rank, {batch_size * world} global" if world > 1 else ""
 
 
 def _choose_datasets(reg, task_set, data, allow_missing: bool, st) -> list[str]:
