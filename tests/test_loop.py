@@ -174,6 +174,29 @@ def test_wandb_runs_offline_by_default_and_records_the_metrics(tmp_path, monkeyp
     assert b"horizon_marker" in data and b"1234567" in data  # the run's config
 
 
+def test_a_time_budget_measures_the_rate_after_the_warm_up_and_refits():
+    """Slow first steps (allocations, first calls) must not shrink the run: the rate is measured after the
+    warm-up, and later fits raise the total again when the steps got faster (never above the planned total)."""
+    n, totals = [0], []
+
+    def step():
+        n[0] += 1
+        time.sleep(0.15 if n[0] <= 3 else 0.01)  # 3 slow warm-up steps, then 10 ms
+        return {"loss": 1.0}
+
+    t0 = time.monotonic()
+    budget = TimeBudget(1.5, totals.append, fit_at=(0.1, 0.3, 0.6), warmup=0.25)
+    result = Loop(step, lambda: n[0], 10_000, [budget]).run()
+    took = time.monotonic() - t0
+    assert not result.interrupted and took >= 1.2  # the budget was used, not cut short by an early fit
+    assert n[0] >= 60  # ~100 fast steps fit after the warm-up; a fit on the first 0.15 s would allow ~10
+    assert totals and all(t <= 10_000 for t in totals) and budget.fitted == totals[-1]
+    capped = TimeBudget(5.0, fit_at=(0.01,), warmup=0.0)
+    n[0] = 0
+    Loop(step, lambda: n[0], 8, [capped]).run()
+    assert n[0] == 8  # the planned total is a ceiling
+
+
 def test_run_callbacks_refuse_an_unknown_logger_before_anything_runs(tmp_path):
     from pwm_core.train.loop import LoggerUnavailable
 
@@ -187,7 +210,7 @@ def test_run_callbacks_refuse_an_unknown_logger_before_anything_runs(tmp_path):
 def test_a_time_budget_fits_the_total_to_the_budget_and_ends_like_a_finished_run():
     c, totals, saved = Counter(sleep=0.02), [], []
     final = Every(0, lambda: {"eval": float(c.n)})  # only at the end
-    result = Loop(c.step, lambda: c.n, 10_000, [TimeBudget(0.6, totals.append, fit_after=0.1), final,
+    result = Loop(c.step, lambda: c.n, 10_000, [TimeBudget(0.6, totals.append, fit_at=(0.1,)), final,
                                                 Checkpoint(lambda: saved.append(c.n), every_s=0)]).run()
     assert not result.interrupted and 10 <= c.n <= 40  # ~30 steps of 20 ms
     assert len(totals) == 1 and 15 <= totals[0] <= 40  # the fitted total, told once to the trainer

@@ -206,32 +206,48 @@ class OnStep(Callback):
 
 class TimeBudget(Callback):
     """End the run after ``seconds`` of wall time, as if it were done (the usual end: final evaluation,
-    checkpoint, publish). After ``fit_after`` of the budget it measures the step rate and, when fewer
-    steps than planned fit, lowers the total to what fits and calls ``set_total(n)``, so schedules that
-    run over the planned steps (extraction's lr decay) end with the budget. Put it first: callbacks that
-    act "at the last step" then see the fitted total."""
+    checkpoint, publish). It fits the planned total to the budget, so schedules that run over the planned
+    steps (extraction's lr decay) end with it: at ``fit_at`` fractions of the budget it measures the step
+    rate since ``warmup`` of the budget had passed (the first steps are slow: allocations, first calls,
+    caches) and sets the total to the steps done plus what fits in the time left, never above the total
+    first planned, calling ``set_total(n)`` on each change. Put it first: callbacks that act "at the last
+    step" then see the fitted total."""
 
-    def __init__(self, seconds: float, set_total: Callable[[int], None] | None = None, fit_after: float = 0.05,
-                 min_steps: int = 3) -> None:
-        self.seconds, self.set_total, self.fit_after, self.min_steps = seconds, set_total, fit_after, min_steps
-        self.fitted: int | None = None
+    def __init__(self, seconds: float, set_total: Callable[[int], None] | None = None,
+                 fit_at: Sequence[float] = (0.1, 0.3, 0.6), warmup: float = 0.03, min_steps: int = 3) -> None:
+        self.seconds, self.set_total, self.min_steps = seconds, set_total, min_steps
+        self.fit_at, self.warmup = sorted(fit_at), warmup
+        self.fitted: int | None = None  # the total after the last fit
+        self.fits: list[int] = []  # every fitted total, in order
         self._t0 = time.monotonic()
         self._start = 0
+        self._planned: int | None = None
+        self._mark: tuple[float, int] | None = None  # (time, step) when the warm-up ended
+        self._next = 0  # index of the next fit in fit_at
 
     def on_start(self, state: LoopState) -> None:
-        self._t0, self._start = time.monotonic(), state.step
+        self._t0, self._start, self._planned = time.monotonic(), state.step, state.total
+        self._mark, self._next = None, 0
 
     def on_step(self, state: LoopState) -> None:
-        elapsed = time.monotonic() - self._t0
-        done = state.step - self._start
-        if (self.fitted is None and state.total is not None and done >= self.min_steps
-                and elapsed >= self.fit_after * self.seconds):
-            fits = self._start + max(int(done * self.seconds / elapsed), done)
-            if fits < state.total:
+        now = time.monotonic()
+        elapsed = now - self._t0
+        warm = elapsed >= self.warmup * self.seconds and state.step - self._start >= self.min_steps
+        if self._mark is None and warm:
+            self._mark = (now, state.step)
+        if (self._mark is not None and self._planned is not None and self._next < len(self.fit_at)
+                and elapsed >= self.fit_at[self._next] * self.seconds
+                and state.step - self._mark[1] >= self.min_steps):
+            self._next += 1
+            rate = (state.step - self._mark[1]) / max(now - self._mark[0], 1e-9)
+            fits = min(state.step + int(rate * max(self.seconds - elapsed, 0.0)), self._planned)
+            fits = max(fits, state.step)
+            if fits != state.total:
                 state.total = fits
                 if self.set_total is not None:
                     self.set_total(fits)
             self.fitted = state.total
+            self.fits.append(state.total)
         if elapsed >= self.seconds:  # this is the last step: "at the end" callbacks after this one see it
             state.total, state.finish = state.step, True
 
