@@ -114,11 +114,14 @@ def quickstart(
         info(st, f"warning: {left:.0f} s of the budget left after collecting; the policy will barely train "
                  "(raise --budget-minutes)")
     pre_minutes = max(r.pretrain_share * left / 60, 0.05)  # at least a few updates, however late
-    ext_minutes = max(r.extract_share * left / 60, 0.05)
+    reserve = (1 - r.pretrain_share - r.extract_share) * left  # seconds kept for the final evaluation
     wm = pwmctl("pretrain", "--tasks", spec.name, "--data", data["artifact"], "--size", r.size, "--batch-size",
                 str(r.pretrain_batch), "--horizon", str(r.pretrain_horizon), "--steps", str(r.pretrain_steps or MANY),
                 "--time-limit", f"{pre_minutes:.3f}", "--seed", str(seed), "--set", "val_every=100", "--set",
                 "log_every=10", "--name", name)
+    # Extraction gets what pre-training left, less the evaluation's reserve (its share, or more if pre-training
+    # ended early)
+    ext_minutes = max((budget - (time.monotonic() - t0) - reserve) / 60, 0.05)
     pol = pwmctl("extract", spec.name, "--wm", wm["artifact"], "--recipe", r.extract_recipe, "--steps",
                  str(r.extract_steps or MANY), "--time-limit", f"{ext_minutes:.3f}", "--batch-size",
                  str(r.extract_batch), "--eval-every", str(r.eval_every), "--eval-episodes", "5", "--seed", str(seed),
