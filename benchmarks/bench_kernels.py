@@ -75,6 +75,8 @@ def pretrainer_case(size: str, batch: int, horizon: int, root: Path) -> Callable
     from pwm_core.train import PretrainConfig, Pretrainer, model_config
 
     task_set = resolve_tasks("mt30")
+    root = root / f"{size}-b{batch}-h{horizon}"
+    root.mkdir(parents=True, exist_ok=True)
     dataset = synthetic_dataset(root)
 
     def make(mode: str):
