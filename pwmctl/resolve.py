@@ -4,7 +4,7 @@ Lowest to highest: the config class's defaults -> the named recipe (extract, qui
 (`pwmctl config set device cuda`, `pwmctl config set <section>.<field> V`) -> `--config FILE.yaml` -> `--set
 key=value` (in order) -> the command's own flags. Every layer goes through :mod:`pwm_core.config` (types coerced,
 unknown keys refused with a suggestion), and the result is validated once, after the last layer, with the
-config's own checks. :class:`Resolved` remembers which layer set each field that differs from the default.
+config's own checks. :class:`Resolved` remembers the last layer that set each field.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ USER_KEYS = ("device", "size")  # top-level `pwmctl config set` keys that are fi
 
 @dataclass
 class Resolved:
-    """A resolved config and, per field that differs from the default, the layer that set it last."""
+    """A resolved config and, per field some layer set, the last layer that set it."""
 
     cfg: Any
     sources: dict[str, str] = field(default_factory=dict)
@@ -48,30 +48,36 @@ def resolve_config(cfg: Any, *, home: Path, section: str | None, recipe: Mapping
     ``flags``: the command's own options, None meaning "not given"; ``validate``: the config's checks, run
     once on the result (a :class:`~pwm_core.config.ConfigError` names the field) [default: ``cfg.validate()``].
     """
-    from pwm_core.config import apply_overrides, load_yaml_into, merge, set_given
+    from pwm_core.config import apply_overrides, load_yaml, load_yaml_into, merge, set_given
 
     resolved = Resolved(cfg)
     default = cfg.to_dict()
 
-    def layer(name: str, apply: Callable[[], object]) -> None:
-        before = cfg.to_dict()
+    def layer(name: str, apply: Callable[[], object], keys: Iterable[str]) -> None:
         apply()
-        for key, value in cfg.to_dict().items():
-            if value != before[key]:
+        for key in keys:  # the fields this layer set (to a new value or not): the last one names the source
+            if key in default:
                 resolved.sources[key] = name
 
+    def top(items: Iterable[str]) -> list[str]:  # "a.b=1" -> "a"
+        return [item.partition("=")[0].strip().split(".")[0] for item in items]
+
     if recipe:
-        layer("recipe", lambda: merge(cfg, recipe, where="recipe"))
+        layer("recipe", lambda: merge(cfg, recipe, where="recipe"), recipe)
     user = read_config(home)
     shared = {k: user[k] for k in USER_KEYS if k in user and k in default}  # `config set device cuda`, `... size`
     if shared:
-        layer("user", lambda: merge(cfg, shared, where="user config"))
+        layer("user", lambda: merge(cfg, shared, where="user config"), shared)
     if section is not None:
-        layer("user", lambda: apply_overrides(cfg, section_overrides(home, section)))
+        saved = section_overrides(home, section)
+        layer("user", lambda: apply_overrides(cfg, saved), top(saved))
     if config_file is not None:
-        layer("config", lambda: load_yaml_into(cfg, config_file))
-    layer("set", lambda: apply_overrides(cfg, list(overrides or [])))
-    layer("flag", lambda: set_given(cfg, **dict(flags or {})))
+        data = load_yaml(config_file)  # a missing file or bad YAML: one ConfigError naming it
+        layer("config", lambda: load_yaml_into(cfg, config_file), data if isinstance(data, Mapping) else ())
+    given = list(overrides or [])
+    layer("set", lambda: apply_overrides(cfg, given), top(given))
+    explicit = {k: v for k, v in dict(flags or {}).items() if v is not None}
+    layer("flag", lambda: set_given(cfg, **explicit), explicit)
     if validate is not None:
         validate(cfg)
     elif hasattr(cfg, "validate"):
@@ -86,7 +92,8 @@ def with_sources(resolved: Resolved, **sources: str) -> Resolved:
 
 def print_dry_run(title: str, resolved: Resolved, facts: Mapping[str, Any] | None = None) -> None:
     """The human form of `--dry-run`: what would run, then every config field with the layer that set it."""
-    typer.echo(title)
+    if title:
+        typer.echo(title)
     for key, value in (facts or {}).items():
         typer.echo(f"{key}: {value}")
     typer.echo("config (layer that set it: " + " < ".join(LAYERS) + "):")

@@ -172,7 +172,8 @@ def test_config_set_get_list_and_typos(home):
     assert bad.exit_code == 2 and "hub.namespace" in bad.stderr
     assert run(home, "config", "set", "size", "7M", code=None).exit_code == 2
     run(home, "config", "set", "size", "48M")
-    assert run_json(home, "pretrain", "--tasks", "mt30", "--dry-run")["pretrain"]["size"] == "48M"
+    planned = run_json(home, "pretrain", "--tasks", "mt30", "--dry-run")
+    assert planned["pretrain"]["size"] == "48M" and planned["sources"]["size"] == "user"
     run(home, "config", "unset", "size")
     assert "size" not in run_json(home, "config", "list")["settings"]
 

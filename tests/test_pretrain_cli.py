@@ -35,8 +35,10 @@ def test_dry_run_prints_tdmpc2_parameter_counts(tmp_path):
     assert doc["model"]["task_dim"] == 96 and doc["model"]["latent_dim"] == 768
     doc = run_json(tmp_path, "pretrain", "--tasks", "mt30", "--size", "5M", "--dry-run")
     assert round(doc["parameters"]["total"] / 1e6, 2) == 5.24
-    human = run(tmp_path, "pretrain", "--tasks", "mt80", "--size", "48M", "--dry-run").stdout
-    assert "total 48," in human
+    assert doc["sources"]["size"] == "flag" and doc["sources"]["rho"] == "default"
+    human = run(tmp_path, "pretrain", "--tasks", "mt80", "--size", "48M", "--dry-run", "--set", "rho=0.5").stdout
+    assert "total 48," in human and "[flag]" in human and "[set]" in human
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_pretrain_without_data_names_the_missing_tasks(home):

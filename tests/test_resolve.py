@@ -31,9 +31,13 @@ def test_each_layer_overrides_the_ones_below_and_is_named(home, tmp_path):
     assert (cfg.batch_size, cfg.device, cfg.steps, cfg.gamma, cfg.horizon, cfg.lam, cfg.seed) == \
         (64, "cpu", 11, 0.9, 13, 0.6, 5)
     assert {k: v for k, v in resolved.sources.items()} == {
-        "batch_size": "recipe", "mask_actions": "recipe", "keep": "recipe", "device": "user", "steps": "user",
-        "gamma": "user", "horizon": "config", "lam": "set", "seed": "flag"}
+        "batch_size": "recipe", "mask_actions": "recipe", "keep": "recipe", "kernels": "recipe", "device": "user",
+        "steps": "user", "gamma": "user", "horizon": "config", "lam": "set", "seed": "flag"}
     assert resolved.as_doc()["sources"]["actor_lr"] == "default"
+    # a layer that sets a field to the value it already had still names it: `--steps 10000` is a flag
+    again = resolve_config(ExtractConfig(), home=tmp_path / "empty", section=None,
+                           flags={"steps": ExtractConfig().steps})
+    assert again.sources == {"steps": "flag"}
 
 
 def test_the_result_is_validated_once_after_the_last_layer(home):

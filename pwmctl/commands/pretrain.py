@@ -12,9 +12,9 @@ import typer
 from registry.refs import check_name
 
 from pwmctl.commands.collect import DATASET_DIR
-from pwmctl.commands.config import read_config, section_overrides
 from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
 from pwmctl.runs import LOGGER_HELP, METRICS, TIME_LIMIT_HELP, append_jsonl, check_loggers, read_plan, time_budget
+from pwmctl.resolve import print_dry_run, resolve_config
 from pwmctl.runs import refuse_if_published, training_callbacks, write_plan
 
 CHECKPOINT = "checkpoint.pt"
@@ -56,7 +56,7 @@ def pretrain(
     the same step count, optimiser and RNG state. Under `torchrun --nproc-per-node N -m pwmctl pretrain ...`
     the ranks train with data parallelism and rank 0 publishes.
     """
-    from pwm_core.config import apply_overrides, check_device_available, load_yaml_into, set_given
+    from pwm_core.config import check_device_available
     from pwm_core.nn import count_parameters
     from pwm_core.tasks import resolve_tasks
     from pwm_core.train import distributed as dist
@@ -70,6 +70,8 @@ def pretrain(
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 talks
         st = _silent(st)
     reg = st.registry()
+    if resume and dry_run:
+        raise fail("--dry-run plans a new run; `pwmctl runs show RUN` shows a run's config")
     run = reg.run_dir(resume) if resume else None
     if run is not None:
         plan = read_plan(run, "pretrain")
@@ -89,18 +91,15 @@ def pretrain(
         if tasks is None:
             raise fail("name the model's task set: --tasks mt30, --tasks mt80 or --tasks walker-walk,cheetah-run")
         task_set = resolve_tasks(tasks)
-        cfg = PretrainConfig()
-        user = read_config(st.home)  # `pwmctl config set size 48M` etc.: below every explicit source
-        cfg.size, cfg.device = user.get("size", cfg.size), user.get("device", cfg.device)
-        apply_overrides(cfg, section_overrides(st.home, "pretrain"))  # `pwmctl config set pretrain.steps 2000`
-        if config is not None:
-            load_yaml_into(cfg, config)
-        apply_overrides(cfg, overrides or [])
         batch_size = _per_rank_batch(batch_size, global_batch_size)
-        set_given(cfg, size=size, steps=steps, batch_size=batch_size, horizon=horizon, seed=seed, device=device,
-                  amp=amp, ram_budget_gb=ram_budget)
-        cfg.compile = cfg.compile or compile
-        validate_pretrain_config(cfg)  # before any work: steps=-5, batch_size=0, rho=nan, --device banana
+        # defaults < `config set size 48M` / `pretrain.<field>` < --config < --set < flags; then checked once,
+        # before any work (steps=-5, batch_size=0, rho=nan, --device banana)
+        resolved = resolve_config(
+            PretrainConfig(), home=st.home, section="pretrain", config_file=config, overrides=overrides,
+            validate=validate_pretrain_config,
+            flags=dict(size=size, steps=steps, batch_size=batch_size, horizon=horizon, seed=seed, device=device,
+                       amp=amp, ram_budget_gb=ram_budget, compile=True if compile else None))
+        cfg = resolved.cfg
         if not dry_run:  # a dry run may plan a GPU run on a laptop
             check_device_available(cfg.device)
         refs = _choose_datasets(reg, task_set, data, allow_missing or dry_run, st)
@@ -113,8 +112,8 @@ def pretrain(
 
     if dry_run:
         doc = {"name": name, "tasks": list(task_set.names), "datasets": refs, "pretrain": cfg.to_dict(),
-               "model": model_cfg.to_dict(), "parameters": counts}
-        emit(st, doc, lambda: _print_dry_run(doc))
+               "sources": resolved.as_doc()["sources"], "model": model_cfg.to_dict(), "parameters": counts}
+        emit(st, doc, lambda: _print_dry_run(doc, resolved))
         return
 
     from pwm_core.data import open_dataset
@@ -268,7 +267,7 @@ def _publish(reg, run, name, trainer, cfg, model_cfg, refs, task_set, first_val,
             extra={"run": run.name})
 
 
-def _print_dry_run(doc: dict) -> None:
+def _print_dry_run(doc: dict, resolved) -> None:
     typer.echo(f"world model {doc['name']}: tasks {', '.join(doc['tasks'][:6])}"
                + (f" (+{len(doc['tasks']) - 6} more)" if len(doc["tasks"]) > 6 else ""))
     typer.echo(f"datasets: {', '.join(doc['datasets']) or '(none)'}")
@@ -277,7 +276,7 @@ def _print_dry_run(doc: dict) -> None:
                f"{m['latent_dim']}, task_dim {m['task_dim']}, enc {m['enc_dim']}x{m['num_enc_layers'] - 1}, "
                f"mlp {m['mlp_dim']}, {m['num_q']} Q heads")
     typer.echo("parameters: " + ", ".join(f"{k} {v:,}" for k, v in doc["parameters"].items()))
-    typer.echo("pretrain config: " + json.dumps(doc["pretrain"]))
+    print_dry_run("", resolved)
 
 
 def _silent(st):
