@@ -62,6 +62,17 @@ def test_collect_walker_publishes_four_episodes_of_501_rows(home):
     assert run_json(home, "verify", "dataset/walker-walk:v1")["ok"]
 
 
+def test_collect_dry_run_plans_and_collects_nothing(tmp_path):
+    doc = run_json(tmp_path, "collect", "cartpole-swingup,walker-walk", "-n", "3", "--seed", "4", "--dry-run")
+    assert doc["dry_run"] and doc["tasks"] == ["cartpole-swingup", "walker-walk"]
+    assert doc["env_steps"] == 3 * (500 + 500) and doc["seed"] == 4 and doc["dataset"] == \
+        "dataset/cartpole-swingup_walker-walk"
+    human = run(tmp_path, "collect", "mt30", "-n", "1", "--dry-run").stdout
+    assert "would collect 1 episode(s) of each of 30 task(s)" in human
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert run_json(tmp_path, "ls")["artifacts"] == []  # nothing published
+
+
 def test_collect_metaworld_reach(home):
     doc = run_json(home, "collect", "mw-reach", "--episodes", "2")
     assert doc["episodes"] == 2 and doc["env_steps"] == 200

@@ -29,6 +29,8 @@ def collect(
     workers: int = typer.Option(1, "--workers", "-j", min=1, help="Environment worker processes (a resumed "
                                 "run keeps its own: the env layout decides which episodes it records)."),
     resume: str = typer.Option(None, "--resume", help="Finish an interrupted collection (its run id)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be collected (tasks, episodes, env steps, "
+                                 "policy, seeds, dataset name); collect nothing."),
 ) -> None:
     """Roll out a policy in the real environments and publish the episodes as a dataset.
 
@@ -48,6 +50,8 @@ def collect(
     if noise not in NOISES:
         raise fail(f"unknown --noise {noise!r}: use {' or '.join(NOISES)}")
     reg = st.registry()
+    if resume and dry_run:
+        raise fail("--dry-run plans a new collection; `pwmctl runs show RUN` shows a run's plan")
     # Everything is checked before anything is done: a bad name or ref fails here, not after collecting.
     if resume:
         run = reg.run_dir(resume)
@@ -94,6 +98,17 @@ def collect(
         loaded = load_policy(pol_artifact.path)
         check_policy_dims(loaded.config, data_set)  # as eval does: obs / act widths of the task
         behaviour = learned_policy(loaded, seed, data_set.act_dim)
+    if dry_run:
+        steps = episodes * sum(t.episode_length for t in task_set)
+        doc = {"dry_run": True, "tasks": list(task_set.names), "episodes_per_task": episodes, "env_steps": steps,
+               "policy": policy, "noise": noise if policy == "random" else None, "seed": seed, "workers": workers,
+               "dataset": f"dataset/{name}", "append": parent.ref if parent else None}
+        emit(st, doc, lambda: typer.echo(
+            f"would collect {episodes} episode(s) of each of {len(task_set)} task(s) ({', '.join(task_set.names[:6])}"
+            f"{' ...' if len(task_set) > 6 else ''}): {steps:,} agent steps with {policy}"
+            f"{f' ({noise} noise)' if policy == 'random' else ''}, seed {seed}, {workers} worker(s), into "
+            f"dataset/{name}" + (f" (a new version of {parent.ref})" if parent else "")))
+        return
 
     # A full or read-only disk stops the run with one line; the episodes it committed stay for --resume.
     writer, resumed = None, run is not None
