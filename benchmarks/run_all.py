@@ -62,24 +62,28 @@ BENCHES = [
      "update (`extract.model_return_every`), alone and together, in `Extractor.step()` (10 updates per timed "
      "block, one metric period) and `Pretrainer.step()`. Old and new paths run in interleaved rounds in the "
      "same process, so the ratios share the machine's load; compare ratios within this table, not its "
-     "absolute seconds with section 1 (another process, four extractors alive at once). Tried and reverted: "
-     "a Mish computed from one exp with "
-     "in-place arithmetic (forward + backward 1.04x ATen's kernel at the critic's shapes, 0.56-0.78x at "
-     "pre-training shapes: more memory passes than ATen's single pass); Mish stays the largest cost and needs "
-     "a fused kernel (torch.compile / a C++ op) to go further."),
+     "absolute seconds with section 1 (another process, four extractors alive at once). Mish, the largest "
+     "cost, is section 8."),
     ("outofcore", "bench_outofcore.py", "7. Out-of-core pre-training (a dataset larger than RAM)",
      "pre-training (1M, B=1024, H=16, all 30 MT30 tasks) on a synthetic MT30-shaped dataset of 40 GB on disk, written "
      "once with `EpisodeWriter` (kept in `benchmarks/.outofcore/`), whose windows `pwmctl pretrain` streams from disk "
      "because the rows exceed the RAM budget (`OutOfCoreSampler`: chunk-ordered gathers, pread + blosc, prefetch), "
      "against the same configuration on an in-RAM subset, each run in its own process: s/step, the time `sample()` "
      "blocks a step, peak RSS, losses; and the out-of-core sampler's windows/s alone and while steps run."),
+    ("kernels", "bench_kernels.py", "8. Mish kernels: exact (ATen) vs fast (one exp)",
+     "Mish after every hidden layer was a third of an update's CPU time (torch.profiler, pre-training 1M B=256 "
+     "H=16 and extraction 1M B=64): ATen's kernel evaluates exp, log1p and tanh per element, forward and again "
+     "backward. The fast kernel (`pwm_core.nn.kernels`) computes x n / (n + 2), n = e^x (e^x + 2), from one exp "
+     "and its derivative from the saved e^x and n + 2 (equal to float32 ulps). Both run in interleaved rounds in "
+     "one process: Mish alone at an update's shapes, `Extractor.step()` and `Pretrainer.step()`. (An earlier "
+     "one-exp version that recomputed everything in the backward measured 0.56-0.78x at pre-training shapes.)"),
     ("collect", "bench_collect.py", "Extra: data collection throughput (env steps/s)",
      "env steps per second of `pwmctl collect` with a random policy (1 and 2 workers) against the raw env "
      "loop; CPU only, no precision."),
 ]
 # Execution order: pretrain before the sampler, which compares itself with the newest pretrain line.
-RUN_ORDER = ["pretrain", "sampler", "extract", "act_latency", "eval", "collect", "overheads", "outofcore"]
-NO_DEVICE = {"collect", "overheads"}  # scripts without --device (CPU only)
+RUN_ORDER = ["pretrain", "sampler", "extract", "act_latency", "eval", "collect", "overheads", "kernels", "outofcore"]
+NO_DEVICE = {"collect", "overheads", "kernels"}  # scripts without --device (CPU only)
 
 
 # --- running ----------------------------------------------------------------------------------------
@@ -347,9 +351,21 @@ def reading_outofcore(rec: dict, _: dict) -> str:
     return text
 
 
+def reading_kernels(rec: dict, _: dict) -> str:
+    rows = {r["what"]: r["seconds"] for r in rec["rows"]}
+    steps = [(w.split(" (")[0], s["exact"] / s["fast"]) for w, s in rows.items()
+             if w.startswith(("extract", "pretrain"))]
+    alone = [(w.split(":")[0], s["exact"] / s["fast"]) for w, s in rows.items() if w.startswith("Mish")]
+    text = "The fast kernel speeds up " + ", ".join(f"{w} {r:.2f}x" for w, r in steps) if steps else ""
+    if alone:
+        text += ("; Mish alone " if text else "Mish alone ") + ", ".join(f"{w} {r:.1f}x" for w, r in alone)
+    return (text + f" (max |fast - exact| {rec['max_abs_difference']:.1g} on [-60, 60]). Pre-training and the "
+            "default extraction recipe run it; the official recipe keeps ATen's.") if text else ""
+
+
 READINGS = {"extract": reading_extract, "pretrain": reading_pretrain, "sampler": reading_sampler,
             "act_latency": reading_act_latency, "eval": reading_eval, "collect": reading_collect,
-            "overheads": reading_overheads, "outofcore": reading_outofcore}
+            "overheads": reading_overheads, "kernels": reading_kernels, "outofcore": reading_outofcore}
 
 
 def _peak_of(latest: dict, device: str) -> dict[str, float] | None:
