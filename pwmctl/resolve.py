@@ -1,6 +1,6 @@
 """One resolution order for every training command's config, and what `--dry-run` prints of it.
 
-Lowest to highest: the config class's defaults -> the named recipe (extract, quickstart) -> the user's defaults
+Lowest to highest: the config class's defaults -> the named recipe (`extract --recipe`) -> the user's defaults
 (`pwmctl config set device cuda`, `pwmctl config set <section>.<field> V`) -> `--config FILE.yaml` -> `--set
 key=value` (in order) -> the command's own flags. Every layer goes through :mod:`pwm_core.config` (types coerced,
 unknown keys refused with a suggestion), and the result is validated once, after the last layer, with the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +83,6 @@ def resolve_config(cfg: Any, *, home: Path, section: str | None, recipe: Mapping
     elif hasattr(cfg, "validate"):
         cfg.validate()
     return resolved
-
-
-def with_sources(resolved: Resolved, **sources: str) -> Resolved:
-    """A copy whose ``sources`` also name layers set outside :func:`resolve_config` (e.g. a resumed plan)."""
-    return replace(resolved, sources={**resolved.sources, **sources})
 
 
 def print_dry_run(title: str, resolved: Resolved, facts: Mapping[str, Any] | None = None) -> None:
