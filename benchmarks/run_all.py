@@ -335,7 +335,7 @@ def reading_overheads(rec: dict, _: dict) -> str:
 def reading_outofcore(rec: dict, _: dict) -> str:
     ooc, ram, s, b = rec["runs"]["outofcore"], rec["runs"]["in_ram_subset"], rec["sampler"], rec["build"]
     B = rec["batch_size"]
-    text = (f"Streaming {ooc['rows_nbytes'] / 1e9:.0f} GB of rows ({b['bytes_on_disk'] / 1e9:.0f} GB on disk) with "
+    text = (f"Streaming {ooc['rows_nbytes'] / 1e9:.1f} GB of rows ({b['bytes_on_disk'] / 1e9:.1f} GB on disk) with "
             f"{rec['ram_gb']:.0f} GB of RAM, pre-training peaks at {ooc['peak_rss_gb']:.1f} GB RSS (in-RAM subset: "
             f"{ram['peak_rss_gb']:.1f} GB) and runs at {rec['s_per_step_ratio']:.2f}x the in-RAM s/step "
             f"({ooc['s_per_step']:.2f} vs {ram['s_per_step']:.2f} s); a step waits "
