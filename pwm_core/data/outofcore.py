@@ -187,6 +187,7 @@ class _Source:
         self.dataset, self._pool = dataset, pool
         self._selected = np.zeros(dataset.num_episodes + 1, bool)  # + 1: rows past the committed ones
         self._selected[selected] = True
+        self._starts = np.append(dataset.episode_starts, dataset.num_rows)  # + 1, as _selected
         self._arrays = {key: _ChunkedArray(dataset._layout.arrays[name], name, dataset.path)
                         for key, name in _FIELDS}
         self._key = id(self)
@@ -213,14 +214,13 @@ class _Source:
         if finite.all():
             return
         ds = self.dataset
-        rows = lo + np.arange(len(chunk))
+        rows = lo + np.flatnonzero(~finite)
         episode = np.searchsorted(ds.episode_ends, rows, side="right")  # num_episodes past the committed rows
-        bad = ~finite & self._selected[episode]
+        bad = self._selected[episode]
         if key != "obs":
-            bad &= rows != np.append(ds.episode_starts, ds.num_rows)[episode]
+            bad &= rows != self._starts[episode]
         if bad.any():
-            row = int(rows[np.argmax(bad)])
-            e = int(np.searchsorted(ds.episode_ends, row, side="right"))
+            row, e = int(rows[np.argmax(bad)]), int(episode[np.argmax(bad)])
             raise nan_error(ds, e, row - int(ds.episode_starts[e]), "obs" if key == "obs" else "action/reward")
 
 
@@ -243,11 +243,15 @@ class _ChunkedArray:
             return self._read_zarr(chunks)
         per_shard = self._shard_rows // self.chunk_rows
         shards = chunks // per_shard
-        groups = np.split(chunks, np.flatnonzero(np.diff(shards)) + 1)  # one task per shard file
-        out: list[np.ndarray] = []
-        for part in pool.map(self._read_shard, groups):
-            out.extend(part)
-        return out
+        groups = np.split(chunks, np.flatnonzero(np.diff(shards)) + 1)  # per shard file, in file order
+        n = min(pool._max_workers, len(groups))
+        if n <= 1:
+            return self._read_shards(groups)
+        parts = [groups[i * len(groups) // n:(i + 1) * len(groups) // n] for i in range(n)]  # one task per thread
+        return [chunk for part in pool.map(self._read_shards, parts) for chunk in part]
+
+    def _read_shards(self, groups: list[np.ndarray]) -> list[np.ndarray]:
+        return [chunk for g in groups for chunk in self._read_shard(g)]
 
     def _read_shard(self, chunks: np.ndarray) -> list[np.ndarray]:
         per_shard = self._shard_rows // self.chunk_rows
