@@ -69,8 +69,9 @@ def test_finetune_bad_input(home):
         assert len(result.stderr.strip().splitlines()) == 1 and word in result.stderr, result.stderr
 
 
-def _finetuner_factory(home: Path, tmp_path: Path):
-    """make() -> a Finetuner on the fixture's tiny model and policy, replaying into tmp_path/replay.zarr."""
+def _finetuner_factory(home: Path, tmp_path: Path, **config):
+    """make() -> a Finetuner on the fixture's tiny model and policy, replaying into tmp_path/replay.zarr;
+    ``config``: more FinetuneConfig fields."""
     from pwm_core.data import open_dataset
     from pwm_core.nn import load_world_model
     from pwm_core.train import load_policy
@@ -83,7 +84,7 @@ def _finetuner_factory(home: Path, tmp_path: Path):
 
     def make() -> Finetuner:
         cfg = FinetuneConfig(env_steps=1000, episodes_per_round=1, updates_per_episode=2, wm_batch_size=8,
-                             policy_batch_size=8, device="cpu")
+                             policy_batch_size=8, device="cpu", **config)
         return Finetuner(cfg, PretrainConfig(horizon=3), ExtractConfig(horizon=4, return_states=4),
                          load_world_model(paths("worldmodel/wm:v1")), load_policy(paths("policy/cartpole-balance:v1")),
                          "cartpole-balance", [open_dataset(paths("dataset/tiny:v1") / "data.zarr")],
@@ -117,6 +118,20 @@ def test_finetuner_checkpoint_resumes_its_state(home, tmp_path):
     with pytest.raises(PwmError, match="fine-tuning checkpoint"):
         b.load_checkpoint(tmp_path / "bad.pt")
     json.dumps(a.cfg.to_dict())
+
+
+def test_finetuner_over_its_ram_budget_streams_the_same_windows(home, tmp_path):
+    from pwm_core.data import OutOfCoreSampler, WindowSampler
+
+    ram = _finetuner_factory(home, tmp_path / "ram")()
+    disk = _finetuner_factory(home, tmp_path / "disk", ram_budget_gb=0.0)()
+    assert isinstance(ram.sampler, WindowSampler) and isinstance(disk.sampler, OutOfCoreSampler)
+    for _ in range(2):
+        a, b = ram.sampler.sample(), disk.sampler.sample()
+        assert torch.equal(a.obs, b.obs) and torch.equal(a.reward, b.reward)
+        assert torch.equal(ram._start_states(), disk._start_states())
+    for x, y in zip(ram.state_dict()["samplers"], disk.state_dict()["samplers"]):
+        assert torch.equal(x, y)
 
 
 def test_a_resumed_finetune_recollects_what_an_uninterrupted_run_would(home, tmp_path):
