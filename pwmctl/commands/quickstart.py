@@ -36,8 +36,9 @@ class Recipe:
     size: str = "1M"
     pretrain_batch: int = 256
     # World-model training horizon: TD-MPC2's 3, not PWM's 16. An update costs ~5x less, so the same minutes give
-    # ~5x the updates; on cartpole-swingup (same data, same compute: 3000 vs 540 updates) the policy scored 256 vs
-    # 220 and MPPI on the model 248 vs 202 (docs/learning-notes.md). Extraction still imagines 16 steps.
+    # ~5x the updates; on cartpole-swingup (same data, same compute: 3000 vs 540 updates; two data seeds) the
+    # policy scored 256 / 203 vs 220 / 203 and MPPI on the model 248 / 262 vs 202 / 175 (docs/learning-notes.md).
+    # Extraction still imagines 16 steps.
     pretrain_horizon: int = 3
     extract_recipe: str = "default"  # `pwmctl extract --recipe`
     extract_batch: int = 64
