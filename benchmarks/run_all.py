@@ -71,12 +71,14 @@ BENCHES = [
      "against the same configuration on an in-RAM subset, each run in its own process: s/step, the time `sample()` "
      "blocks a step, peak RSS, losses; and the out-of-core sampler's windows/s alone and while steps run."),
     ("kernels", "bench_kernels.py", "8. Mish kernels: exact (ATen) vs fast (one exp)",
-     "Mish after every hidden layer was a third of an update's CPU time (torch.profiler, pre-training 1M B=256 "
-     "H=16 and extraction 1M B=64): ATen's kernel evaluates exp, log1p and tanh per element, forward and again "
-     "backward. The fast kernel (`pwm_core.nn.kernels`) computes x n / (n + 2), n = e^x (e^x + 2), from one exp "
-     "and its derivative from the saved e^x and n + 2 (equal to float32 ulps). Both run in interleaved rounds in "
-     "one process: Mish alone at an update's shapes, `Extractor.step()` and `Pretrainer.step()`. (An earlier "
-     "one-exp version that recomputed everything in the backward measured 0.56-0.78x at pre-training shapes.)"),
+     "the two Mish kernels (`pwm_core.nn.kernels`), forward + backward alone at an update's shapes and inside "
+     "`Extractor.step()` and `Pretrainer.step()`, in interleaved rounds in one process. Mish after every hidden "
+     "layer was a third of an update's CPU time (torch.profiler, pre-training 1M B=256 H=16 and extraction 1M "
+     "B=64): ATen's kernel evaluates exp, log1p and tanh per element, forward and again backward; the fast one "
+     "computes x n / (n + 2), n = e^x (e^x + 2), from one exp and its derivative from the saved e^x and n + 2 "
+     "(equal to float32 ulps). An earlier one-exp version that recomputed everything in the backward measured "
+     "0.56-0.78x at pre-training shapes; with the second core busy with another process, the fast kernel's "
+     "many small ops lose (measured 0.3-0.7x): the ratios below are for a machine to itself."),
     ("collect", "bench_collect.py", "Extra: data collection throughput (env steps/s)",
      "env steps per second of `pwmctl collect` with a random policy (1 and 2 workers) against the raw env "
      "loop; CPU only, no precision."),
@@ -355,10 +357,12 @@ def reading_kernels(rec: dict, _: dict) -> str:
     rows = {r["what"]: r["seconds"] for r in rec["rows"]}
     steps = [(w.split(" (")[0], s["exact"] / s["fast"]) for w, s in rows.items()
              if w.startswith(("extract", "pretrain"))]
-    alone = [(w.split(":")[0], s["exact"] / s["fast"]) for w, s in rows.items() if w.startswith("Mish")]
+    alone = [(w.split(":")[0].removeprefix("Mish fwd+bwd "), s["exact"] / s["fast"]) for w, s in rows.items()
+             if w.startswith("Mish")]
     text = "The fast kernel speeds up " + ", ".join(f"{w} {r:.2f}x" for w, r in steps) if steps else ""
     if alone:
-        text += ("; Mish alone " if text else "Mish alone ") + ", ".join(f"{w} {r:.1f}x" for w, r in alone)
+        lead = "; Mish forward + backward alone " if text else "Mish forward + backward alone "
+        text += lead + ", ".join(f"{w} {r:.1f}x" for w, r in alone)
     return (text + f" (max |fast - exact| {rec['max_abs_difference']:.1g} on [-60, 60]). Pre-training and the "
             "default extraction recipe run it; the official recipe keeps ATen's.") if text else ""
 

@@ -499,7 +499,7 @@ EXTRACT_RECIPES: dict[str, dict[str, Any]] = {
         "batch_size": 64,  # the paper's batch: ~5x the updates per minute of 512 on a CPU
         "mask_actions": True,  # padded action dims stay zero (TD-MPC2): mixed action sizes beat random
         "keep": "best",  # publish the best real-env evaluation: extraction peaks, then exploits model errors
-        "kernels": "fast",  # Mish from one exp: 1.25x per update at 1M B=64 (benchmarks/bench_kernels.py)
+        "kernels": "fast",  # Mish from one exp: 1.26x per update at 1M B=64 (benchmarks/bench_kernels.py)
     },
 }
 
