@@ -36,6 +36,7 @@ from pwm_core.data.sampler import WindowSampler, choose_sampler, in_ram_nbytes
 from pwm_core.errors import PwmError
 from pwm_core.io import atomic_write, read_checkpoint
 from pwm_core.nn import WorldModel
+from pwm_core.nn.kernels import use_kernels
 from pwm_core.seeding import derived_seed, global_rng_state, set_global_rng_state
 from pwm_core.tasks import TASKS, TaskSpec, resolve_tasks
 from pwm_core.train import distributed
@@ -218,8 +219,9 @@ class Finetuner:
         task = torch.full_like(batch.task, self.row)
         self.model.requires_grad_(True)
         try:
-            wm = update_world_model(self.model, self.optim, self.pi_optim, self.scale, batch.obs, batch.action,
-                                    batch.reward, task, self.wm_cfg)
+            with use_kernels(self.wm_cfg.kernels):  # the world model's own recipe, as in pre-training
+                wm = update_world_model(self.model, self.optim, self.pi_optim, self.scale, batch.obs, batch.action,
+                                        batch.reward, task, self.wm_cfg)
         finally:
             self.model.requires_grad_(False)
         pol = self.extractor.step()
