@@ -78,7 +78,8 @@ BENCHES = [
      "computes x n / (n + 2), n = e^x (e^x + 2), from one exp and its derivative from the saved e^x and n + 2 "
      "(equal to float32 ulps). An earlier one-exp version that recomputed everything in the backward measured "
      "0.56-0.78x at pre-training shapes; with the second core busy with another process, the fast kernel's "
-     "many small ops lose (measured 0.3-0.7x): the ratios below are for a machine to itself."),
+     "many small ops lose (measured 0.07-0.7x, each op waiting for a busy core): the ratios below are for a "
+     "machine to itself."),
     ("collect", "bench_collect.py", "Extra: data collection throughput (env steps/s)",
      "env steps per second of `pwmctl collect` with a random policy (1 and 2 workers) against the raw env "
      "loop; CPU only, no precision."),
