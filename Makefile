@@ -37,9 +37,10 @@ FORCE:
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash scripts/demo.sh
 
-# ruff (pyproject.toml [tool.ruff]) and mypy ([tool.mypy]); `make test` and `make test-fast` run it first.
+# ruff lint and format (pyproject.toml [tool.ruff]) and mypy ([tool.mypy]); `make test` and `make test-fast` run it first.
 lint: $(STAMP)
-	$(PY) -m ruff check pwm_core registry pwmctl tests benchmarks && $(PY) -m mypy pwm_core registry
+	$(PY) -m ruff check pwm_core registry pwmctl tests benchmarks && $(PY) -m ruff format --check pwm_core registry pwmctl tests benchmarks \
+		&& $(PY) -m mypy pwm_core registry
 
 test: lint
 	$(PY) -m pytest -q

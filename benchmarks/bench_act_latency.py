@@ -79,17 +79,23 @@ def time_calls(act, warmup: int, calls: int, device: torch.device) -> list[float
 def table(record: dict) -> str:
     """The markdown table of one ``act_latency`` record."""
     cfg = record["mppi"]
-    lines = [f"batch 1, task {record.get('task')}, device {record.get('device', 'cpu')}, {record.get('threads')} "
-             f"threads; MPPI: {cfg['iterations']} iterations, {cfg['num_samples']} samples, {cfg['num_elites']} "
-             f"elites, {cfg['num_pi_trajs']} prior trajectories, H={cfg['horizon']}", "",
-             "| size | precision | actor | calls | mean ms | p50 ms | p95 ms | actions/s | MFLOP/action "
-             "| p50 / policy p50 |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"batch 1, task {record.get('task')}, device {record.get('device', 'cpu')}, {record.get('threads')} "
+        f"threads; MPPI: {cfg['iterations']} iterations, {cfg['num_samples']} samples, {cfg['num_elites']} "
+        f"elites, {cfg['num_pi_trajs']} prior trajectories, H={cfg['horizon']}",
+        "",
+        "| size | precision | actor | calls | mean ms | p50 ms | p95 ms | actions/s | MFLOP/action "
+        "| p50 / policy p50 |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     base = {(r["size"], r["precision"]): r["p50_ms"] for r in record["rows"] if r["actor"] == "policy"}
     for r in record["rows"]:
         ratio = r["p50_ms"] / base[r["size"], r["precision"]] if (r["size"], r["precision"]) in base else float("nan")
-        lines.append(f"| {r['size']} | {r['precision']} | {r['actor']} | {r['calls']} | {r['mean_ms']:.2f} | "
-                     f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['hz']:.1f} | {r['mflop_per_action']:.1f} | "
-                     f"{ratio:,.0f}x |")
+        lines.append(
+            f"| {r['size']} | {r['precision']} | {r['actor']} | {r['calls']} | {r['mean_ms']:.2f} | "
+            f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['hz']:.1f} | {r['mflop_per_action']:.1f} | "
+            f"{ratio:,.0f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -97,8 +103,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default=None, help="comma list of presets (default 1M,5M; --quick: 1M)")
     p.add_argument("--precisions", default="fp32,bf16")
-    p.add_argument("--calls", type=int, default=None,
-                   help="timed MPPI plans per setting, policy: 20x as many (default 10; --quick: 2)")
+    p.add_argument(
+        "--calls",
+        type=int,
+        default=None,
+        help="timed MPPI plans per setting, policy: 20x as many (default 10; --quick: 2)",
+    )
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 2; --quick: 1)")
     p.add_argument("--iterations", type=int, default=None, help="MPPI iterations (TD-MPC2: 6)")
     p.add_argument("--samples", type=int, default=None, help="MPPI samples (TD-MPC2: 512)")
@@ -123,14 +133,20 @@ def main() -> None:
             mcfg = world_model_config(size, task_set)
             wm = WorldModel(mcfg).to(device)
             ext = ExtractConfig(batch_size=1, return_states=1, device=str(device))
-            extractor = Extractor(ext, wm, task_set.index(TASK),
-                                  lambda mcfg=mcfg, device=device: torch.randn(1, mcfg.obs_dim, device=device))
+            extractor = Extractor(
+                ext,
+                wm,
+                task_set.index(TASK),
+                lambda mcfg=mcfg, device=device: torch.randn(1, mcfg.obs_dim, device=device),
+            )
             policy = Policy.from_extractor(extractor).to(device)
             obs = rng.standard_normal((1, mcfg.obs_dim)).astype(np.float32)
             for precision in args.precisions.split(","):
                 amp = "bf16" if precision == "bf16" else None
-                planners = {"mppi-wm": MPPI(wm, replace(cfg, amp=amp)),
-                            "mppi-policy": MPPI(wm, replace(cfg, amp=amp), PolicyPrior.from_policy(wm, policy))}
+                planners = {
+                    "mppi-wm": MPPI(wm, replace(cfg, amp=amp)),
+                    "mppi-policy": MPPI(wm, replace(cfg, amp=amp), PolicyPrior.from_policy(wm, policy)),
+                }
 
                 def act_policy(precision=precision, policy=policy, obs=obs, device=device) -> np.ndarray:
                     with autocast(device, precision):
@@ -141,19 +157,36 @@ def main() -> None:
                     actor = PlannerActor(planner, mcfg.task_names, spec.act_dim)
                     actors[name] = (
                         lambda actor=actor, obs=obs: actor(obs, [spec], np.zeros(1, int), np.zeros(1, bool)),
-                        n_calls, mppi_flops(mcfg, cfg, name.split("-")[1], ext))
+                        n_calls,
+                        mppi_flops(mcfg, cfg, name.split("-")[1], ext),
+                    )
                 for name, (act, calls, flops) in actors.items():
                     ms = time_calls(act, warmup, calls, device)
                     mean = float(np.mean(ms))
-                    rows.append({"size": size, "precision": precision, "actor": name, "calls": calls,
-                                 "mean_ms": mean, "p50_ms": float(np.percentile(ms, 50)),
-                                 "p95_ms": float(np.percentile(ms, 95)), "hz": 1000 / mean,
-                                 "mflop_per_action": flops / 1e6})
+                    rows.append(
+                        {
+                            "size": size,
+                            "precision": precision,
+                            "actor": name,
+                            "calls": calls,
+                            "mean_ms": mean,
+                            "p50_ms": float(np.percentile(ms, 50)),
+                            "p95_ms": float(np.percentile(ms, 95)),
+                            "hz": 1000 / mean,
+                            "mflop_per_action": flops / 1e6,
+                        }
+                    )
                     print(f"  {device} {size} {precision} {name}: {mean:.2f} ms", flush=True)
-        record = {"bench": "act_latency", **common_fields(device, args.quick), "task": TASK, "mppi": cfg.to_dict(),
-                  "rows": [rounded(r) for r in rows]}
+        record = {
+            "bench": "act_latency",
+            **common_fields(device, args.quick),
+            "task": TASK,
+            "mppi": cfg.to_dict(),
+            "rows": [rounded(r) for r in rows],
+        }
         print("\n" + table(record) + "\n", flush=True)
         append_record(args.results, record)
+
 
 if __name__ == "__main__":
     main()

@@ -58,8 +58,12 @@ def table(record: dict) -> str:
     """The markdown table of one ``collect`` record (its settings are the keys naming a setting)."""
     rows = {k: v for k, v in record.items() if k == RAW or k.startswith("pwmctl collect")}
     base = rows.get(RAW)
-    lines = [f"{record['task']}, {record['episodes']} episodes, random policy", "",
-             "| setting | env steps/s | vs raw loop |", "|---|---:|---:|"]
+    lines = [
+        f"{record['task']}, {record['episodes']} episodes, random policy",
+        "",
+        "| setting | env steps/s | vs raw loop |",
+        "|---|---:|---:|",
+    ]
     for k, v in rows.items():
         lines.append(f"| {k} | {v:.0f} | {v / base:.2f}x |" if base else f"| {k} | {v:.0f} | - |")
     return "\n".join(lines)
@@ -78,10 +82,17 @@ def main() -> None:
     for workers in (1, 2):
         rows[f"pwmctl collect, {workers} worker(s)"] = collect_steps_per_s(args.task, episodes, workers)
     fields = common_fields(None, args.quick)
-    record = {"bench": "collect", "task": args.task, "episodes": episodes,
-              "machine": platform.processor() or platform.machine(), **fields,
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "utc_time": fields["time"], "device": "cpu",
-              **{k: round(v, 1) for k, v in rows.items()}}
+    record = {
+        "bench": "collect",
+        "task": args.task,
+        "episodes": episodes,
+        "machine": platform.processor() or platform.machine(),
+        **fields,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "utc_time": fields["time"],
+        "device": "cpu",
+        **{k: round(v, 1) for k, v in rows.items()},
+    }
     print(f"\n### collect throughput\n\n{table(record)}\n")
     append_record(args.results, record)
 

@@ -18,8 +18,10 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
-DEVICE_HELP = ("auto (the CPU, and the GPU too when CUDA is present: one JSON line per device) | cpu | cuda | "
-               "cuda:N | a comma list")
+DEVICE_HELP = (
+    "auto (the CPU, and the GPU too when CUDA is present: one JSON line per device) | cpu | cuda | "
+    "cuda:N | a comma list"
+)
 
 
 def devices(arg: str) -> list[torch.device]:
@@ -76,8 +78,14 @@ def command() -> str:
 
 def common_fields(device: torch.device | None, quick: bool) -> dict:
     """Keys every new record carries (old lines may lack some of them)."""
-    fields = {"time": now(), "host": platform.node(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "quick": quick, "command": command()}
+    fields = {
+        "time": now(),
+        "host": platform.node(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "quick": quick,
+        "command": command(),
+    }
     if device is not None:
         fields["device"] = str(device)
         fields["device_name"] = device_name(device)
@@ -130,21 +138,37 @@ def machine() -> dict:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
         affinity = os.cpu_count()
-    out = {"cpu_model": cpu_model(), "cpu_family": info.get("cpu family"), "cpu_model_number": info.get("model"),
-           "cpu_stepping": info.get("stepping"), "logical_cpus": os.cpu_count(), "usable_cpus": affinity,
-           "torch_threads": torch.get_num_threads(), "cpu_flags": [f for f in FLAGS if f in flags],
-           "ram_gib": mem_gib, "load_average": [round(x, 2) for x in os.getloadavg()],
-           "os": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-           "mkldnn": torch.backends.mkldnn.is_available(), "cuda": None}
+    out = {
+        "cpu_model": cpu_model(),
+        "cpu_family": info.get("cpu family"),
+        "cpu_model_number": info.get("model"),
+        "cpu_stepping": info.get("stepping"),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": affinity,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_flags": [f for f in FLAGS if f in flags],
+        "ram_gib": mem_gib,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "cuda": None,
+    }
     try:
         import numpy
         import zarr
+
         out["numpy"], out["zarr"] = numpy.__version__, zarr.__version__
     except ImportError:
         pass
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        out["cuda"] = {"name": props.name, "count": torch.cuda.device_count(),
-                       "memory_gib": round(props.total_memory / 2**30, 1), "version": torch.version.cuda,
-                       "capability": f"{props.major}.{props.minor}"}
+        out["cuda"] = {
+            "name": props.name,
+            "count": torch.cuda.device_count(),
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "version": torch.version.cuda,
+            "capability": f"{props.major}.{props.minor}",
+        }
     return out

@@ -43,42 +43,68 @@ def make_policy(size: str, task: str, device: torch.device) -> Policy:
     task_set = resolve_tasks(PADDED)
     mcfg = world_model_config(size, task_set)
     torch.manual_seed(0)
-    extractor = Extractor(ExtractConfig(batch_size=1, return_states=1, device="cpu"), WorldModel(mcfg),
-                          task_set.index(task), lambda: torch.randn(1, mcfg.obs_dim))
+    extractor = Extractor(
+        ExtractConfig(batch_size=1, return_states=1, device="cpu"),
+        WorldModel(mcfg),
+        task_set.index(task),
+        lambda: torch.randn(1, mcfg.obs_dim),
+    )
     return Policy.from_extractor(extractor).to(device)
 
 
 def run_one(actor, label: str, task: str, seeds: int, workers: int, obs_dim: int, act_dim: int) -> dict:
     per_worker = math.ceil(seeds / workers)
     t0 = time.perf_counter()
-    ev = evaluate({label: actor}, [task], list(range(seeds)), 1, obs_dim=obs_dim, act_dim=act_dim,
-                  workers=workers, envs_per_worker=per_worker)
+    ev = evaluate(
+        {label: actor},
+        [task],
+        list(range(seeds)),
+        1,
+        obs_dim=obs_dim,
+        act_dim=act_dim,
+        workers=workers,
+        envs_per_worker=per_worker,
+    )
     wall = time.perf_counter() - t0
     steps = sum(r.length for r in ev.episodes)
     stepping = max(r.seconds for r in ev.episodes)
     lat = ev.latency[label]
-    return {"env_steps": steps, "wall_s": wall, "steps_per_s": steps / wall, "stepping_s": stepping,
-            "stepping_steps_per_s": steps / stepping, "actor_calls": lat.calls, "actor_ms_per_call": lat.ms_per_call,
-            "actor_share_of_wall": lat.seconds / wall}
+    return {
+        "env_steps": steps,
+        "wall_s": wall,
+        "steps_per_s": steps / wall,
+        "stepping_s": stepping,
+        "stepping_steps_per_s": steps / stepping,
+        "actor_calls": lat.calls,
+        "actor_ms_per_call": lat.ms_per_call,
+        "actor_share_of_wall": lat.seconds / wall,
+    }
 
 
 def table(record: dict) -> str:
     """The markdown table of one ``eval`` record."""
-    lines = [f"device {record.get('device', 'cpu')}, {record.get('threads')} torch threads in the main process, "
-             f"{record['seeds']} envs x 1 episode per call, policy shape {record['policy_size']}", "",
-             "| task | actor | precision | workers | env steps | wall s | env steps/s | while stepping | "
-             "actor ms/call | actor share |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"device {record.get('device', 'cpu')}, {record.get('threads')} torch threads in the main process, "
+        f"{record['seeds']} envs x 1 episode per call, policy shape {record['policy_size']}",
+        "",
+        "| task | actor | precision | workers | env steps | wall s | env steps/s | while stepping | "
+        "actor ms/call | actor share |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in record["rows"]:
-        lines.append(f"| {r['task']} | {r['actor']} | {r['precision']} | {r['workers']} | {r['env_steps']} | "
-                     f"{r['wall_s']:.2f} | {r['steps_per_s']:,.0f} | {r['stepping_steps_per_s']:,.0f} | "
-                     f"{r['actor_ms_per_call']:.3f} | {100 * r['actor_share_of_wall']:.0f}% |")
+        lines.append(
+            f"| {r['task']} | {r['actor']} | {r['precision']} | {r['workers']} | {r['env_steps']} | "
+            f"{r['wall_s']:.2f} | {r['steps_per_s']:,.0f} | {r['stepping_steps_per_s']:,.0f} | "
+            f"{r['actor_ms_per_call']:.3f} | {100 * r['actor_share_of_wall']:.0f}% |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tasks", default=None,
-                   help="comma list (default walker-walk,cartpole-balance; --quick: walker-walk)")
+    p.add_argument(
+        "--tasks", default=None, help="comma list (default walker-walk,cartpole-balance; --quick: walker-walk)"
+    )
     p.add_argument("--seeds", type=int, default=None, help="envs (one episode each) per call (default 8; --quick: 2)")
     p.add_argument("--workers", default="1,2", help="comma list of env worker-process counts")
     p.add_argument("--precisions", default="fp32,bf16")
@@ -103,6 +129,7 @@ def main() -> None:
                 actors.append(("random", "-", random_actor(act_dim, seed=0)))
             policy = make_policy(args.size, task, device)
             for precision in args.precisions.split(","):
+
                 def act(obs, specs, precision=precision, policy=policy, device=device):
                     with autocast(device, precision):
                         return policy.act(obs)
@@ -112,10 +139,19 @@ def main() -> None:
                 for w in workers:
                     res = run_one(actor, name, task, seeds, w, obs_dim, act_dim)
                     rows.append({"task": task, "actor": name, "precision": precision, "workers": w, **res})
-                    print(f"  {device} {task} {name} {precision} workers={w}: {res['steps_per_s']:,.0f} env steps/s",
-                          flush=True)
-        record = {"bench": "eval", **common_fields(device, args.quick), "seeds": seeds, "episodes": 1,
-                  "policy_size": args.size, "obs_dim": obs_dim, "rows": [rounded(r) for r in rows]}
+                    print(
+                        f"  {device} {task} {name} {precision} workers={w}: {res['steps_per_s']:,.0f} env steps/s",
+                        flush=True,
+                    )
+        record = {
+            "bench": "eval",
+            **common_fields(device, args.quick),
+            "seeds": seeds,
+            "episodes": 1,
+            "policy_size": args.size,
+            "obs_dim": obs_dim,
+            "rows": [rounded(r) for r in rows],
+        }
         print("\n" + table(record) + "\n", flush=True)
         append_record(args.results, record)
 

@@ -42,12 +42,17 @@ def iteration_flops_parts(m: WorldModelConfig, cfg: ExtractConfig) -> dict[str, 
     rew = mlp_macs([Z + E + A, m.mlp_dim, m.mlp_dim, m.num_bins])
     actor = mlp_macs([Z, *cfg.actor_units, A])
     critic = cfg.num_critics * mlp_macs([Z, *cfg.critic_units, 1])  # all heads
-    return {"rollout": 2.0 * (B * enc + H * B * (actor + dyn + rew + critic)),  # forward
-            "actor_backward": 2.0 * (H * B * (2 * actor + dyn + rew) + B * critic),  # frozen WM: input grads
-            "critic_updates": 2.0 * cfg.critic_iterations * H * B * 3 * critic,  # every latent once per pass
-            # no grad, every model_return_every-th update: amortised per update
-            "model_return": 2.0 * cfg.return_states * (enc + H * (actor + dyn + rew + critic))
-            / max(cfg.model_return_every, 1) * (cfg.model_return_every > 0)}
+    return {
+        "rollout": 2.0 * (B * enc + H * B * (actor + dyn + rew + critic)),  # forward
+        "actor_backward": 2.0 * (H * B * (2 * actor + dyn + rew) + B * critic),  # frozen WM: input grads
+        "critic_updates": 2.0 * cfg.critic_iterations * H * B * 3 * critic,  # every latent once per pass
+        # no grad, every model_return_every-th update: amortised per update
+        "model_return": 2.0
+        * cfg.return_states
+        * (enc + H * (actor + dyn + rew + critic))
+        / max(cfg.model_return_every, 1)
+        * (cfg.model_return_every > 0),
+    }
 
 
 def iteration_flops(m: WorldModelConfig, cfg: ExtractConfig) -> float:
@@ -57,17 +62,22 @@ def iteration_flops(m: WorldModelConfig, cfg: ExtractConfig) -> float:
 
 def table(record: dict) -> str:
     """The markdown table of one ``extract`` record (old records too)."""
-    lines = [f"H={record.get('horizon')}, device {record.get('device', 'cpu')}, {record.get('threads')} threads; "
-             f"reference {record.get('matmul_n')}^3 matmul: fp32 {record['matmul_fp32_gflop_per_s']:,.0f} GFLOP/s, "
-             f"bf16 {record['matmul_bf16_gflop_per_s']:,.0f} GFLOP/s; median of {record.get('steps_timed')} iterations",
-             "", "| size | B | precision | it/s | s/it | GFLOP/it | critic-update share of FLOPs | GFLOP/s "
-             "| % of matmul peak |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"H={record.get('horizon')}, device {record.get('device', 'cpu')}, {record.get('threads')} threads; "
+        f"reference {record.get('matmul_n')}^3 matmul: fp32 {record['matmul_fp32_gflop_per_s']:,.0f} GFLOP/s, "
+        f"bf16 {record['matmul_bf16_gflop_per_s']:,.0f} GFLOP/s; median of {record.get('steps_timed')} iterations",
+        "",
+        "| size | B | precision | it/s | s/it | GFLOP/it | critic-update share of FLOPs | GFLOP/s | % of matmul peak |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in record["rows"]:
         share = r.get("flop_share", {}).get("critic_updates")
-        lines.append(f"| {r['size']} | {r['batch_size']} | {r['precision']} | {r['it_per_s']:.2f} | "
-                     f"{r['s_per_it']:.3f} | "
-                     f"{r['gflop_per_it']:.1f} | {'-' if share is None else f'{100 * share:.0f}%'} | "
-                     f"{r['gflop_per_s']:.1f} | {100 * r['fraction_of_matmul_peak']:.0f}% |")
+        lines.append(
+            f"| {r['size']} | {r['batch_size']} | {r['precision']} | {r['it_per_s']:.2f} | "
+            f"{r['s_per_it']:.3f} | "
+            f"{r['gflop_per_it']:.1f} | {'-' if share is None else f'{100 * share:.0f}%'} | "
+            f"{r['gflop_per_s']:.1f} | {100 * r['fraction_of_matmul_peak']:.0f}% |"
+        )
     return "\n".join(lines)
 
 
@@ -78,10 +88,12 @@ def main() -> None:
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--horizon", type=int, default=16)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--steps", type=int, default=None,
-                   help="timed iterations per setting, median (default 3; --quick: 2)")
-    p.add_argument("--matmul", type=int, default=None,
-                   help="n of the n^3 reference matmul (default 2048; --quick: 1024)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="timed iterations per setting, median (default 3; --quick: 2)"
+    )
+    p.add_argument(
+        "--matmul", type=int, default=None, help="n of the n^3 reference matmul (default 2048; --quick: 1024)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: 1M, B=64, 2 timed iterations, 1024^3 matmul")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--results", type=Path, default=RESULTS)
@@ -102,27 +114,45 @@ def main() -> None:
                 g = torch.Generator().manual_seed(0)
                 start_states = lambda B=B, g=g, O=mcfg.obs_dim: torch.randn(B, O, generator=g)  # noqa: E731
                 for precision in args.precisions.split(","):
-                    cfg = ExtractConfig(batch_size=B, horizon=args.horizon, device=str(device),
-                                        amp="bf16" if precision == "bf16" else None)
+                    cfg = ExtractConfig(
+                        batch_size=B,
+                        horizon=args.horizon,
+                        device=str(device),
+                        amp="bf16" if precision == "bf16" else None,
+                    )
                     extractor = Extractor(cfg, model, task_set.index("walker-walk"), start_states)
                     seconds = time_steps(extractor, args.warmup, steps)
                     del extractor
                     release(device)
                     parts = iteration_flops_parts(mcfg, cfg)
                     flops = sum(parts.values())
-                    rows.append({"size": size, "batch_size": B, "precision": precision, "it_per_s": 1 / seconds,
-                                 "s_per_it": seconds, "gflop_per_it": flops / 1e9,
-                                 "gflop_per_s": flops / seconds / 1e9,
-                                 "fraction_of_matmul_peak": flops / seconds / peak[precision],
-                                 "flop_share": {k: round(v / flops, 3) for k, v in parts.items()}})
+                    rows.append(
+                        {
+                            "size": size,
+                            "batch_size": B,
+                            "precision": precision,
+                            "it_per_s": 1 / seconds,
+                            "s_per_it": seconds,
+                            "gflop_per_it": flops / 1e9,
+                            "gflop_per_s": flops / seconds / 1e9,
+                            "fraction_of_matmul_peak": flops / seconds / peak[precision],
+                            "flop_share": {k: round(v / flops, 3) for k, v in parts.items()},
+                        }
+                    )
                     print(f"  {device} {size} B={B} {precision}: {seconds:.3f} s/it", flush=True)
             del model
             release(device)
-        record = {"bench": "extract", **common_fields(device, q), "horizon": args.horizon, "steps_timed": steps,
-                  "matmul_n": n, "matmul_fp32_gflop_per_s": round(peak["fp32"] / 1e9, 1),
-                  "matmul_bf16_gflop_per_s": round(peak["bf16"] / 1e9, 1),
-                  "float32_matmul_precision": torch.get_float32_matmul_precision(),
-                  "rows": [rounded(r) for r in rows]}
+        record = {
+            "bench": "extract",
+            **common_fields(device, q),
+            "horizon": args.horizon,
+            "steps_timed": steps,
+            "matmul_n": n,
+            "matmul_fp32_gflop_per_s": round(peak["fp32"] / 1e9, 1),
+            "matmul_bf16_gflop_per_s": round(peak["bf16"] / 1e9, 1),
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "rows": [rounded(r) for r in rows],
+        }
         print("\n" + table(record) + "\n", flush=True)
         append_record(args.results, record)
 

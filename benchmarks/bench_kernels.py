@@ -53,7 +53,7 @@ def interleaved(make: Callable[[str], Callable[[], object]], rounds: int, reps: 
 def mish_case(shape: tuple[int, ...]) -> Callable[[str], Callable[[], object]]:
     x = (torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 3).requires_grad_()
     g = torch.randn(shape)
-    return lambda mode: (lambda: torch.autograd.grad(mish(x), x, g))
+    return lambda mode: lambda: torch.autograd.grad(mish(x), x, g)
 
 
 def extractor_case(size: str, batch: int) -> Callable[[str], Callable[[], object]]:
@@ -64,8 +64,9 @@ def extractor_case(size: str, batch: int) -> Callable[[str], Callable[[], object
     def make(mode: str):
         g = torch.Generator().manual_seed(0)
         cfg = ExtractConfig(batch_size=batch, seed=0, steps=10_000, kernels=mode)
-        return Extractor(cfg, model, task_set.index("walker-walk"),
-                         lambda: torch.randn(batch, mcfg.obs_dim, generator=g)).step
+        return Extractor(
+            cfg, model, task_set.index("walker-walk"), lambda: torch.randn(batch, mcfg.obs_dim, generator=g)
+        ).step
 
     return make
 
@@ -80,8 +81,9 @@ def pretrainer_case(size: str, batch: int, horizon: int, root: Path) -> Callable
     dataset = synthetic_dataset(root)
 
     def make(mode: str):
-        cfg = PretrainConfig(size=size, batch_size=batch, horizon=horizon, device="cpu", val_fraction=0.0, seed=0,
-                             kernels=mode)
+        cfg = PretrainConfig(
+            size=size, batch_size=batch, horizon=horizon, device="cpu", val_fraction=0.0, seed=0, kernels=mode
+        )
         return Pretrainer(cfg, model_config(cfg, task_set), [dataset], task_set).step
 
     return make
@@ -96,10 +98,14 @@ def max_difference() -> float:
 
 
 def table(record: dict) -> str:
-    lines = [f"{record.get('threads')} torch threads, fp32; median of {record['rounds']} interleaved rounds; "
-             f"ratio = exact / fast (higher is faster); max |fast - exact| of Mish on [-60, 60]: "
-             f"{record['max_abs_difference']:.2g}", "",
-             "| what | exact s | fast s | ratio |", "|---|---:|---:|---:|"]
+    lines = [
+        f"{record.get('threads')} torch threads, fp32; median of {record['rounds']} interleaved rounds; "
+        f"ratio = exact / fast (higher is faster); max |fast - exact| of Mish on [-60, 60]: "
+        f"{record['max_abs_difference']:.2g}",
+        "",
+        "| what | exact s | fast s | ratio |",
+        "|---|---:|---:|---:|",
+    ]
     for r in record["rows"]:
         s = r["seconds"]
         lines.append(f"| {r['what']} | {s['exact']:.4g} | {s['fast']:.4g} | **{s['exact'] / s['fast']:.2f}x** |")
@@ -117,19 +123,26 @@ def main() -> None:
         cases: list[tuple[str, Callable[[], Callable[[str], Callable[[], object]]], int]] = [
             ("Mish fwd+bwd (64, 384): extraction", lambda: mish_case((64, 384)), 200),
             ("Mish fwd+bwd (4096, 384): pre-training 1M B=256 H=16", lambda: mish_case((4096, 384)), 5),
-            ("extract 1M B=64 (Extractor.step)", lambda: extractor_case("1M", 64), 5)]
+            ("extract 1M B=64 (Extractor.step)", lambda: extractor_case("1M", 64), 5),
+        ]
         if not args.quick:
-            cases += [("extract 5M B=64", lambda: extractor_case("5M", 64), 3),
-                      ("pretrain 1M B=256 H=16 (Pretrainer.step)",
-                       lambda: pretrainer_case("1M", 256, 16, Path(tmp)), 2),
-                      ("pretrain 1M B=256 H=3", lambda: pretrainer_case("1M", 256, 3, Path(tmp)), 5)]
+            cases += [
+                ("extract 5M B=64", lambda: extractor_case("5M", 64), 3),
+                ("pretrain 1M B=256 H=16 (Pretrainer.step)", lambda: pretrainer_case("1M", 256, 16, Path(tmp)), 2),
+                ("pretrain 1M B=256 H=3", lambda: pretrainer_case("1M", 256, 3, Path(tmp)), 5),
+            ]
         rows = []
         for what, build, reps in cases:
             seconds = interleaved(build(), rounds, reps)
             rows.append({"what": what, "reps_per_round": reps, "seconds": seconds})
             print(f"  {what}: " + ", ".join(f"{k} {v:.4g}s" for k, v in seconds.items()), flush=True)
-    record = {"bench": "kernels", **common_fields(torch.device("cpu"), args.quick), "rounds": rounds,
-              "max_abs_difference": max_difference(), "rows": [rounded(r) for r in rows]}
+    record = {
+        "bench": "kernels",
+        **common_fields(torch.device("cpu"), args.quick),
+        "rounds": rounds,
+        "max_abs_difference": max_difference(),
+        "rows": [rounded(r) for r in rows],
+    }
     print("\n" + table(record) + "\n", flush=True)
     append_record(args.results, record)
 

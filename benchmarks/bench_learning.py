@@ -39,8 +39,9 @@ MPPI_CHEAP = ["--mppi-iterations", "2", "--mppi-samples", "64"]
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -63,8 +64,14 @@ class Job:
         print(f"[{self.home.name}] $ {line}", file=sys.stderr, flush=True)
         t0 = time.monotonic()
         env = {**os.environ, "PWM_HOME": str(self.home / "registry")}
-        proc = subprocess.run([sys.executable, "-m", "pwmctl", "--format", "json", *args], env=env, cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=None, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pwmctl", "--format", "json", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            text=True,
+        )
         if proc.returncode != 0:
             raise SystemExit(f"`{line}` failed (exit {proc.returncode}); re-run to continue from this stage")
         out = json.loads(proc.stdout)
@@ -85,13 +92,22 @@ def summarise(ev: dict, policy: str, task: str) -> dict:
     for method, label in labels.items():
         s = ev["summaries"][label]
         t = s["tasks"][task]
-        out[method] = {"iqm": s["aggregate"]["iqm"], "return_mean": t["return_mean"],
-                       "return_std": t["return_std"], "n": t["n"]}
+        out[method] = {
+            "iqm": s["aggregate"]["iqm"],
+            "return_mean": t["return_mean"],
+            "return_std": t["return_std"],
+            "n": t["n"],
+        }
     pairs = {(p["x"], p["y"]): p for p in ev["comparison"]["pairs"]}
     for other, label in (("random", "random"), ("mppi", f"{policy}+mppi")):
         p, q = pairs.get((policy, label)), pairs.get((label, policy))
-        out[f"p_pwm_gt_{other}"] = ({"poi": p["poi"], "lo": p["lo"], "hi": p["hi"]} if p else
-                                    {"poi": 1 - q["poi"], "lo": 1 - q["hi"], "hi": 1 - q["lo"]} if q else None)
+        out[f"p_pwm_gt_{other}"] = (
+            {"poi": p["poi"], "lo": p["lo"], "hi": p["hi"]}
+            if p
+            else {"poi": 1 - q["poi"], "lo": 1 - q["hi"], "hi": 1 - q["lo"]}
+            if q
+            else None
+        )
     out["latency_ms"] = ev.get("latency_ms", {})
     return out
 
@@ -114,52 +130,150 @@ def eval_args(policy: str, seeds: int) -> list[str]:
 
 
 def run_p1(args, task: str, commit: str) -> None:
-    key = {"protocol": "P1", "task": task, "recipe": args.recipe, "minutes": args.p1_minutes, "seed": args.seed,
-           "commit": commit}
+    key = {
+        "protocol": "P1",
+        "task": task,
+        "recipe": args.recipe,
+        "minutes": args.p1_minutes,
+        "seed": args.seed,
+        "commit": commit,
+    }
     if json.dumps(key, sort_keys=True) in done_keys() and not args.force:
         print(f"skip {key} (recorded)", file=sys.stderr)
         return
     job = Job(args.home, key)
-    qs = job.stage("quickstart", "quickstart", "--task", task, "--budget-minutes", str(args.p1_minutes),
-                   "--recipe", args.recipe, "--seed", str(args.seed), "--seeds", "2", "--name", "p1")
+    qs = job.stage(
+        "quickstart",
+        "quickstart",
+        "--task",
+        task,
+        "--budget-minutes",
+        str(args.p1_minutes),
+        "--recipe",
+        args.recipe,
+        "--seed",
+        str(args.seed),
+        "--seeds",
+        "2",
+        "--name",
+        "p1",
+    )
     policy = "policy/p1:v1"
     ev = job.stage("eval", *eval_args(policy, args.seeds))
-    record = {"bench": "learning", "key": key, "time": now(), "protocol": "P1", "tasks": [task], "recipe": args.recipe,
-              "minutes": round(qs["minutes"], 2), "stages_s": qs["stages_s"], "machine": machine(),
-              "results": {task: summarise(ev, policy, task)}, "report": ev["report"]}
+    record = {
+        "bench": "learning",
+        "key": key,
+        "time": now(),
+        "protocol": "P1",
+        "tasks": [task],
+        "recipe": args.recipe,
+        "minutes": round(qs["minutes"], 2),
+        "stages_s": qs["stages_s"],
+        "machine": machine(),
+        "results": {task: summarise(ev, policy, task)},
+        "report": ev["report"],
+    }
     append_record(RESULTS, record)
     print(f"P1 {task}: {json.dumps(record['results'][task]['pwm'])}", file=sys.stderr)
 
 
 def run_p2(args, commit: str) -> None:
     tasks = ",".join(args.p2_tasks)
-    key = {"protocol": "P2", "task": tasks, "recipe": args.recipe, "minutes": args.p2_wm_minutes,
-           "policy_minutes": args.p2_policy_minutes, "seed": args.seed, "commit": commit}
+    key = {
+        "protocol": "P2",
+        "task": tasks,
+        "recipe": args.recipe,
+        "minutes": args.p2_wm_minutes,
+        "policy_minutes": args.p2_policy_minutes,
+        "seed": args.seed,
+        "commit": commit,
+    }
     if json.dumps(key, sort_keys=True) in done_keys() and not args.force:
         print(f"skip {key} (recorded)", file=sys.stderr)
         return
     job = Job(args.home, key)
     noise = "uniform" if args.recipe == "official" else "pink"
     t0 = time.monotonic()
-    job.stage("collect", "collect", tasks, "--episodes", str(args.p2_episodes), "--noise", noise, "--seed",
-              str(args.seed), "--name", "p2", "--workers", "2")
+    job.stage(
+        "collect",
+        "collect",
+        tasks,
+        "--episodes",
+        str(args.p2_episodes),
+        "--noise",
+        noise,
+        "--seed",
+        str(args.seed),
+        "--name",
+        "p2",
+        "--workers",
+        "2",
+    )
     left = args.p2_wm_minutes - job.seconds("collect") / 60
-    wm = job.stage("pretrain", "pretrain", "--tasks", tasks, "--data", "dataset/p2", "--size", "1M", "--batch-size",
-                   "256", "--steps", "1000000", "--time-limit", f"{left:.3f}", "--seed", str(args.seed), "--set",
-                   "val_every=200", "--set", "log_every=20", "--name", "p2")
+    wm = job.stage(
+        "pretrain",
+        "pretrain",
+        "--tasks",
+        tasks,
+        "--data",
+        "dataset/p2",
+        "--size",
+        "1M",
+        "--batch-size",
+        "256",
+        "--steps",
+        "1000000",
+        "--time-limit",
+        f"{left:.3f}",
+        "--seed",
+        str(args.seed),
+        "--set",
+        "val_every=200",
+        "--set",
+        "log_every=20",
+        "--name",
+        "p2",
+    )
     results, policies = {}, {}
     for task in args.p2_tasks:
-        pol = job.stage(f"extract {task}", "extract", task, "--wm", wm["artifact"], "--recipe", args.recipe,
-                        "--steps", "1000000", "--time-limit", str(args.p2_policy_minutes), "--eval-every", "50",
-                        "--eval-episodes", "5", "--seed", str(args.seed))
+        pol = job.stage(
+            f"extract {task}",
+            "extract",
+            task,
+            "--wm",
+            wm["artifact"],
+            "--recipe",
+            args.recipe,
+            "--steps",
+            "1000000",
+            "--time-limit",
+            str(args.p2_policy_minutes),
+            "--eval-every",
+            "50",
+            "--eval-episodes",
+            "5",
+            "--seed",
+            str(args.seed),
+        )
         policies[task] = pol["artifact"]
         ev = job.stage(f"eval {task}", *eval_args(pol["artifact"], args.seeds))
         results[task] = summarise(ev, pol["artifact"], task)
-    record = {"bench": "learning", "key": key, "time": now(), "protocol": "P2", "tasks": list(args.p2_tasks),
-              "recipe": args.recipe, "world_model": wm["artifact"], "wm_steps": wm["steps"],
-              "minutes": round(job.seconds("collect", "pretrain", *[f"extract {t}" for t in args.p2_tasks]) / 60, 2),
-              "stages_s": {k: v["seconds"] for k, v in job.stages.items()}, "machine": machine(),
-              "results": results, "policies": policies, "elapsed_min": round((time.monotonic() - t0) / 60, 1)}
+    record = {
+        "bench": "learning",
+        "key": key,
+        "time": now(),
+        "protocol": "P2",
+        "tasks": list(args.p2_tasks),
+        "recipe": args.recipe,
+        "world_model": wm["artifact"],
+        "wm_steps": wm["steps"],
+        "minutes": round(job.seconds("collect", "pretrain", *[f"extract {t}" for t in args.p2_tasks]) / 60, 2),
+        "stages_s": {k: v["seconds"] for k, v in job.stages.items()},
+        "machine": machine(),
+        "results": results,
+        "policies": policies,
+        "elapsed_min": round((time.monotonic() - t0) / 60, 1),
+    }
     append_record(RESULTS, record)
 
 
@@ -198,28 +312,39 @@ def _latency(res: dict, which: str) -> str:
 
 def report() -> None:
     records = sorted(newest_records(), key=lambda r: (r["protocol"], r["recipe"], r["tasks"]))
-    lines = ["# Learning benchmark", "",
-             "What a user gets from the public commands within a wall-clock budget, measured by "
-             "`python benchmarks/bench_learning.py` (`make bench-learn`; resumable; every record is a line of "
-             "`benchmarks/results.jsonl`). Scores are normalised (DMC return / 1000); IQM with 95% "
-             "stratified-bootstrap CIs over 10 evaluation seeds; P(X > Y) is the probability of improvement. "
-             "MPPI is TD-MPC2's planner on "
-             "the same world model at a CPU-cheap setting (2 iterations x 64 samples, horizon 3, the world model's "
-             "policy prior); latencies are p50 per batched act call (10 envs).", ""]
-    for proto, title in (("P1", "P1: one task from nothing (collection + pre-training + extraction in the budget)"),
-                         ("P2", "P2: one world model for four tasks, a policy per task")):
+    lines = [
+        "# Learning benchmark",
+        "",
+        "What a user gets from the public commands within a wall-clock budget, measured by "
+        "`python benchmarks/bench_learning.py` (`make bench-learn`; resumable; every record is a line of "
+        "`benchmarks/results.jsonl`). Scores are normalised (DMC return / 1000); IQM with 95% "
+        "stratified-bootstrap CIs over 10 evaluation seeds; P(X > Y) is the probability of improvement. "
+        "MPPI is TD-MPC2's planner on "
+        "the same world model at a CPU-cheap setting (2 iterations x 64 samples, horizon 3, the world model's "
+        "policy prior); latencies are p50 per batched act call (10 envs).",
+        "",
+    ]
+    for proto, title in (
+        ("P1", "P1: one task from nothing (collection + pre-training + extraction in the budget)"),
+        ("P2", "P2: one world model for four tasks, a policy per task"),
+    ):
         rows = [r for r in records if r["protocol"] == proto]
         if not rows:
             continue
-        lines += [f"## {title}", "",
-                  "| recipe | task | budget (min) | PWM IQM [95% CI] | MPPI IQM | random IQM | P(PWM > random) | "
-                  "P(PWM > MPPI) | PWM / MPPI act ms | commit |",
-                  "|---|---|---:|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {title}",
+            "",
+            "| recipe | task | budget (min) | PWM IQM [95% CI] | MPPI IQM | random IQM | P(PWM > random) | "
+            "P(PWM > MPPI) | PWM / MPPI act ms | commit |",
+            "|---|---|---:|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
             for task, res in r["results"].items():
-                lines.append(f"| {r['recipe']} | {task} | {r['minutes']:.1f} | {_ci(res['pwm'])} | {_ci(res['mppi'])} "
-                             f"| {_ci(res['random'])} | {_poi(res['p_pwm_gt_random'])} | {_poi(res['p_pwm_gt_mppi'])} "
-                             f"| {_latency(res, 'pwm')} / {_latency(res, 'mppi')} | {r['key']['commit']} |")
+                lines.append(
+                    f"| {r['recipe']} | {task} | {r['minutes']:.1f} | {_ci(res['pwm'])} | {_ci(res['mppi'])} "
+                    f"| {_ci(res['random'])} | {_poi(res['p_pwm_gt_random'])} | {_poi(res['p_pwm_gt_mppi'])} "
+                    f"| {_latency(res, 'pwm')} / {_latency(res, 'mppi')} | {r['key']['commit']} |"
+                )
         lines.append("")
     if records:
         m = records[-1]["machine"]
@@ -248,8 +373,15 @@ def _figure(records: list[dict]) -> None:
     for j, (method, color) in enumerate((("pwm", "C0"), ("mppi", "C1"), ("random", "C7"))):
         xs = [i + (j - 1) * 0.27 for i in range(len(cells))]
         vals = [c[1][method]["iqm"] for _, c in enumerate(cells)]
-        ax.bar(xs, [v["value"] for v in vals], 0.27, color=color, label=method,
-               yerr=[[v["value"] - v["lo"] for v in vals], [v["hi"] - v["value"] for v in vals]], capsize=2)
+        ax.bar(
+            xs,
+            [v["value"] for v in vals],
+            0.27,
+            color=color,
+            label=method,
+            yerr=[[v["value"] - v["lo"] for v in vals], [v["hi"] - v["value"] for v in vals]],
+            capsize=2,
+        )
     ax.set_xticks(range(len(cells)), [c[0] for c in cells], fontsize=7)
     ax.set(ylabel="IQM normalised score", title="learning benchmark (95% CIs)")
     ax.legend(fontsize=8)

@@ -70,9 +70,13 @@ def build_dataset(path: Path, target_bytes: float, chunk_rows: int = CHUNK_ROWS,
     rows/s, MB/s (counted over the batches this and earlier interrupted builds wrote)."""
     meta_path = path.with_suffix(".build.json")
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"seconds": 0.0, "rows_written": 0}
-    writer = (EpisodeWriter.open(path) if path.exists() else
-              EpisodeWriter.create(path, resolve_tasks("mt30"), {"source": "bench_outofcore synthetic"},
-                                   chunk_rows=chunk_rows))
+    writer = (
+        EpisodeWriter.open(path)
+        if path.exists()
+        else EpisodeWriter.create(
+            path, resolve_tasks("mt30"), {"source": "bench_outofcore synthetic"}, chunk_rows=chunk_rows
+        )
+    )
     with writer as w:
         size, rows_at_size = dir_bytes(path), w.num_rows
         while size < target_bytes:
@@ -86,11 +90,18 @@ def build_dataset(path: Path, target_bytes: float, chunk_rows: int = CHUNK_ROWS,
             per_row = size / rows_at_size if rows_at_size else 126.0
             if index % 16 == 15 or size + per_row * (w.num_rows - rows_at_size) >= target_bytes:
                 size, rows_at_size = dir_bytes(path), w.num_rows  # du every ~8M rows (~1 GB) and near the end
-                log(f"build: {w.num_episodes} episodes, {w.num_rows:,} rows, {size / 1e9:.1f} GB on disk, "
-                    f"{meta['rows_written'] / meta['seconds']:,.0f} rows/s while appending")
+                log(
+                    f"build: {w.num_episodes} episodes, {w.num_rows:,} rows, {size / 1e9:.1f} GB on disk, "
+                    f"{meta['rows_written'] / meta['seconds']:,.0f} rows/s while appending"
+                )
     ds = open_dataset(path)
-    meta |= {"episodes": ds.num_episodes, "rows": ds.num_rows, "bytes_on_disk": dir_bytes(path),
-             "chunk_rows": chunk_rows, "rows_per_s": meta["rows_written"] / max(meta["seconds"], 1e-9)}
+    meta |= {
+        "episodes": ds.num_episodes,
+        "rows": ds.num_rows,
+        "bytes_on_disk": dir_bytes(path),
+        "chunk_rows": chunk_rows,
+        "rows_per_s": meta["rows_written"] / max(meta["seconds"], 1e-9),
+    }
     meta["mb_per_s"] = meta["rows_per_s"] * 126 / 1e6  # raw bytes per row: 31 float32 columns + an int16 task
     meta_path.write_text(json.dumps(meta))
     return meta
@@ -99,8 +110,9 @@ def build_dataset(path: Path, target_bytes: float, chunk_rows: int = CHUNK_ROWS,
 def subset(big: Path, path: Path, batches: int) -> Path:
     """The first ``batches`` build batches of the big dataset, written as their own dataset (the same episodes)."""
     if not path.exists():
-        with EpisodeWriter.create(path, resolve_tasks("mt30"), {"source": "bench_outofcore subset"},
-                                  chunk_rows=CHUNK_ROWS) as w:
+        with EpisodeWriter.create(
+            path, resolve_tasks("mt30"), {"source": "bench_outofcore subset"}, chunk_rows=CHUNK_ROWS
+        ) as w:
             for i in range(batches):
                 w.append_episodes(*synthetic_batch(i, BUILD_BATCH))
     return path
@@ -125,8 +137,15 @@ def train(args) -> dict:
 
     torch.manual_seed(0)
     task_set = resolve_tasks("mt30")
-    cfg = PretrainConfig(size="1M", batch_size=args.batch_size, horizon=args.horizon, device=args.device,
-                         val_every=10**9, checkpoint_every=10**9, ram_budget_gb=args.ram_budget_gb)
+    cfg = PretrainConfig(
+        size="1M",
+        batch_size=args.batch_size,
+        horizon=args.horizon,
+        device=args.device,
+        val_every=10**9,
+        checkpoint_every=10**9,
+        ram_budget_gb=args.ram_budget_gb,
+    )
     t0 = time.perf_counter()
     trainer = Pretrainer(cfg, model_config(cfg, task_set), [open_dataset(args.child_data)], task_set)
     setup_s = time.perf_counter() - t0
@@ -140,6 +159,7 @@ def train(args) -> dict:
             out = read(*a)
             reads.append(time.perf_counter() - t)
             return out
+
         sampler._read = timed_read  # type: ignore[method-assign]
     waits, steps, losses = [], [], []
     sample = sampler.sample
@@ -149,27 +169,49 @@ def train(args) -> dict:
         out = sample()
         waits.append(time.perf_counter() - t)
         return out
+
     sampler.sample = timed_sample  # type: ignore[method-assign]
     for _ in range(args.steps):
         t = time.perf_counter()
         losses.append(trainer.step()["loss"])
         steps.append(time.perf_counter() - t)
-    timed = steps[args.warmup:]
+    timed = steps[args.warmup :]
     B = args.batch_size
-    return {"streaming": trainer.streaming, "rows_nbytes": trainer.data_nbytes, "setup_s": setup_s,
-            "steps": len(timed), "s_per_step": statistics.median(timed), "s_per_step_mean": statistics.mean(timed),
-            "sample_wait_s_per_step": statistics.median(waits[args.warmup:]),
-            "read_windows_per_s_while_training": B * len(reads) / sum(reads) if reads else None,
-            "read_ms_per_batch_while_training": 1e3 * statistics.median(reads) if reads else None,
-            "loss_first": losses[0], "loss_last10_mean": statistics.mean(losses[-10:]),
-            "loss_last10_std": statistics.pstdev(losses[-10:]), "losses": [round(x, 5) for x in losses],
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}
+    return {
+        "streaming": trainer.streaming,
+        "rows_nbytes": trainer.data_nbytes,
+        "setup_s": setup_s,
+        "steps": len(timed),
+        "s_per_step": statistics.median(timed),
+        "s_per_step_mean": statistics.mean(timed),
+        "sample_wait_s_per_step": statistics.median(waits[args.warmup :]),
+        "read_windows_per_s_while_training": B * len(reads) / sum(reads) if reads else None,
+        "read_ms_per_batch_while_training": 1e3 * statistics.median(reads) if reads else None,
+        "loss_first": losses[0],
+        "loss_last10_mean": statistics.mean(losses[-10:]),
+        "loss_last10_std": statistics.pstdev(losses[-10:]),
+        "losses": [round(x, 5) for x in losses],
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+    }
 
 
 def run_child(data: Path, args, ram_budget_gb: float | None) -> dict:
-    cmd = [sys.executable, __file__, "--child-data", str(data), "--steps", str(args.steps), "--warmup",
-           str(args.warmup), "--batch-size", str(args.batch_size), "--horizon", str(args.horizon), "--device",
-           args.device]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child-data",
+        str(data),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch-size",
+        str(args.batch_size),
+        "--horizon",
+        str(args.horizon),
+        "--device",
+        args.device,
+    ]
     if ram_budget_gb is not None:
         cmd += ["--ram-budget-gb", str(ram_budget_gb)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -180,43 +222,67 @@ def table(record: dict) -> str:
     """The markdown tables of one ``outofcore`` record."""
     b, H, B = record["build"], record["horizon"], record["batch_size"]
     ooc, ram = record["runs"]["outofcore"], record["runs"]["in_ram_subset"]
-    lines = [f"Dataset: {b['episodes']:,} episodes, {b['rows']:,} rows, {b['bytes_on_disk'] / 1e9:.1f} GB on disk "
-             f"({b['chunk_rows']}-row chunks), RAM {record['ram_gb']:.1f} GB (available at the start "
-             f"{record['available_gb']:.1f} GB, default budget {record['default_budget_gb']:.1f} GB); written by "
-             f"`EpisodeWriter` at {b['rows_per_s']:,.0f} rows/s ({b['mb_per_s']:.1f} MB/s of raw rows).", "",
-             f"| pre-training 1M, B={B}, H={H} | rows | windows | s/step (median) | sampler wait / step | "
-             "peak RSS | loss, last 10 steps |", "|---|---:|---|---:|---:|---:|---:|"]
+    lines = [
+        f"Dataset: {b['episodes']:,} episodes, {b['rows']:,} rows, {b['bytes_on_disk'] / 1e9:.1f} GB on disk "
+        f"({b['chunk_rows']}-row chunks), RAM {record['ram_gb']:.1f} GB (available at the start "
+        f"{record['available_gb']:.1f} GB, default budget {record['default_budget_gb']:.1f} GB); written by "
+        f"`EpisodeWriter` at {b['rows_per_s']:,.0f} rows/s ({b['mb_per_s']:.1f} MB/s of raw rows).",
+        "",
+        f"| pre-training 1M, B={B}, H={H} | rows | windows | s/step (median) | sampler wait / step | "
+        "peak RSS | loss, last 10 steps |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
     for name, r in (("whole dataset (out of core)", ooc), ("in-RAM subset", ram)):
-        lines.append(f"| {name} | {r['rows_nbytes'] / 1e9:.1f} GB | {'streamed' if r['streaming'] else 'in RAM'} | "
-                     f"{r['s_per_step']:.2f} | {1e3 * r['sample_wait_s_per_step']:.0f} ms | "
-                     f"{r['peak_rss_gb']:.2f} GB | {r['loss_last10_mean']:.3f} ± {r['loss_last10_std']:.3f} |")
+        lines.append(
+            f"| {name} | {r['rows_nbytes'] / 1e9:.1f} GB | {'streamed' if r['streaming'] else 'in RAM'} | "
+            f"{r['s_per_step']:.2f} | {1e3 * r['sample_wait_s_per_step']:.0f} ms | "
+            f"{r['peak_rss_gb']:.2f} GB | {r['loss_last10_mean']:.3f} ± {r['loss_last10_std']:.3f} |"
+        )
     s = record["sampler"]
-    lines += ["", f"Out-of-core sampler, B={B}, H={H}, prefetch: alone {s['windows_per_s']:,.0f} windows/s "
-                  f"({s['ms_per_batch']:.0f} ms per batch); while a training step runs "
-                  f"{ooc['read_windows_per_s_while_training']:,.0f} windows/s "
-                  f"({ooc['read_ms_per_batch_while_training']:.0f} ms per batch read in the background). "
-                  f"s/step out of core / in RAM: {record['s_per_step_ratio']:.2f}."]
+    lines += [
+        "",
+        f"Out-of-core sampler, B={B}, H={H}, prefetch: alone {s['windows_per_s']:,.0f} windows/s "
+        f"({s['ms_per_batch']:.0f} ms per batch); while a training step runs "
+        f"{ooc['read_windows_per_s_while_training']:,.0f} windows/s "
+        f"({ooc['read_ms_per_batch_while_training']:.0f} ms per batch read in the background). "
+        f"s/step out of core / in RAM: {record['s_per_step_ratio']:.2f}.",
+    ]
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help=f"where the dataset is built and kept (default {DATA_DIR}; --quick: a temporary folder)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"where the dataset is built and kept (default {DATA_DIR}; --quick: a temporary folder)",
+    )
     p.add_argument("--gb", type=float, default=None, help="dataset size on disk, GB (default 40; --quick: 0.06)")
     p.add_argument("--steps", type=int, default=None, help="pre-training updates per run (default 40; --quick: 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed first updates (default 3; --quick: 1)")
     p.add_argument("--batch-size", type=int, default=None, help="default 1024; --quick: 256")
     p.add_argument("--horizon", type=int, default=16)
-    p.add_argument("--subset-batches", type=int, default=None,
-                   help=f"the in-RAM subset: this many build batches of {BUILD_BATCH} episodes (default 4; --quick: 1)")
+    p.add_argument(
+        "--subset-batches",
+        type=int,
+        default=None,
+        help=f"the in-RAM subset: this many build batches of {BUILD_BATCH} episodes (default 4; --quick: 1)",
+    )
     p.add_argument("--sampler-batches", type=int, default=None, help="batches timed alone (default 30; --quick: 3)")
     p.add_argument("--build-only", action="store_true", help="build (or finish building) the dataset, then stop")
-    p.add_argument("--no-build", action="store_true",
-                   help="measure the dataset as it stands, even if an interrupted build left it under --gb")
-    p.add_argument("--ram-budget", type=float, default=None,
-                   help="GB, the out-of-core run's --ram-budget (default: pretrain's own default, half the available "
-                        "memory; a dataset under it would be loaded, so a partial build needs a smaller one)")
+    p.add_argument(
+        "--no-build",
+        action="store_true",
+        help="measure the dataset as it stands, even if an interrupted build left it under --gb",
+    )
+    p.add_argument(
+        "--ram-budget",
+        type=float,
+        default=None,
+        help="GB, the out-of-core run's --ram-budget (default: pretrain's own default, half the available "
+        "memory; a dataset under it would be loaded, so a partial build needs a smaller one)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: a ~60 MB dataset in a temporary folder")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP + " (the first one is used)")
     p.add_argument("--results", type=Path, default=RESULTS)
@@ -250,8 +316,9 @@ def run(args, root: Path, gb: float) -> None:
     if args.build_only:
         print(json.dumps(build))
         return
-    small = subset(big, root / f"mt30-subset-{args.subset_batches or (1 if q else 4)}.zarr",
-                   args.subset_batches or (1 if q else 4))
+    small = subset(
+        big, root / f"mt30-subset-{args.subset_batches or (1 if q else 4)}.zarr", args.subset_batches or (1 if q else 4)
+    )
     sampler = sampler_alone(big, args.horizon, args.batch_size, args.sampler_batches or (3 if q else 30))
     print(f"sampler alone: {sampler['windows_per_s']:,.0f} windows/s", flush=True)
     # --quick: the small dataset fits any budget, so it is streamed by a budget of 0
@@ -262,11 +329,20 @@ def run(args, root: Path, gb: float) -> None:
     fields = common_fields(torch.device(args.device), q)
     with open("/proc/meminfo") as f:
         ram_gb = int(dict(line.split(":", 1) for line in f)["MemTotal"].split()[0]) * 1024 / 1e9
-    record = {"bench": "outofcore", **fields, "horizon": args.horizon, "batch_size": args.batch_size, "size": "1M",
-              "ram_gb": ram_gb, "available_gb": available / 1e9, "default_budget_gb": default_ram_budget() / 1e9,
-              "build": rounded(build, 3), "sampler": rounded(sampler, 1),
-              "runs": {"outofcore": rounded(ooc, 4), "in_ram_subset": rounded(ram, 4)},
-              "s_per_step_ratio": round(ooc["s_per_step"] / ram["s_per_step"], 4)}
+    record = {
+        "bench": "outofcore",
+        **fields,
+        "horizon": args.horizon,
+        "batch_size": args.batch_size,
+        "size": "1M",
+        "ram_gb": ram_gb,
+        "available_gb": available / 1e9,
+        "default_budget_gb": default_ram_budget() / 1e9,
+        "build": rounded(build, 3),
+        "sampler": rounded(sampler, 1),
+        "runs": {"outofcore": rounded(ooc, 4), "in_ram_subset": rounded(ram, 4)},
+        "s_per_step_ratio": round(ooc["s_per_step"] / ram["s_per_step"], 4),
+    }
     print("\n" + table(record) + "\n", flush=True)
     append_record(args.results, record)
 

@@ -86,8 +86,9 @@ def extractor_step(size: str, batch: int) -> dict[str, Callable]:
     def make(variant: str):
         g = torch.Generator().manual_seed(0)
         cfg = ExtractConfig(batch_size=batch, seed=0, steps=10_000, model_return_every=VARIANTS[variant][1])
-        extractor = Extractor(cfg, model, task_set.index("walker-walk"),
-                              lambda: torch.randn(batch, mcfg.obs_dim, generator=g))
+        extractor = Extractor(
+            cfg, model, task_set.index("walker-walk"), lambda: torch.randn(batch, mcfg.obs_dim, generator=g)
+        )
         return extractor.step
 
     return {name: (lambda name=name: make(name)) for name in VARIANTS}
@@ -113,14 +114,19 @@ def _cell(s: dict, k: str) -> str:
 
 
 def table(record: dict) -> str:
-    lines = [f"{record.get('threads')} torch threads, fp32; median of {record['rounds']} interleaved rounds; "
-             "ratio = before / variant (higher is faster)", "",
-             "| what | before s | fused Adam only | sparse model_return only | after (both) | ratio before/after |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"{record.get('threads')} torch threads, fp32; median of {record['rounds']} interleaved rounds; "
+        "ratio = before / variant (higher is faster)",
+        "",
+        "| what | before s | fused Adam only | sparse model_return only | after (both) | ratio before/after |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in record["rows"]:
         s = r["seconds"]
-        lines.append(f"| {r['what']} | {s['before']:.4g} | {_cell(s, 'adam')} | {_cell(s, 'metric')} | "
-                     f"{_cell(s, 'after')} | **{s['before'] / s['after']:.2f}x** |")
+        lines.append(
+            f"| {r['what']} | {s['before']:.4g} | {_cell(s, 'adam')} | {_cell(s, 'metric')} | "
+            f"{_cell(s, 'after')} | **{s['before'] / s['after']:.2f}x** |"
+        )
     return "\n".join(lines)
 
 
@@ -131,19 +137,27 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
-    cases = [("Adam step, 3-head critic [400, 200] on z=128", lambda: adam_kernel(128), 50),
-             ("extract 1M B=64 (Extractor.step)", lambda: extractor_step("1M", 64), 10)]
+    cases = [
+        ("Adam step, 3-head critic [400, 200] on z=128", lambda: adam_kernel(128), 50),
+        ("extract 1M B=64 (Extractor.step)", lambda: extractor_step("1M", 64), 10),
+    ]
     if not args.quick:
-        cases += [("extract 5M B=64", lambda: extractor_step("5M", 64), 10),
-                  ("pretrain 1M B=256 (Pretrainer.step)", lambda: pretrainer_step("1M", 256, Path(tmp)), 2)]
+        cases += [
+            ("extract 5M B=64", lambda: extractor_step("5M", 64), 10),
+            ("pretrain 1M B=256 (Pretrainer.step)", lambda: pretrainer_step("1M", 256, Path(tmp)), 2),
+        ]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for what, build, reps in cases:
             seconds = interleaved(build(), rounds, reps)
             rows.append({"what": what, "reps_per_round": reps, "seconds": seconds})
             print(f"  {what}: " + ", ".join(f"{k} {v:.4g}s" for k, v in seconds.items()), flush=True)
-    record = {"bench": "overheads", **common_fields(torch.device("cpu"), args.quick), "rounds": rounds,
-              "rows": [rounded(r) for r in rows]}
+    record = {
+        "bench": "overheads",
+        **common_fields(torch.device("cpu"), args.quick),
+        "rounds": rounds,
+        "rows": [rounded(r) for r in rows],
+    }
     print("\n" + table(record) + "\n", flush=True)
     append_record(args.results, record)
 

@@ -51,10 +51,12 @@ def update_flops_parts(m: WorldModelConfig, B: int, H: int) -> dict[str, float]:
     rew = mlp_macs([Z + E + A, *hidden, m.num_bins])
     pi = mlp_macs([Z + E, *hidden, 2 * A])
     q = mlp_macs([Z + E + A, *hidden, m.num_bins])  # one head
-    return {"targets": 2.0 * H * B * (enc + pi + 2 * q),  # no grad: z'_t, pi(z'_t), 2 target heads
-            "world_model": 2.0 * 3 * (B * enc + H * B * (dyn + rew)),  # encoder + rollout, fwd + bwd
-            "q_heads": 2.0 * 3 * H * B * m.num_q * q,  # every Q-head trained
-            "policy": 2.0 * (H + 1) * B * (3 * pi + 2 * 2 * q)}  # pi trained; 2 detached heads, input grads
+    return {
+        "targets": 2.0 * H * B * (enc + pi + 2 * q),  # no grad: z'_t, pi(z'_t), 2 target heads
+        "world_model": 2.0 * 3 * (B * enc + H * B * (dyn + rew)),  # encoder + rollout, fwd + bwd
+        "q_heads": 2.0 * 3 * H * B * m.num_q * q,  # every Q-head trained
+        "policy": 2.0 * (H + 1) * B * (3 * pi + 2 * 2 * q),
+    }  # pi trained; 2 detached heads, input grads
 
 
 def update_flops(m: WorldModelConfig, B: int, H: int) -> float:
@@ -105,8 +107,10 @@ def matmul_flops_per_s(n: int, dtype: torch.dtype, device: torch.device, reps: i
 def matmul_peaks(n: int, device: torch.device) -> tuple[int, dict[str, float]]:
     """The reference square-matmul size on ``device`` and its fp32 / bf16 FLOP/s."""
     n = max(n, CUDA_MATMUL_N) if device.type == "cuda" else n
-    return n, {"fp32": matmul_flops_per_s(n, torch.float32, device, 5),
-               "bf16": matmul_flops_per_s(n, torch.bfloat16, device, 5)}
+    return n, {
+        "fp32": matmul_flops_per_s(n, torch.float32, device, 5),
+        "bf16": matmul_flops_per_s(n, torch.bfloat16, device, 5),
+    }
 
 
 def release(device: torch.device) -> None:
@@ -117,15 +121,20 @@ def release(device: torch.device) -> None:
 
 def table(record: dict) -> str:
     """The markdown table of one ``pretrain`` record (old records too)."""
-    lines = [f"H={record.get('horizon')}, device {record.get('device', 'cpu')}, {record.get('threads')} threads; "
-             f"reference {record.get('matmul_n')}^3 matmul: fp32 {record['matmul_fp32_gflop_per_s']:,.0f} GFLOP/s, "
-             f"bf16 {record['matmul_bf16_gflop_per_s']:,.0f} GFLOP/s; median of {record.get('steps_timed')} updates",
-             "", "| size | B | precision | steps/s | s/step | GFLOP/step | GFLOP/s | % of matmul peak | windows/s |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"H={record.get('horizon')}, device {record.get('device', 'cpu')}, {record.get('threads')} threads; "
+        f"reference {record.get('matmul_n')}^3 matmul: fp32 {record['matmul_fp32_gflop_per_s']:,.0f} GFLOP/s, "
+        f"bf16 {record['matmul_bf16_gflop_per_s']:,.0f} GFLOP/s; median of {record.get('steps_timed')} updates",
+        "",
+        "| size | B | precision | steps/s | s/step | GFLOP/step | GFLOP/s | % of matmul peak | windows/s |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in record["rows"]:
-        lines.append(f"| {r['size']} | {r['batch_size']} | {r['precision']} | {r['steps_per_s']:.2f} | "
-                     f"{r['s_per_step']:.3f} | {r['gflop_per_step']:.1f} | {r['gflop_per_s']:.1f} | "
-                     f"{100 * r['fraction_of_matmul_peak']:.0f}% | {r['batch_size'] * r['steps_per_s']:,.0f} |")
+        lines.append(
+            f"| {r['size']} | {r['batch_size']} | {r['precision']} | {r['steps_per_s']:.2f} | "
+            f"{r['s_per_step']:.3f} | {r['gflop_per_step']:.1f} | {r['gflop_per_s']:.1f} | "
+            f"{100 * r['fraction_of_matmul_peak']:.0f}% | {r['batch_size'] * r['steps_per_s']:,.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -137,8 +146,9 @@ def main() -> None:
     p.add_argument("--horizon", type=int, default=16)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=None, help="timed updates per setting, median (default 3; --quick: 2)")
-    p.add_argument("--matmul", type=int, default=None,
-                   help="n of the n^3 reference matmul (default 2048; --quick: 1024)")
+    p.add_argument(
+        "--matmul", type=int, default=None, help="n of the n^3 reference matmul (default 2048; --quick: 1024)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: 1M, B=256, 2 timed updates, 1024^3 matmul")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--results", type=Path, default=RESULTS)
@@ -158,8 +168,9 @@ def main() -> None:
                 for B in batches:
                     for precision in args.precisions.split(","):
                         amp = "bf16" if precision == "bf16" else None
-                        cfg = PretrainConfig(size=size, batch_size=B, horizon=args.horizon, device=str(device),
-                                             amp=amp, val_fraction=0.0)
+                        cfg = PretrainConfig(
+                            size=size, batch_size=B, horizon=args.horizon, device=str(device), amp=amp, val_fraction=0.0
+                        )
                         mcfg = model_config(cfg, task_set)
                         trainer = Pretrainer(cfg, mcfg, [dataset], task_set)
                         seconds = time_steps(trainer, args.warmup, steps)
@@ -167,18 +178,31 @@ def main() -> None:
                         release(device)
                         parts = update_flops_parts(mcfg, B, args.horizon)
                         flops = sum(parts.values())
-                        rows.append({"size": size, "batch_size": B, "precision": precision,
-                                     "steps_per_s": 1 / seconds, "s_per_step": seconds,
-                                     "gflop_per_step": flops / 1e9,
-                                     "gflop_per_s": flops / seconds / 1e9,
-                                     "fraction_of_matmul_peak": flops / seconds / peak[precision],
-                                     "flop_share": {k: round(v / flops, 3) for k, v in parts.items()}})
+                        rows.append(
+                            {
+                                "size": size,
+                                "batch_size": B,
+                                "precision": precision,
+                                "steps_per_s": 1 / seconds,
+                                "s_per_step": seconds,
+                                "gflop_per_step": flops / 1e9,
+                                "gflop_per_s": flops / seconds / 1e9,
+                                "fraction_of_matmul_peak": flops / seconds / peak[precision],
+                                "flop_share": {k: round(v / flops, 3) for k, v in parts.items()},
+                            }
+                        )
                         print(f"  {device} {size} B={B} {precision}: {seconds:.3f} s/step", flush=True)
-            record = {"bench": "pretrain", **common_fields(device, q), "horizon": args.horizon, "steps_timed": steps,
-                      "matmul_n": n, "matmul_fp32_gflop_per_s": round(peak["fp32"] / 1e9, 1),
-                      "matmul_bf16_gflop_per_s": round(peak["bf16"] / 1e9, 1),
-                      "float32_matmul_precision": torch.get_float32_matmul_precision(),
-                      "rows": [rounded(r) for r in rows]}
+            record = {
+                "bench": "pretrain",
+                **common_fields(device, q),
+                "horizon": args.horizon,
+                "steps_timed": steps,
+                "matmul_n": n,
+                "matmul_fp32_gflop_per_s": round(peak["fp32"] / 1e9, 1),
+                "matmul_bf16_gflop_per_s": round(peak["bf16"] / 1e9, 1),
+                "float32_matmul_precision": torch.get_float32_matmul_precision(),
+                "rows": [rounded(r) for r in rows],
+            }
             print("\n" + table(record) + "\n", flush=True)
             append_record(args.results, record)
 

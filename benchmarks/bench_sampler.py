@@ -57,11 +57,15 @@ def bench_append(root: Path, episodes, batch: int) -> dict:
     t0 = time.perf_counter()
     with EpisodeWriter.create(root / "batched.zarr", resolve_tasks("mt30")) as w:
         for i in range(0, n, batch):
-            w.append_episodes(obs[i:i + batch], action[i:i + batch], reward[i:i + batch], task[i:i + batch])
+            w.append_episodes(obs[i : i + batch], action[i : i + batch], reward[i : i + batch], task[i : i + batch])
     batched = time.perf_counter() - t0
     rows = obs.shape[0] * obs.shape[1]
-    return {"append_ms_per_episode": 1e3 * single / n, "append_rows_per_s": rows / single,
-            "append_batched_rows_per_s": rows / batched, "append_batch_episodes": batch}
+    return {
+        "append_ms_per_episode": 1e3 * single / n,
+        "append_rows_per_s": rows / single,
+        "append_batched_rows_per_s": rows / batched,
+        "append_batch_episodes": batch,
+    }
 
 
 def bench_ram(path: Path, H: int, B: int, iters: int, device: torch.device) -> dict:
@@ -90,7 +94,7 @@ def bench_zarr(path: Path, H: int, B: int, slice_windows: int, gather_batches: i
     starts = random_starts(ds, H, slice_windows, rng)
     t0 = time.perf_counter()
     for s in starts:
-        [a[s:s + H + 1] for a in arrays]
+        [a[s : s + H + 1] for a in arrays]
     slices = slice_windows / (time.perf_counter() - t0)
     sync(device)
     t0 = time.perf_counter()
@@ -122,58 +126,88 @@ def training_demand(res: dict, pretrain: dict | None) -> list[dict]:
     out = []
     for r in (pretrain or {}).get("rows", []):
         consumed = r["batch_size"] / r["s_per_step"]
-        out.append({"size": r["size"], "batch_size": r["batch_size"], "precision": r["precision"],
-                    "s_per_step": r["s_per_step"], "windows_per_step": r["batch_size"],
-                    "consumed_windows_per_s": round(consumed, 1),
-                    "ram_headroom": round(res["ram_windows_per_s"] / consumed, 1),
-                    "zarr_gather_headroom": round(res["zarr_gather_windows_per_s"] / consumed, 2),
-                    "ram_share_of_step": round(r["batch_size"] / res["ram_windows_per_s"] / r["s_per_step"], 5),
-                    "zarr_gather_share_of_step": round(r["batch_size"] / res["zarr_gather_windows_per_s"]
-                                                       / r["s_per_step"], 4)})
+        out.append(
+            {
+                "size": r["size"],
+                "batch_size": r["batch_size"],
+                "precision": r["precision"],
+                "s_per_step": r["s_per_step"],
+                "windows_per_step": r["batch_size"],
+                "consumed_windows_per_s": round(consumed, 1),
+                "ram_headroom": round(res["ram_windows_per_s"] / consumed, 1),
+                "zarr_gather_headroom": round(res["zarr_gather_windows_per_s"] / consumed, 2),
+                "ram_share_of_step": round(r["batch_size"] / res["ram_windows_per_s"] / r["s_per_step"], 5),
+                "zarr_gather_share_of_step": round(
+                    r["batch_size"] / res["zarr_gather_windows_per_s"] / r["s_per_step"], 4
+                ),
+            }
+        )
     return out
 
 
 def table(record: dict) -> str:
     """The markdown tables of one ``sampler`` record (old records too)."""
     H, B = record["horizon"], record["batch_size"]
-    lines = [f"| source (H={H}, B={B}, {record['episodes']} x {record['rows_per_episode']} rows, "
-             f"device {record.get('device', 'cpu')}) | windows/s | ms per batch of {B} |", "|---|---:|---:|"]
-    for name, key in (("RAM (WindowSampler)", "ram_windows_per_s"),
-                      ("Zarr on disk, one slice per window", "zarr_slices_windows_per_s"),
-                      ("Zarr on disk, batched orthogonal gather", "zarr_gather_windows_per_s")):
+    lines = [
+        f"| source (H={H}, B={B}, {record['episodes']} x {record['rows_per_episode']} rows, "
+        f"device {record.get('device', 'cpu')}) | windows/s | ms per batch of {B} |",
+        "|---|---:|---:|",
+    ]
+    for name, key in (
+        ("RAM (WindowSampler)", "ram_windows_per_s"),
+        ("Zarr on disk, one slice per window", "zarr_slices_windows_per_s"),
+        ("Zarr on disk, batched orthogonal gather", "zarr_gather_windows_per_s"),
+    ):
         lines.append(f"| {name} | {record[key]:,.0f} | {1000 * B / record[key]:,.1f} |")
-    lines.append(f"\nappend: {record['append_ms_per_episode']:.1f} ms per {record['rows_per_episode']}-row episode "
-                 f"({record['append_rows_per_s']:,.0f} rows/s); batched ({record['append_batch_episodes']} "
-                 f"episodes/write): {record['append_batched_rows_per_s']:,.0f} rows/s; "
-                 f"sampler load {record['ram_load_s']:.2f} s; {record['dataset_mb_on_disk']:.1f} MB on disk")
+    lines.append(
+        f"\nappend: {record['append_ms_per_episode']:.1f} ms per {record['rows_per_episode']}-row episode "
+        f"({record['append_rows_per_s']:,.0f} rows/s); batched ({record['append_batch_episodes']} "
+        f"episodes/write): {record['append_batched_rows_per_s']:,.0f} rows/s; "
+        f"sampler load {record['ram_load_s']:.2f} s; {record['dataset_mb_on_disk']:.1f} MB on disk"
+    )
     demand = record.get("training_demand")
     if demand:
-        lines += ["", f"Against what pre-training consumes (B windows per step; steps/s from the pretrain line of "
-                      f"{record.get('pretrain_time', '?')}, same device):", "",
-                  "| size | B | precision | s/step | windows/s consumed | RAM headroom | Zarr-gather headroom | "
-                  "Zarr-gather time / step |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"Against what pre-training consumes (B windows per step; steps/s from the pretrain line of "
+            f"{record.get('pretrain_time', '?')}, same device):",
+            "",
+            "| size | B | precision | s/step | windows/s consumed | RAM headroom | Zarr-gather headroom | "
+            "Zarr-gather time / step |",
+            "|---|---:|---|---:|---:|---:|---:|---:|",
+        ]
         for d in demand:
-            lines.append(f"| {d['size']} | {d['batch_size']} | {d['precision']} | {d['s_per_step']:.3f} | "
-                         f"{d['consumed_windows_per_s']:,.0f} | {d['ram_headroom']:,.0f}x | "
-                         f"{d['zarr_gather_headroom']:,.1f}x | {100 * d['zarr_gather_share_of_step']:.1f}% |")
+            lines.append(
+                f"| {d['size']} | {d['batch_size']} | {d['precision']} | {d['s_per_step']:.3f} | "
+                f"{d['consumed_windows_per_s']:,.0f} | {d['ram_headroom']:,.0f}x | "
+                f"{d['zarr_gather_headroom']:,.1f}x | {100 * d['zarr_gather_share_of_step']:.1f}% |"
+            )
     elif "training_demand" in record:
-        lines.append("\n(no pretrain line for this device in the results file: run bench_pretrain.py first "
-                     "to compare with what a training step consumes)")
+        lines.append(
+            "\n(no pretrain line for this device in the results file: run bench_pretrain.py first "
+            "to compare with what a training step consumes)"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--episodes", type=int, default=None, help="default 200; --quick: 20")
-    p.add_argument("--length", type=int, default=None,
-                   help="transitions per episode, rows = length + 1 (default 500; --quick: 200)")
+    p.add_argument(
+        "--length",
+        type=int,
+        default=None,
+        help="transitions per episode, rows = length + 1 (default 500; --quick: 200)",
+    )
     p.add_argument("--horizon", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=None, help="default 1024; --quick: 256")
     p.add_argument("--iters", type=int, default=None, help="RAM batches to time (default 200; --quick: 20)")
-    p.add_argument("--slice-windows", type=int, default=None,
-                   help="zarr-slices windows to time (default 500; --quick: 50)")
-    p.add_argument("--gather-batches", type=int, default=None,
-                   help="zarr-gather batches to time (default 5; --quick: 2)")
+    p.add_argument(
+        "--slice-windows", type=int, default=None, help="zarr-slices windows to time (default 500; --quick: 50)"
+    )
+    p.add_argument(
+        "--gather-batches", type=int, default=None, help="zarr-gather batches to time (default 5; --quick: 2)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: small dataset, B=256, few batches")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--results", type=Path, default=RESULTS)
@@ -197,11 +231,20 @@ def main() -> None:
             res["dataset_mb_on_disk"] = mb_on_disk
             pretrain = newest_pretrain(args.results, device)
             fields = common_fields(device, q)
-            record = {"bench": "sampler", **fields, "cpus": fields["threads"], "zarr": zarr.__version__,
-                      "episodes": n_episodes, "rows_per_episode": length + 1, "horizon": H, "batch_size": B,
-                      **{k: round(v, 3) for k, v in res.items()}, "windows_per_step": B,
-                      "pretrain_time": pretrain["time"] if pretrain else None,
-                      "training_demand": training_demand(res, pretrain)}
+            record = {
+                "bench": "sampler",
+                **fields,
+                "cpus": fields["threads"],
+                "zarr": zarr.__version__,
+                "episodes": n_episodes,
+                "rows_per_episode": length + 1,
+                "horizon": H,
+                "batch_size": B,
+                **{k: round(v, 3) for k, v in res.items()},
+                "windows_per_step": B,
+                "pretrain_time": pretrain["time"] if pretrain else None,
+                "training_demand": training_demand(res, pretrain),
+            }
             print("\n" + table(record) + "\n", flush=True)
             append_record(args.results, record)
 

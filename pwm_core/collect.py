@@ -72,8 +72,14 @@ class UniformPolicy:
         self.seed, self.act_dim = seed, act_dim
         self._rngs: dict[int, np.random.Generator] = {}  # env slot -> its current episode's generator
 
-    def __call__(self, obs: np.ndarray, specs: list[TaskSpec], rows: np.ndarray, first: np.ndarray,
-                 episodes: list[tuple[int, int]]) -> np.ndarray:
+    def __call__(
+        self,
+        obs: np.ndarray,
+        specs: list[TaskSpec],
+        rows: np.ndarray,
+        first: np.ndarray,
+        episodes: list[tuple[int, int]],
+    ) -> np.ndarray:
         out = np.zeros((len(obs), self.act_dim), np.float32)
         for j, (row, spec) in enumerate(zip(rows.tolist(), specs)):
             if first[j] or row not in self._rngs:
@@ -112,8 +118,14 @@ class PinkNoisePolicy:
         self._seq: dict[int, np.ndarray] = {}  # env slot -> its current episode's noise, and the step
         self._t: dict[int, int] = {}
 
-    def __call__(self, obs: np.ndarray, specs: list[TaskSpec], rows: np.ndarray, first: np.ndarray,
-                 episodes: list[tuple[int, int]]) -> np.ndarray:
+    def __call__(
+        self,
+        obs: np.ndarray,
+        specs: list[TaskSpec],
+        rows: np.ndarray,
+        first: np.ndarray,
+        episodes: list[tuple[int, int]],
+    ) -> np.ndarray:
         out = np.zeros((len(obs), self.act_dim), np.float32)
         for j, (row, spec) in enumerate(zip(rows.tolist(), specs)):
             if first[j] or row not in self._seq:
@@ -121,7 +133,7 @@ class PinkNoisePolicy:
                 self._seq[row] = pink_noise(rng, spec.episode_length, spec.act_dim, self.beta)
                 self._t[row] = 0
             t = min(self._t[row], len(self._seq[row]) - 1)
-            out[j, :spec.act_dim] = np.clip(self._seq[row][t], -1.0, 1.0)
+            out[j, : spec.act_dim] = np.clip(self._seq[row][t], -1.0, 1.0)
             self._t[row] += 1
         return out
 
@@ -132,13 +144,16 @@ def check_policy_dims(config: dict, task_set: TaskSet) -> None:
     task = config.get("task")
     spec = next((t for t in task_set if t.name == task), None)
     if spec is None:
-        raise PwmError(f"the policy acts on {task!r}, which is not among the tasks collected "
-                       f"({', '.join(task_set.names)})")
+        raise PwmError(
+            f"the policy acts on {task!r}, which is not among the tasks collected ({', '.join(task_set.names)})"
+        )
     got = (config.get("task_obs_dim"), config.get("task_act_dim"))
     if got != (spec.obs_dim, spec.act_dim) or config.get("obs_dim", 0) < spec.obs_dim:
-        raise PwmError(f"the policy for {task} takes obs {got[0]} / act {got[1]}, but {task} has obs "
-                       f"{spec.obs_dim} / act {spec.act_dim}; it was built for another version of the "
-                       "task: extract a policy for this one")
+        raise PwmError(
+            f"the policy for {task} takes obs {got[0]} / act {got[1]}, but {task} has obs "
+            f"{spec.obs_dim} / act {spec.act_dim}; it was built for another version of the "
+            "task: extract a policy for this one"
+        )
 
 
 def learned_policy(policy, seed: int, act_dim: int) -> BehaviourPolicy:
@@ -153,15 +168,16 @@ def learned_policy(policy, seed: int, act_dim: int) -> BehaviourPolicy:
     obs_dim = policy.config["task_obs_dim"]
     t: dict[int, int] = {}  # env slot -> step into its episode
 
-    def act(obs: np.ndarray, specs: list[TaskSpec], rows: np.ndarray, first: np.ndarray,
-            episodes: list[tuple[int, int]]) -> np.ndarray:
+    def act(
+        obs: np.ndarray, specs: list[TaskSpec], rows: np.ndarray, first: np.ndarray, episodes: list[tuple[int, int]]
+    ) -> np.ndarray:
         out = np.zeros((len(obs), act_dim), np.float32)
         for j, row in enumerate(rows.tolist()):
             t[row] = 0 if first[j] or row not in t else t[row] + 1
             with torch.random.fork_rng(devices=[]):  # Policy.act samples from torch's global generator
                 torch.manual_seed(int(np.random.SeedSequence([seed, *episodes[j], t[row]]).generate_state(1)[0]))
-                a = policy.act(obs[j:j + 1, :obs_dim], deterministic=False)  # the policy pads to its width
-            out[j, :a.shape[1]] = a[0]
+                a = policy.act(obs[j : j + 1, :obs_dim], deterministic=False)  # the policy pads to its width
+            out[j, : a.shape[1]] = a[0]
         return out
 
     act.episodic = True  # type: ignore[attr-defined]
@@ -236,8 +252,12 @@ def collect(
                     episodes[i] = None
                     if episode_of[i] < done[tasks[i]]:  # committed before the resume: replayed, not recorded
                         continue
-                    writer.append_episode(np.stack(ep.obs), np.stack(ep.action),  # the whole episode at once
-                                          np.asarray(ep.reward, np.float32), specs[i].id)
+                    writer.append_episode(
+                        np.stack(ep.obs),
+                        np.stack(ep.action),  # the whole episode at once
+                        np.asarray(ep.reward, np.float32),
+                        specs[i].id,
+                    )
                     stats = EpisodeStats(tasks[i], float(np.sum(ep.reward)), len(ep.reward), ep.success)
                     result.episodes.append(stats)
                     if on_episode is not None:

@@ -61,20 +61,31 @@ def check_device_available(device: str, key: str = "--device") -> str:
     import torch
 
     if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
-        raise ConfigError(f"{key} {device}: this torch ({torch.__version__}) is a CPU-only build; install a CUDA "
-                          "build (`make install TORCH_INDEX=https://download.pytorch.org/whl/cu128`, see the README) "
-                          "or use --device cpu")
+        raise ConfigError(
+            f"{key} {device}: this torch ({torch.__version__}) is a CPU-only build; install a CUDA "
+            "build (`make install TORCH_INDEX=https://download.pytorch.org/whl/cu128`, see the README) "
+            "or use --device cpu"
+        )
     if not torch.cuda.is_available():
-        raise ConfigError(f"{key} {device}: torch {torch.__version__} finds no GPU (no driver, or "
-                          "CUDA_VISIBLE_DEVICES hides them); use --device cpu")
+        raise ConfigError(
+            f"{key} {device}: torch {torch.__version__} finds no GPU (no driver, or "
+            "CUDA_VISIBLE_DEVICES hides them); use --device cpu"
+        )
     index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
     if index >= count:
         raise ConfigError(f"{key} {device}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
     return device
 
 
-def check_range(cfg: Any, key: str, *, low: float | None = None, high: float | None = None,
-                low_open: bool = False, high_open: bool = False) -> None:
+def check_range(
+    cfg: Any,
+    key: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
     """A ConfigError unless ``cfg.<key>`` is a finite number inside the interval (closed ends by default)."""
     value = getattr(cfg, key)
     below = low is not None and (value <= low if low_open else value < low)
@@ -82,8 +93,10 @@ def check_range(cfg: Any, key: str, *, low: float | None = None, high: float | N
     if isinstance(value, bool) or not math.isfinite(value) or below or above:
         lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
         hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
-        raise ConfigError(f"{key} must be a finite number{' ' if lo or hi else ''}{lo}"
-                          f"{' and ' if lo and hi else ''}{hi}, got {value!r}")
+        raise ConfigError(
+            f"{key} must be a finite number{' ' if lo or hi else ''}{lo}"
+            f"{' and ' if lo and hi else ''}{hi}, got {value!r}"
+        )
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -98,8 +111,11 @@ def from_dict(cls: type[C], data: Mapping[str, Any], *, where: str = "") -> C:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping of keys to values, got {data!r}")
     hints = _field_types(cls)
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     missing = [name for name in required if name not in data]
     if missing:
         raise ConfigError(f"{where or cls.__name__}: missing required keys {', '.join(missing)}")
@@ -283,8 +299,11 @@ def _set_path(cfg: Any, parts: list[str], raw: str, full_key: str) -> None:
 
 def _parse(raw: str, tp: Any) -> Any:
     """Text of an override -> YAML value, except that a string field keeps the text verbatim."""
-    if tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp)
-                     and raw.strip().lower() not in _NONE):
+    if tp is str or (
+        typing.get_origin(tp) in (typing.Union, types.UnionType)
+        and str in typing.get_args(tp)
+        and raw.strip().lower() not in _NONE
+    ):
         return raw
     try:
         return yaml.safe_load(raw)

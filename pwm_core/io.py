@@ -38,6 +38,8 @@ def read_checkpoint(path: str | os.PathLike, fmt: str, version: int, what: str) 
     if not isinstance(sd, dict) or sd.get("format") != fmt:
         raise PwmError(f"{os.fspath(path)} is not a pwmctl {what} checkpoint")
     if sd.get("version", 0) > version:
-        raise PwmError(f"{os.fspath(path)} was written by a newer pwmctl (checkpoint version {sd['version']}); "
-                       "upgrade pwmctl to resume it")
+        raise PwmError(
+            f"{os.fspath(path)} was written by a newer pwmctl (checkpoint version {sd['version']}); "
+            "upgrade pwmctl to resume it"
+        )
     return sd

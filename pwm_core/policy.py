@@ -38,9 +38,22 @@ POLICY_CONFIG_FILE = "policy.yaml"
 READERS = {"pwm-shac-policy": "pwm_core.diffsim.shac:load_shac_policy"}
 
 
-_POLICY_KEYS = ("task", "task_row", "obs_dim", "act_dim", "task_obs_dim", "task_act_dim", "task_dim",
-                "latent_dim", "encoder_units", "simnorm_dim", "actor_units", "min_logstd", "critic_units",
-                "num_critics")
+_POLICY_KEYS = (
+    "task",
+    "task_row",
+    "obs_dim",
+    "act_dim",
+    "task_obs_dim",
+    "task_act_dim",
+    "task_dim",
+    "latent_dim",
+    "encoder_units",
+    "simnorm_dim",
+    "actor_units",
+    "min_logstd",
+    "critic_units",
+    "num_critics",
+)
 
 
 def policy_config(extractor: Extractor) -> dict[str, Any]:
@@ -48,14 +61,24 @@ def policy_config(extractor: Extractor) -> dict[str, Any]:
     wm, cfg, row = extractor.world_model, extractor.cfg, extractor.task_row
     spec = TASKS.get(extractor.task_name)
     return {
-        "format": POLICY_FORMAT, "version": POLICY_VERSION, "task": extractor.task_name, "task_row": row,
-        "obs_dim": wm.cfg.obs_dim, "act_dim": wm.cfg.act_dim,
+        "format": POLICY_FORMAT,
+        "version": POLICY_VERSION,
+        "task": extractor.task_name,
+        "task_row": row,
+        "obs_dim": wm.cfg.obs_dim,
+        "act_dim": wm.cfg.act_dim,
         "task_obs_dim": spec.obs_dim if spec is not None else wm.cfg.obs_dim,
-        "task_act_dim": wm.cfg.action_dims[row], "task_dim": wm.cfg.task_dim, "latent_dim": wm.cfg.latent_dim,
+        "task_act_dim": wm.cfg.action_dims[row],
+        "task_dim": wm.cfg.task_dim,
+        "latent_dim": wm.cfg.latent_dim,
         "encoder_units": [layer.out_features for layer in list(wm._encoder)[:-1]],
-        "simnorm_dim": wm.cfg.simnorm_dim, "actor_units": list(cfg.actor_units), "min_logstd": cfg.min_logstd,
-        "critic_units": list(cfg.critic_units), "num_critics": cfg.num_critics,
-        "steps": extractor.step_count, "extract": cfg.to_dict(),
+        "simnorm_dim": wm.cfg.simnorm_dim,
+        "actor_units": list(cfg.actor_units),
+        "min_logstd": cfg.min_logstd,
+        "critic_units": list(cfg.critic_units),
+        "num_critics": cfg.num_critics,
+        "steps": extractor.step_count,
+        "extract": cfg.to_dict(),
     }
 
 
@@ -92,8 +115,9 @@ class Policy(nn.Module):
         if missing:
             raise PwmError(f"policy config: missing keys {', '.join(missing)}")
         self.config = c = dict(config)
-        self.encoder = mlp(c["obs_dim"] + c["task_dim"], list(c["encoder_units"]), c["latent_dim"],
-                           act=SimNorm(c["simnorm_dim"]))
+        self.encoder = mlp(
+            c["obs_dim"] + c["task_dim"], list(c["encoder_units"]), c["latent_dim"], act=SimNorm(c["simnorm_dim"])
+        )
         self.register_buffer("task_embedding", torch.zeros(c["task_dim"]))
         self.actor = Actor(c["latent_dim"], c["act_dim"], c["actor_units"], min_logstd=c["min_logstd"])
         self.critic = CriticEnsemble(c["latent_dim"], c["num_critics"], c["critic_units"])
@@ -125,7 +149,7 @@ class Policy(nn.Module):
         global generator.
         """
         x = self._obs(obs)
-        a = self.actor(self.encode(x), deterministic=deterministic)[..., :self.config["task_act_dim"]]
+        a = self.actor(self.encode(x), deterministic=deterministic)[..., : self.config["task_act_dim"]]
         a = a.float().cpu().numpy()
         return a[0] if np.ndim(obs) == 1 else a
 
@@ -142,8 +166,10 @@ class Policy(nn.Module):
         if d == self.config["task_obs_dim"] and d < O:
             x = F.pad(x, (0, O - d))  # zero padding, as the multi-task wrapper
         elif d != O:
-            raise PwmError(f"observations have {d} dims; policy {self.config['task']!r} takes "
-                           f"{self.config['task_obs_dim']} (or {O} padded)")
+            raise PwmError(
+                f"observations have {d} dims; policy {self.config['task']!r} takes "
+                f"{self.config['task_obs_dim']} (or {O} padded)"
+            )
         return x
 
 

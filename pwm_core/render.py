@@ -27,8 +27,13 @@ for task in ("cartpole-balance", "mw-reach"):
 def gl_problem(backend: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
     """Why rendering with MUJOCO_GL=``backend`` fails on this machine, or None when it works."""
     try:
-        probe = subprocess.run([sys.executable, "-c", _PROBE], env={**os.environ, "MUJOCO_GL": backend},
-                               capture_output=True, text=True, timeout=timeout_s)
+        probe = subprocess.run(
+            [sys.executable, "-c", _PROBE],
+            env={**os.environ, "MUJOCO_GL": backend},
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
     except subprocess.TimeoutExpired:
         return f"MUJOCO_GL={backend} did not answer within {timeout_s:g} s"
     if probe.returncode == 0:
@@ -61,8 +66,10 @@ def select_headless_gl() -> str | None:
     if gl in HEADLESS_GL:
         return None
     if gl or "mujoco" in sys.modules:
-        return (f"videos need headless OpenGL chosen before MuJoCo loads (MUJOCO_GL is {gl or 'unset'}): "
-                "start the process with MUJOCO_GL=egl (or osmesa)")
+        return (
+            f"videos need headless OpenGL chosen before MuJoCo loads (MUJOCO_GL is {gl or 'unset'}): "
+            "start the process with MUJOCO_GL=egl (or osmesa)"
+        )
     problems = []
     for backend in HEADLESS_GL:
         problem = gl_problem(backend)

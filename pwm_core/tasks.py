@@ -109,8 +109,9 @@ for _j, _name in enumerate(_MW):
     TASKS[f"mw-{_name}"] = TaskSpec(len(_DMC) + _j, f"mw-{_name}", "metaworld", 39, 4, MW_EPISODE_LENGTH)
 # The differentiable-simulator tasks of pwm_core.diffsim (ids after MT80; in no task set; action repeat 1).
 # They mirror pwm_core.diffsim.env.DIFFSIM_TASKS, which needs Warp to import (tests/test_diffsim.py checks they agree).
-for _k, (_name, _o, _a, _len) in enumerate((("diffsim-cartpole-swingup", 5, 1, 240),
-                                            ("diffsim-double-pendulum", 6, 1, 240), ("diffsim-ball-wall", 4, 1, 1))):
+for _k, (_name, _o, _a, _len) in enumerate(
+    (("diffsim-cartpole-swingup", 5, 1, 240), ("diffsim-double-pendulum", 6, 1, 240), ("diffsim-ball-wall", 4, 1, 1))
+):
     TASKS[_name] = TaskSpec(80 + _k, _name, "diffsim", _o, _a, _len, action_repeat=1)
 
 TASKS_BY_ID: dict[int, TaskSpec] = {t.id: t for t in TASKS.values()}
@@ -166,8 +167,12 @@ class TaskSet:
         return self.names.index(key)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "tasks": [t.to_dict() for t in self.tasks],
-                "obs_dim": self.obs_dim, "act_dim": self.act_dim}
+        return {
+            "name": self.name,
+            "tasks": [t.to_dict() for t in self.tasks],
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+        }
 
 
 def get_task(name: str) -> TaskSpec:
@@ -200,6 +205,9 @@ def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> TaskSet:
 def _unknown_message(name: str) -> str:
     candidates = list(TASKS) + list(TASK_SET_NAMES)
     close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
-    hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else (
-        "run `pwmctl tasks` to list the known tasks")
+    hint = (
+        f"did you mean {' or '.join(repr(c) for c in close)}?"
+        if close
+        else ("run `pwmctl tasks` to list the known tasks")
+    )
     return f"unknown task {name!r}: {hint}"

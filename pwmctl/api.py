@@ -51,8 +51,14 @@ def is_hub_id(ref_or_repo: str) -> bool:
     return bool(slash) and not (head in KINDS and "/" not in rest)
 
 
-def resolve(ref_or_repo: str, kind: str | None = None, home: str | os.PathLike | None = None, *,
-            verify: bool = True, endpoint: str | None = None) -> Artifact:
+def resolve(
+    ref_or_repo: str,
+    kind: str | None = None,
+    home: str | os.PathLike | None = None,
+    *,
+    verify: bool = True,
+    endpoint: str | None = None,
+) -> Artifact:
     """The local artifact version a ref names, or the one a Hub repo id is pulled into.
 
     Args:
@@ -71,8 +77,10 @@ def resolve(ref_or_repo: str, kind: str | None = None, home: str | os.PathLike |
     else:
         artifact = reg.resolve(ref_or_repo, default_kind=kind)
     if kind is not None and artifact.kind != kind:
-        raise PwmError(f"{ref_or_repo} is {artifact.ref}, a {artifact.kind}, not a {kind}: "
-                       f"use {_LOADER_OF.get(artifact.kind, 'resolve')}()")
+        raise PwmError(
+            f"{ref_or_repo} is {artifact.ref}, a {artifact.kind}, not a {kind}: "
+            f"use {_LOADER_OF.get(artifact.kind, 'resolve')}()"
+        )
     if verify:
         problems = reg.verify(artifact.ref)
         if problems:
@@ -80,8 +88,9 @@ def resolve(ref_or_repo: str, kind: str | None = None, home: str | os.PathLike |
     return artifact
 
 
-def load_policy(ref_or_repo: str, home: str | os.PathLike | None = None, *, device: Device = "cpu",
-                verify: bool = True) -> Policy:
+def load_policy(
+    ref_or_repo: str, home: str | os.PathLike | None = None, *, device: Device = "cpu", verify: bool = True
+) -> Policy:
     """A policy artifact, ready to act: ``policy.act(obs (O,)) -> action (A,)`` in [-1, 1], float32
     (or a batch: (N, O) -> (N, A)). ``ref_or_repo``: ``policy/NAME[:vN]``, a bare ``NAME``, or a Hub repo
     id ``ORG/NAME[@vN]``. A SHAC policy (diffsim tasks) is a ``ShacPolicy`` with the same ``act`` / ``config``.
@@ -89,16 +98,18 @@ def load_policy(ref_or_repo: str, home: str | os.PathLike | None = None, *, devi
     return _read(resolve(ref_or_repo, "policy", home, verify=verify), device)
 
 
-def load_world_model(ref_or_repo: str, home: str | os.PathLike | None = None, *, device: Device = "cpu",
-                     verify: bool = True) -> WorldModel:
+def load_world_model(
+    ref_or_repo: str, home: str | os.PathLike | None = None, *, device: Device = "cpu", verify: bool = True
+) -> WorldModel:
     """A world-model artifact as a :class:`~pwm_core.nn.world_model.WorldModel` (``encode``, ``next``,
     ``reward``, ``pi``, ``Q``; its config in ``.cfg``). ``ref_or_repo``: ``worldmodel/NAME[:vN]``, a
     bare ``NAME``, or a Hub repo id."""
     return _read(resolve(ref_or_repo, "worldmodel", home, verify=verify), device)
 
 
-def from_pretrained(ref_or_repo: str, home: str | os.PathLike | None = None, *, device: Device = "cpu",
-                    verify: bool = True) -> Policy | WorldModel:
+def from_pretrained(
+    ref_or_repo: str, home: str | os.PathLike | None = None, *, device: Device = "cpu", verify: bool = True
+) -> Policy | WorldModel:
     """A policy or a world model, whichever the artifact is (a bare name means a policy)."""
     kind = "policy" if "/" not in ref_or_repo and not is_hub_id(ref_or_repo) else None
     return _read(resolve(ref_or_repo, kind, home, verify=verify), device)
@@ -117,8 +128,9 @@ def open_dataset(ref: str, home: str | os.PathLike | None = None, *, verify: boo
     return read_dataset(resolve(ref, "dataset", home, verify=verify).path / DATASET_DIR)
 
 
-def rollout(policy: Actor, task: str | None = None, seed: int = 0, episodes: int = 1, *,
-            deterministic: bool = True) -> list[float]:
+def rollout(
+    policy: Actor, task: str | None = None, seed: int = 0, episodes: int = 1, *, deterministic: bool = True
+) -> list[float]:
     """Undiscounted returns of ``episodes`` episodes in the real env: the env is built with ``seed``
     and episode k is its k-th reset, as in ``pwmctl eval`` (same seed, same returns).
 
@@ -158,8 +170,10 @@ def _read(artifact: Artifact, device: Device) -> Any:
         from pwm_core.nn.checkpoint import load_world_model as read_world_model
 
         return read_world_model(artifact.path, device)
-    raise PwmError(f"{artifact.ref} is a {artifact.kind}, not a policy or world model: "
-                   f"use {_LOADER_OF.get(artifact.kind, 'resolve')}()")
+    raise PwmError(
+        f"{artifact.ref} is a {artifact.kind}, not a policy or world model: "
+        f"use {_LOADER_OF.get(artifact.kind, 'resolve')}()"
+    )
 
 
 def _hub_endpoint(home: Path, endpoint: str | None) -> str:
@@ -167,5 +181,4 @@ def _hub_endpoint(home: Path, endpoint: str | None) -> str:
     from pwmctl.commands.config import read_config
     from registry.hub import resolve_endpoint
 
-    return resolve_endpoint(endpoint or os.environ.get("PWMCTL_HUB_ENDPOINT")
-                            or read_config(home).get("hub.endpoint"))
+    return resolve_endpoint(endpoint or os.environ.get("PWMCTL_HUB_ENDPOINT") or read_config(home).get("hub.endpoint"))

@@ -25,11 +25,11 @@ def hoist_global_options(args: list[str]) -> list[str]:
             rest.extend(args[i:])
             break
         if a == "--format" and i + 1 < len(args) and args[i + 1] in FILE_FORMATS:
-            rest += args[i:i + 2]
+            rest += args[i : i + 2]
             i += 2
             continue
         if a in _GLOBAL_WITH_VALUE and i + 1 < len(args):
-            front += args[i:i + 2]
+            front += args[i : i + 2]
             i += 2
             continue
         name, _, value = a.partition("=")
@@ -79,19 +79,22 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     ctx: typer.Context,
-    home: Path = typer.Option(None, "--home", envvar="PWM_HOME", help="Registry folder (default ~/.pwm).",
-                              show_default=False),
+    home: Path = typer.Option(
+        None, "--home", envvar="PWM_HOME", help="Registry folder (default ~/.pwm).", show_default=False
+    ),
     format: str = typer.Option("human", "--format", help="human | json (one JSON document on stdout)."),
     verbose: int = typer.Option(0, "-v", "--verbose", count=True, help="More detail."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only results and errors."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     if format not in ("human", "json"):
-        raise typer.BadParameter(f"{format!r} is not one of human, json (or, for data export, "
-                                 f"{', '.join(FILE_FORMATS)})", param_hint="--format")
-    ctx.obj = State(home=(home or default_home()).expanduser(), format=format,
-                    verbosity=-1 if quiet else verbose)
+        raise typer.BadParameter(
+            f"{format!r} is not one of human, json (or, for data export, {', '.join(FILE_FORMATS)})",
+            param_hint="--format",
+        )
+    ctx.obj = State(home=(home or default_home()).expanduser(), format=format, verbosity=-1 if quiet else verbose)
 
 
 def _register() -> None:
@@ -127,8 +130,12 @@ def _register() -> None:
     app.command("eval", rich_help_panel="Evaluation")(evaluate.evaluate_cmd)
     app.command("plot", rich_help_panel="Evaluation")(plot.plot)
     app.add_typer(runs.app, name="runs", rich_help_panel="Training")
-    for name, fn in (("ls", artifacts.ls), ("show", artifacts.show), ("rm", artifacts.rm),
-                     ("verify", artifacts.verify)):
+    for name, fn in (
+        ("ls", artifacts.ls),
+        ("show", artifacts.show),
+        ("rm", artifacts.rm),
+        ("verify", artifacts.verify),
+    ):
         app.command(name, rich_help_panel="Artifacts")(fn)
     app.command("push", rich_help_panel="Sharing")(hub.push)
     app.command("pull", rich_help_panel="Sharing")(hub.pull)

@@ -105,8 +105,15 @@ class Progress:
     passed, so a short job prints just its final line; "bytes" shows sizes, speed and ETA. ``start``:
     what was done before (a resumed download), not counted in the speed."""
 
-    def __init__(self, st: State, description: str, total: int | None, every_s: float = 10.0,
-                 unit: str | None = None, start: int = 0):
+    def __init__(
+        self,
+        st: State,
+        description: str,
+        total: int | None,
+        every_s: float = 10.0,
+        unit: str | None = None,
+        start: int = 0,
+    ):
         self.enabled = not st.quiet
         self.tty = stderr.is_terminal
         self.description, self.total, self.every_s, self.unit = description, total, every_s, unit
@@ -121,10 +128,16 @@ class Progress:
             from rich.progress import TimeRemainingColumn, TransferSpeedColumn
 
             counts = [DownloadColumn(), TransferSpeedColumn()] if self.unit == "bytes" else [MofNCompleteColumn()]
-            self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), *counts,
-                                     TimeElapsedColumn(), TimeRemainingColumn(),
-                                     TextColumn("{task.fields[status]}"), console=stderr,
-                                     refresh_per_second=4)
+            self._bar = RichProgress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                *counts,
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"),
+                console=stderr,
+                refresh_per_second=4,
+            )
             self._bar.__enter__()
             self._task = self._bar.add_task(self.description, total=self.total, completed=self.done, status="")
         return self
@@ -139,8 +152,10 @@ class Progress:
             self._bar.update(self._task, advance=advance, status=status)
         elif time.monotonic() - self._last >= self.every_s or self.done == self.total:
             self._last = time.monotonic()
-            stderr.print(f"{self.description} {self._counts()} [{time.monotonic() - self._t0:.0f}s] {status}".rstrip(),
-                         soft_wrap=True)
+            stderr.print(
+                f"{self.description} {self._counts()} [{time.monotonic() - self._t0:.0f}s] {status}".rstrip(),
+                soft_wrap=True,
+            )
 
     def _counts(self) -> str:
         if self.unit != "bytes":

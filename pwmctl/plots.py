@@ -74,8 +74,13 @@ def plot_report(results: dict, title: str, out: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, max(2.4, 0.55 * len(labels) + 1.4)))
     iqm = [summaries[k]["aggregate"]["iqm"] for k in labels]
     ys = range(len(labels))
-    axes[0].barh(ys, [a["value"] for a in iqm], color=[f"C{i}" for i in ys],
-                 xerr=[[a["value"] - a["lo"] for a in iqm], [a["hi"] - a["value"] for a in iqm]], capsize=4)
+    axes[0].barh(
+        ys,
+        [a["value"] for a in iqm],
+        color=[f"C{i}" for i in ys],
+        xerr=[[a["value"] - a["lo"] for a in iqm], [a["hi"] - a["value"] for a in iqm]],
+        capsize=4,
+    )
     axes[0].set_yticks(list(ys), labels, fontsize=8)
     axes[0].set(xlabel="IQM normalised score (95% CI)", title="aggregate")
     axes[0].invert_yaxis()
@@ -83,8 +88,15 @@ def plot_report(results: dict, title: str, out: Path) -> Path:
     width = 0.8 / len(labels)
     for i, k in enumerate(labels):
         stats = [summaries[k]["tasks"].get(t) for t in tasks]
-        axes[1].bar([j + i * width for j in range(len(tasks))], [s["return_mean"] if s else 0 for s in stats],
-                    width, yerr=[s["return_std"] if s else 0 for s in stats], capsize=3, label=k, color=f"C{i}")
+        axes[1].bar(
+            [j + i * width for j in range(len(tasks))],
+            [s["return_mean"] if s else 0 for s in stats],
+            width,
+            yerr=[s["return_std"] if s else 0 for s in stats],
+            capsize=3,
+            label=k,
+            color=f"C{i}",
+        )
     axes[1].set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(tasks))], tasks, fontsize=8)
     axes[1].set(ylabel="return (mean +- std)", title="per task")
     axes[1].legend(fontsize=7)

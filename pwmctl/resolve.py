@@ -38,10 +38,17 @@ class Resolved:
         return {"config": self.cfg.to_dict(), "sources": {k: s for k, _, s in self.rows()}}
 
 
-def resolve_config(cfg: Any, *, home: Path, section: str | None, recipe: Mapping[str, Any] | None = None,
-                   config_file: Path | None = None, overrides: Iterable[str] = (),
-                   flags: Mapping[str, Any] | None = None,
-                   validate: Callable[[Any], None] | None = None) -> Resolved:
+def resolve_config(
+    cfg: Any,
+    *,
+    home: Path,
+    section: str | None,
+    recipe: Mapping[str, Any] | None = None,
+    config_file: Path | None = None,
+    overrides: Iterable[str] = (),
+    flags: Mapping[str, Any] | None = None,
+    validate: Callable[[Any], None] | None = None,
+) -> Resolved:
     """Apply the layers of :data:`LAYERS` to ``cfg`` (a config dataclass holding its defaults) in order.
 
     ``section``: the `pwmctl config set <section>.<field>` prefix this command reads (None: only `device`);

@@ -12,11 +12,27 @@ from pwmctl.console import fail
 
 PLAN = "plan.json"  # the resolved inputs of a run; `--resume RUN` reads them back
 
-__all__ = ["LOGGERS", "METRICS", "PLAN", "STATUS", "append_jsonl", "check_loggers", "read_jsonl", "read_plan",
-           "read_status", "published_by", "refuse_if_published", "time_budget", "training_callbacks", "write_plan"]
+__all__ = [
+    "LOGGERS",
+    "METRICS",
+    "PLAN",
+    "STATUS",
+    "append_jsonl",
+    "check_loggers",
+    "read_jsonl",
+    "read_plan",
+    "read_status",
+    "published_by",
+    "refuse_if_published",
+    "time_budget",
+    "training_callbacks",
+    "write_plan",
+]
 
-TIME_LIMIT_HELP = ("Stop after this many minutes of training as if done (evaluate, publish); schedules are fitted "
-                   "to the budget after its first 5%.")
+TIME_LIMIT_HELP = (
+    "Stop after this many minutes of training as if done (evaluate, publish); schedules are fitted "
+    "to the budget after its first 5%."
+)
 LOGGER_HELP = "Metrics logger besides the run's metrics.jsonl (repeatable): tensorboard | wandb (offline)."
 
 
@@ -48,8 +64,9 @@ def refuse_if_published(reg, kind: str, name: str, run: Path, command: str) -> N
     """One error line when ``run`` already published ``kind/name`` (``--resume`` of a finished run)."""
     done = published_by(reg, kind, name, run)
     if done is not None:
-        raise fail(f"run {run.name} already finished and published {done.ref}; start a new `pwmctl {command}` "
-                   "to train again")
+        raise fail(
+            f"run {run.name} already finished and published {done.ref}; start a new `pwmctl {command}` to train again"
+        )
 
 
 def check_loggers(loggers: Sequence[str] | None) -> list[str]:
@@ -80,14 +97,34 @@ def time_budget(minutes: float | None, set_total: Callable[[int], None] | None =
     return [TimeBudget(minutes * 60.0, set_total)]
 
 
-def training_callbacks(run: Path, command: str, save: Callable[[], None] | None, checkpoint_every: int,
-                       checkpoint_every_s: float, log_every: int, loggers: Sequence[str], name: str | None,
-                       config: dict | None, step_key: str = "step", rate_key: str = "steps_per_s") -> list:
+def training_callbacks(
+    run: Path,
+    command: str,
+    save: Callable[[], None] | None,
+    checkpoint_every: int,
+    checkpoint_every_s: float,
+    log_every: int,
+    loggers: Sequence[str],
+    name: str | None,
+    config: dict | None,
+    step_key: str = "step",
+    rate_key: str = "steps_per_s",
+) -> list:
     """pwm_core's standard run callbacks (status, metrics sinks, checkpoints); a missing logger package
     is one error line."""
     try:
-        return run_callbacks(run, command, save, checkpoint_every=checkpoint_every,
-                             checkpoint_every_s=checkpoint_every_s, log_every=log_every, loggers=loggers, name=name,
-                             config=config, step_key=step_key, rate_key=rate_key)
+        return run_callbacks(
+            run,
+            command,
+            save,
+            checkpoint_every=checkpoint_every,
+            checkpoint_every_s=checkpoint_every_s,
+            log_every=log_every,
+            loggers=loggers,
+            name=name,
+            config=config,
+            step_key=step_key,
+            rate_key=rate_key,
+        )
     except LoggerUnavailable as e:
         raise fail(str(e)) from None

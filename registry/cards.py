@@ -103,8 +103,17 @@ def policy_evaluation(artifact: Artifact, children: Iterable[Artifact]) -> dict[
         summary = (results.get("summaries") or {}).get(artifact.ref)
         if summary and "summary" not in found:
             found.update(report=report.ref, summary=summary)
-        video = next((v for v in results.get("videos") or [] if isinstance(v, dict) and v.get("actor") == "policy"
-                      and v.get("policy") == artifact.ref and v.get("file") in report.manifest["files"]), None)
+        video = next(
+            (
+                v
+                for v in results.get("videos") or []
+                if isinstance(v, dict)
+                and v.get("actor") == "policy"
+                and v.get("policy") == artifact.ref
+                and v.get("file") in report.manifest["files"]
+            ),
+            None,
+        )
         if video and "video" not in found:
             found["video"] = {**video, "report": report.ref, "source": report.path / video["file"]}
     return found or None
@@ -115,8 +124,10 @@ def replay_extras(evaluation: Mapping[str, Any] | None) -> list[Extra]:
     video = (evaluation or {}).get("video")
     if not video:
         return []
-    caption = (f"{video.get('task')}, env seed {video.get('seed')}, return {video.get('return', float('nan')):.1f} "
-               f"with deterministic actions (from `{video['report']}`)")
+    caption = (
+        f"{video.get('task')}, env seed {video.get('seed')}, return {video.get('return', float('nan')):.1f} "
+        f"with deterministic actions (from `{video['report']}`)"
+    )
     return [Extra(REPLAY_VIDEO, caption, source=Path(video["source"]))]
 
 
@@ -165,8 +176,10 @@ def render_card(
         sections.append(_report_videos_section(artifact))
     sections.append("## Lineage\n\n" + "\n".join(_lineage_lines(lineage, hub_ids, f"{repo}@{tag}", set())))
     sections.append(_config_section(artifact))
-    sections.append(f"## Citation\n\nIf you use this {artifact.kind}, please cite PWM and TD-MPC2, whose "
-                    f"world model and data conventions it follows:\n\n```bibtex\n{CITATION}\n```")
+    sections.append(
+        f"## Citation\n\nIf you use this {artifact.kind}, please cite PWM and TD-MPC2, whose "
+        f"world model and data conventions it follows:\n\n```bibtex\n{CITATION}\n```"
+    )
     return f"---\n{front.to_yaml()}\n---\n\n" + "\n\n".join(s.strip() for s in sections if s) + "\n"
 
 
@@ -177,9 +190,11 @@ def usage_commands(artifact: Artifact, repo: str, repo_type: str, tag: str, endp
         flags += f" --hub-endpoint {endpoint}"
     tasks = ",".join(artifact.tasks) or "TASK"
     use = {
-        "dataset": [f"pwmctl data info dataset/{artifact.name}",
-                    f"pwmctl data export dataset/{artifact.name} --format parquet",
-                    f"pwmctl pretrain --tasks {tasks} --data dataset/{artifact.name}"],
+        "dataset": [
+            f"pwmctl data info dataset/{artifact.name}",
+            f"pwmctl data export dataset/{artifact.name} --format parquet",
+            f"pwmctl pretrain --tasks {tasks} --data dataset/{artifact.name}",
+        ],
         "worldmodel": [f"pwmctl extract {artifact.tasks[0] if artifact.tasks else 'TASK'} --wm {artifact.name}"],
         "policy": [f"pwmctl eval policy/{artifact.name} --seeds 10"],
         "report": [f"pwmctl show report/{artifact.name}"],
@@ -192,18 +207,34 @@ def usage_python(artifact: Artifact, repo: str, repo_type: str, tag: str, endpoi
     hub_id = f"{'datasets/' if repo_type == 'dataset' else ''}{repo}@{tag}"
     lines = ["from pwmctl import api", ""]
     if endpoint.rstrip("/") != DEFAULT_ENDPOINT:
-        lines = ["import os", "", "from pwmctl import api", "",
-                 f'os.environ["PWMCTL_HUB_ENDPOINT"] = "{endpoint}"  # this Hub, not huggingface.co', ""]
+        lines = [
+            "import os",
+            "",
+            "from pwmctl import api",
+            "",
+            f'os.environ["PWMCTL_HUB_ENDPOINT"] = "{endpoint}"  # this Hub, not huggingface.co',
+            "",
+        ]
     task = artifact.tasks[0] if artifact.tasks else "TASK"
     lines += {
-        "dataset": [f'ds = api.open_dataset("{hub_id}")  # pulled into $PWM_HOME (~/.pwm), every file checked',
-                    "data = ds.load()  # obs (N, O), action (N, A), reward (N,), task (N,), episode_ends (E,)"],
-        "worldmodel": [f'wm = api.load_world_model("{hub_id}")  # pulled into $PWM_HOME (~/.pwm), every file '
-                       "checked", "print(wm.cfg.task_names)  # encode / next / reward / pi / Q"],
-        "policy": [f'policy = api.load_policy("{hub_id}")  # pulled into $PWM_HOME (~/.pwm), every file checked',
-                   f'returns = api.rollout(policy, "{task}", seed=0, episodes=2)'],
-        "report": ["import json", "", f'report = api.resolve("{hub_id}", "report")',
-                   'results = json.loads((report.path / "results.json").read_text())'],
+        "dataset": [
+            f'ds = api.open_dataset("{hub_id}")  # pulled into $PWM_HOME (~/.pwm), every file checked',
+            "data = ds.load()  # obs (N, O), action (N, A), reward (N,), task (N,), episode_ends (E,)",
+        ],
+        "worldmodel": [
+            f'wm = api.load_world_model("{hub_id}")  # pulled into $PWM_HOME (~/.pwm), every file checked',
+            "print(wm.cfg.task_names)  # encode / next / reward / pi / Q",
+        ],
+        "policy": [
+            f'policy = api.load_policy("{hub_id}")  # pulled into $PWM_HOME (~/.pwm), every file checked',
+            f'returns = api.rollout(policy, "{task}", seed=0, episodes=2)',
+        ],
+        "report": [
+            "import json",
+            "",
+            f'report = api.resolve("{hub_id}", "report")',
+            'results = json.loads((report.path / "results.json").read_text())',
+        ],
     }[artifact.kind]
     return lines
 
@@ -211,8 +242,10 @@ def usage_python(artifact: Artifact, repo: str, repo_type: str, tag: str, endpoi
 def dataset_facts(artifact: Artifact) -> dict[str, Any]:
     """Format, version, tasks and dims of a dataset, read from its Zarr root attributes
     (`*/zarr.json`: plain JSON, so the registry needs no Zarr), plus episode counts."""
-    facts: dict[str, Any] = {"episodes": artifact.metrics.get("episodes"),
-                             "transitions": artifact.metrics.get("transitions")}
+    facts: dict[str, Any] = {
+        "episodes": artifact.metrics.get("episodes"),
+        "transitions": artifact.metrics.get("transitions"),
+    }
     for rel in artifact.manifest["files"]:
         parts = rel.split("/")
         if len(parts) == 2 and parts[1] == "zarr.json":
@@ -221,40 +254,87 @@ def dataset_facts(artifact: Artifact) -> dict[str, Any]:
             except (OSError, ValueError):
                 continue
             task_set = attrs.get("task_set") or {}
-            facts.update(store=parts[0], format=attrs.get("format"), format_version=attrs.get("format_version"),
-                         obs_dim=task_set.get("obs_dim"), act_dim=task_set.get("act_dim"),
-                         task_ids={t["name"]: t.get("id") for t in task_set.get("tasks", []) if "name" in t})
+            facts.update(
+                store=parts[0],
+                format=attrs.get("format"),
+                format_version=attrs.get("format_version"),
+                obs_dim=task_set.get("obs_dim"),
+                act_dim=task_set.get("act_dim"),
+                task_ids={t["name"]: t.get("id") for t in task_set.get("tasks", []) if "name" in t},
+            )
             break
     return facts
 
 
-def _front_matter(artifact: Artifact, hub_ids: dict[str, Remote], results: list[dict[str, Any]], license: str,
-                  extras: Mapping[str, str]):
+def _front_matter(
+    artifact: Artifact,
+    hub_ids: dict[str, Remote],
+    results: list[dict[str, Any]],
+    license: str,
+    extras: Mapping[str, str],
+):
     from huggingface_hub import DatasetCardData, EvalResult, ModelCardData
 
     ancestors = [remote for ref, remote in hub_ids.items() if ref != artifact.ref]
     datasets = sorted({r.repo for r in ancestors if r.repo_type == "dataset"})
-    pwm = {"kind": artifact.kind, "name": artifact.name, "version": artifact.version, "tasks": artifact.tasks,
-           "content_sha256": content_sha256(artifact.manifest)}
+    pwm = {
+        "kind": artifact.kind,
+        "name": artifact.name,
+        "version": artifact.version,
+        "tasks": artifact.tasks,
+        "content_sha256": content_sha256(artifact.manifest),
+    }
     tags = ["pwmctl", "pwm", "reinforcement-learning", *_TAGS[artifact.kind], *artifact.tasks]
     if artifact.kind == "dataset":
         facts = dataset_facts(artifact)
         pwm["format"], pwm["format_version"] = facts.get("format"), facts.get("format_version")
-        configs = [{"config_name": "episodes", "data_files": [{"split": "preview", "path": PREVIEW_EPISODES}],
-                    "default": True}] if PREVIEW_EPISODES in extras else []
+        configs = (
+            [
+                {
+                    "config_name": "episodes",
+                    "data_files": [{"split": "preview", "path": PREVIEW_EPISODES}],
+                    "default": True,
+                }
+            ]
+            if PREVIEW_EPISODES in extras
+            else []
+        )
         if PREVIEW_TASKS in extras:
             configs.append({"config_name": "tasks", "data_files": [{"split": "summary", "path": PREVIEW_TASKS}]})
-        return DatasetCardData(pretty_name=f"{artifact.name} (pwmctl dataset)", license=license,
-                               task_categories=["reinforcement-learning"],
-                               size_categories=_size_category(facts.get("transitions")), tags=tags,
-                               library_name="pwmctl", configs=configs or None, pwm=pwm)
-    eval_results = [EvalResult(task_type="reinforcement-learning", task_name="reinforcement-learning",
-                               dataset_type=r["task"], dataset_name=r["task"], metric_type=r["metric"],
-                               metric_name=r["metric"], metric_value=r["value"]) for r in results]
+        return DatasetCardData(
+            pretty_name=f"{artifact.name} (pwmctl dataset)",
+            license=license,
+            task_categories=["reinforcement-learning"],
+            size_categories=_size_category(facts.get("transitions")),
+            tags=tags,
+            library_name="pwmctl",
+            configs=configs or None,
+            pwm=pwm,
+        )
+    eval_results = [
+        EvalResult(
+            task_type="reinforcement-learning",
+            task_name="reinforcement-learning",
+            dataset_type=r["task"],
+            dataset_name=r["task"],
+            metric_type=r["metric"],
+            metric_name=r["metric"],
+            metric_value=r["value"],
+        )
+        for r in results
+    ]
     base = [r.repo for r in ancestors if r.repo_type == "model"][:1] if artifact.kind == "policy" else []
-    return ModelCardData(library_name="pwmctl", license=license, tags=tags, datasets=datasets or None,
-                         base_model=base or None, model_name=artifact.name, eval_results=eval_results or None,
-                         pipeline_tag="reinforcement-learning", pwm=pwm)
+    return ModelCardData(
+        library_name="pwmctl",
+        license=license,
+        tags=tags,
+        datasets=datasets or None,
+        base_model=base or None,
+        model_name=artifact.name,
+        eval_results=eval_results or None,
+        pipeline_tag="reinforcement-learning",
+        pwm=pwm,
+    )
 
 
 def _is_metaworld(task: str) -> bool:
@@ -270,8 +350,13 @@ def _results(artifact: Artifact, evaluation: Mapping[str, Any] | None) -> list[d
             if row.get("success_rate") is not None or _is_metaworld(task):
                 rows.append({"task": task, "metric": "success_rate", "value": round(row["success_rate"], 4)})
             else:
-                rows.append({"task": task, "metric": "mean_reward",
-                             "value": f"{row['return_mean']:.2f} +/- {row['return_std']:.2f}"})
+                rows.append(
+                    {
+                        "task": task,
+                        "metric": "mean_reward",
+                        "value": f"{row['return_mean']:.2f} +/- {row['return_std']:.2f}",
+                    }
+                )
     elif artifact.kind == "policy" and len(artifact.tasks) == 1:
         task, metrics = artifact.tasks[0], artifact.metrics
         if _is_metaworld(task) and isinstance(metrics.get("eval_success"), (int, float)):
@@ -285,44 +370,59 @@ def _facts_table(artifact: Artifact) -> str:
     code = artifact.manifest.get("code_version") or {}
     code_text = " ".join(str(v) for v in (code.get("pwmctl"), (code.get("git_sha") or "")[:12]) if v) or "unknown"
     size = sum(f["size"] for f in artifact.manifest["files"].values())
-    rows = [("artifact", f"`{artifact.ref}`"), ("tasks", ", ".join(artifact.tasks) or "-"),
-            ("created", artifact.created), ("made by", f"pwmctl {code_text}"),
-            ("files", f"{len(artifact.manifest['files'])} ({size:,} bytes); sha256 of each in `manifest.json`")]
+    rows = [
+        ("artifact", f"`{artifact.ref}`"),
+        ("tasks", ", ".join(artifact.tasks) or "-"),
+        ("created", artifact.created),
+        ("made by", f"pwmctl {code_text}"),
+        ("files", f"{len(artifact.manifest['files'])} ({size:,} bytes); sha256 of each in `manifest.json`"),
+    ]
     success_applies = any(_is_metaworld(t) for t in artifact.tasks)  # DMC has no success signal
-    rows += [(k, _fmt(v)) for k, v in artifact.metrics.items() if isinstance(v, (int, float, str))
-             and (success_applies or "success" not in k)][:8]
+    rows += [
+        (k, _fmt(v))
+        for k, v in artifact.metrics.items()
+        if isinstance(v, (int, float, str)) and (success_applies or "success" not in k)
+    ][:8]
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
 def _usage_section(artifact: Artifact, repo: str, repo_type: str, tag: str, endpoint: str) -> str:
     shell = "\n".join(usage_commands(artifact, repo, repo_type, tag, endpoint))
     python = "\n".join(usage_python(artifact, repo, repo_type, tag, endpoint))
-    return (f"## Use it\n\nFrom the command line, with pwmctl installed:\n\n```bash\n{shell}\n```\n\n"
-            f"From Python:\n\n```python\n{python}\n```\n\n"
-            "Both download the files pinned to the commit of this tag, check each against the sha256 in "
-            "`manifest.json`, and register the artifact with its lineage.")
+    return (
+        f"## Use it\n\nFrom the command line, with pwmctl installed:\n\n```bash\n{shell}\n```\n\n"
+        f"From Python:\n\n```python\n{python}\n```\n\n"
+        "Both download the files pinned to the commit of this tag, check each against the sha256 in "
+        "`manifest.json`, and register the artifact with its lineage."
+    )
 
 
 def _video_section(path: str, caption: str, repo: str, repo_type: str, tag: str, endpoint: str) -> str:
     url = f"{endpoint.rstrip('/')}/{'datasets/' if repo_type == 'dataset' else ''}{repo}/resolve/{tag}/{path}"
-    return (f"## Replay\n\n<video controls autoplay loop muted width=\"384\" src=\"{url}\"></video>\n\n"
-            f"[`{path}`]({path}): {caption}")
+    return (
+        f'## Replay\n\n<video controls autoplay loop muted width="384" src="{url}"></video>\n\n'
+        f"[`{path}`]({path}): {caption}"
+    )
 
 
-def _evaluation_section(artifact: Artifact, evaluation: Mapping[str, Any] | None,
-                        results: list[dict[str, Any]]) -> str:
+def _evaluation_section(artifact: Artifact, evaluation: Mapping[str, Any] | None, results: list[dict[str, Any]]) -> str:
     if not (evaluation and evaluation.get("summary")):
         if not results:
             return ""
         r = results[0]
         what = "success rate" if r["metric"] == "success_rate" else "mean return"
-        return (f"## Evaluation\n\n{r['task']}: {what} {r['value']} in the evaluation episodes run while "
-                f"extracting (update {artifact.metrics.get('selected_update', '?')}). For returns with "
-                f"confidence intervals: `pwmctl eval policy/{artifact.name} --seeds 10`, then push again.")
+        return (
+            f"## Evaluation\n\n{r['task']}: {what} {r['value']} in the evaluation episodes run while "
+            f"extracting (update {artifact.metrics.get('selected_update', '?')}). For returns with "
+            f"confidence intervals: `pwmctl eval policy/{artifact.name} --seeds 10`, then push again."
+        )
     summary = evaluation["summary"]
-    lines = [f"## Evaluation\n\nFrom `{evaluation['report']}` ({summary.get('runs_per_task', '?')} runs per task; "
-             f"score: {summary.get('score', 'normalised return')}).\n",
-             "| task | return (mean ± std) | success | runs |", "|---|---|---|---|"]
+    lines = [
+        f"## Evaluation\n\nFrom `{evaluation['report']}` ({summary.get('runs_per_task', '?')} runs per task; "
+        f"score: {summary.get('score', 'normalised return')}).\n",
+        "| task | return (mean ± std) | success | runs |",
+        "|---|---|---|---|",
+    ]
     for task, row in summary.get("tasks", {}).items():
         success = "-" if row.get("success_rate") is None else f"{row['success_rate']:.2f}"
         returns = f"{row['return_mean']:.1f} ± {row['return_std']:.1f}"
@@ -346,24 +446,30 @@ def _dataset_section(artifact: Artifact, extras: Mapping[str, str]) -> str:
     facts = dataset_facts(artifact)
     ids = facts.get("task_ids") or {}
     tasks = ", ".join(f"{t} (id {ids[t]})" if ids.get(t) is not None else t for t in artifact.tasks) or "-"
-    return "\n".join([
-        "## Dataset", "",
-        f"- format: {facts.get('format') or 'unknown'} version {facts.get('format_version', '?')} "
-        f"(`{facts.get('store', 'data.zarr')}`, Zarr v3)",
-        f"- tasks: {tasks}",
-        f"- episodes: {facts.get('episodes')}",
-        f"- transitions: {facts.get('transitions')}",
-        f"- obs dim {facts.get('obs_dim')}, action dim {facts.get('act_dim')} (zero-padded across tasks)",
-    ]) + _preview_text(extras)
+    return "\n".join(
+        [
+            "## Dataset",
+            "",
+            f"- format: {facts.get('format') or 'unknown'} version {facts.get('format_version', '?')} "
+            f"(`{facts.get('store', 'data.zarr')}`, Zarr v3)",
+            f"- tasks: {tasks}",
+            f"- episodes: {facts.get('episodes')}",
+            f"- transitions: {facts.get('transitions')}",
+            f"- obs dim {facts.get('obs_dim')}, action dim {facts.get('act_dim')} (zero-padded across tasks)",
+        ]
+    ) + _preview_text(extras)
 
 
 def _preview_text(extras: Mapping[str, str]) -> str:
     previews = [(path, text) for path, text in extras.items() if path in (PREVIEW_EPISODES, PREVIEW_TASKS)]
     if not previews:
         return ""
-    return ("\n\n### Preview\n\nThe dataset viewer shows Parquet previews, made at push time (not part of the "
-            "artifact; `pull` skips them):\n\n" + "\n".join(f"- `{path}`: {text}" for path, text in previews)
-            + "\n\nThe whole dataset as Parquet: `pwmctl data export` (see above).")
+    return (
+        "\n\n### Preview\n\nThe dataset viewer shows Parquet previews, made at push time (not part of the "
+        "artifact; `pull` skips them):\n\n"
+        + "\n".join(f"- `{path}`: {text}" for path, text in previews)
+        + "\n\nThe whole dataset as Parquet: `pwmctl data export` (see above)."
+    )
 
 
 def _config_section(artifact: Artifact) -> str:
@@ -372,8 +478,7 @@ def _config_section(artifact: Artifact) -> str:
         return ""
     shown = rows[:MAX_CONFIG_ROWS]
     more = f"\n\n{len(rows) - len(shown)} more keys in `manifest.json`." if len(rows) > len(shown) else ""
-    return ("## Config\n\n| key | value |\n|---|---|\n"
-            + "\n".join(f"| {k} | {_fmt(v)} |" for k, v in shown) + more)
+    return "## Config\n\n| key | value |\n|---|---|\n" + "\n".join(f"| {k} | {_fmt(v)} |" for k, v in shown) + more
 
 
 def _hub_ids(node: LineageNode, endpoint: str) -> dict[str, Remote]:
@@ -387,8 +492,9 @@ def _hub_ids(node: LineageNode, endpoint: str) -> dict[str, Remote]:
     return found
 
 
-def _lineage_lines(node: LineageNode, hub_ids: dict[str, Remote], this: str, seen: set[str],
-                   depth: int = 0) -> list[str]:
+def _lineage_lines(
+    node: LineageNode, hub_ids: dict[str, Remote], this: str, seen: set[str], depth: int = 0
+) -> list[str]:
     """The lineage tree, depth first; an ancestor reached again (a dataset both the policy and its
     world model name) is not repeated."""
     if node.ref in seen:
@@ -426,8 +532,14 @@ def _fmt(value: Any) -> str:
 def _size_category(transitions: Any) -> list[str] | None:
     if not isinstance(transitions, int):
         return None
-    for bound, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-                         (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M")):
+    for bound, label in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+        (100_000_000, "10M<n<100M"),
+    ):
         if transitions < bound:
             return [label]
     return ["n>100M"]

@@ -45,11 +45,15 @@ class DiskError(RegistryError):
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             return cls.full(where)
         if error.errno == errno.EROFS:
-            return cls(f"{where} is on a read-only file system: remount it read-write, or point --home "
-                       f"(PWM_HOME) at a writable folder")
+            return cls(
+                f"{where} is on a read-only file system: remount it read-write, or point --home "
+                f"(PWM_HOME) at a writable folder"
+            )
         if error.errno in (errno.EACCES, errno.EPERM):
-            return cls(f"{where} is not writable by you ({error.strerror}): fix its permissions, or point "
-                       f"--home (PWM_HOME) at a writable folder")
+            return cls(
+                f"{where} is not writable by you ({error.strerror}): fix its permissions, or point "
+                f"--home (PWM_HOME) at a writable folder"
+            )
         return None
 
     @classmethod

@@ -88,26 +88,32 @@ def resolve_endpoint(endpoint: str | None = None) -> str:
 def check_namespace(namespace: str) -> str:
     """Return `namespace` if it can own Hub repos (the ORG of ORG/NAME), else raise HubError."""
     if not re.fullmatch(_REPO_PART, namespace) or ".." in namespace or "--" in namespace:
-        raise HubError(f"bad Hub namespace {shorten(namespace)!r}: a Hub user or organisation is 1-96 letters, "
-                       "digits, '-', '_', '.', starting with a letter or digit, not ending with '-' or '.', "
-                       "no '--' or '..'")
+        raise HubError(
+            f"bad Hub namespace {shorten(namespace)!r}: a Hub user or organisation is 1-96 letters, "
+            "digits, '-', '_', '.', starting with a letter or digit, not ending with '-' or '.', "
+            "no '--' or '..'"
+        )
     return namespace
 
 
 def check_repo_id(repo: str) -> str:
     """Return `repo` if it is "org/name", else raise HubError."""
     if not _REPO_RE.fullmatch(repo) or ".." in repo or "--" in repo or repo.endswith(".git"):
-        raise HubError(f"bad Hub repo {shorten(repo)!r}: expected ORG/NAME, e.g. me/walker-walk (each part "
-                       "1-96 letters, digits, '-', '_', '.', starting with a letter or digit, not ending "
-                       "with '-' or '.', no '--' or '..')")
+        raise HubError(
+            f"bad Hub repo {shorten(repo)!r}: expected ORG/NAME, e.g. me/walker-walk (each part "
+            "1-96 letters, digits, '-', '_', '.', starting with a letter or digit, not ending "
+            "with '-' or '.', no '--' or '..')"
+        )
     return repo
 
 
 def check_license(license: str) -> str:
     """Return `license` if it looks like a Hub license id, else raise HubError."""
     if not _LICENSE_RE.fullmatch(license):
-        raise HubError(f"bad license {shorten(license)!r}: give a Hub license id in lower case, e.g. mit, "
-                       "apache-2.0, cc-by-4.0, cc-by-nc-4.0, or other")
+        raise HubError(
+            f"bad license {shorten(license)!r}: give a Hub license id in lower case, e.g. mit, "
+            "apache-2.0, cc-by-4.0, cc-by-nc-4.0, or other"
+        )
     return license
 
 
@@ -150,10 +156,17 @@ class PushPlan:
         return sum(f.size for f in self.files)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ref": self.artifact.ref, "repo": self.repo, "repo_type": self.repo_type, "tag": self.tag,
-                "endpoint": self.endpoint, "private": self.private, "total_bytes": self.total_bytes,
-                "already": self.already.to_dict() if self.already else None,
-                "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files]}
+        return {
+            "ref": self.artifact.ref,
+            "repo": self.repo,
+            "repo_type": self.repo_type,
+            "tag": self.tag,
+            "endpoint": self.endpoint,
+            "private": self.private,
+            "total_bytes": self.total_bytes,
+            "already": self.already.to_dict() if self.already else None,
+            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
+        }
 
 
 @dataclass(frozen=True)
@@ -163,13 +176,27 @@ class PushResult:
     already: bool  # nothing was committed: it was on the Hub already
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ref": self.plan.artifact.ref, **self.remote.to_dict(), "url": self.remote.url,
-                "already": self.already, "files": len(self.plan.files), "total_bytes": self.plan.total_bytes}
+        return {
+            "ref": self.plan.artifact.ref,
+            **self.remote.to_dict(),
+            "url": self.remote.url,
+            "already": self.already,
+            "files": len(self.plan.files),
+            "total_bytes": self.plan.total_bytes,
+        }
 
 
-def plan_push(reg: Registry, ref: str, repo: str, *, endpoint: str | None = None, private: bool = False,
-              default_kind: str | None = None, license: str = DEFAULT_LICENSE,
-              extras: list[Extra] | None = None) -> PushPlan:
+def plan_push(
+    reg: Registry,
+    ref: str,
+    repo: str,
+    *,
+    endpoint: str | None = None,
+    private: bool = False,
+    default_kind: str | None = None,
+    license: str = DEFAULT_LICENSE,
+    extras: list[Extra] | None = None,
+) -> PushPlan:
     """The commit that would push `ref` to `repo`: files with sizes and sha256, repo type, tag.
 
     Reads only the local registry. The artifact is re-hashed first, so a damaged copy is never
@@ -191,8 +218,10 @@ def plan_push(reg: Registry, ref: str, repo: str, *, endpoint: str | None = None
         raise IntegrityError.from_problems(artifact.ref, problems)
     reserved = sorted({p.split("/")[0] for p in artifact.manifest["files"]} & _NOT_PAYLOAD)
     if reserved:
-        raise HubError(f"{artifact.ref} holds a top-level {reserved[0]}, which the Hub commit needs for itself: "
-                       f"move it into a folder and publish a new version")
+        raise HubError(
+            f"{artifact.ref} holds a top-level {reserved[0]}, which the Hub commit needs for itself: "
+            f"move it into a folder and publish a new version"
+        )
     repo_type, tag = repo_type_for(artifact.kind), f"v{artifact.version}"
     lineage = reg.lineage(artifact.ref)
     pushed = {**artifact.manifest, "lineage": [_lineage_entry(node, endpoint) for node in lineage.parents]}
@@ -202,16 +231,29 @@ def plan_push(reg: Registry, ref: str, repo: str, *, endpoint: str | None = None
     outside = [e.path for e in extras if not e.path.startswith(PREVIEW_DIR + "/")]
     if outside:
         raise HubError(f"{outside[0]}: files for the Hub page go under {PREVIEW_DIR}/")
-    card = render_card(artifact, repo=repo, repo_type=repo_type, tag=tag, endpoint=endpoint, lineage=lineage,
-                       evaluation=evaluation, license=license,
-                       extras={e.path: e.description for e in extras}).encode()
-    files = [PlannedFile(path, entry["size"], entry["sha256"], source=artifact.path / path)
-             for path, entry in artifact.manifest["files"].items()]
+    card = render_card(
+        artifact,
+        repo=repo,
+        repo_type=repo_type,
+        tag=tag,
+        endpoint=endpoint,
+        lineage=lineage,
+        evaluation=evaluation,
+        license=license,
+        extras={e.path: e.description for e in extras},
+    ).encode()
+    files = [
+        PlannedFile(path, entry["size"], entry["sha256"], source=artifact.path / path)
+        for path, entry in artifact.manifest["files"].items()
+    ]
     files += [_planned(e) for e in extras]
-    files += [PlannedFile(name, len(data), _sha256(data), content=data)
-              for name, data in ((MANIFEST_NAME, manifest_bytes), (CARD_NAME, card))]
-    already = next((r for r in reg.remotes(artifact.ref)
-                    if (r.endpoint, r.repo, r.repo_type) == (endpoint, repo, repo_type)), None)
+    files += [
+        PlannedFile(name, len(data), _sha256(data), content=data)
+        for name, data in ((MANIFEST_NAME, manifest_bytes), (CARD_NAME, card))
+    ]
+    already = next(
+        (r for r in reg.remotes(artifact.ref) if (r.endpoint, r.repo, r.repo_type) == (endpoint, repo, repo_type)), None
+    )
     return PushPlan(artifact, repo, repo_type, tag, endpoint, private, files, already)
 
 
@@ -235,8 +277,15 @@ def push(reg: Registry, plan: PushPlan, *, token: str | None = None) -> PushResu
     with _hub_errors(plan.endpoint, _shown(repo, repo_type), "push to"):
         api.create_repo(repo, repo_type=repo_type, private=plan.private, exist_ok=True)
         head = api.repo_info(repo, repo_type=repo_type, revision="main").sha
-        on_hub = [f.path for f in api.list_repo_tree(repo, repo_type=repo_type, revision=head, recursive=True)
-                  if isinstance(f, RepoFile)] if head else []
+        on_hub = (
+            [
+                f.path
+                for f in api.list_repo_tree(repo, repo_type=repo_type, revision=head, recursive=True)
+                if isinstance(f, RepoFile)
+            ]
+            if head
+            else []
+        )
         if MANIFEST_NAME in on_hub:
             _check_same_line(api, Remote(repo, repo_type, head, plan.endpoint), artifact)
         tags = {t.name: t.target_commit for t in api.list_repo_refs(repo, repo_type=repo_type).tags}
@@ -246,15 +295,19 @@ def push(reg: Registry, plan: PushPlan, *, token: str | None = None) -> PushResu
             reg.add_remote(artifact.ref, remote)
             return PushResult(plan, remote, already=True)
         planned = {f.path for f in plan.files}
-        operations: list[Any] = [
-            CommitOperationAdd(f.path, f.upload()) for f in plan.files]
+        operations: list[Any] = [CommitOperationAdd(f.path, f.upload()) for f in plan.files]
         operations += [CommitOperationDelete(path) for path in on_hub if path not in planned | _KEEP_ON_HUB]
         try:
             commit = api.create_commit(
-                repo, operations, repo_type=repo_type, revision="main", parent_commit=head,
+                repo,
+                operations,
+                repo_type=repo_type,
+                revision="main",
+                parent_commit=head,
                 commit_message=f"{artifact.ref} ({tag})",
                 commit_description=f"pwmctl push: {len(plan.files)} files, {plan.total_bytes} bytes; "
-                                   f"payload sha256 {content_sha256(artifact.manifest)}")
+                f"payload sha256 {content_sha256(artifact.manifest)}",
+            )
         except _http_error() as e:
             if _status(e) in (409, 412):
                 raise HubError(
@@ -263,8 +316,13 @@ def push(reg: Registry, plan: PushPlan, *, token: str | None = None) -> PushResu
                 ) from None
             raise
         try:
-            api.create_tag(repo, tag=tag, revision=commit.oid, repo_type=repo_type,
-                           tag_message=f"{artifact.ref}, payload sha256 {content_sha256(artifact.manifest)}")
+            api.create_tag(
+                repo,
+                tag=tag,
+                revision=commit.oid,
+                repo_type=repo_type,
+                tag_message=f"{artifact.ref}, payload sha256 {content_sha256(artifact.manifest)}",
+            )
         except _http_error() as e:
             if _status(e) == 409:
                 raise HubError(
@@ -282,8 +340,11 @@ def unpushed(reg: Registry, endpoint: str | None = None) -> list[Artifact]:
     policies (reports are left out: their results go into the policy cards), oldest first."""
     endpoint = resolve_endpoint(endpoint)
     remotes = reg.all_remotes()
-    todo = [a for a in reg.list() if a.kind in PUSH_ORDER
-            and not any(r.endpoint == endpoint for r in remotes.get(a.ref, ()))]
+    todo = [
+        a
+        for a in reg.list()
+        if a.kind in PUSH_ORDER and not any(r.endpoint == endpoint for r in remotes.get(a.ref, ()))
+    ]
     return sorted(todo, key=lambda a: (PUSH_ORDER.index(a.kind), a.registered, a.name, a.version))
 
 
@@ -309,8 +370,9 @@ def default_repo(reg: Registry, artifact: Artifact, namespace: str | None, endpo
     if namespace is None:
         return None
     plain = f"{namespace}/{artifact.name}"
-    rivals = {a.kind for a in reg.list(name=artifact.name)
-              if a.kind != artifact.kind and repo_type_for(a.kind) == repo_type}
+    rivals = {
+        a.kind for a in reg.list(name=artifact.name) if a.kind != artifact.kind and repo_type_for(a.kind) == repo_type
+    }
     outranked = any(MODEL_REPO_PRIORITY.index(k) < MODEL_REPO_PRIORITY.index(artifact.kind) for k in rivals)
     return f"{plain}-{artifact.kind}" if outranked or plain in used_by_others else plain
 
@@ -327,8 +389,14 @@ class PullResult:
     hub_only: list[str] = field(default_factory=list)  # parents known only by their Hub ids
 
     def to_dict(self) -> dict[str, Any]:
-        return {"artifact": self.artifact.ref, **self.remote.to_dict(), "url": self.remote.url,
-                "already": self.already, "parents": self.linked, "hub_parents": self.hub_only}
+        return {
+            "artifact": self.artifact.ref,
+            **self.remote.to_dict(),
+            "url": self.remote.url,
+            "already": self.already,
+            "parents": self.linked,
+            "hub_parents": self.hub_only,
+        }
 
 
 def parse_hub_spec(spec: str) -> tuple[str | None, str, str | None]:
@@ -337,15 +405,22 @@ def parse_hub_spec(spec: str) -> tuple[str | None, str, str | None]:
     repo_type = None
     for prefix, kind in (("datasets/", "dataset"), ("models/", "model")):
         if path.startswith(prefix) and path.count("/") == 2:
-            repo_type, path = kind, path[len(prefix):]
+            repo_type, path = kind, path[len(prefix) :]
     if at and not rev:
         raise HubError(f"bad Hub ref {spec!r}: nothing after '@'; expected ORG/NAME[@vN|@SHA]")
     check_repo_id(path)
     return repo_type, path, rev or None
 
 
-def pull(reg: Registry, spec: str, *, repo_type: str | None = None, endpoint: str | None = None,
-         offline: bool = False, token: str | None = None) -> PullResult:
+def pull(
+    reg: Registry,
+    spec: str,
+    *,
+    repo_type: str | None = None,
+    endpoint: str | None = None,
+    offline: bool = False,
+    token: str | None = None,
+) -> PullResult:
     """Download one version from the Hub, verify it, and register it as the next local version.
 
     Args:
@@ -368,8 +443,10 @@ def pull(reg: Registry, spec: str, *, repo_type: str | None = None, endpoint: st
     if local is not None:
         return local
     if offline:
-        raise HubError(f"{repo}@{rev or 'main'} is not in {reg.home} and --offline forbids downloading: "
-                       f"pull it once without --offline")
+        raise HubError(
+            f"{repo}@{rev or 'main'} is not in {reg.home} and --offline forbids downloading: "
+            f"pull it once without --offline"
+        )
     api = _api(endpoint, token)
     repo_type, sha = _resolve_revision(api, repo, rev, repo_type, endpoint)
     local = _local_copy(reg, repo, sha, repo_type, endpoint)
@@ -384,8 +461,15 @@ def pull(reg: Registry, spec: str, *, repo_type: str | None = None, endpoint: st
         try:
             from huggingface_hub import snapshot_download
 
-            snapshot_download(repo, repo_type=repo_type, revision=sha, local_dir=work, endpoint=endpoint, token=token,
-                              ignore_patterns=[f"{PREVIEW_DIR}/*"])  # for the Hub page, not the artifact
+            snapshot_download(
+                repo,
+                repo_type=repo_type,
+                revision=sha,
+                local_dir=work,
+                endpoint=endpoint,
+                token=token,
+                ignore_patterns=[f"{PREVIEW_DIR}/*"],
+            )  # for the Hub page, not the artifact
             return _register(reg, work, remote)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -410,8 +494,12 @@ def _register(reg: Registry, download: Path, remote: Remote) -> PullResult:
         else:
             hub_only.append(Remote.from_dict(entry["hub"]).hub_id if entry.get("hub") else entry["ref"])
         entries.append({**entry, "local": local.ref if local else None})
-    hub = {**remote.to_dict(), "ref": f"{kind}/{name}:v{manifest['version']}",
-           "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "lineage": entries}
+    hub = {
+        **remote.to_dict(),
+        "ref": f"{kind}/{name}:v{manifest['version']}",
+        "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "lineage": entries,
+    }
     with reg.stage(kind, name) as staging:
         for entry in download.iterdir():
             if entry.name not in _NOT_PAYLOAD:
@@ -430,16 +518,22 @@ def _check_pulled_manifest(manifest: Mapping[str, Any], remote: Remote) -> None:
     naming no pwmctl artifact; checked before any of its fields is used."""
     made_by = manifest.get("manifest_version")
     if isinstance(made_by, int) and not isinstance(made_by, bool) and made_by > MANIFEST_VERSION:
-        raise HubError(f"{remote.hub_id} was made by a newer pwmctl (manifest version {made_by}, this one reads "
-                       f"up to {MANIFEST_VERSION}): upgrade pwmctl to pull it; nothing was registered")
+        raise HubError(
+            f"{remote.hub_id} was made by a newer pwmctl (manifest version {made_by}, this one reads "
+            f"up to {MANIFEST_VERSION}): upgrade pwmctl to pull it; nothing was registered"
+        )
     problem = manifest_problem(manifest) or _lineage_problem(manifest.get("lineage"))
     if problem:
-        raise HubError(f"{remote.hub_id}: its {MANIFEST_NAME} is malformed ({problem}): it was not written by "
-                       f"pwmctl, or was edited after the push; nothing was registered")
+        raise HubError(
+            f"{remote.hub_id}: its {MANIFEST_NAME} is malformed ({problem}): it was not written by "
+            f"pwmctl, or was edited after the push; nothing was registered"
+        )
     kind, name = manifest["kind"], manifest["name"]
     if kind not in KINDS or name_problem(name):
-        raise HubError(f"{remote.hub_id}: {MANIFEST_NAME} names no pwmctl artifact "
-                       f"(kind {shorten(kind, 40)!r}, name {shorten(name, 60)!r})")
+        raise HubError(
+            f"{remote.hub_id}: {MANIFEST_NAME} names no pwmctl artifact "
+            f"(kind {shorten(kind, 40)!r}, name {shorten(name, 60)!r})"
+        )
 
 
 def _lineage_problem(lineage: Any) -> str | None:
@@ -463,8 +557,11 @@ def _is_lineage_entry(entry: Any) -> bool:
     hub = entry.get("hub")
     if hub is None:
         return True
-    return (isinstance(hub, dict) and isinstance(hub.get("tag"), (str, type(None)))
-            and all(isinstance(hub.get(key), str) for key in ("repo", "repo_type", "commit", "endpoint")))
+    return (
+        isinstance(hub, dict)
+        and isinstance(hub.get("tag"), (str, type(None)))
+        and all(isinstance(hub.get(key), str) for key in ("repo", "repo_type", "commit", "endpoint"))
+    )
 
 
 # ---- reachability (pwmctl doctor) ----------------------------------------------------------
@@ -482,8 +579,14 @@ class HubStatus:
     detail: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"endpoint": self.endpoint, "reachable": self.reachable, "logged_in": self.token_source is not None,
-                "token_source": self.token_source, "user": self.user, "detail": self.detail}
+        return {
+            "endpoint": self.endpoint,
+            "reachable": self.reachable,
+            "logged_in": self.token_source is not None,
+            "token_source": self.token_source,
+            "user": self.user,
+            "detail": self.detail,
+        }
 
 
 def hub_status(endpoint: str | None = None, *, timeout_s: float = 3.0) -> HubStatus:
@@ -538,8 +641,9 @@ def verify_remote(reg: Registry, ref: str, *, token: str | None = None) -> list[
     artifact = reg.resolve(ref)
     remotes = reg.remotes(artifact.ref)
     if not remotes:
-        raise HubError(f"{artifact.ref} has no Hub copy recorded: push it first "
-                       f"(`pwmctl push {artifact.ref} --repo ORG/NAME`)")
+        raise HubError(
+            f"{artifact.ref} has no Hub copy recorded: push it first (`pwmctl push {artifact.ref} --repo ORG/NAME`)"
+        )
     results = []
     for remote in remotes:
         api = _api(remote.endpoint, token)
@@ -558,8 +662,9 @@ def compare_files(local: Mapping[str, Any], remote: Mapping[str, Any]) -> list[F
     for path in local.keys() & remote.keys():
         mine, theirs = local[path], remote[path]
         if (mine["sha256"], mine["size"]) != (theirs["sha256"], theirs["size"]):
-            problems.append(FileProblem(path, "changed", f"Hub copy has sha256 {theirs['sha256'][:12]}..., "
-                                                         f"{theirs['size']} bytes"))
+            problems.append(
+                FileProblem(path, "changed", f"Hub copy has sha256 {theirs['sha256'][:12]}..., {theirs['size']} bytes")
+            )
     return sorted(problems, key=lambda p: p.path)
 
 
@@ -595,8 +700,9 @@ def _lineage_entry(node: LineageNode, endpoint: str) -> dict[str, Any]:
     return {"ref": node.ref, "content_sha256": digest, "hub": remotes[0].to_dict() if remotes else None}
 
 
-def _local_copy(reg: Registry, repo: str, rev: str | None, repo_type: str | None, endpoint: str,
-                latest: bool = False) -> PullResult | None:
+def _local_copy(
+    reg: Registry, repo: str, rev: str | None, repo_type: str | None, endpoint: str, latest: bool = False
+) -> PullResult | None:
     """The version already registered for this repo and revision: a commit sha matches on any
     endpoint (it names the content), a tag on this endpoint (pwmctl never moves tags); with
     `latest` and no revision, the newest copy of the repo."""
@@ -610,8 +716,7 @@ def _local_copy(reg: Registry, repo: str, rev: str | None, repo_type: str | None
         return None
     if found is None:
         return None
-    remote = next(r for r in reg.remotes(found.ref) if r.repo == repo
-                  and (rev is None or rev in (r.commit_sha, r.tag)))
+    remote = next(r for r in reg.remotes(found.ref) if r.repo == repo and (rev is None or rev in (r.commit_sha, r.tag)))
     return PullResult(found, remote, already=True, linked=found.parents)
 
 
@@ -632,22 +737,27 @@ def _resolve_revision(api, repo: str, rev: str | None, repo_type: str | None, en
     if len(found) == 1:
         return next(iter(found.items()))
     if found:
-        raise HubError(f"both a model and a dataset repo {repo} on {endpoint} have {rev or 'main'}: "
-                       f"pass --repo-type model or --repo-type dataset")
+        raise HubError(
+            f"both a model and a dataset repo {repo} on {endpoint} have {rev or 'main'}: "
+            f"pass --repo-type model or --repo-type dataset"
+        )
     if missing_rev:
         kind, tags = next(iter(missing_rev.items()))
         have = f"its tags are {', '.join(tags)}" if tags else "it has no tags"
-        raise HubError(f"{_shown(repo, kind)} on {endpoint} has no revision {rev!r}: {have}; "
-                       f"pull ORG/NAME@TAG or @SHA")
+        raise HubError(f"{_shown(repo, kind)} on {endpoint} has no revision {rev!r}: {have}; pull ORG/NAME@TAG or @SHA")
     tried = f"{repo_type} repo" if repo_type else "model or dataset repo"
-    raise HubError(f"no {tried} {repo} on {endpoint}, or it is private and your token cannot read it: "
-                   f"check the name (and --repo-type), or log in with `hf auth login` / HF_TOKEN")
+    raise HubError(
+        f"no {tried} {repo} on {endpoint}, or it is private and your token cannot read it: "
+        f"check the name (and --repo-type), or log in with `hf auth login` / HF_TOKEN"
+    )
 
 
 def _tag_at(api, repo: str, repo_type: str, sha: str) -> str | None:
     """A tag on `sha`, preferring vN tags."""
-    tags = sorted((t.name for t in api.list_repo_refs(repo, repo_type=repo_type).tags if t.target_commit == sha),
-                  key=lambda name: (not re.fullmatch(r"v[0-9]+", name), name))
+    tags = sorted(
+        (t.name for t in api.list_repo_refs(repo, repo_type=repo_type).tags if t.target_commit == sha),
+        key=lambda name: (not re.fullmatch(r"v[0-9]+", name), name),
+    )
     return tags[0] if tags else None
 
 
@@ -657,8 +767,9 @@ def _remote_manifest(api, remote: Remote) -> dict[str, Any] | None:
 
     with tempfile.TemporaryDirectory(prefix="pwmctl-hub-") as tmp:
         try:
-            path = api.hf_hub_download(remote.repo, MANIFEST_NAME, repo_type=remote.repo_type,
-                                       revision=remote.commit_sha, local_dir=tmp)
+            path = api.hf_hub_download(
+                remote.repo, MANIFEST_NAME, repo_type=remote.repo_type, revision=remote.commit_sha, local_dir=tmp
+            )
         except EntryNotFoundError:
             return None
         try:
@@ -670,14 +781,19 @@ def _remote_manifest(api, remote: Remote) -> dict[str, Any] | None:
 def _check_same_content(api, remote: Remote, artifact: Artifact) -> None:
     """Refuse an existing tag unless it holds this artifact (same kind, name and payload)."""
     manifest = _remote_manifest(api, remote)
-    same = (manifest is not None and (manifest.get("kind"), manifest.get("name")) == (artifact.kind, artifact.name)
-            and content_sha256(manifest) == content_sha256(artifact.manifest))
+    same = (
+        manifest is not None
+        and (manifest.get("kind"), manifest.get("name")) == (artifact.kind, artifact.name)
+        and content_sha256(manifest) == content_sha256(artifact.manifest)
+    )
     if not same:
         if manifest is None:
             held = "files not pushed by pwmctl"
         else:
-            held = (f"{manifest.get('kind')}/{manifest.get('name')}:v{manifest.get('version')} with payload sha256 "
-                    f"{content_sha256(manifest)[:12]}... (yours: {content_sha256(artifact.manifest)[:12]}...)")
+            held = (
+                f"{manifest.get('kind')}/{manifest.get('name')}:v{manifest.get('version')} with payload sha256 "
+                f"{content_sha256(manifest)[:12]}... (yours: {content_sha256(artifact.manifest)[:12]}...)"
+            )
         raise HubError(
             f"{_shown(remote.repo, remote.repo_type)} already has tag {remote.tag} (commit {remote.commit_sha[:12]}) "
             f"holding {held}: pwmctl never moves a tag; push {artifact.ref} to another repo (--repo)"
@@ -719,24 +835,34 @@ def _hub_errors(endpoint: str, what: str, action: str) -> Iterator[None]:
     try:
         yield
     except OfflineModeIsEnabled:
-        raise HubError(f"HF_HUB_OFFLINE is set, so pwmctl cannot {action} {what}: unset it, "
-                       f"or pull with --offline to use local copies only") from None
+        raise HubError(
+            f"HF_HUB_OFFLINE is set, so pwmctl cannot {action} {what}: unset it, "
+            f"or pull with --offline to use local copies only"
+        ) from None
     except RepositoryNotFoundError:
-        raise HubError(f"no {what} on {endpoint}, or it is private and your token cannot read it: check "
-                       f"the name, or log in with `hf auth login` / HF_TOKEN") from None
+        raise HubError(
+            f"no {what} on {endpoint}, or it is private and your token cannot read it: check "
+            f"the name, or log in with `hf auth login` / HF_TOKEN"
+        ) from None
     except HfHubHTTPError as e:
         status = _status(e)
         if status in (401, 403):
-            raise HubError(f"the Hub at {endpoint} refused to let you {action} {what} (HTTP {status}): log in with "
-                           f"`hf auth login` or set HF_TOKEN to a token with {'write' if 'push' in action else 'read'} "
-                           f"access") from None
+            raise HubError(
+                f"the Hub at {endpoint} refused to let you {action} {what} (HTTP {status}): log in with "
+                f"`hf auth login` or set HF_TOKEN to a token with {'write' if 'push' in action else 'read'} "
+                f"access"
+            ) from None
         detail = (e.server_message or str(e)).strip().splitlines()
-        raise HubError(f"the Hub at {endpoint} answered HTTP {status} when trying to {action} {what}"
-                       f"{': ' + detail[0] if detail else ''}") from None
+        raise HubError(
+            f"the Hub at {endpoint} answered HTTP {status} when trying to {action} {what}"
+            f"{': ' + detail[0] if detail else ''}"
+        ) from None
     except (HTTPError, LocalEntryNotFoundError, ConnectionError, TimeoutError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HubError(f"cannot reach the Hub at {endpoint} to {action} {what} ({reason}): check the network, "
-                       f"or point --hub-endpoint / `pwmctl config set hub.endpoint URL` at a reachable Hub") from None
+        raise HubError(
+            f"cannot reach the Hub at {endpoint} to {action} {what} ({reason}): check the network, "
+            f"or point --hub-endpoint / `pwmctl config set hub.endpoint URL` at a reachable Hub"
+        ) from None
     except OSError as e:  # after the network errors, which are OSErrors too
         if "Consistency check failed" not in str(e):  # a download cut short; other OSErrors are local
             raise

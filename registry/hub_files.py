@@ -71,14 +71,16 @@ def is_file_ref(ref: str) -> bool:
 
 def parse_file_ref(ref: str, repo_type: str = "model") -> FileRef:
     """``hf://[datasets/|models/]ORG/NAME[@REV]/PATH`` or ``ORG/NAME/PATH`` -> FileRef (malformed: HubError)."""
-    body = ref[len(HF_SCHEME):] if ref.startswith(HF_SCHEME) else ref
+    body = ref[len(HF_SCHEME) :] if ref.startswith(HF_SCHEME) else ref
     for prefix, kind in (("datasets/", "dataset"), ("models/", "model")):
         if body.startswith(prefix):
-            body, repo_type = body[len(prefix):], kind
+            body, repo_type = body[len(prefix) :], kind
     parts = body.split("/")
     if len(parts) < 3 or not all(parts):
-        raise HubError(f"bad Hub file {shorten(ref)!r}: expected hf://ORG/NAME/PATH or hf://ORG/NAME@REV/PATH "
-                       f"(hf://datasets/... for a dataset repo), e.g. hf://nicklashansen/tdmpc2/multitask/mt30-48M.pt")
+        raise HubError(
+            f"bad Hub file {shorten(ref)!r}: expected hf://ORG/NAME/PATH or hf://ORG/NAME@REV/PATH "
+            f"(hf://datasets/... for a dataset repo), e.g. hf://nicklashansen/tdmpc2/multitask/mt30-48M.pt"
+        )
     name, _, revision = parts[1].partition("@")
     if "@" in parts[1] and not revision:
         raise HubError(f"bad Hub file {shorten(ref)!r}: nothing after '@'; expected ORG/NAME@REV/PATH")
@@ -101,13 +103,28 @@ def list_files(ref: FileRef, endpoint: str, token: str | None = None, recursive:
     api = _api(endpoint, token)
     with _hub_errors(endpoint, _shown(ref.repo, ref.repo_type), "read"):
         try:
-            entries = list(api.list_repo_tree(ref.repo, path_in_repo=ref.path or None, repo_type=ref.repo_type,
-                                              revision=ref.revision, recursive=recursive))
+            entries = list(
+                api.list_repo_tree(
+                    ref.repo,
+                    path_in_repo=ref.path or None,
+                    repo_type=ref.repo_type,
+                    revision=ref.revision,
+                    recursive=recursive,
+                )
+            )
         except EntryNotFoundError:
             return []
-    return [HubFile(FileRef(ref.repo, ref.repo_type, e.path, ref.revision), e.size,
-                    e.lfs.sha256 if e.lfs else None, e.blob_id, endpoint)
-            for e in entries if isinstance(e, RepoFile)]
+    return [
+        HubFile(
+            FileRef(ref.repo, ref.repo_type, e.path, ref.revision),
+            e.size,
+            e.lfs.sha256 if e.lfs else None,
+            e.blob_id,
+            endpoint,
+        )
+        for e in entries
+        if isinstance(e, RepoFile)
+    ]
 
 
 def find_file(ref: FileRef, endpoint: str, token: str | None = None) -> HubFile:
@@ -120,12 +137,21 @@ def find_file(ref: FileRef, endpoint: str, token: str | None = None) -> HubFile:
         return found
     others = [f.ref.path for f in files]
     close = difflib.get_close_matches(ref.path, others, n=3, cutoff=0.5) or difflib.get_close_matches(
-        ref.path, [f.ref.path for f in list_files(FileRef(ref.repo, ref.repo_type, "", commit), endpoint, token,
-                                                  recursive=True)], n=3, cutoff=0.5)
-    hint = f"did you mean {' or '.join(close)}?" if close else (
-        f"{folder or 'its root'} holds {', '.join(sorted(others)[:8])}" if others else f"{folder or 'it'} is empty")
-    raise HubError(f"no file {ref.path} in {_shown(ref.repo, ref.repo_type)} at {ref.revision or 'main'} on "
-                   f"{endpoint}: {hint}")
+        ref.path,
+        [f.ref.path for f in list_files(FileRef(ref.repo, ref.repo_type, "", commit), endpoint, token, recursive=True)],
+        n=3,
+        cutoff=0.5,
+    )
+    hint = (
+        f"did you mean {' or '.join(close)}?"
+        if close
+        else (
+            f"{folder or 'its root'} holds {', '.join(sorted(others)[:8])}" if others else f"{folder or 'it'} is empty"
+        )
+    )
+    raise HubError(
+        f"no file {ref.path} in {_shown(ref.repo, ref.repo_type)} at {ref.revision or 'main'} on {endpoint}: {hint}"
+    )
 
 
 def download(file: HubFile, dest: Path, progress: Progress | None = None, token: str | None = None) -> Path:
@@ -151,18 +177,27 @@ def download(file: HubFile, dest: Path, progress: Progress | None = None, token:
     dest.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(dest.parent).free
     if file.size - have > free:
-        raise DiskError(f"{file.ref.path} needs {file.size - have} more bytes but {dest.parent} has {free} free: "
-                        "free some space, or point --home (PWM_HOME) at a bigger disk")
+        raise DiskError(
+            f"{file.ref.path} needs {file.size - have} more bytes but {dest.parent} has {free} free: "
+            "free some space, or point --home (PWM_HOME) at a bigger disk"
+        )
     what = f"{file.ref.path} from {_shown(file.ref.repo, file.ref.repo_type)}"
-    url = hf_hub_url(file.ref.repo, file.ref.path, repo_type=file.ref.repo_type, revision=file.ref.revision,
-                     endpoint=file.endpoint)
+    url = hf_hub_url(
+        file.ref.repo, file.ref.path, repo_type=file.ref.repo_type, revision=file.ref.revision, endpoint=file.endpoint
+    )
     if progress is not None:
         progress(have, file.size)
     try:
         with open(part, "ab") as f, _hub_errors(file.endpoint, what, "download"):
-            http_get(url, _Counting(f, have, file.size, progress),  # type: ignore[arg-type]
-                     resume_size=have, expected_size=file.size, displayed_filename=file.name,
-                     headers=build_hf_headers(token=token, library_name="pwmctl"), tqdm_class=_NoBar)
+            http_get(
+                url,
+                _Counting(f, have, file.size, progress),  # type: ignore[arg-type]
+                resume_size=have,
+                expected_size=file.size,
+                displayed_filename=file.name,
+                headers=build_hf_headers(token=token, library_name="pwmctl"),
+                tqdm_class=_NoBar,
+            )
     except OSError as e:  # a full disk while writing: the part file stays for the next try
         raise DiskError.from_os_error(e, part) or e from None
     except HubError as e:
@@ -170,13 +205,16 @@ def download(file: HubFile, dest: Path, progress: Progress | None = None, token:
         if not kept:
             part.unlink(missing_ok=True)
             raise
-        raise HubError(f"{e}; the {kept} bytes downloaded so far are kept in {part} and the next try resumes "
-                       "from there") from None
+        raise HubError(
+            f"{e}; the {kept} bytes downloaded so far are kept in {part} and the next try resumes from there"
+        ) from None
     problem = _digest_problem(part, file)
     if problem:
         part.unlink(missing_ok=True)
-        raise HubError(f"{what} on {file.endpoint} does not match the Hub's {problem}: the download was removed; "
-                       f"run the command again")
+        raise HubError(
+            f"{what} on {file.endpoint} does not match the Hub's {problem}: the download was removed; "
+            f"run the command again"
+        )
     os.replace(part, dest)
     return dest
 

@@ -175,8 +175,10 @@ class Index:
         (found by trying), or `error` itself."""
         code = getattr(error, "sqlite_errorcode", 0) & 0xFF
         if code in (_SQLITE_BUSY, _SQLITE_LOCKED) or "locked" in str(error):
-            return RegistryError(f"the registry index {self.path} is busy (another pwmctl is writing; waited "
-                                 f"{self.busy_timeout_s:g} s); try again")
+            return RegistryError(
+                f"the registry index {self.path} is busy (another pwmctl is writing; waited "
+                f"{self.busy_timeout_s:g} s); try again"
+            )
         if code == _SQLITE_FULL:
             return DiskError.full(self.path)
         if code == _SQLITE_IOERR:  # EROFS or ENOSPC surface as this too, as may a failing disk
@@ -184,7 +186,8 @@ class Index:
         if code in _SQLITE_UNWRITABLE or "unable to open" in str(error) or "readonly" in str(error):
             return _write_problem(self.home) or RegistryError(
                 f"cannot write the registry index {self.path} ({error}): check that {self.home} and the "
-                f"files in it are writable by you")
+                f"files in it are writable by you"
+            )
         return error
 
     def _ensure_schema(self, db: sqlite3.Connection) -> None:
@@ -211,8 +214,7 @@ class Index:
             raise
         except sqlite3.DatabaseError as e:
             raise RegistryError(
-                f"{self.path} is not a registry index ({e}): move it away or use another "
-                f"home folder"
+                f"{self.path} is not a registry index ({e}): move it away or use another home folder"
             ) from None
 
     # ---- artifact rows ----------------------------------------------------------------------
@@ -247,18 +249,19 @@ class Index:
 
     def _not_found(self, db: sqlite3.Connection, ref: Ref) -> ArtifactNotFound:
         """The error for a missing ref: existing versions of the line, else close names."""
-        versions = [row[0] for row in db.execute(
-            "SELECT version FROM artifacts WHERE kind = ? AND name = ? ORDER BY version",
-            (ref.kind, ref.name),
-        )]
+        versions = [
+            row[0]
+            for row in db.execute(
+                "SELECT version FROM artifacts WHERE kind = ? AND name = ? ORDER BY version",
+                (ref.kind, ref.name),
+            )
+        ]
         lines = db.execute("SELECT DISTINCT kind, name FROM artifacts").fetchall()
         same_kind = [name for kind, name in lines if kind == ref.kind]
         close = difflib.get_close_matches(ref.name, same_kind, n=3)
         other_kinds = [f"{kind}/{name}" for kind, name in lines if name == ref.name]
         suggestions = (other_kinds + [f"{ref.kind}/{name}" for name in close])[:3]
-        return ArtifactNotFound.for_ref(
-            str(ref), versions=versions, suggestions=suggestions, home=str(self.home)
-        )
+        return ArtifactNotFound.for_ref(str(ref), versions=versions, suggestions=suggestions, home=str(self.home))
 
     def select(
         self, db: sqlite3.Connection, kind: str | None = None, task: str | None = None, name: str | None = None
@@ -299,10 +302,8 @@ class Index:
         """Index rows of a version folder `dest` holding `manifest`; returns its artifact id."""
         kind, name, version = manifest["kind"], manifest["name"], manifest["version"]
         artifact_id = db.execute(
-            "INSERT INTO artifacts (kind, name, version, created, path, manifest_json) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (kind, name, version, manifest["created"], dest.relative_to(self.home).as_posix(),
-             json.dumps(manifest)),
+            "INSERT INTO artifacts (kind, name, version, created, path, manifest_json) VALUES (?, ?, ?, ?, ?, ?)",
+            (kind, name, version, manifest["created"], dest.relative_to(self.home).as_posix(), json.dumps(manifest)),
         ).lastrowid
         assert artifact_id is not None  # set by every successful INSERT
         db.executemany(

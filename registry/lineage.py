@@ -34,7 +34,7 @@ class Remote:
 
     @property
     def hub_id(self) -> str:
-        """"org/name@v3" ("datasets/org/name@v3" for a dataset repo), the short sha without a tag."""
+        """ "org/name@v3" ("datasets/org/name@v3" for a dataset repo), the short sha without a tag."""
         prefix = "datasets/" if self.repo_type == "dataset" else ""
         return f"{prefix}{self.repo}@{self.tag or self.commit_sha[:12]}"
 
@@ -45,8 +45,13 @@ class Remote:
         return f"{self.endpoint}/{prefix}{self.repo}/tree/{self.commit_sha}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"repo": self.repo, "repo_type": self.repo_type, "commit": self.commit_sha,
-                "tag": self.tag, "endpoint": self.endpoint}
+        return {
+            "repo": self.repo,
+            "repo_type": self.repo_type,
+            "commit": self.commit_sha,
+            "tag": self.tag,
+            "endpoint": self.endpoint,
+        }
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Remote:
@@ -89,8 +94,15 @@ def insert_remote(db: sqlite3.Connection, artifact_id: int, remote: Remote) -> N
         "INSERT INTO remotes (artifact_id, repo, repo_type, tag, commit_sha, endpoint, pushed_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (artifact_id, endpoint, repo_type, repo) DO UPDATE "
         "SET tag = excluded.tag, commit_sha = excluded.commit_sha, pushed_at = excluded.pushed_at",
-        (artifact_id, remote.repo, remote.repo_type, remote.tag, remote.commit_sha, remote.endpoint,
-         remote.pushed_at or utc_now()),
+        (
+            artifact_id,
+            remote.repo,
+            remote.repo_type,
+            remote.tag,
+            remote.commit_sha,
+            remote.endpoint,
+            remote.pushed_at or utc_now(),
+        ),
     )
 
 
@@ -118,8 +130,14 @@ def remotes_by_ref(db: sqlite3.Connection) -> dict[str, list[Remote]]:
 
 
 def with_remote(
-    index: Index, db: sqlite3.Connection, repo: str, *, commit_sha: str | None = None, tag: str | None = None,
-    endpoint: str | None = None, repo_type: str | None = None,
+    index: Index,
+    db: sqlite3.Connection,
+    repo: str,
+    *,
+    commit_sha: str | None = None,
+    tag: str | None = None,
+    endpoint: str | None = None,
+    repo_type: str | None = None,
 ) -> Artifact | None:
     """The newest local version recorded as on the Hub in `repo` (at that commit, tag, endpoint,
     repo type when given), or None."""
@@ -149,8 +167,10 @@ def local_parent(index: Index, db: sqlite3.Connection, entry: Mapping[str, Any])
     name = rest.partition(":")[0]
     if name_problem(name) or kind not in KINDS or not entry.get("content_sha256"):
         return None
-    return next((a for a in index.select(db, kind=kind, name=name)
-                 if content_sha256(a.manifest) == entry["content_sha256"]), None)
+    return next(
+        (a for a in index.select(db, kind=kind, name=name) if content_sha256(a.manifest) == entry["content_sha256"]),
+        None,
+    )
 
 
 def lineage_tree(index: Index, db: sqlite3.Connection, ref: str, below: frozenset[str] = frozenset()) -> LineageNode:
@@ -164,10 +184,14 @@ def lineage_tree(index: Index, db: sqlite3.Connection, ref: str, below: frozense
         return LineageNode(ref, None)
     below = below | {artifact.ref}
     parents = [lineage_tree(index, db, parent, below) for parent in artifact.parents]
-    hub_of = {e["local"]: Remote.from_dict(e["hub"]) for e in _hub_lineage(artifact.manifest)
-              if e.get("local") and e.get("hub")}
-    parents = [p if p.exists or p.ref not in hub_of else LineageNode(p.ref, None, remotes=(hub_of[p.ref],))
-               for p in parents]  # a linked parent removed since: its Hub id still shows
+    hub_of = {
+        e["local"]: Remote.from_dict(e["hub"])
+        for e in _hub_lineage(artifact.manifest)
+        if e.get("local") and e.get("hub")
+    }
+    parents = [
+        p if p.exists or p.ref not in hub_of else LineageNode(p.ref, None, remotes=(hub_of[p.ref],)) for p in parents
+    ]  # a linked parent removed since: its Hub id still shows
     for entry in (e for e in _hub_lineage(artifact.manifest) if not e.get("local")):
         local = local_parent(index, db, entry)  # pulled since this artifact was
         if local is not None and local.ref in below:  # same payload as a descendant: not its parent

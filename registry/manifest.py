@@ -28,10 +28,18 @@ FileEntry = dict[str, Any]  # {"sha256": hex str, "size": bytes}
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # Every key make_manifest writes, with the JSON type it holds.
 _KEY_TYPES: dict[str, tuple[type, str]] = {
-    "manifest_version": (int, "an integer"), "kind": (str, "a string"), "name": (str, "a string"),
-    "version": (int, "an integer"), "created": (str, "a string"), "files": (dict, "a table"),
-    "parents": (list, "a list"), "tasks": (list, "a list"), "config": (dict, "a table"),
-    "metrics": (dict, "a table"), "code_version": (dict, "a table"), "extra": (dict, "a table"),
+    "manifest_version": (int, "an integer"),
+    "kind": (str, "a string"),
+    "name": (str, "a string"),
+    "version": (int, "an integer"),
+    "created": (str, "a string"),
+    "files": (dict, "a table"),
+    "parents": (list, "a list"),
+    "tasks": (list, "a list"),
+    "config": (dict, "a table"),
+    "metrics": (dict, "a table"),
+    "code_version": (dict, "a table"),
+    "extra": (dict, "a table"),
 }
 
 
@@ -81,9 +89,7 @@ def hash_tree(root: Path) -> dict[str, FileEntry]:
     for rel in list_files(root):
         path = root / rel
         if path.is_symlink():
-            raise IntegrityError(
-                f"{path} is a symbolic link: an artifact must hold its own files, copy it in"
-            )
+            raise IntegrityError(f"{path} is a symbolic link: an artifact must hold its own files, copy it in")
         entries[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
     return entries
 

@@ -35,7 +35,5 @@ def _git_state() -> dict[str, Any]:
 
 
 def _git(cwd: Path, *args: str) -> str:
-    result = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
-    )
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10)
     return result.stdout.strip()

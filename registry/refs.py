@@ -29,8 +29,7 @@ def name_problem(name: str) -> str | None:
         return f"the name is longer than {MAX_NAME_LEN} characters"
     if not _NAME_RE.fullmatch(name):
         return (
-            f"name {name!r} may only use lowercase letters, digits, '-', '_', '.' "
-            f"and must start with a letter or digit"
+            f"name {name!r} may only use lowercase letters, digits, '-', '_', '.' and must start with a letter or digit"
         )
     return None
 
@@ -100,11 +99,7 @@ def parse_ref(text: str, default_kind: str | None = None) -> Ref:
     if not slash:
         kind = default_kind or ""
     version, version_error = _parse_version(version_text if colon else LATEST)
-    problem = (
-        (kind_problem(kind) if kind else "no KIND/ prefix")
-        or name_problem(name)
-        or version_error
-    )
+    problem = (kind_problem(kind) if kind else "no KIND/ prefix") or name_problem(name) or version_error
     if problem:
         raise RefError(f"bad artifact ref {shorten(text)!r}: {problem}; {_EXPECTED}")
     return Ref(kind, name, version)
@@ -112,7 +107,7 @@ def parse_ref(text: str, default_kind: str | None = None) -> Ref:
 
 def shorten(text: str, limit: int = 120) -> str:
     """`text`, shortened to keep an error message on one readable line."""
-    return text if len(text) <= limit else f"{text[:limit - 30]}...{text[-10:]} ({len(text)} characters)"
+    return text if len(text) <= limit else f"{text[: limit - 30]}...{text[-10:]} ({len(text)} characters)"
 
 
 def _parse_version(text: str) -> tuple[int | None, str | None]:

@@ -111,12 +111,18 @@ class Staging:
         """Publish this folder as the next version of kind/name; see `Registry.publish`."""
         if self.artifact is not None:
             raise RegistryError(
-                f"this staging folder was already published as {self.artifact.ref}; "
-                f"stage a new one for another version"
+                f"this staging folder was already published as {self.artifact.ref}; stage a new one for another version"
             )
         self.artifact = self.registry.publish(
-            self.path, self.kind, self.name, parents=parents, tasks=tasks, config=config,
-            metrics=metrics, extra=extra, code_version=code_version,
+            self.path,
+            self.kind,
+            self.name,
+            parents=parents,
+            tasks=tasks,
+            config=config,
+            metrics=metrics,
+            extra=extra,
+            code_version=code_version,
         )
         return self.artifact
 
@@ -250,8 +256,9 @@ class Registry:
             "extra": {**_json_table("extra", manifest.get("extra")), "hub": _json_table("hub", hub)},
             "code_version": _json_table("code_version", manifest.get("code_version")),
         }
-        return self._move_into_place(staging, kind, name, dict(manifest["files"]), metadata,
-                                     created=manifest.get("created"), remote=remote)
+        return self._move_into_place(
+            staging, kind, name, dict(manifest["files"]), metadata, created=manifest.get("created"), remote=remote
+        )
 
     def _move_into_place(
         self,
@@ -270,8 +277,9 @@ class Registry:
             with self._transaction() as db:
                 _check_unchanged(staging, files)
                 if remote is not None:  # a concurrent pull of the same commit may have won
-                    have = with_remote(self._index, db, remote.repo, commit_sha=remote.commit_sha,
-                                       repo_type=remote.repo_type)
+                    have = with_remote(
+                        self._index, db, remote.repo, commit_sha=remote.commit_sha, repo_type=remote.repo_type
+                    )
                     if have is not None:
                         raise AlreadyRegistered(have.ref, remote.hub_id)
                 for parent in metadata["parents"]:  # not removed since it was pinned
@@ -363,14 +371,20 @@ class Registry:
             return remotes_by_ref(db)
 
     def find_remote(
-        self, repo: str, *, commit_sha: str | None = None, tag: str | None = None,
-        endpoint: str | None = None, repo_type: str | None = None,
+        self,
+        repo: str,
+        *,
+        commit_sha: str | None = None,
+        tag: str | None = None,
+        endpoint: str | None = None,
+        repo_type: str | None = None,
     ) -> Artifact | None:
         """The newest local version recorded as on the Hub in `repo` (at that commit, tag,
         endpoint, repo type when given), or None."""
         with self._connect() as db:
-            return with_remote(self._index, db, repo, commit_sha=commit_sha, tag=tag, endpoint=endpoint,
-                               repo_type=repo_type)
+            return with_remote(
+                self._index, db, repo, commit_sha=commit_sha, tag=tag, endpoint=endpoint, repo_type=repo_type
+            )
 
     def match_hub_parent(self, entry: Mapping[str, Any]) -> Artifact | None:
         """The local artifact a Hub manifest's lineage entry names ({"ref", "content_sha256",
@@ -392,9 +406,7 @@ class Registry:
         problems = verify_tree(artifact.path, artifact.manifest) + _manifest_problems(artifact)
         return sorted(problems, key=lambda problem: problem.path)
 
-    def remove(
-        self, ref: RefLike, default_kind: str | None = None, *, force: bool = False
-    ) -> Artifact:
+    def remove(self, ref: RefLike, default_kind: str | None = None, *, force: bool = False) -> Artifact:
         """Delete one version: index rows first (one transaction), then its folder.
 
         Raises:
@@ -422,7 +434,8 @@ class Registry:
             return []
         cutoff = time.time() - older_than_s
         stale = [
-            path for path in sorted(self.tmp_dir.iterdir())
+            path
+            for path in sorted(self.tmp_dir.iterdir())
             if path.name.startswith(TRASH_PREFIX) or newest_mtime(path) < cutoff
         ]
         for path in stale:
@@ -471,7 +484,8 @@ class Registry:
     def _next_version(self, db: sqlite3.Connection, kind: str, name: str) -> int:
         """1 + the highest version issued, indexed or found on disk (an orphan from a crash)."""
         on_disk = [
-            int(match.group(1)) for path in (self.artifacts_dir / kind / name).glob("v*")
+            int(match.group(1))
+            for path in (self.artifacts_dir / kind / name).glob("v*")
             if (match := _VERSION_DIR_RE.fullmatch(path.name))
         ]
         return max([self._index.last_issued(db, kind, name), *on_disk]) + 1
@@ -498,9 +512,7 @@ class Registry:
                 f"`registry.stage(kind, name).path` so it can be moved into place atomically"
             )
         if (path / MANIFEST_NAME).exists():
-            raise RegistryError(
-                f"{path / MANIFEST_NAME}: the registry writes that file itself; rename yours"
-            )
+            raise RegistryError(f"{path / MANIFEST_NAME}: the registry writes that file itself; rename yours")
         return path
 
     def _pin(self, parent: RefLike | Artifact) -> str:
@@ -549,9 +561,7 @@ def _json_table(what: str, table: Mapping[str, Any] | None) -> dict[str, Any]:
     try:
         json.dumps(table)
     except (TypeError, ValueError) as e:
-        raise RegistryError(
-            f"{what} is not JSON-serialisable ({e}): pass dicts, lists, strings and numbers"
-        ) from None
+        raise RegistryError(f"{what} is not JSON-serialisable ({e}): pass dicts, lists, strings and numbers") from None
     return table
 
 

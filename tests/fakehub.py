@@ -195,8 +195,11 @@ class FakeHub:
             self.requests.append((method, path))
         if self.token is not None and not path.startswith("/lfs/"):
             if headers.get("Authorization", headers.get("authorization")) != f"Bearer {self.token}":
-                return _error(401, "Invalid credentials in Authorization header",
-                              {"X-Error-Message": "Invalid credentials in Authorization header"})
+                return _error(
+                    401,
+                    "Invalid credentials in Authorization header",
+                    {"X-Error-Message": "Invalid credentials in Authorization header"},
+                )
         routes: list[tuple[str, str, Callable[..., Response]]] = [
             ("POST", r"^/api/repos/create$", self._create_repo),
             ("POST", r"^/api/validate-yaml$", lambda m, b, q: _json({"errors": [], "warnings": []})),
@@ -229,10 +232,14 @@ class FakeHub:
         repo_id = f"{payload.get('organization') or 'user'}/{payload['name']}"
         url = f"{self.url}/{_prefix(repo_type)}{repo_id}"
         if (repo_type, repo_id) in self.repos:  # the client reads "url" from the 409 too (exist_ok)
-            return 409, {"Content-Type": "application/json"}, json.dumps(
-                {"error": "You already created this repo", "url": url}).encode()
+            return (
+                409,
+                {"Content-Type": "application/json"},
+                json.dumps({"error": "You already created this repo", "url": url}).encode(),
+            )
         repo = self.repos[(repo_type, repo_id)] = Repo(
-            repo_type, repo_id, private=payload.get("visibility") == "private" or bool(payload.get("private")))
+            repo_type, repo_id, private=payload.get("visibility") == "private" or bool(payload.get("private"))
+        )
         self._commit(repo, "main", {".gitattributes": GITATTRIBUTES})
         return _json({"url": url})
 
@@ -254,8 +261,15 @@ class FakeHub:
 
     def _repo_info(self, match: re.Match, body: bytes, query: dict) -> Response:
         repo, oid = self._at(match)
-        return _json({"id": repo.repo_id, "sha": oid, "private": repo.private, "tags": [],
-                      "siblings": [{"rfilename": p} for p in sorted(repo.commits[oid])]})
+        return _json(
+            {
+                "id": repo.repo_id,
+                "sha": oid,
+                "private": repo.private,
+                "tags": [],
+                "siblings": [{"rfilename": p} for p in sorted(repo.commits[oid])],
+            }
+        )
 
     def _preupload(self, match: re.Match, body: bytes, query: dict) -> Response:
         repo, oid = self._at(match)
@@ -264,10 +278,14 @@ class FakeHub:
         for f in json.loads(body)["files"]:
             lfs = f["size"] > LFS_MIN_BYTES or f["path"].endswith(".safetensors")
             old = current.get(f["path"])
-            old_oid = None if old is None else (hashlib.sha256(old).hexdigest() if is_lfs(f["path"], old)
-                                                  else git_blob_sha1(old))
-            files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
-                          "oid": old_oid})
+            old_oid = (
+                None
+                if old is None
+                else (hashlib.sha256(old).hexdigest() if is_lfs(f["path"], old) else git_blob_sha1(old))
+            )
+            files.append(
+                {"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": old_oid}
+            )
         return _json({"files": files})
 
     def _lfs_batch(self, match: re.Match, body: bytes, query: dict) -> Response:
@@ -276,8 +294,10 @@ class FakeHub:
         for obj in json.loads(body)["objects"]:
             entry = {"oid": obj["oid"], "size": obj["size"]}
             if obj["oid"] not in self.lfs:
-                entry["actions"] = {"upload": {"href": f"{self.url}/lfs/{obj['oid']}"},
-                                    "verify": {"href": f"{self.url}/lfs/{obj['oid']}/verify"}}
+                entry["actions"] = {
+                    "upload": {"href": f"{self.url}/lfs/{obj['oid']}"},
+                    "verify": {"href": f"{self.url}/lfs/{obj['oid']}/verify"},
+                }
             objects.append(entry)
         return _json({"transfer": "basic", "objects": objects}, "application/vnd.git-lfs+json")
 
@@ -318,8 +338,13 @@ class FakeHub:
                 folder = value["path"].rstrip("/") + "/"
                 files = {p: c for p, c in files.items() if not p.startswith(folder)}
         oid = self._commit(repo, unquote(match["rev"]), files)
-        return _json({"commitUrl": f"{self.url}/{_prefix(repo.repo_type)}{repo.repo_id}/commit/{oid}",
-                      "commitOid": oid, "pullRequestUrl": None})
+        return _json(
+            {
+                "commitUrl": f"{self.url}/{_prefix(repo.repo_type)}{repo.repo_id}/commit/{oid}",
+                "commitOid": oid,
+                "pullRequestUrl": None,
+            }
+        )
 
     def _commit(self, repo: Repo, branch: str, files: dict[str, bytes]) -> str:
         oid = hashlib.sha1(f"{repo.repo_id}:{next(self._ids)}".encode()).hexdigest()
@@ -343,11 +368,16 @@ class FakeHub:
 
     def _refs(self, match: re.Match, body: bytes, query: dict) -> Response:
         repo = self._find(match)
-        return _json({
-            "branches": [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": o} for n, o in repo.branches.items()],
-            "tags": [{"name": n, "ref": f"refs/tags/{n}", "targetCommit": o} for n, o in repo.tags.items()],
-            "converts": [], "pullRequests": [],
-        })
+        return _json(
+            {
+                "branches": [
+                    {"name": n, "ref": f"refs/heads/{n}", "targetCommit": o} for n, o in repo.branches.items()
+                ],
+                "tags": [{"name": n, "ref": f"refs/tags/{n}", "targetCommit": o} for n, o in repo.tags.items()],
+                "converts": [],
+                "pullRequests": [],
+            }
+        )
 
     def _tree(self, match: re.Match, body: bytes, query: dict) -> Response:
         repo, oid = self._at(match)
@@ -358,7 +388,7 @@ class FakeHub:
         for path, data in sorted(repo.commits[oid].items()):
             if not path.startswith(prefix):
                 continue
-            parts = path[len(prefix):].split("/")
+            parts = path[len(prefix) :].split("/")
             for depth in range(1, len(parts)):  # the folders on the way
                 folder = prefix + "/".join(parts[:depth])
                 if recursive or depth == 1:
@@ -377,8 +407,12 @@ class FakeHub:
             return _error(404, f"{path} not found", {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": oid})
         entry = _file_entry(path, data)
         etag = entry["lfs"]["oid"] if "lfs" in entry else entry["oid"]
-        headers = {"X-Repo-Commit": oid, "ETag": f'"{etag}"', "Accept-Ranges": "bytes",
-                   "Content-Type": "application/octet-stream"}
+        headers = {
+            "X-Repo-Commit": oid,
+            "ETag": f'"{etag}"',
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
         if "lfs" in entry:
             headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))})
         asked = query["_headers"].get("Range", query["_headers"].get("range", ""))
@@ -394,10 +428,10 @@ class FakeHub:
             end = int(byte_range[2]) if byte_range[2] else len(data) - 1
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
             status = 206
-        body = data[start:end + 1]
+        body = data[start : end + 1]
         if query["_method"] == "GET" and path in self.cut_next:  # promise the whole body, send part, hang up
             headers.update({"Content-Length": str(len(body)), "Connection": "close"})
-            body = body[:self.cut_next.pop(path)]
+            body = body[: self.cut_next.pop(path)]
         return status, headers, body
 
 
@@ -426,8 +460,12 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # hf_xet would upload to a Xet CAS server
-    for key, value in {"HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "hf_fake_token", "HF_HUB_DISABLE_TELEMETRY": "1",
-                       "HF_HUB_DISABLE_PROGRESS_BARS": "1"}.items():
+    for key, value in {
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_TOKEN": "hf_fake_token",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }.items():
         monkeypatch.setenv(key, value)
     for key in ("HF_ENDPOINT", "PWMCTL_HUB_ENDPOINT", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(key, raising=False)
@@ -443,5 +481,3 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
         hub.stop()
         if not bars_were_off:
             enable_progress_bars()
-
-

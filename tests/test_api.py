@@ -32,10 +32,45 @@ NAME = f"quickstart-{TASK}"  # what `make demo` publishes, so the doc's refs wor
 def home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("pwm")
     run(home, "collect", TASK, "-n", "2", "--name", NAME)
-    run(home, "pretrain", "--tasks", TASK, "--size", "1M", "--batch-size", "8", "--horizon", "3", "--steps", "4",
-        "--set", "val_every=10", "--set", "val_batches=1", "--name", NAME)
-    run(home, "extract", TASK, "--batch-size", "8", "--set", "horizon=4", "--set", "return_states=4",
-        "--eval-every", "2", "--eval-episodes", "1", "--steps", "2", "--name", NAME)
+    run(
+        home,
+        "pretrain",
+        "--tasks",
+        TASK,
+        "--size",
+        "1M",
+        "--batch-size",
+        "8",
+        "--horizon",
+        "3",
+        "--steps",
+        "4",
+        "--set",
+        "val_every=10",
+        "--set",
+        "val_batches=1",
+        "--name",
+        NAME,
+    )
+    run(
+        home,
+        "extract",
+        TASK,
+        "--batch-size",
+        "8",
+        "--set",
+        "horizon=4",
+        "--set",
+        "return_states=4",
+        "--eval-every",
+        "2",
+        "--eval-episodes",
+        "1",
+        "--steps",
+        "2",
+        "--name",
+        NAME,
+    )
     return home
 
 
@@ -109,8 +144,10 @@ def test_hub_repo_ids_are_pulled_verified_and_loaded(home, fake_hub, tmp_path, m
     local = api.load_policy(NAME, home)
     obs = np.linspace(-1, 1, 5, dtype=np.float32)
     np.testing.assert_array_equal(policy.act(obs), local.act(obs))
-    assert Registry(fresh).resolve(f"policy/{NAME}").manifest["files"] == \
-        Registry(home).resolve(f"policy/{NAME}").manifest["files"]
+    assert (
+        Registry(fresh).resolve(f"policy/{NAME}").manifest["files"]
+        == Registry(home).resolve(f"policy/{NAME}").manifest["files"]
+    )
     served = len(fake_hub.requests)
     api.load_policy("me/cartpole-policy@v1", fresh)  # that version is here now: no download
     assert len(fake_hub.requests) == served

@@ -8,7 +8,11 @@ import yaml
 
 from pwm_core.errors import PwmError
 from pwm_core.nn import (
-    WorldModel, import_tdmpc2_checkpoint, load_world_model, save_world_model, tdmpc2_state_dict,
+    WorldModel,
+    import_tdmpc2_checkpoint,
+    load_world_model,
+    save_world_model,
+    tdmpc2_state_dict,
     world_model_config,
 )
 from pwm_core.tasks import resolve_tasks
@@ -37,9 +41,14 @@ def outputs(model: WorldModel) -> dict[str, torch.Tensor]:
     obs, a = torch.randn(3, 24, generator=g), torch.rand(3, 6, generator=g)
     with torch.no_grad():
         z = model.encode(obs, task)
-        return {"z": z, "next": model.next(z, a, task), "reward": model.reward(z, a, task),
-                "Q": model.Q(z, a, task, "all"), "target_Q": model.Q(z, a, task, "all", target=True),
-                "pi_mean": model.pi(z, task)[1]["mean"]}
+        return {
+            "z": z,
+            "next": model.next(z, a, task),
+            "reward": model.reward(z, a, task),
+            "Q": model.Q(z, a, task, "all"),
+            "target_Q": model.Q(z, a, task, "all", target=True),
+            "pi_mean": model.pi(z, task)[1]["mean"],
+        }
 
 
 def assert_same_outputs(a: WorldModel, b: WorldModel) -> None:

@@ -26,8 +26,13 @@ def test_global_options_may_follow_the_command(home):
     from pwmctl.cli import hoist_global_options
 
     assert hoist_global_options(["ls", "--format", "json", "-q"]) == ["--format", "json", "-q", "ls"]
-    assert hoist_global_options(["collect", "x", "--home=/h", "--", "--format"]) == ["--home=/h", "collect", "x",
-                                                                                        "--", "--format"]
+    assert hoist_global_options(["collect", "x", "--home=/h", "--", "--format"]) == [
+        "--home=/h",
+        "collect",
+        "x",
+        "--",
+        "--format",
+    ]
     result = CliRunner().invoke(app, ["ls", "--home", str(home), "--format", "json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["artifacts"] == []
 
@@ -65,8 +70,11 @@ def test_collect_walker_publishes_four_episodes_of_501_rows(home):
 def test_collect_dry_run_plans_and_collects_nothing(tmp_path):
     doc = run_json(tmp_path, "collect", "cartpole-swingup,walker-walk", "-n", "3", "--seed", "4", "--dry-run")
     assert doc["dry_run"] and doc["tasks"] == ["cartpole-swingup", "walker-walk"]
-    assert doc["env_steps"] == 3 * (500 + 500) and doc["seed"] == 4 and doc["dataset"] == \
-        "dataset/cartpole-swingup_walker-walk"
+    assert (
+        doc["env_steps"] == 3 * (500 + 500)
+        and doc["seed"] == 4
+        and doc["dataset"] == "dataset/cartpole-swingup_walker-walk"
+    )
     human = run(tmp_path, "collect", "mt30", "-n", "1", "--dry-run").stdout
     assert "would collect 1 episode(s) of each of 30 task(s)" in human
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
@@ -89,8 +97,13 @@ def test_typo_in_task_suggests_the_right_name(home):
 
 
 def test_missing_artifact_and_bad_kind_give_one_line(home):
-    for args in (["data", "info", "nope"], ["show", "dataset/nope:v3"], ["ls", "datasets"],
-                 ["collect", "--append", "ghost", "-n", "1"], ["data", "import-tdmpc2", "/no/such/chunk.pt"]):
+    for args in (
+        ["data", "info", "nope"],
+        ["show", "dataset/nope:v3"],
+        ["ls", "datasets"],
+        ["collect", "--append", "ghost", "-n", "1"],
+        ["data", "import-tdmpc2", "/no/such/chunk.pt"],
+    ):
         result = run(home, *args, code=None)
         assert result.exit_code == 2, args
         assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
@@ -113,8 +126,12 @@ def test_killed_collect_leaves_a_readable_dataset_and_resumes(home):
     from pwm_core.data import open_dataset
 
     env = {**os.environ, "PWM_HOME": str(home)}
-    proc = subprocess.Popen([sys.executable, "-m", "pwmctl", "collect", "cartpole-balance", "-n", "40"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pwmctl", "collect", "cartpole-balance", "-n", "40"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     datasets: list[Path] = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until a few episodes are committed
@@ -144,10 +161,14 @@ def test_sigint_publishes_completed_episodes(home):
     import threading
 
     env = {**os.environ, "PWM_HOME": str(home)}
-    proc = subprocess.Popen([sys.executable, "-m", "pwmctl", "collect", "cartpole-balance", "-n", "200"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            # as from a terminal: SIGINT at its default even if this process ignores it
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pwmctl", "collect", "cartpole-balance", "-n", "200"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # as from a terminal: SIGINT at its default even if this process ignores it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     lines: list[bytes] = []  # its progress: "collect 1/200 ..." is printed once the first episode is committed
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, b"")), daemon=True)
     reader.start()
@@ -206,8 +227,12 @@ def test_pink_noise_collection_is_reproducible_and_persistent(tmp_path):
 
     from pwm_core.data import open_dataset
 
-    docs = [run_json(tmp_path, "collect", "cartpole-swingup", "-n", "2", "--noise", "pink", "--name", f"p{w}",
-                     "--workers", "2") for w in (1, 2)]
+    docs = [
+        run_json(
+            tmp_path, "collect", "cartpole-swingup", "-n", "2", "--noise", "pink", "--name", f"p{w}", "--workers", "2"
+        )
+        for w in (1, 2)
+    ]
     uniform = run_json(tmp_path, "collect", "cartpole-swingup", "-n", "2", "--name", "u")
     paths = [Path(run_json(tmp_path, "show", d["artifact"])["path"]) / "data.zarr" for d in (*docs, uniform)]
     a, b, u = (open_dataset(p) for p in paths)
@@ -220,18 +245,30 @@ def test_pink_noise_collection_is_reproducible_and_persistent(tmp_path):
     assert run(tmp_path, "collect", "cartpole-swingup", "--noise", "brown", code=2).stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("command,shown", [("pretrain", "[default: 5M]"), ("finetune", "[default: 5000]"),
-                                            ("extract", "[default: 10000]"), ("eval", "[default: the newest policy")])
+@pytest.mark.parametrize(
+    "command,shown",
+    [
+        ("pretrain", "[default: 5M]"),
+        ("finetune", "[default: 5000]"),
+        ("extract", "[default: 10000]"),
+        ("eval", "[default: the newest policy"),
+    ],
+)
 def test_help_shows_the_defaults_written_in_option_help(command, shown):
     """Rich would swallow an unescaped "[default: ...]" as markup."""
     result = CliRunner().invoke(app, [command, "--help"], env={"NO_COLOR": "1", "COLUMNS": "250"})
     assert result.exit_code == 0 and shown in result.stdout
 
 
-@pytest.mark.parametrize("args,word", [(["plot", "nosuchrun"], "neither a run"),
-                                       (["extract", "cartpole-balance", "--recipe", "offical"], "--recipe"),
-                                       (["quickstart", "--noise", "brown"], "--noise"),
-                                       (["runs", "show", "nosuchrun"], "no run")])
+@pytest.mark.parametrize(
+    "args,word",
+    [
+        (["plot", "nosuchrun"], "neither a run"),
+        (["extract", "cartpole-balance", "--recipe", "offical"], "--recipe"),
+        (["quickstart", "--noise", "brown"], "--noise"),
+        (["runs", "show", "nosuchrun"], "no run"),
+    ],
+)
 def test_typos_in_the_new_options_are_one_line(tmp_path, args, word):
     result = run(tmp_path, *args, code=2)
     assert len(result.stderr.strip().splitlines()) == 1 and word in result.stderr, result.stderr

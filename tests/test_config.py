@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 import pytest
 
 from pwm_core.config import (
-    ConfigError, apply_overrides, from_dict, load_yaml, load_yaml_into, merge, save_yaml, to_dict,
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    load_yaml_into,
+    merge,
+    save_yaml,
+    to_dict,
 )
 from pwm_core.errors import PwmError
 
@@ -30,8 +37,19 @@ class Run:
 
 
 def test_overrides_are_coerced_to_the_field_type():
-    cfg = apply_overrides(Run(), ["steps=1e3", "optim.lr=1e-3", "compile=true", "amp=bf16",
-                                  "hidden=[64, 32]", "name=007", "optim.betas=[0.7, 0.95]", "extra.width=8"])
+    cfg = apply_overrides(
+        Run(),
+        [
+            "steps=1e3",
+            "optim.lr=1e-3",
+            "compile=true",
+            "amp=bf16",
+            "hidden=[64, 32]",
+            "name=007",
+            "optim.betas=[0.7, 0.95]",
+            "extra.width=8",
+        ],
+    )
     assert cfg.steps == 1000 and isinstance(cfg.steps, int)
     assert cfg.optim.lr == 1e-3 and cfg.compile is True and cfg.amp == "bf16"
     assert cfg.hidden == [64, 32] and cfg.name == "007"  # a string field keeps the text verbatim
@@ -51,14 +69,17 @@ def test_unknown_key_is_a_pwm_error_with_a_suggestion():
         apply_overrides(Run(), ["stpes=1"])
 
 
-@pytest.mark.parametrize("override, message", [
-    ("steps=1.5", "steps: expected an integer"),
-    ("compile=maybe", "compile: expected true or false"),
-    ("optim.lr=fast", "optim.lr: expected a number"),
-    ("optim.betas=[1]", "optim.betas: expected 2 values"),
-    ("steps", "not of the form key=value"),
-    ("steps.x=1", "steps is not a section"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("steps=1.5", "steps: expected an integer"),
+        ("compile=maybe", "compile: expected true or false"),
+        ("optim.lr=fast", "optim.lr: expected a number"),
+        ("optim.betas=[1]", "optim.betas: expected 2 values"),
+        ("steps", "not of the form key=value"),
+        ("steps.x=1", "steps is not a section"),
+    ],
+)
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(Run(), [override])

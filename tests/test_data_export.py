@@ -134,7 +134,18 @@ def test_preview_holds_the_first_episodes_and_a_task_summary(tmp_path):
 
 def test_format_parquet_stays_with_its_command():
     assert hoist_global_options(["data", "export", "x", "--format", "parquet", "--format", "json"]) == [
-        "--format", "json", "data", "export", "x", "--format", "parquet"]
+        "--format",
+        "json",
+        "data",
+        "export",
+        "x",
+        "--format",
+        "parquet",
+    ]
     assert hoist_global_options(["ls", "--format=json"]) == ["--format=json", "ls"]
-    assert hoist_global_options(["data", "export", "x", "--format=parquet"]) == ["data", "export", "x",
-                                                                                 "--format=parquet"]
+    assert hoist_global_options(["data", "export", "x", "--format=parquet"]) == [
+        "data",
+        "export",
+        "x",
+        "--format=parquet",
+    ]

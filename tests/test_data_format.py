@@ -92,9 +92,14 @@ def test_group_attrs_and_array_layout(tmp_path):
     assert g.attrs["format"] == FORMAT == "pwm-episodes" and g.attrs["format_version"] == FORMAT_VERSION
     assert g.attrs["task_set"] == TWO_TASKS.to_dict() and g.attrs["provenance"] == {"source": "test"}
     n = 41
-    expected = {"data/obs": ("float32", (n, 24)), "data/action": ("float32", (n, 6)),
-                "data/reward": ("float32", (n,)), "data/task": ("int16", (n,)),
-                "meta/episode_ends": ("int64", (1,)), "meta/episode_task": ("int16", (1,))}
+    expected = {
+        "data/obs": ("float32", (n, 24)),
+        "data/action": ("float32", (n, 6)),
+        "data/reward": ("float32", (n,)),
+        "data/task": ("int16", (n,)),
+        "meta/episode_ends": ("int64", (1,)),
+        "meta/episode_task": ("int16", (1,)),
+    }
     for name, (dtype, shape) in expected.items():
         assert (str(g[name].dtype), g[name].shape) == (dtype, shape), name
     assert np.isnan(g["data/obs"].fill_value)
@@ -135,17 +140,20 @@ def test_append_after_reopen_and_in_batches(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ validation
-@pytest.mark.parametrize("obs, action, reward, task, match", [
-    (np.full((5, 24), np.nan), np.zeros((4, 6)), np.zeros(4), "walker-walk", "obs contains NaN"),
-    (np.zeros((5, 30)), np.zeros((4, 6)), np.zeros(4), "walker-walk", "o <= 24"),
-    (np.zeros((5, 24)), np.zeros((3, 6)), np.zeros(4), "walker-walk", "action has 3 rows"),
-    (np.zeros((5, 24)), np.zeros((4, 7)), np.zeros(4), "walker-walk", "a <= 6"),
-    (np.zeros((5, 24)), np.zeros((4, 6)), np.zeros(6), "walker-walk", "reward has 6 rows"),
-    (np.zeros((5, 24)), np.zeros((4, 6)), np.full(4, np.inf), "walker-walk", "reward contains NaN or inf"),
-    (np.zeros((5, 24)), np.zeros((4, 6)), np.zeros(4), "cheetah-run", "not in the dataset's task set"),
-    (np.zeros((5, 24)), np.zeros((4, 6)), np.zeros(4), 79, "not in the dataset's task set"),
-    (np.zeros((1, 24)), np.zeros((0, 6)), np.zeros(0), "walker-walk", "L >= 1"),
-])
+@pytest.mark.parametrize(
+    "obs, action, reward, task, match",
+    [
+        (np.full((5, 24), np.nan), np.zeros((4, 6)), np.zeros(4), "walker-walk", "obs contains NaN"),
+        (np.zeros((5, 30)), np.zeros((4, 6)), np.zeros(4), "walker-walk", "o <= 24"),
+        (np.zeros((5, 24)), np.zeros((3, 6)), np.zeros(4), "walker-walk", "action has 3 rows"),
+        (np.zeros((5, 24)), np.zeros((4, 7)), np.zeros(4), "walker-walk", "a <= 6"),
+        (np.zeros((5, 24)), np.zeros((4, 6)), np.zeros(6), "walker-walk", "reward has 6 rows"),
+        (np.zeros((5, 24)), np.zeros((4, 6)), np.full(4, np.inf), "walker-walk", "reward contains NaN or inf"),
+        (np.zeros((5, 24)), np.zeros((4, 6)), np.zeros(4), "cheetah-run", "not in the dataset's task set"),
+        (np.zeros((5, 24)), np.zeros((4, 6)), np.zeros(4), 79, "not in the dataset's task set"),
+        (np.zeros((1, 24)), np.zeros((0, 6)), np.zeros(0), "walker-walk", "L >= 1"),
+    ],
+)
 def test_append_rejects_bad_episode_and_writes_nothing(tmp_path, obs, action, reward, task, match):
     with EpisodeWriter.create(tmp_path / "d.zarr", TWO_TASKS) as w:
         with pytest.raises(DatasetError, match=match):
@@ -219,8 +227,14 @@ def test_rows_past_the_commit_marker_are_ignored_and_repaired(tmp_path):
     assert (ds.num_episodes, ds.num_rows) == (1, 41)
     report = fsck(path)
     assert report.ok and report.committed_episodes == 1 and report.committed_rows == 41
-    assert report.tail_rows == {"data/obs": 30, "data/action": 30, "data/reward": 30, "data/task": 30,
-                                "meta/episode_task": 1, "meta/episode_ends": 1}
+    assert report.tail_rows == {
+        "data/obs": 30,
+        "data/action": 30,
+        "data/reward": 30,
+        "data/task": 30,
+        "meta/episode_task": 1,
+        "meta/episode_ends": 1,
+    }
     repaired = fsck(path, repair=True)
     assert repaired.repaired
     assert not fsck(path).has_tail
@@ -282,8 +296,13 @@ with EpisodeWriter.open(path) as w:
 def _start_appender(path: Path, hang_at: int) -> subprocess.Popen:
     script = CHILD.format(episode_src=textwrap.dedent(inspect.getsource(episode_arrays)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-c", script, str(path), str(hang_at)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(path), str(hang_at)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _read_until(proc: subprocess.Popen, line: str) -> list[str]:
@@ -442,8 +461,9 @@ def test_fsck_names_a_damaged_data_chunk_and_its_rows(tmp_path, how):
         _damage(shard, how)
     report = fsck(path)
     assert not report.ok
-    assert any(p.startswith("data/reward: stored object c/0 is ") and "rows 0-88" in p for p in report.problems), \
+    assert any(p.startswith("data/reward: stored object c/0 is ") and "rows 0-88" in p for p in report.problems), (
         report.problems
+    )
     # the lost/unreadable rows are not counted a second time as NaN values
     assert not any("NaN/inf" in p for p in report.problems), report.problems
     if how != "lost":
@@ -459,5 +479,6 @@ def test_a_damaged_chunk_in_one_shard_spares_the_others(tmp_path):
     _damage(path / "data/obs/c/1/0", "corrupt")  # rows 32-63
     problems = fsck(path).problems
     assert [p for p in problems if p.startswith("data/obs")] == [
-        p for p in problems if p.startswith("data/obs: stored object c/1/0 is corrupt or truncated, rows 32-")]
+        p for p in problems if p.startswith("data/obs: stored object c/1/0 is corrupt or truncated, rows 32-")
+    ]
     assert len(problems) == 1, problems

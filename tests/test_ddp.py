@@ -29,8 +29,9 @@ def free_port() -> int:
 
 def worker(rank: int, port: int, root: str) -> None:
     """What `torchrun --nproc-per-node 2` gives each process: env vars, then the trainer."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD),
-                      RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     ctx = distributed.setup("cpu")
     assert (ctx.rank, ctx.world_size, ctx.device.type) == (rank, WORLD, "cpu")
@@ -48,9 +49,14 @@ def worker(rank: int, port: int, root: str) -> None:
         for _ in range(3):
             trainer.step()
         trainer.save_checkpoint(Path(root) / f"checkpoint-from-rank{rank}.pt")  # rank 0 only writes
-        torch.save({"params": {k: v for k, v in trainer.model.state_dict().items()},
-                    "scale": trainer.scale.value, "first_batch": first_batch},
-                   Path(root) / f"rank{rank}.pt")
+        torch.save(
+            {
+                "params": {k: v for k, v in trainer.model.state_dict().items()},
+                "scale": trainer.scale.value,
+                "first_batch": first_batch,
+            },
+            Path(root) / f"rank{rank}.pt",
+        )
         distributed.barrier()
     finally:
         distributed.cleanup()
@@ -69,8 +75,12 @@ def test_two_gloo_ranks_keep_identical_weights(tmp_path):
     assert (tmp_path / "checkpoint-from-rank0.pt").exists()
     assert not (tmp_path / "checkpoint-from-rank1.pt").exists()
 
-    single = Pretrainer(tiny_config(), tiny_model_config(),
-                        [open_dataset(tmp_path / n) for n in ("walker.zarr", "cartpole.zarr")], TASKS)
+    single = Pretrainer(
+        tiny_config(),
+        tiny_model_config(),
+        [open_dataset(tmp_path / n) for n in ("walker.zarr", "cartpole.zarr")],
+        TASKS,
+    )
     for _ in range(3):
         single.step()
     moved = [not torch.equal(v, single.model.state_dict()[k]) for k, v in r0["params"].items()]

@@ -38,12 +38,15 @@ def cpu_only_torch(monkeypatch):
     monkeypatch.setattr(torch.version, "hip", None, raising=False)
 
 
-@pytest.mark.parametrize("command", [
-    ["pretrain", "--tasks", TASK, "--size", "1M", "--steps", "2"],
-    ["extract", TASK, "--steps", "2"],
-    ["finetune", TASK, "--env-steps", "10"],
-    ["eval", f"policy/{TASK}", "--seeds", "1"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["pretrain", "--tasks", TASK, "--size", "1M", "--steps", "2"],
+        ["extract", TASK, "--steps", "2"],
+        ["finetune", TASK, "--env-steps", "10"],
+        ["eval", f"policy/{TASK}", "--seeds", "1"],
+    ],
+)
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
 def test_cuda_on_a_cpu_only_torch_is_one_line_before_any_run_folder(home, cpu_only_torch, command, device):
     before = sorted((home / "runs").glob("*")), sorted((home / "artifacts").rglob("manifest.json"))

@@ -99,7 +99,7 @@ def test_batched_and_single_env_agree(name):
     sim = make_sim(name)
     s_batch, r_batch = sim.rollout(state0, actions)
     for i in (0, 5):
-        s_one, r_one = sim.rollout(state0[i:i + 1], actions[:, i:i + 1])
+        s_one, r_one = sim.rollout(state0[i : i + 1], actions[:, i : i + 1])
         assert torch.equal(s_one[:, 0], s_batch[:, i]) and torch.equal(r_one[:, 0], r_batch[:, i])
 
 
@@ -138,7 +138,7 @@ def test_cartpole_hanging_at_rest_stays_and_force_pushes_the_cart():
     hanging = torch.tensor([[0.0, math.pi, 0.0, 0.0]], dtype=torch.float64)
     s, r = sim.step(hanging, torch.zeros(1, 1, dtype=torch.float64))
     torch.testing.assert_close(s, hanging, atol=1e-9, rtol=0)
-    assert r.item() == pytest.approx(-math.pi**2, rel=1e-6)
+    assert r.item() == pytest.approx(-(math.pi**2), rel=1e-6)
     s, _ = sim.step(hanging, torch.ones(1, 1, dtype=torch.float64))
     assert s[0, 2] > 0  # a positive force accelerates the cart towards +x
 
@@ -214,14 +214,20 @@ def test_env_tasks_agree_with_the_task_table_once_registered():
 
 def test_kernels_compile_once_then_load_from_the_cache(tmp_path):
     """Two fresh processes share a kernel cache: the first compiles the module, the second loads it."""
-    script = ("import warp as wp\n"
-              "from pwm_core.diffsim import ball_wall\n"
-              "wp.config.log_level = wp.LOG_INFO\n"
-              "wp.init()\n"
-              "wp.load_module(ball_wall, device='cpu')\n")
+    script = (
+        "import warp as wp\n"
+        "from pwm_core.diffsim import ball_wall\n"
+        "wp.config.log_level = wp.LOG_INFO\n"
+        "wp.init()\n"
+        "wp.load_module(ball_wall, device='cpu')\n"
+    )
     env = {**os.environ, "WARP_CACHE_PATH": str(tmp_path / "warp-cache")}
-    outputs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True,
-                              timeout=120).stdout for _ in range(2)]
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True, timeout=120
+        ).stdout
+        for _ in range(2)
+    ]
     lines = [[ln for ln in out.splitlines() if "Module pwm_core.diffsim.ball_wall" in ln] for out in outputs]
     assert len(lines[0]) == 1 and "(compiled)" in lines[0][0], outputs[0]
     assert len(lines[1]) == 1 and "(cached)" in lines[1][0], outputs[1]

@@ -18,8 +18,11 @@ pytest_plugins = ["fakehub"]  # the fake_hub fixture
 @pytest.fixture(autouse=True)
 def quick_render(monkeypatch):
     """Rendering is probed in subprocesses (seconds each): stubbed here, run for real in test_cli."""
-    monkeypatch.setattr(system, "_render_works", lambda backend: (backend == "osmesa", "" if backend == "osmesa"
-                                                                   else "MUJOCO_GL=egl failed: no EGL device"))
+    monkeypatch.setattr(
+        system,
+        "_render_works",
+        lambda backend: (backend == "osmesa", "" if backend == "osmesa" else "MUJOCO_GL=egl failed: no EGL device"),
+    )
 
 
 def checks(doc: dict) -> dict[str, tuple[str, str]]:
@@ -46,15 +49,23 @@ def test_reachable_hub_and_a_valid_token_are_ok(tmp_path, fake_hub):
     rows = checks(doc)
     assert rows["Hub endpoint"] == ("ok", f"{fake_hub.url}: reachable")
     assert rows["Hub login"] == ("ok", "logged in as me (token from HF_TOKEN)")
-    assert doc["hub"] == {"endpoint": fake_hub.url, "reachable": True, "logged_in": True, "token_source": "HF_TOKEN",
-                          "user": "me", "detail": "answered"}
+    assert doc["hub"] == {
+        "endpoint": fake_hub.url,
+        "reachable": True,
+        "logged_in": True,
+        "token_source": "HF_TOKEN",
+        "user": "me",
+        "detail": "answered",
+    }
 
 
 def test_a_refused_token_and_no_login_are_warnings(tmp_path, fake_hub, monkeypatch):
     with_whoami(fake_hub, "me")
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
     assert checks(run_json(tmp_path, "doctor", "--hub-endpoint", fake_hub.url))["Hub login"] == (
-        "warn", "token from HF_TOKEN, but the token was refused (HTTP 401)")
+        "warn",
+        "token from HF_TOKEN, but the token was refused (HTTP 401)",
+    )
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no token file there either
     monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
@@ -104,10 +115,13 @@ def test_render_video_torch_and_disk_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(system, "_render_works", lambda backend: (False, f"MUJOCO_GL={backend} failed: nope"))
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(system.shutil, "disk_usage", lambda path: Usage(10**12, 10**12 - 10**8, 10**8))
-    monkeypatch.setattr("pwm_core.render.importlib.util.find_spec",
-                        lambda name: None if name == "imageio_ffmpeg" else object())
+    monkeypatch.setattr(
+        "pwm_core.render.importlib.util.find_spec", lambda name: None if name == "imageio_ffmpeg" else object()
+    )
     rows = checks(run_json(tmp_path, "doctor"))
     assert rows["headless render"][0] == "warn" and "`pwmctl eval --video` needs one" in rows["headless render"][1]
-    assert rows["registry disk"] == ("warn", f"100.0 MB free at {tmp_path} (under 2.1 GB: datasets and checkpoints "
-                                             "may not fit)")
+    assert rows["registry disk"] == (
+        "warn",
+        f"100.0 MB free at {tmp_path} (under 2.1 GB: datasets and checkpoints may not fit)",
+    )
     assert rows["video files"] == ("warn", "videos need imageio_ffmpeg: pip install 'pwmctl[video]'")

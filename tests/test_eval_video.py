@@ -24,8 +24,13 @@ pytest.importorskip("imageio_ffmpeg")
 def pwmctl(home: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """pwmctl in a fresh process (MuJoCo not loaded yet, MUJOCO_GL unset: eval probes EGL, then OSMesa)."""
     env = {k: v for k, v in os.environ.items() if k != "MUJOCO_GL"}
-    out = subprocess.run([sys.executable, "-m", "pwmctl", "--home", str(home), *args], env={**env, "NO_COLOR": "1"},
-                         capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-m", "pwmctl", "--home", str(home), *args],
+        env={**env, "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
@@ -37,8 +42,19 @@ def skip_without_rendering(out: subprocess.CompletedProcess) -> None:
 
 @pytest.mark.slow  # ~25 s of CPU: a fresh process, the EGL probe, 100 rendered frames
 def test_eval_video_of_the_random_baseline_is_printed_and_kept_in_the_report(tmp_path):
-    out = pwmctl(tmp_path, "eval", "random", "--tasks", "mw-reach", "--seeds", "2", "--reps", "100",
-                 "--video", str(tmp_path / "videos"))
+    out = pwmctl(
+        tmp_path,
+        "eval",
+        "random",
+        "--tasks",
+        "mw-reach",
+        "--seeds",
+        "2",
+        "--reps",
+        "100",
+        "--video",
+        str(tmp_path / "videos"),
+    )
     skip_without_rendering(out)
     path = tmp_path / "videos" / "random-mw-reach-seed0.mp4"
     assert "video of random on mw-reach (seed 0, return " in out.stdout and f"): {path}" in out.stdout
@@ -55,13 +71,65 @@ def test_eval_video_of_the_random_baseline_is_printed_and_kept_in_the_report(tmp
 def test_policy_mppi_and_random_videos_and_the_pushed_card_shows_the_policy(tmp_path, fake_hub):
     home, task = tmp_path / "home", "mw-reach"
     run(home, "collect", task, "-n", "2", "--name", "reach")
-    run(home, "pretrain", "--tasks", task, "--size", "1M", "--batch-size", "8", "--horizon", "3", "--steps", "4",
-        "--set", "val_every=10", "--set", "val_batches=1", "--name", "wm")
-    run(home, "extract", task, "--batch-size", "8", "--set", "horizon=4", "--set", "return_states=4",
-        "--eval-every", "2", "--eval-episodes", "1", "--steps", "2", "--name", "reach")
-    out = pwmctl(home, "eval", "policy/reach", "random", "--seeds", "1", "--reps", "100", "--planner", "mppi",
-                 "--mppi-iterations", "1", "--mppi-samples", "16", "--mppi-horizon", "1",
-                 "--video", str(tmp_path / "v"))
+    run(
+        home,
+        "pretrain",
+        "--tasks",
+        task,
+        "--size",
+        "1M",
+        "--batch-size",
+        "8",
+        "--horizon",
+        "3",
+        "--steps",
+        "4",
+        "--set",
+        "val_every=10",
+        "--set",
+        "val_batches=1",
+        "--name",
+        "wm",
+    )
+    run(
+        home,
+        "extract",
+        task,
+        "--batch-size",
+        "8",
+        "--set",
+        "horizon=4",
+        "--set",
+        "return_states=4",
+        "--eval-every",
+        "2",
+        "--eval-episodes",
+        "1",
+        "--steps",
+        "2",
+        "--name",
+        "reach",
+    )
+    out = pwmctl(
+        home,
+        "eval",
+        "policy/reach",
+        "random",
+        "--seeds",
+        "1",
+        "--reps",
+        "100",
+        "--planner",
+        "mppi",
+        "--mppi-iterations",
+        "1",
+        "--mppi-samples",
+        "16",
+        "--mppi-horizon",
+        "1",
+        "--video",
+        str(tmp_path / "v"),
+    )
     skip_without_rendering(out)
     report = Registry(home).resolve("report/eval-reach")
     videos = json.loads((report.path / "results.json").read_text())["videos"]

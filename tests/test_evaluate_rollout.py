@@ -35,7 +35,9 @@ def reach_actor(steps_to_goal: int = 100):
 def test_random_actor_on_cartpole_runs_full_episodes():
     ev = evaluate(random_actor(act_dim=1, seed=0), ["cartpole-balance"], seeds=[0, 1])
     assert [(r.task, r.seed, r.episode, r.length) for r in ev.episodes] == [
-        ("cartpole-balance", 0, 0, 500), ("cartpole-balance", 1, 0, 500)]
+        ("cartpole-balance", 0, 0, 500),
+        ("cartpole-balance", 1, 0, 500),
+    ]
     for r in ev.episodes:
         assert np.isfinite(r.ret) and 0 < r.ret <= 1000
         assert r.final_success == 0.0 and r.score == pytest.approx(r.ret / 1000)
@@ -54,11 +56,13 @@ def test_constant_actor_is_reproducible_per_seed():
 def test_results_do_not_depend_on_workers_or_batching():
     tasks, seeds = ["cartpole-balance", "pendulum-swingup"], [0, 1]
     alone = evaluate(random_actor(1, seed=7), tasks, seeds, envs_per_worker=1)  # 4 waves of 1 env
-    together = evaluate({"random": random_actor(1, seed=7), "zero": constant_actor(0.0)}, tasks, seeds,
-                        workers=2, envs_per_worker=4)  # 1 wave of 8 envs over 2 processes
+    together = evaluate(
+        {"random": random_actor(1, seed=7), "zero": constant_actor(0.0)}, tasks, seeds, workers=2, envs_per_worker=4
+    )  # 1 wave of 8 envs over 2 processes
     assert [r.actor for r in together.episodes] == ["random"] * 4 + ["zero"] * 4
-    assert [(r.task, r.seed, r.ret) for r in together.by_actor()["random"]] == \
-        [(r.task, r.seed, r.ret) for r in alone.episodes]
+    assert [(r.task, r.seed, r.ret) for r in together.by_actor()["random"]] == [
+        (r.task, r.seed, r.ret) for r in alone.episodes
+    ]
 
 
 def test_metaworld_records_final_step_success():

@@ -7,8 +7,18 @@ import pytest
 import scipy.stats
 
 from pwm_core.errors import PwmError
-from pwm_core.evaluate import (EpisodeResult, aggregate, compare, format_table, iqm, normalized_score, poi_ci,
-                               probability_of_improvement, stratified_bootstrap_ci, summarize)
+from pwm_core.evaluate import (
+    EpisodeResult,
+    aggregate,
+    compare,
+    format_table,
+    iqm,
+    normalized_score,
+    poi_ci,
+    probability_of_improvement,
+    stratified_bootstrap_ci,
+    summarize,
+)
 from pwm_core.tasks import get_task
 
 # --- point estimates ---------------------------------------------------------------------------
@@ -32,8 +42,7 @@ def test_iqm_ignores_outliers():
 
 
 def test_aggregate_hand_values():
-    scores = np.array([[0.2, 1.5],
-                       [0.4, 0.5]])  # task means 0.3, 1.0
+    scores = np.array([[0.2, 1.5], [0.4, 0.5]])  # task means 0.3, 1.0
     agg = aggregate(scores)
     assert agg["mean"] == pytest.approx(0.65)
     assert agg["median"] == pytest.approx(0.65)
@@ -137,8 +146,10 @@ def test_poi_ci_contains_estimate_and_is_seeded():
 
 def _episodes(task: str, scores: list[float], actor: str = "policy") -> list[EpisodeResult]:
     dmc = get_task(task).suite == "dmc"
-    return [EpisodeResult(task, seed, 0, 1000 * s if dmc else 7.0, 500 if dmc else 100, 0.0 if dmc else s, s,
-                          0.1, actor) for seed, s in enumerate(scores)]
+    return [
+        EpisodeResult(task, seed, 0, 1000 * s if dmc else 7.0, 500 if dmc else 100, 0.0 if dmc else s, s, 0.1, actor)
+        for seed, s in enumerate(scores)
+    ]
 
 
 def test_summarize_per_task_and_aggregates():
@@ -166,8 +177,7 @@ def test_summarize_needs_equal_runs_per_task():
 
 def test_compare_gives_poi_per_pair():
     better = _episodes("walker-walk", [0.8, 0.9], "pwm") + _episodes("cup-catch", [0.7, 0.9], "pwm")
-    worse = (_episodes("cup-catch", [0.1, 0.2, 0.3], "random")
-             + _episodes("walker-walk", [0.1, 0.0, 0.2], "random"))
+    worse = _episodes("cup-catch", [0.1, 0.2, 0.3], "random") + _episodes("walker-walk", [0.1, 0.0, 0.2], "random")
     c = compare({"pwm": better, "random": worse}, reps=200)
     (pair,) = c["pairs"]
     assert (pair["x"], pair["y"], pair["poi"], pair["lo"], pair["hi"]) == ("pwm", "random", 1.0, 1.0, 1.0)

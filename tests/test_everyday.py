@@ -24,10 +24,19 @@ def test_the_four_commands_literally(tmp_path, fake_hub):
     home = tmp_path / "home"
     run(home, "collect", "cartpole-balance", "-n", "2", "--name", "cartpole")
     run(home, "collect", "pendulum-swingup", "-n", "2", "--name", "pendulum")
-    for key, value in (("size", "1M"), ("pretrain.steps", "4"), ("pretrain.batch_size", "8"),
-                       ("pretrain.horizon", "3"), ("pretrain.val_batches", "1"), ("extract.steps", "2"),
-                       ("extract.batch_size", "8"), ("extract.horizon", "4"), ("extract.return_states", "4"),
-                       ("hub.namespace", "me"), ("hub.endpoint", fake_hub.url)):
+    for key, value in (
+        ("size", "1M"),
+        ("pretrain.steps", "4"),
+        ("pretrain.batch_size", "8"),
+        ("pretrain.horizon", "3"),
+        ("pretrain.val_batches", "1"),
+        ("extract.steps", "2"),
+        ("extract.batch_size", "8"),
+        ("extract.horizon", "4"),
+        ("extract.return_states", "4"),
+        ("hub.namespace", "me"),
+        ("hub.endpoint", fake_hub.url),
+    ):
         run(home, "config", "set", key, value)
 
     # pretrain: every local dataset that covers tasks of the set composes into one sampler

@@ -17,8 +17,18 @@ from pwm_core.nn.actor_critic import Actor, CriticEnsemble
 from pwm_core.nn.kernels import Mish
 from pwm_core.tasks import resolve_tasks
 from pwm_core.train.extract import (
-    ExtractConfig, Extractor, Policy, RunningMeanStd, critic_minibatches, discounted_return, linear_lr,
-    load_policy, one_step_targets, save_policy, start_state_sampler, td_lambda_targets,
+    ExtractConfig,
+    Extractor,
+    Policy,
+    RunningMeanStd,
+    critic_minibatches,
+    discounted_return,
+    linear_lr,
+    load_policy,
+    one_step_targets,
+    save_policy,
+    start_state_sampler,
+    td_lambda_targets,
 )
 
 TASKS = resolve_tasks("walker-walk,cartpole-swingup")  # row 1, cartpole: obs 5 of 24, action 1 of 6
@@ -26,9 +36,19 @@ CARTPOLE = 1
 
 
 def tiny_world_model(seed: int = 0) -> WorldModel:
-    cfg = WorldModelConfig(obs_dim=24, act_dim=6, action_dims=[6, 1], episode_lengths=[500, 500],
-                           task_names=list(TASKS.names), task_dim=8, enc_dim=32, num_enc_layers=2, mlp_dim=32,
-                           latent_dim=16, num_q=2)
+    cfg = WorldModelConfig(
+        obs_dim=24,
+        act_dim=6,
+        action_dims=[6, 1],
+        episode_lengths=[500, 500],
+        task_names=list(TASKS.names),
+        task_dim=8,
+        enc_dim=32,
+        num_enc_layers=2,
+        mlp_dim=32,
+        latent_dim=16,
+        num_q=2,
+    )
     torch.manual_seed(seed)
     model = WorldModel(cfg)
     nn.init.normal_(model._reward[-1].weight, std=0.5)  # TD-MPC2 starts it at 0: make rewards depend on (z, a)
@@ -36,9 +56,20 @@ def tiny_world_model(seed: int = 0) -> WorldModel:
 
 
 def tiny_config(**kw) -> ExtractConfig:
-    return ExtractConfig(**{"batch_size": 8, "horizon": 4, "critic_iterations": 2, "critic_batches": 2,
-                            "actor_units": (32, 16), "critic_units": (32, 16), "steps": 20, "device": "cpu",
-                            "return_states": 4, **kw})
+    return ExtractConfig(
+        **{
+            "batch_size": 8,
+            "horizon": 4,
+            "critic_iterations": 2,
+            "critic_batches": 2,
+            "actor_units": (32, 16),
+            "critic_units": (32, 16),
+            "steps": 20,
+            "device": "cpu",
+            "return_states": 4,
+            **kw,
+        }
+    )
 
 
 def cartpole_states(batch: int = 8, seed: int = 0):
@@ -70,8 +101,9 @@ def dataset(tmp_path_factory):
         for task, (o, a) in (("walker-walk", (24, 6)), ("cartpole-swingup", (5, 1))):
             for _ in range(3):
                 obs = np.cumsum(rng.normal(0, 0.1, (21, o)), 0).astype(np.float32)
-                w.append_episode(obs, rng.uniform(-1, 1, (20, a)).astype(np.float32),
-                                 rng.uniform(0, 1, 20).astype(np.float32), task)
+                w.append_episode(
+                    obs, rng.uniform(-1, 1, (20, a)).astype(np.float32), rng.uniform(0, 1, 20).astype(np.float32), task
+                )
     return open_dataset(path)
 
 
@@ -197,8 +229,9 @@ def test_critic_ensemble_equals_separate_mlps_and_detach_keeps_values():
         for i, (w, b) in enumerate(zip(critic.weights, critic.biases)):
             h = h @ w[k].T + b[k]
             if i < 2:
-                h = nn.functional.layer_norm(nn.functional.mish(h), (h.shape[-1],),
-                                             critic.norms[i].weight[k], critic.norms[i].bias[k])
+                h = nn.functional.layer_norm(
+                    nn.functional.mish(h), (h.shape[-1],), critic.norms[i].weight[k], critic.norms[i].bias[k]
+                )
         assert torch.allclose(out[k], h, rtol=1e-5, atol=1e-5)  # batched vs per-head fp32 sums
     detached = critic.min(z, detach=True)
     assert torch.equal(detached, critic.min(z))
@@ -249,11 +282,14 @@ def test_twenty_steps_end_to_end_give_finite_metrics():
     assert ex.model_return() == pytest.approx(history[-1]["model_return"])
 
 
-@pytest.mark.parametrize("variant", [
-    {"critic_target": "td-lambda", "bootstrap": "gamma-h"},  # the paper's recipe
-    {"ret_rms": False, "detach": False, "shuffle_critic": True},
-    {"amp": "bf16"},
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"critic_target": "td-lambda", "bootstrap": "gamma-h"},  # the paper's recipe
+        {"ret_rms": False, "detach": False, "shuffle_critic": True},
+        {"amp": "bf16"},
+    ],
+)
 def test_variants_run(variant):
     ex = Extractor(tiny_config(**variant), tiny_world_model(), CARTPOLE, cartpole_states())
     for _ in range(2):

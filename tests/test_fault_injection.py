@@ -24,11 +24,51 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Use 'content=
 SEEDS = (0, 1)
 TASK = "cartpole-balance"
 COLLECT = ["collect", TASK, "-n", "3", "--noise", "pink", "--seed", "3", "--name", "c"]
-PRETRAIN = ["pretrain", "--tasks", TASK, "--data", "dataset/c", "--size", "1M", "--batch-size", "8", "--horizon", "3",
-            "--steps", "12", "--set", "val_every=6", "--set", "val_batches=1", "--set", "checkpoint_every=2",
-            "--set", "log_every=1", "--name", "wm"]
-EXTRACT = ["extract", TASK, "--wm", "wm", "--batch-size", "8", "--set", "horizon=4", "--set", "return_states=4",
-           "--steps", "6", "--eval-every", "2", "--eval-episodes", "1", "--name", "p"]
+PRETRAIN = [
+    "pretrain",
+    "--tasks",
+    TASK,
+    "--data",
+    "dataset/c",
+    "--size",
+    "1M",
+    "--batch-size",
+    "8",
+    "--horizon",
+    "3",
+    "--steps",
+    "12",
+    "--set",
+    "val_every=6",
+    "--set",
+    "val_batches=1",
+    "--set",
+    "checkpoint_every=2",
+    "--set",
+    "log_every=1",
+    "--name",
+    "wm",
+]
+EXTRACT = [
+    "extract",
+    TASK,
+    "--wm",
+    "wm",
+    "--batch-size",
+    "8",
+    "--set",
+    "horizon=4",
+    "--set",
+    "return_states=4",
+    "--steps",
+    "6",
+    "--eval-every",
+    "2",
+    "--eval-episodes",
+    "1",
+    "--name",
+    "p",
+]
 
 
 def cli(home: Path, *args: str, code: int | None = 0):
@@ -38,8 +78,9 @@ def cli(home: Path, *args: str, code: int | None = 0):
 
 def killed(home: Path, args: list[str], delay: float) -> None:
     """Start `pwmctl ARGS` and SIGKILL it after ``delay`` seconds (if it is still running)."""
-    proc = subprocess.Popen([sys.executable, "-m", "pwmctl", *args], env=_env(home), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pwmctl", *args], env=_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
@@ -105,8 +146,11 @@ def _episodes(home: Path) -> list[np.ndarray]:
 def test_killed_pipeline_resumes_to_what_an_uninterrupted_one_makes(reference, tmp_path, seed):
     rng = random.Random(seed)
     home = tmp_path / "home"
-    stages = ((COLLECT, "dataset", "c", (0.3, 4.0)), (PRETRAIN, "worldmodel", "wm", (1.0, 8.0)),
-              (EXTRACT, "policy", "p", (1.0, 8.0)))
+    stages = (
+        (COLLECT, "dataset", "c", (0.3, 4.0)),
+        (PRETRAIN, "worldmodel", "wm", (1.0, 8.0)),
+        (EXTRACT, "policy", "p", (1.0, 8.0)),
+    )
     for args, kind, name, (lo, hi) in stages:
         killed(home, args, rng.uniform(lo, hi))
         recover(home, args, kind, name)

@@ -10,12 +10,48 @@ import torch
 
 from helpers import run, run_json
 
-TINY_WM = ["--size", "1M", "--batch-size", "8", "--horizon", "3", "--steps", "4", "--set", "val_every=10",
-           "--set", "val_batches=1"]
-TINY_EXTRACT = ["--batch-size", "8", "--set", "horizon=4", "--set", "return_states=4", "--eval-every", "2",
-                "--eval-episodes", "1", "--steps", "2"]
-TINY_FT = ["--env-steps", "600", "--episodes-per-round", "1", "--updates-per-episode", "2", "--wm-batch-size", "8",
-           "--policy-batch-size", "8", "--eval-episodes", "1"]
+TINY_WM = [
+    "--size",
+    "1M",
+    "--batch-size",
+    "8",
+    "--horizon",
+    "3",
+    "--steps",
+    "4",
+    "--set",
+    "val_every=10",
+    "--set",
+    "val_batches=1",
+]
+TINY_EXTRACT = [
+    "--batch-size",
+    "8",
+    "--set",
+    "horizon=4",
+    "--set",
+    "return_states=4",
+    "--eval-every",
+    "2",
+    "--eval-episodes",
+    "1",
+    "--steps",
+    "2",
+]
+TINY_FT = [
+    "--env-steps",
+    "600",
+    "--episodes-per-round",
+    "1",
+    "--updates-per-episode",
+    "2",
+    "--wm-batch-size",
+    "8",
+    "--policy-batch-size",
+    "8",
+    "--eval-episodes",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +70,11 @@ def test_finetune_publishes_model_policy_and_episodes_with_lineage(home):
     assert doc["dataset"] == "dataset/cartpole-balance-finetune:v1"
     assert doc["env_steps"] == 1000 and doc["updates"] == 4  # 2 rounds of 1 episode (500 steps) x 2 updates
     pol = run_json(home, "show", doc["policy"])
-    assert sorted(pol["parents"]) == ["dataset/tiny:v1", "policy/cartpole-balance:v1",
-                                      "worldmodel/wm-cartpole-balance-ft:v1"]
+    assert sorted(pol["parents"]) == [
+        "dataset/tiny:v1",
+        "policy/cartpole-balance:v1",
+        "worldmodel/wm-cartpole-balance-ft:v1",
+    ]
     assert pol["manifest"]["metrics"]["eval_return_before"] == doc["eval_return_before"]
     wm = run_json(home, "show", doc["world_model"])
     assert sorted(wm["parents"]) == ["dataset/cartpole-balance-finetune:v1", "worldmodel/wm:v1"]
@@ -61,10 +100,12 @@ def test_finetune_publishes_model_policy_and_episodes_with_lineage(home):
 
 
 def test_finetune_bad_input(home):
-    for args, word in ((["walker-walk"], "pwmctl extract walker-walk"),
-                       (["cartpole-balance", "--policy", "worldmodel/wm"], "needs a policy"),
-                       (["pendulum-swingup", "--policy", "policy/cartpole-balance:v1"], "acts on cartpole-balance"),
-                       ([], "name the task")):
+    for args, word in (
+        (["walker-walk"], "pwmctl extract walker-walk"),
+        (["cartpole-balance", "--policy", "worldmodel/wm"], "needs a policy"),
+        (["pendulum-swingup", "--policy", "policy/cartpole-balance:v1"], "acts on cartpole-balance"),
+        ([], "name the task"),
+    ):
         result = run(home, "finetune", *args, code=2)
         assert len(result.stderr.strip().splitlines()) == 1 and word in result.stderr, result.stderr
 
@@ -83,12 +124,25 @@ def _finetuner_factory(home: Path, tmp_path: Path, **config):
         return Path(run_json(home, "show", ref)["path"])
 
     def make() -> Finetuner:
-        cfg = FinetuneConfig(env_steps=1000, episodes_per_round=1, updates_per_episode=2, wm_batch_size=8,
-                             policy_batch_size=8, device="cpu", **config)
-        return Finetuner(cfg, PretrainConfig(horizon=3), ExtractConfig(horizon=4, return_states=4),
-                         load_world_model(paths("worldmodel/wm:v1")), load_policy(paths("policy/cartpole-balance:v1")),
-                         "cartpole-balance", [open_dataset(paths("dataset/tiny:v1") / "data.zarr")],
-                         tmp_path / "replay.zarr")
+        cfg = FinetuneConfig(
+            env_steps=1000,
+            episodes_per_round=1,
+            updates_per_episode=2,
+            wm_batch_size=8,
+            policy_batch_size=8,
+            device="cpu",
+            **config,
+        )
+        return Finetuner(
+            cfg,
+            PretrainConfig(horizon=3),
+            ExtractConfig(horizon=4, return_states=4),
+            load_world_model(paths("worldmodel/wm:v1")),
+            load_policy(paths("policy/cartpole-balance:v1")),
+            "cartpole-balance",
+            [open_dataset(paths("dataset/tiny:v1") / "data.zarr")],
+            tmp_path / "replay.zarr",
+        )
 
     return make
 

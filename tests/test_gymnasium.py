@@ -22,8 +22,11 @@ def test_env_passes_gymnasium_check_env(task):
     check_env(env, skip_render_check=True)  # rendering needs headless OpenGL chosen before MuJoCo loads
     spec = get_task(task)
     assert env.observation_space.shape == (spec.obs_dim,) and env.observation_space.dtype == np.float32
-    assert env.action_space.shape == (spec.act_dim,) and (env.action_space.low == -1).all() \
+    assert (
+        env.action_space.shape == (spec.act_dim,)
+        and (env.action_space.low == -1).all()
         and (env.action_space.high == 1).all()
+    )
 
 
 def test_same_seed_same_first_obs_and_the_env_seed_of_pwm_core():

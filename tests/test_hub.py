@@ -43,9 +43,16 @@ def publish(reg: Registry, kind: str, name: str, files: dict[str, bytes], parent
 def zarr_files(n_chunks: int = 3) -> dict[str, bytes]:
     """A dataset payload shaped like pwm-episodes: a root zarr.json with the format attributes and
     chunk files, some over the fake's LFS threshold."""
-    attrs = {"format": "pwm-episodes", "format_version": 1,
-             "task_set": {"name": TASK, "obs_dim": 5, "act_dim": 1,
-                          "tasks": [{"id": 8, "name": TASK, "obs_dim": 5, "act_dim": 1}]}}
+    attrs = {
+        "format": "pwm-episodes",
+        "format_version": 1,
+        "task_set": {
+            "name": TASK,
+            "obs_dim": 5,
+            "act_dim": 1,
+            "tasks": [{"id": 8, "name": TASK, "obs_dim": 5, "act_dim": 1}],
+        },
+    }
     files = {"data.zarr/zarr.json": json.dumps({"attributes": attrs, "zarr_format": 3, "node_type": "group"}).encode()}
     for i in range(n_chunks):
         files[f"data.zarr/data/obs/c/{i}"] = os.urandom(64 if i % 2 else 3000)
@@ -53,10 +60,21 @@ def zarr_files(n_chunks: int = 3) -> dict[str, bytes]:
 
 
 def summaries_for(policy_ref: str) -> dict:
-    return {"summaries": {policy_ref: {
-        "label": policy_ref, "num_tasks": 1, "runs_per_task": 3, "score": "DMC: return / 1000",
-        "tasks": {TASK: {"n": 3, "return_mean": 812.5, "return_std": 12.25, "success_rate": None, "score_mean": 0.81}},
-        "aggregate": {"iqm": {"value": 0.81, "lo": 0.79, "hi": 0.83}}, "ci": {"level": 0.95}}}}
+    return {
+        "summaries": {
+            policy_ref: {
+                "label": policy_ref,
+                "num_tasks": 1,
+                "runs_per_task": 3,
+                "score": "DMC: return / 1000",
+                "tasks": {
+                    TASK: {"n": 3, "return_mean": 812.5, "return_std": 12.25, "success_rate": None, "score_mean": 0.81}
+                },
+                "aggregate": {"iqm": {"value": 0.81, "lo": 0.79, "hi": 0.83}},
+                "ci": {"level": 0.95},
+            }
+        }
+    }
 
 
 @pytest.fixture
@@ -64,13 +82,29 @@ def reg(tmp_path: Path) -> Registry:
     """dataset -> world model -> policy -> eval report, with a few bytes each."""
     reg = Registry(tmp_path / "home")
     data = publish(reg, "dataset", "cartpole", zarr_files(), metrics={"episodes": 2, "transitions": 1000})
-    wm = publish(reg, "worldmodel", "wm", {"model.safetensors": os.urandom(4000), "config.yaml": b"latent_dim: 8\n"},
-                 parents=[data.ref], config={"model": {"latent_dim": 8, "task_set": "mt30"}})
-    policy = publish(reg, "policy", "cartpole",
-                     {"policy.safetensors": os.urandom(2000), "policy.yaml": b"obs_dim: 5\n"},
-                     parents=[wm.ref, data.ref], config={"extract": {"steps": 10, "horizon": 16}})
-    publish(reg, "report", "eval-cartpole", {"results.json": json.dumps(summaries_for(policy.ref)).encode()},
-            parents=[policy.ref])
+    wm = publish(
+        reg,
+        "worldmodel",
+        "wm",
+        {"model.safetensors": os.urandom(4000), "config.yaml": b"latent_dim: 8\n"},
+        parents=[data.ref],
+        config={"model": {"latent_dim": 8, "task_set": "mt30"}},
+    )
+    policy = publish(
+        reg,
+        "policy",
+        "cartpole",
+        {"policy.safetensors": os.urandom(2000), "policy.yaml": b"obs_dim: 5\n"},
+        parents=[wm.ref, data.ref],
+        config={"extract": {"steps": 10, "horizon": 16}},
+    )
+    publish(
+        reg,
+        "report",
+        "eval-cartpole",
+        {"results.json": json.dumps(summaries_for(policy.ref)).encode()},
+        parents=[policy.ref],
+    )
     return reg
 
 
@@ -121,7 +155,10 @@ def test_cards_have_valid_front_matter_with_model_index_and_dataset_facts(reg, f
     assert meta["datasets"] == ["me/cartpole-data"] and meta["base_model"] == ["me/wm"]
     result = meta["model-index"][0]["results"][0]
     assert result["dataset"]["name"] == TASK and result["metrics"][0] == {
-        "type": "mean_reward", "value": "812.50 +/- 12.25", "name": "mean_reward"}
+        "type": "mean_reward",
+        "value": "812.50 +/- 12.25",
+        "name": "mean_reward",
+    }
     assert f"pwmctl pull me/cartpole@v1 --repo-type model --hub-endpoint {fake_hub.url}" in card
     assert "pwmctl eval policy/cartpole" in card and data.remote.hub_id in card  # lineage with Hub ids
 
@@ -173,8 +210,9 @@ def test_an_existing_tag_is_never_moved(reg, fake_hub, tmp_path):
     other = Registry(tmp_path / "other")  # another machine's policy/cartpole:v1, other weights
     publish(other, "policy", "cartpole", {"policy.safetensors": b"different", "policy.yaml": b"x: 1\n"})
     before, commits = state_of(other), dict(fake_hub.repo("me/cartpole").commits)
-    with pytest.raises(HubError, match="already has tag v1 .* holding policy/cartpole:v1 with payload sha256 .* "
-                                       "never moves a tag") as e:
+    with pytest.raises(
+        HubError, match="already has tag v1 .* holding policy/cartpole:v1 with payload sha256 .* never moves a tag"
+    ) as e:
         push_ref(other, "policy/cartpole", "me/cartpole", fake_hub)
     assert "\n" not in str(e.value)
     assert fake_hub.repo("me/cartpole").commits == commits and state_of(other) == before
@@ -222,8 +260,7 @@ def test_auth_and_network_failures_are_one_line_each(reg, fake_hub):
 
 
 def test_bad_repo_ids_and_specs(reg):
-    for bad in ("cartpole", "a/b/c", "me/../x", "me/x@", "me/" + "a" * 97, "a" * 300 + "/x", "me/x-",
-                "me/a--b"):
+    for bad in ("cartpole", "a/b/c", "me/../x", "me/x@", "me/" + "a" * 97, "a" * 300 + "/x", "me/x-", "me/a--b"):
         with pytest.raises(HubError, match="bad Hub"):
             parse_hub_spec(bad)
     assert parse_hub_spec("datasets/me/x@v2") == ("dataset", "me/x", "v2")
@@ -240,8 +277,11 @@ def test_bad_repo_ids_and_specs(reg):
 
 
 def test_round_trip_is_byte_identical_and_links_lineage(reg, fake_hub, tmp_path):
-    for ref, repo in (("dataset/cartpole", "me/cartpole"), ("worldmodel/wm", "me/wm"),
-                      ("policy/cartpole", "me/cartpole")):
+    for ref, repo in (
+        ("dataset/cartpole", "me/cartpole"),
+        ("worldmodel/wm", "me/wm"),
+        ("policy/cartpole", "me/cartpole"),
+    ):
         push_ref(reg, ref, repo, fake_hub)
     fresh = Registry(tmp_path / "fresh")
     publish(fresh, "policy", "cartpole", {"policy.safetensors": b"a local one"})  # the pull becomes v2
@@ -250,7 +290,9 @@ def test_round_trip_is_byte_identical_and_links_lineage(reg, fake_hub, tmp_path)
     assert sorted(got.hub_only) == ["datasets/me/cartpole@v1", "me/wm@v1"]
     node = fresh.lineage(got.artifact.ref)
     assert [(p.ref, p.exists, [r.hub_id for r in p.remotes]) for p in node.parents] == [
-        ("worldmodel/wm:v1", False, ["me/wm@v1"]), ("dataset/cartpole:v1", False, ["datasets/me/cartpole@v1"])]
+        ("worldmodel/wm:v1", False, ["me/wm@v1"]),
+        ("dataset/cartpole:v1", False, ["datasets/me/cartpole@v1"]),
+    ]
 
     data = pull(fresh, "me/cartpole@v1", endpoint=fake_hub.url, repo_type="dataset").artifact
     wm = pull(fresh, "me/wm", endpoint=fake_hub.url)  # auto-detected model repo, head of main
@@ -259,8 +301,11 @@ def test_round_trip_is_byte_identical_and_links_lineage(reg, fake_hub, tmp_path)
     assert [(p.ref, p.exists) for p in node.parents] == [("worldmodel/wm:v1", True), ("dataset/cartpole:v1", True)]
     assert node.parents[0].parents[0].ref == data.ref
 
-    for ref, copy in (("dataset/cartpole:v1", data), ("worldmodel/wm:v1", wm.artifact),
-                      ("policy/cartpole:v1", got.artifact)):
+    for ref, copy in (
+        ("dataset/cartpole:v1", data),
+        ("worldmodel/wm:v1", wm.artifact),
+        ("policy/cartpole:v1", got.artifact),
+    ):
         mine = reg.resolve(ref)
         assert mine.manifest["files"] == copy.manifest["files"]
         assert all((mine.path / p).read_bytes() == (copy.path / p).read_bytes() for p in mine.manifest["files"])
@@ -276,8 +321,15 @@ def test_parents_are_linked_by_hub_commit_or_by_payload(reg, fake_hub, tmp_path)
     same = pull(reg, "me/wm@v1", endpoint=fake_hub.url)
     assert same.already and same.artifact.ref == "worldmodel/wm:v1"
     fresh = Registry(tmp_path / "fresh")
-    publish(fresh, "dataset", "cartpole", {p: (reg.resolve("dataset/cartpole").path / p).read_bytes()
-                                          for p in reg.resolve("dataset/cartpole").manifest["files"]})
+    publish(
+        fresh,
+        "dataset",
+        "cartpole",
+        {
+            p: (reg.resolve("dataset/cartpole").path / p).read_bytes()
+            for p in reg.resolve("dataset/cartpole").manifest["files"]
+        },
+    )
     got = pull(fresh, "me/wm@v1", endpoint=fake_hub.url)
     assert got.linked == ["dataset/cartpole:v1"] and got.artifact.parents == ["dataset/cartpole:v1"]
     assert fresh.children("dataset/cartpole:v1")[0].ref == got.artifact.ref
@@ -360,7 +412,10 @@ def test_verify_remote_compares_with_the_pushed_manifest(reg, fake_hub):
 
 def test_push_all_order_and_repo_names(reg, fake_hub):
     assert [a.ref for a in unpushed(reg, fake_hub.url)] == [
-        "dataset/cartpole:v1", "worldmodel/wm:v1", "policy/cartpole:v1"]  # reports go into policy cards
+        "dataset/cartpole:v1",
+        "worldmodel/wm:v1",
+        "policy/cartpole:v1",
+    ]  # reports go into policy cards
     publish(reg, "worldmodel", "cartpole", {"model.safetensors": b"m"})  # clashes with policy/cartpole
     names = {a.ref: default_repo(reg, a, "me", fake_hub.url) for a in reg.list()}
     assert names["dataset/cartpole:v1"] == "me/cartpole"  # a dataset repo: no clash

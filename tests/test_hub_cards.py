@@ -75,8 +75,9 @@ def test_policy_card_has_license_citation_usage_and_each_ancestor_once(tmp_path,
 def test_model_index_reports_returns_for_dmc_and_success_for_metaworld(tmp_path, fake_hub):
     # a DMC policy without a report: its extraction's return; no success row (DMC has none)
     reg = Registry(tmp_path / "dmc")
-    _, policy = lineage_of(reg, "policy", "cartpole", {"eval_return": 301.25, "eval_success": 0.0,
-                                                       "selected_update": 40})
+    _, policy = lineage_of(
+        reg, "policy", "cartpole", {"eval_return": 301.25, "eval_success": 0.0, "selected_update": 40}
+    )
     card = card_of(plan_push(reg, policy, "me/cartpole", endpoint=fake_hub.url))
     [result] = front_matter(card)["model-index"][0]["results"]
     assert result["metrics"] == [{"type": "mean_reward", "value": "301.25", "name": "mean_reward"}]
@@ -95,8 +96,23 @@ def test_model_index_reports_returns_for_dmc_and_success_for_metaworld(tmp_path,
     assert result["dataset"]["name"] == "mw-reach"
     assert result["metrics"] == [{"type": "success_rate", "value": 0.75, "name": "success_rate"}]
     assert "eval_success | 0.75" in card
-    summary = {"summaries": {policy: {"label": policy, "runs_per_task": 4, "tasks": {"mw-reach": {
-        "n": 4, "return_mean": 410.0, "return_std": 20.0, "success_rate": 0.5, "score_mean": 0.5}}}}}
+    summary = {
+        "summaries": {
+            policy: {
+                "label": policy,
+                "runs_per_task": 4,
+                "tasks": {
+                    "mw-reach": {
+                        "n": 4,
+                        "return_mean": 410.0,
+                        "return_std": 20.0,
+                        "success_rate": 0.5,
+                        "score_mean": 0.5,
+                    }
+                },
+            }
+        }
+    }
     report_with_video(reg, policy, [], summary=summary)
     card = card_of(plan_push(reg, policy, "me/reach", endpoint=fake_hub.url))
     metrics = front_matter(card)["model-index"][0]["results"][0]["metrics"]
@@ -106,10 +122,20 @@ def test_model_index_reports_returns_for_dmc_and_success_for_metaworld(tmp_path,
 def test_policy_push_carries_its_replay_video_and_pull_skips_it(tmp_path, fake_hub):
     reg = Registry(tmp_path / "home")
     _, policy = lineage_of(reg, "policy", "cartpole")
-    video = {"label": policy, "actor": "policy", "policy": policy, "task": TASK, "seed": 0, "return": 812.5,
-             "file": "videos/policy-cartpole.mp4", "written_to": "/elsewhere/x.mp4"}
-    baselines = [{**video, "label": "random", "actor": "random", "policy": None, "file": "videos/random.mp4"},
-                 {**video, "label": policy + "+mppi", "actor": "mppi", "file": "videos/mppi.mp4"}]
+    video = {
+        "label": policy,
+        "actor": "policy",
+        "policy": policy,
+        "task": TASK,
+        "seed": 0,
+        "return": 812.5,
+        "file": "videos/policy-cartpole.mp4",
+        "written_to": "/elsewhere/x.mp4",
+    }
+    baselines = [
+        {**video, "label": "random", "actor": "random", "policy": None, "file": "videos/random.mp4"},
+        {**video, "label": policy + "+mppi", "actor": "mppi", "file": "videos/mppi.mp4"},
+    ]
     report = report_with_video(reg, policy, [*baselines, video])
 
     result = push_ref(reg, policy, "me/cartpole", fake_hub)
@@ -129,8 +155,7 @@ def test_policy_push_carries_its_replay_video_and_pull_skips_it(tmp_path, fake_h
     # only baselines' videos: no replay
     reg2 = Registry(tmp_path / "baselines")
     _, policy2 = lineage_of(reg2, "policy", "cartpole")
-    report_with_video(reg2, policy2, [{**b, "policy": None if b["actor"] == "random" else policy2}
-                                      for b in baselines])
+    report_with_video(reg2, policy2, [{**b, "policy": None if b["actor"] == "random" else policy2} for b in baselines])
     plan = plan_push(reg2, policy2, "me/c2", endpoint=fake_hub.url)
     assert REPLAY_VIDEO not in {f.path for f in plan.files} and "## Replay" not in card_of(plan)
 
@@ -138,8 +163,21 @@ def test_policy_push_carries_its_replay_video_and_pull_skips_it(tmp_path, fake_h
 def test_pushed_report_links_its_videos(tmp_path, fake_hub):
     reg = Registry(tmp_path / "home")
     _, policy = lineage_of(reg, "policy", "cartpole")
-    report = report_with_video(reg, policy, [{"label": "random", "actor": "random", "policy": None, "task": TASK,
-                                              "seed": 0, "return": 1.0, "file": "videos/random-x.mp4"}])
+    report = report_with_video(
+        reg,
+        policy,
+        [
+            {
+                "label": "random",
+                "actor": "random",
+                "policy": None,
+                "task": TASK,
+                "seed": 0,
+                "return": 1.0,
+                "file": "videos/random-x.mp4",
+            }
+        ],
+    )
     card = card_of(plan_push(reg, report.ref, "me/eval", endpoint=fake_hub.url))
     assert "- [`videos/random-x.mp4`](videos/random-x.mp4)" in section(card, "Videos")
 
@@ -163,8 +201,10 @@ def test_dataset_push_has_parquet_previews_the_viewer_reads(tmp_path, fake_hub):
     episodes = pa.read_table(io.BytesIO(files[PREVIEW_EPISODES]))
     assert episodes.column_names == ["episode", "step", "task_id", "task", "obs", "action", "reward"]
     assert sorted(set(episodes.column("episode").to_pylist())) == [0, 1, 2, 3, 4]
-    assert [r["task"] for r in pa.read_table(io.BytesIO(files[PREVIEW_TASKS])).to_pylist()] == ["walker-walk",
-                                                                                                "mw-reach"]
+    assert [r["task"] for r in pa.read_table(io.BytesIO(files[PREVIEW_TASKS])).to_pylist()] == [
+        "walker-walk",
+        "mw-reach",
+    ]
     assert "first 5 of 6 episodes" in section(card, "Dataset") and "pwmctl data export" in card
     assert 'api.open_dataset("datasets/me/mix@v1")' in card
 
@@ -196,8 +236,9 @@ def test_push_and_pull_draw_no_progress_bars_when_stderr_is_no_terminal(tmp_path
 def test_push_rejects_a_bad_license_in_one_line(tmp_path, fake_hub):
     reg = Registry(tmp_path)
     ref = publish(reg, "dataset", "d", zarr_files()).ref
-    result = run(tmp_path, "push", ref, "--repo", "me/d", "--license", "Apache 2", "--hub-endpoint", fake_hub.url,
-                 code=2)
+    result = run(
+        tmp_path, "push", ref, "--repo", "me/d", "--license", "Apache 2", "--hub-endpoint", fake_hub.url, code=2
+    )
     assert result.stderr.startswith("error: bad license 'Apache 2'") and result.stderr.count("\n") == 1
     assert fake_hub.requests == [] and Registry(tmp_path).remotes(ref) == []
     assert run(tmp_path, "config", "set", "hub.license", "MIT", code=2).stderr.startswith("error: hub.license")

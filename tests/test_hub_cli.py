@@ -25,10 +25,45 @@ def source(tmp_path_factory) -> Path:
     """A home with dataset/cartpole -> worldmodel/wm -> policy/cartpole and an eval report of it."""
     home = tmp_path_factory.mktemp("source")
     run(home, "collect", TASK, "-n", "2", "--name", "cartpole")
-    run(home, "pretrain", "--tasks", TASK, "--size", "1M", "--batch-size", "8", "--horizon", "3", "--steps", "4",
-        "--set", "val_every=10", "--set", "val_batches=1", "--name", "wm")
-    run(home, "extract", TASK, "--batch-size", "8", "--set", "horizon=4", "--set", "return_states=4",
-        "--eval-every", "2", "--eval-episodes", "1", "--steps", "2", "--name", "cartpole")
+    run(
+        home,
+        "pretrain",
+        "--tasks",
+        TASK,
+        "--size",
+        "1M",
+        "--batch-size",
+        "8",
+        "--horizon",
+        "3",
+        "--steps",
+        "4",
+        "--set",
+        "val_every=10",
+        "--set",
+        "val_batches=1",
+        "--name",
+        "wm",
+    )
+    run(
+        home,
+        "extract",
+        TASK,
+        "--batch-size",
+        "8",
+        "--set",
+        "horizon=4",
+        "--set",
+        "return_states=4",
+        "--eval-every",
+        "2",
+        "--eval-episodes",
+        "1",
+        "--steps",
+        "2",
+        "--name",
+        "cartpole",
+    )
     run(home, "eval", "policy/cartpole", "--seeds", "2", "--reps", "100")
     return home
 
@@ -53,16 +88,20 @@ def test_dataset_world_model_and_policy_round_trip_with_lineage(source, fake_hub
     run(source, "config", "set", "hub.namespace", "me")
     plan = run_json(source, "push", "--dry-run", *hub)
     assert [(p["ref"], p["repo"], p["repo_type"], p["tag"]) for p in plan["plans"]] == [
-        ("dataset/cartpole:v1", "me/cartpole", "dataset", "v1"), ("worldmodel/wm:v1", "me/wm", "model", "v1"),
-        ("policy/cartpole:v1", "me/cartpole", "model", "v1")]  # lineage order; the report is in the policy card
+        ("dataset/cartpole:v1", "me/cartpole", "dataset", "v1"),
+        ("worldmodel/wm:v1", "me/wm", "model", "v1"),
+        ("policy/cartpole:v1", "me/cartpole", "model", "v1"),
+    ]  # lineage order; the report is in the policy card
     assert fake_hub.requests == []
     human = run(source, "push", "--dry-run", *hub).stdout
     assert "would push worldmodel/wm:v1 to model repo me/wm as tag v1" in human and "sha256 " in human
 
     pushed = run_json(source, "push", *hub)["pushed"]
     assert [(p["ref"], p["repo"], p["tag"], p["already"]) for p in pushed] == [
-        ("dataset/cartpole:v1", "me/cartpole", "v1", False), ("worldmodel/wm:v1", "me/wm", "v1", False),
-        ("policy/cartpole:v1", "me/cartpole", "v1", False)]
+        ("dataset/cartpole:v1", "me/cartpole", "v1", False),
+        ("worldmodel/wm:v1", "me/wm", "v1", False),
+        ("policy/cartpole:v1", "me/cartpole", "v1", False),
+    ]
     assert "nothing to push" in run(source, "push", *hub).stderr
     tree = run(source, "show", "policy/cartpole", "--lineage").stdout
     assert "worldmodel/wm:v1  hub: me/wm@v1" in tree and "dataset/cartpole:v1  hub: datasets/me/cartpole@v1" in tree
@@ -83,8 +122,11 @@ def test_dataset_world_model_and_policy_round_trip_with_lineage(source, fake_hub
     assert run_json(fresh, "pull", "datasets/me/cartpole@v1")["artifact"] == "dataset/cartpole:v1"
     tree = run(fresh, "show", "policy/cartpole", "--lineage").stdout
     assert "not in this registry" not in tree
-    assert re.search(r"└─ worldmodel/wm:v1  hub: me/wm@v1 \(\w{8}\)\n\s+└─ dataset/cartpole:v1  hub: "
-                     r"datasets/me/cartpole@v1", tree), tree
+    assert re.search(
+        r"└─ worldmodel/wm:v1  hub: me/wm@v1 \(\w{8}\)\n\s+└─ dataset/cartpole:v1  hub: "
+        r"datasets/me/cartpole@v1",
+        tree,
+    ), tree
     for kind_name in ("dataset/cartpole:v1", "worldmodel/wm:v1", "policy/cartpole:v1"):
         same_payload(source, kind_name, fresh, kind_name)
         doc = run_json(fresh, "verify", kind_name, "--remote")
@@ -114,11 +156,13 @@ def test_failures_give_one_line_and_leave_the_registry_unchanged(source, fake_hu
     run(other.home, "push", "dataset/d", "--repo", "me/d", *hub)
     publish(other, "dataset", "d", {"a.bin": b"b"})
     before = state_of(other)
-    assert "never moves a tag" in one_error_line(run(other.home, "push", "policy/cartpole", "--repo", "me/p", *hub,
-                                                     code=None))
+    assert "never moves a tag" in one_error_line(
+        run(other.home, "push", "policy/cartpole", "--repo", "me/p", *hub, code=None)
+    )
     fake_hub.before_commit = lambda: fake_hub.commit_files("me/d", {"x": b"x"}, repo_type="dataset")
-    assert "changed while pushing" in one_error_line(run(other.home, "push", "dataset/d:v2", "--repo", "me/d", *hub,
-                                                         code=None))
+    assert "changed while pushing" in one_error_line(
+        run(other.home, "push", "dataset/d:v2", "--repo", "me/d", *hub, code=None)
+    )
     line = one_error_line(run(other.home, "pull", "me/p@v7", *hub, code=None))
     assert "has no revision 'v7': its tags are v1" in line
     down = ["--hub-endpoint", fake_hub.dead_endpoint()]

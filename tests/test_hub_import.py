@@ -81,8 +81,10 @@ def test_a_failed_download_keeps_the_converted_chunks_and_the_rerun_resumes(fake
     result = import_from_hub(home, fake_hub)
     assert "resuming run" in result.stderr and "2 of 4 chunks converted" in result.stderr
     assert [downloads_of(fake_hub, i) for i in range(4)] == [1, 1, 2, 1]  # 0 and 1 were not fetched again
-    assert ("/datasets/nicklashansen/tdmpc2/resolve/" in "".join(p for _, p in fake_hub.requests)
-            and ("mt30/chunk_2.pt", "bytes=1000-") in fake_hub.ranges)
+    assert (
+        "/datasets/nicklashansen/tdmpc2/resolve/" in "".join(p for _, p in fake_hub.requests)
+        and ("mt30/chunk_2.pt", "bytes=1000-") in fake_hub.ranges
+    )
     assert_imported_exactly(open_dataset(home / "artifacts" / "dataset" / "mt30" / "v1" / "data.zarr"), mt30_on_hub)
     assert list((home / "runs").iterdir()) == []
 
@@ -117,10 +119,12 @@ def test_a_kill_inside_a_chunk_resumes_after_its_committed_episodes(fake_hub, mt
 
 def test_bad_sets_and_a_missing_chunk_are_one_error_line(fake_hub, tmp_path):
     home = tmp_path / "home"
-    for args, message in [(["--from-hub", "mt40"], "--from-hub takes mt30 or mt80"),
-                          (["--from-hub", "mt30"], "no dataset repo nicklashansen/tdmpc2"),
-                          (["--from-hub", "mt30", "some.pt"], "pass no chunk files"),
-                          ([], "name the chunk files or their folder, or download them with --from-hub")]:
+    for args, message in [
+        (["--from-hub", "mt40"], "--from-hub takes mt30 or mt80"),
+        (["--from-hub", "mt30"], "no dataset repo nicklashansen/tdmpc2"),
+        (["--from-hub", "mt30", "some.pt"], "pass no chunk files"),
+        ([], "name the chunk files or their folder, or download them with --from-hub"),
+    ]:
         result = run(home, "data", "import-tdmpc2", *args, "--hub-endpoint", fake_hub.url, code=2)
         assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     fake_hub.add_repo(REPO, {"mt30/chunk_0.pt": b"x", "mt30/chunk_1.pt": b"y"}, repo_type="dataset")
@@ -151,8 +155,9 @@ def test_import_checkpoint_from_a_hub_ref_infers_set_and_size(fake_hub, mt30_1m_
     data, model = mt30_1m_checkpoint
     fake_hub.add_repo(REPO, {"multitask/mt30-1M.pt": data, "multitask/mt80-1M.pt": b"other"})
     home = tmp_path / "home"
-    doc = run_json(home, "import-checkpoint", "hf://nicklashansen/tdmpc2/multitask/mt30-1M.pt",
-                   "--hub-endpoint", fake_hub.url)
+    doc = run_json(
+        home, "import-checkpoint", "hf://nicklashansen/tdmpc2/multitask/mt30-1M.pt", "--hub-endpoint", fake_hub.url
+    )
     assert doc["artifact"] == "worldmodel/mt30-1m:v1"
     sha = fake_hub.repo(REPO).branches["main"]
     assert doc["source"] == f"hf://nicklashansen/tdmpc2@{sha}/multitask/mt30-1M.pt"  # pinned to the commit
@@ -161,8 +166,15 @@ def test_import_checkpoint_from_a_hub_ref_infers_set_and_size(fake_hub, mt30_1m_
     assert torch.equal(model.encode(obs, task), loaded.encode(obs, task))
     assert list((home / "downloads").iterdir()) == []  # the download goes once imported
     # The short form ORG/NAME/PATH is a model repo's file too.
-    doc = run_json(home, "import-checkpoint", "nicklashansen/tdmpc2/multitask/mt30-1M.pt", "--name", "again",
-                   "--hub-endpoint", fake_hub.url)
+    doc = run_json(
+        home,
+        "import-checkpoint",
+        "nicklashansen/tdmpc2/multitask/mt30-1M.pt",
+        "--name",
+        "again",
+        "--hub-endpoint",
+        fake_hub.url,
+    )
     assert doc["artifact"] == "worldmodel/again:v1"
 
 
@@ -170,8 +182,10 @@ def test_bad_checkpoint_refs_are_one_error_line(fake_hub, mt30_1m_checkpoint, tm
     fake_hub.add_repo(REPO, {"multitask/mt30-1M.pt": mt30_1m_checkpoint[0]})
     home = tmp_path / "home"
     for ref, message in [
-        ("hf://nicklashansen/tdmpc2/multitask/mt30-19M.pt", "no file multitask/mt30-19M.pt in model repo "
-                                                             "nicklashansen/tdmpc2 at main"),
+        (
+            "hf://nicklashansen/tdmpc2/multitask/mt30-19M.pt",
+            "no file multitask/mt30-19M.pt in model repo nicklashansen/tdmpc2 at main",
+        ),
         ("hf://nicklashansen/tdmpc2/multitask/mt30-2M.pt", "pass --size"),
         ("hf://nicklashansen/tdmpc2/mt30-1M.pt", "did you mean multitask/mt30-1M.pt?"),
         ("hf://nobody/nothing/mt30-1M.pt", "no model repo nobody/nothing"),
@@ -184,8 +198,14 @@ def test_bad_checkpoint_refs_are_one_error_line(fake_hub, mt30_1m_checkpoint, tm
         result = run(home, "import-checkpoint", ref, "--hub-endpoint", fake_hub.url, code=2)
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("error:"), (ref, result.stderr)
         assert message in result.stderr, (ref, result.stderr)
-    dead = run(home, "import-checkpoint", "hf://nicklashansen/tdmpc2/multitask/mt30-1M.pt",
-               "--hub-endpoint", fake_hub.dead_endpoint(), code=2)
+    dead = run(
+        home,
+        "import-checkpoint",
+        "hf://nicklashansen/tdmpc2/multitask/mt30-1M.pt",
+        "--hub-endpoint",
+        fake_hub.dead_endpoint(),
+        code=2,
+    )
     assert dead.stderr.count("\n") == 1 and "cannot reach the Hub" in dead.stderr
     assert not (home / "artifacts" / "worldmodel").exists() or not list((home / "artifacts" / "worldmodel").iterdir())
 
@@ -193,9 +213,13 @@ def test_bad_checkpoint_refs_are_one_error_line(fake_hub, mt30_1m_checkpoint, tm
 def test_released_names_give_set_and_size():
     from pwmctl.commands.importing import _infer
 
-    for name, expected in [("mt30-48M.pt", ("mt30", "48M")), ("mt80-317M.pt", ("mt80", "317M")),
-                           ("mt30_48M_4900000.pt", ("mt30", "48M")), ("mt80_48M_2700000.pt", ("mt80", "48M")),
-                           ("MT30-1m.pt", ("mt30", "1M"))]:
+    for name, expected in [
+        ("mt30-48M.pt", ("mt30", "48M")),
+        ("mt80-317M.pt", ("mt80", "317M")),
+        ("mt30_48M_4900000.pt", ("mt30", "48M")),
+        ("mt80_48M_2700000.pt", ("mt80", "48M")),
+        ("MT30-1m.pt", ("mt30", "1M")),
+    ]:
         assert (_infer(name, "tasks"), _infer(name, "size")) == expected, name
     for name, what in [("mt30-2M.pt", "size"), ("mt300-1M.pt", "tasks"), ("mt30-1.5M.pt", "size")]:
         with pytest.raises(typer.Exit):
@@ -214,8 +238,10 @@ def test_a_dropped_connection_resumes_in_the_same_call(fake_hub, tmp_path, monke
     file = find_file(parse_file_ref("hf://me/files/blob.bin"), fake_hub.url)
     fake_hub.cut_next["blob.bin"] = 3000
     seen = []
-    assert download(file, tmp_path / "blob.bin", progress=lambda done, total: seen.append((done, total))).read_bytes() \
+    assert (
+        download(file, tmp_path / "blob.bin", progress=lambda done, total: seen.append((done, total))).read_bytes()
         == data
+    )
     assert ("blob.bin", "bytes=3000-") in fake_hub.ranges and seen[-1] == (len(data), len(data))
     assert not (tmp_path / "blob.bin.part").exists()
 
@@ -236,8 +262,12 @@ def test_file_refs_parse_and_malformed_ones_are_refused():
     assert (ref.repo, ref.repo_type, ref.revision, ref.path) == (REPO, "dataset", "abc", "mt30/chunk_0.pt")
     assert str(ref) == "hf://datasets/nicklashansen/tdmpc2@abc/mt30/chunk_0.pt"
     ref = parse_file_ref("imgeorgiev/pwm/multitask/mt30_48M_4900000.pt")
-    assert (ref.repo, ref.repo_type, ref.revision, ref.path) == ("imgeorgiev/pwm", "model", None,
-                                                                 "multitask/mt30_48M_4900000.pt")
+    assert (ref.repo, ref.repo_type, ref.revision, ref.path) == (
+        "imgeorgiev/pwm",
+        "model",
+        None,
+        "multitask/mt30_48M_4900000.pt",
+    )
     for bad in ("hf://a/b", "hf://a/b@/c.pt", "hf://a//c.pt", "hf://-a/b/c.pt"):
         with pytest.raises(HubError, match="bad Hub"):
             parse_file_ref(bad)

@@ -8,9 +8,22 @@ import time
 
 import pytest
 
-from pwm_core.train.loop import (Checkpoint, Every, JsonlMetrics, KeepBest, Loop, LoopState, RunStatus,
-                                 TensorBoardMetrics, TimeBudget, load_best, read_best, read_jsonl, read_status,
-                                 run_callbacks)
+from pwm_core.train.loop import (
+    Checkpoint,
+    Every,
+    JsonlMetrics,
+    KeepBest,
+    Loop,
+    LoopState,
+    RunStatus,
+    TensorBoardMetrics,
+    TimeBudget,
+    load_best,
+    read_best,
+    read_jsonl,
+    read_status,
+    run_callbacks,
+)
 
 
 class Counter:
@@ -47,8 +60,9 @@ class Record:
 def test_loop_runs_to_total_and_calls_back_in_order():
     c, rec, saved = Counter(), Record(), []
     every = Every(2, lambda: {"val": c.n * 10.0}, prefix="v/")
-    result = Loop(c.step, lambda: c.n, 5, [every, Checkpoint(lambda: saved.append(c.n), every_steps=2, every_s=0),
-                                           rec]).run()
+    result = Loop(
+        c.step, lambda: c.n, 5, [every, Checkpoint(lambda: saved.append(c.n), every_steps=2, every_s=0), rec]
+    ).run()
     assert not result.interrupted and c.n == 5
     assert rec.events == [("start", 0), *[("step", k) for k in range(1, 6)], ("end", 5)]
     assert saved == [2, 4, 5]  # every 2 steps, then at the end
@@ -87,8 +101,9 @@ def test_other_ranks_stop_with_the_signalled_one():
 
 def test_checkpoint_by_wall_time():
     c, saved = Counter(sleep=0.03), []
-    Loop(c.step, lambda: c.n, 10, [Checkpoint(lambda: saved.append(c.n), every_steps=0, every_s=0.1,
-                                              at_end=False)]).run()
+    Loop(
+        c.step, lambda: c.n, 10, [Checkpoint(lambda: saved.append(c.n), every_steps=0, every_s=0.1, at_end=False)]
+    ).run()
     assert 2 <= len(saved) <= 4 and saved == sorted(saved) and saved[-1] < 10  # ~every 4th step of 30 ms
 
 
@@ -146,8 +161,12 @@ def test_tensorboard_event_files_hold_the_metrics(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     c = Counter()
-    Loop(c.step, lambda: c.n, 4, [Every(2, lambda: {"return": 7.0}, prefix="val/"),
-                                  TensorBoardMetrics(tmp_path / "tb", every=1)]).run()
+    Loop(
+        c.step,
+        lambda: c.n,
+        4,
+        [Every(2, lambda: {"return": 7.0}, prefix="val/"), TensorBoardMetrics(tmp_path / "tb", every=1)],
+    ).run()
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert [(e.step, round(e.value, 6)) for e in events.Scalars("loss")] == [(k, round(1 / k, 6)) for k in range(1, 5)]
@@ -210,8 +229,12 @@ def test_run_callbacks_refuse_an_unknown_logger_before_anything_runs(tmp_path):
 def test_a_time_budget_fits_the_total_to_the_budget_and_ends_like_a_finished_run():
     c, totals, saved = Counter(sleep=0.02), [], []
     final = Every(0, lambda: {"eval": float(c.n)})  # only at the end
-    result = Loop(c.step, lambda: c.n, 10_000, [TimeBudget(0.6, totals.append, fit_at=(0.1,)), final,
-                                                Checkpoint(lambda: saved.append(c.n), every_s=0)]).run()
+    result = Loop(
+        c.step,
+        lambda: c.n,
+        10_000,
+        [TimeBudget(0.6, totals.append, fit_at=(0.1,)), final, Checkpoint(lambda: saved.append(c.n), every_s=0)],
+    ).run()
     assert not result.interrupted and 10 <= c.n <= 40  # ~30 steps of 20 ms
     assert len(totals) == 1 and 15 <= totals[0] <= 40  # the fitted total, told once to the trainer
     assert final.last == {"eval": float(c.n)} and saved == [c.n]  # final evaluation and checkpoint ran

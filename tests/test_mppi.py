@@ -22,13 +22,24 @@ from pwm_core.train.extract import ExtractConfig, Extractor, Policy
 SMALL = MPPIConfig(iterations=3, num_samples=64, num_elites=8, num_pi_trajs=4)
 
 
-def tiny_world_model(seed: int = 0, obs_dim: int = 5, action_dims=(1, 3), names=("a", "b"),
-                     lengths=(500, 100)) -> WorldModel:
+def tiny_world_model(
+    seed: int = 0, obs_dim: int = 5, action_dims=(1, 3), names=("a", "b"), lengths=(500, 100)
+) -> WorldModel:
     """Two tasks with 1 and 3 of 3 action dims; reward and Q output layers re-drawn so values differ."""
     torch.manual_seed(seed)
-    cfg = WorldModelConfig(obs_dim=obs_dim, act_dim=max(action_dims), action_dims=list(action_dims),
-                           episode_lengths=list(lengths), task_names=list(names), task_dim=4, enc_dim=16,
-                           num_enc_layers=2, mlp_dim=16, latent_dim=16, num_q=3)
+    cfg = WorldModelConfig(
+        obs_dim=obs_dim,
+        act_dim=max(action_dims),
+        action_dims=list(action_dims),
+        episode_lengths=list(lengths),
+        task_names=list(names),
+        task_dim=4,
+        enc_dim=16,
+        num_enc_layers=2,
+        mlp_dim=16,
+        latent_dim=16,
+        num_q=3,
+    )
     wm = WorldModel(cfg)
     with torch.no_grad():
         wm._reward[-1].weight.normal_(0, 1.0)
@@ -107,9 +118,19 @@ def test_sample_elite_draws_with_the_weights():
 
 
 def test_config_validation_and_sample_scaling():
-    assert MPPIConfig().to_dict() == {"iterations": 6, "num_samples": 512, "num_elites": 64, "num_pi_trajs": 24,
-                                      "horizon": 3, "temperature": 0.5, "min_std": 0.05, "max_std": 2.0,
-                                      "eval_mode": True, "seed": 0, "amp": None}
+    assert MPPIConfig().to_dict() == {
+        "iterations": 6,
+        "num_samples": 512,
+        "num_elites": 64,
+        "num_pi_trajs": 24,
+        "horizon": 3,
+        "temperature": 0.5,
+        "min_std": 0.05,
+        "max_std": 2.0,
+        "eval_mode": True,
+        "seed": 0,
+        "amp": None,
+    }
     small = MPPIConfig().with_samples(32)
     assert (small.num_samples, small.num_elites, small.num_pi_trajs) == (32, 4, 2)
     with pytest.raises(ConfigError, match="num_elites"):
@@ -146,9 +167,12 @@ def test_batched_plans_equal_single_plans_with_the_same_seeds():
     for b in range(3):
         single = MPPI(wm, SMALL)
         single.seed([0], [10 + b])
-        alone = [single.plan(obs[b:b + 1], tasks[b:b + 1], first=True), single.plan(obs[b:b + 1] + 0.1, tasks[b:b + 1])]
+        alone = [
+            single.plan(obs[b : b + 1], tasks[b : b + 1], first=True),
+            single.plan(obs[b : b + 1] + 0.1, tasks[b : b + 1]),
+        ]
         for together, one in zip(steps, alone):
-            torch.testing.assert_close(together[b:b + 1], one, atol=1e-4, rtol=0)
+            torch.testing.assert_close(together[b : b + 1], one, atol=1e-4, rtol=0)
         torch.testing.assert_close(batched.mean[b], single.mean[0], atol=1e-4, rtol=0)
     assert not torch.allclose(steps[0][1], steps[0][2])  # same task, other obs and seed: another plan
 
@@ -173,8 +197,9 @@ def test_world_model_prior_samples_like_world_model_pi():
 
 def test_policy_prior_plans_with_the_actor_and_critics():
     wm = tiny_world_model()
-    extractor = Extractor(ExtractConfig(batch_size=4, horizon=2, return_states=2, device="cpu"), wm, 0,
-                          lambda: torch.randn(4, 5))
+    extractor = Extractor(
+        ExtractConfig(batch_size=4, horizon=2, return_states=2, device="cpu"), wm, 0, lambda: torch.randn(4, 5)
+    )
     policy = Policy.from_extractor(extractor)
     prior = PolicyPrior.from_policy(wm, policy)
     assert prior.gamma == 0.99 and prior.actor is not policy.actor  # copies: the policy stays whole
@@ -232,16 +257,62 @@ def test_planner_actor_results_do_not_depend_on_batching():
 def home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("pwm")
     run(home, "collect", "mw-reach", "-n", "2", "--name", "tiny")
-    run(home, "pretrain", "--tasks", "mw-reach", "--size", "1M", "--batch-size", "8", "--horizon", "3",
-        "--steps", "4", "--set", "val_every=4", "--set", "val_batches=1", "--name", "wm")
-    run(home, "extract", "mw-reach", "--batch-size", "8", "--set", "horizon=4", "--set", "return_states=4",
-        "--steps", "2", "--eval-every", "2", "--eval-episodes", "1")
+    run(
+        home,
+        "pretrain",
+        "--tasks",
+        "mw-reach",
+        "--size",
+        "1M",
+        "--batch-size",
+        "8",
+        "--horizon",
+        "3",
+        "--steps",
+        "4",
+        "--set",
+        "val_every=4",
+        "--set",
+        "val_batches=1",
+        "--name",
+        "wm",
+    )
+    run(
+        home,
+        "extract",
+        "mw-reach",
+        "--batch-size",
+        "8",
+        "--set",
+        "horizon=4",
+        "--set",
+        "return_states=4",
+        "--steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--eval-episodes",
+        "1",
+    )
     return home
 
 
 def test_eval_with_mppi_reports_both_latencies(home):
-    doc = run_json(home, "eval", "policy/mw-reach", "--planner", "mppi", "--seeds", "2", "--mppi-iterations", "2",
-                   "--mppi-samples", "32", "--reps", "100")
+    doc = run_json(
+        home,
+        "eval",
+        "policy/mw-reach",
+        "--planner",
+        "mppi",
+        "--seeds",
+        "2",
+        "--mppi-iterations",
+        "2",
+        "--mppi-samples",
+        "32",
+        "--reps",
+        "100",
+    )
     labels = ["policy/mw-reach:v1", "policy/mw-reach:v1+mppi"]
     assert list(doc["summaries"]) == labels and doc["comparison"]["pairs"][0]["x"] == labels[0]
     for label in labels:
@@ -249,8 +320,11 @@ def test_eval_with_mppi_reports_both_latencies(home):
         assert t["calls"] == 99 and 0 < t["p50_ms_per_call"] <= t["p95_ms_per_call"]
     planner = doc["planner"]
     assert planner["prior"] == "wm" and planner["world_models"] == {"policy/mw-reach:v1": "worldmodel/wm:v1"}
-    assert (planner["config"]["iterations"], planner["config"]["num_samples"], planner["config"]["num_elites"]) \
-        == (2, 32, 4)
+    assert (planner["config"]["iterations"], planner["config"]["num_samples"], planner["config"]["num_elites"]) == (
+        2,
+        32,
+        4,
+    )
     report = run_json(home, "show", doc["report"])
     assert report["parents"] == ["policy/mw-reach:v1", "worldmodel/wm:v1"]
     raw = json.loads((Path(report["path"]) / "results.json").read_text())
@@ -258,16 +332,35 @@ def test_eval_with_mppi_reports_both_latencies(home):
 
 
 def test_eval_with_the_policy_as_mppi_prior_prints_a_latency_table(home):
-    out = run(home, "eval", "policy/mw-reach", "--planner", "mppi", "--planner-prior", "policy", "--seeds", "1",
-              "--mppi-iterations", "1", "--mppi-samples", "16", "--mppi-horizon", "2", "--reps", "100").stdout
-    table = out[out.index("act latency"):]
+    out = run(
+        home,
+        "eval",
+        "policy/mw-reach",
+        "--planner",
+        "mppi",
+        "--planner-prior",
+        "policy",
+        "--seeds",
+        "1",
+        "--mppi-iterations",
+        "1",
+        "--mppi-samples",
+        "16",
+        "--mppi-horizon",
+        "2",
+        "--reps",
+        "100",
+    ).stdout
+    table = out[out.index("act latency") :]
     assert "| policy/mw-reach:v1 | 99 |" in table and "| policy/mw-reach:v1+mppi | 99 |" in table
     assert "p95" in table
 
 
 def test_eval_planner_bad_input_is_one_line(home):
-    for args, word in ((["random", "--tasks", "mw-reach", "--planner", "mppi"], "name a policy"),
-                       (["policy/mw-reach", "--planner", "cem"], "--planner"),
-                       (["policy/mw-reach", "--planner", "mppi", "--mppi-set", "num_elites=999"], "num_elites")):
+    for args, word in (
+        (["random", "--tasks", "mw-reach", "--planner", "mppi"], "name a policy"),
+        (["policy/mw-reach", "--planner", "cem"], "--planner"),
+        (["policy/mw-reach", "--planner", "mppi", "--mppi-set", "num_elites=999"], "num_elites"),
+    ):
         result = run(home, "eval", *args, code=2)
         assert len(result.stderr.strip().splitlines()) == 1 and word in result.stderr, result.stderr

@@ -48,8 +48,9 @@ def test_two_hot_clamps_at_plus_minus_ten():
     torch.testing.assert_close(target.sum(-1), torch.ones(3))
 
 
-@pytest.mark.parametrize("shape, out", [((7,), (7, 101)), ((7, 1), (7, 101)), ((3, 7, 1), (3, 7, 101)),
-                                        ((3, 7), (3, 7, 101))])
+@pytest.mark.parametrize(
+    "shape, out", [((7,), (7, 101)), ((7, 1), (7, 101)), ((3, 7, 1), (3, 7, 101)), ((3, 7), (3, 7, 101))]
+)
 def test_two_hot_shapes(shape, out):
     assert two_hot(torch.zeros(shape)).shape == out
 

@@ -13,9 +13,15 @@ def _train(fused: bool) -> tuple[torch.optim.Adam, torch.Tensor]:
     try:
         torch.manual_seed(0)
         critic = CriticEnsemble(8, 3, (16, 8))
-        optim = adam([{"params": critic.weights.parameters(), "lr": 1e-3},  # generators inside groups
-                      {"params": critic.biases.parameters()}, {"params": critic.norms.parameters()}],
-                     lr=2e-3, betas=(0.7, 0.95))
+        optim = adam(
+            [
+                {"params": critic.weights.parameters(), "lr": 1e-3},  # generators inside groups
+                {"params": critic.biases.parameters()},
+                {"params": critic.norms.parameters()},
+            ],
+            lr=2e-3,
+            betas=(0.7, 0.95),
+        )
         g = torch.Generator().manual_seed(1)
         for _ in range(20):
             for p in critic.parameters():

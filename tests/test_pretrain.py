@@ -12,8 +12,15 @@ from pwm_core.nn import WorldModel, world_model_config
 from pwm_core.nn.math import soft_ce
 from pwm_core.tasks import resolve_tasks
 from pwm_core.train import (
-    PretrainConfig, Pretrainer, RunningScale, model_config, read_checkpoint, rho_weights, split_episodes,
-    td_targets, world_model_loss,
+    PretrainConfig,
+    Pretrainer,
+    RunningScale,
+    model_config,
+    read_checkpoint,
+    rho_weights,
+    split_episodes,
+    td_targets,
+    world_model_loss,
 )
 from pwm_core.train.returns import percentile_range
 
@@ -26,12 +33,14 @@ def tiny_model_config():
 
 
 def tiny_config(**kw) -> PretrainConfig:
-    return PretrainConfig(**{"batch_size": 32, "horizon": 4, "device": "cpu", "val_fraction": 0.2,
-                             "val_batches": 2, **kw})
+    return PretrainConfig(
+        **{"batch_size": 32, "horizon": 4, "device": "cpu", "val_fraction": 0.2, "val_batches": 2, **kw}
+    )
 
 
-def write_linear_system(path, task: str, obs_dim: int, act_dim: int, episodes: int = 10, length: int = 30,
-                        seed: int = 0):
+def write_linear_system(
+    path, task: str, obs_dim: int, act_dim: int, episodes: int = 10, length: int = 30, seed: int = 0
+):
     """o' = 0.9 o + 0.3 a (on the first act_dim entries), r = clip(1 - |o'_0|, 0, 1)."""
     rng = np.random.default_rng(seed)
     with EpisodeWriter.create(path, resolve_tasks(task)) as w:
@@ -49,8 +58,10 @@ def write_linear_system(path, task: str, obs_dim: int, act_dim: int, episodes: i
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain")
-    return [write_linear_system(root / "walker.zarr", "walker-walk", 24, 6, seed=0),
-            write_linear_system(root / "cartpole.zarr", "cartpole-swingup", 5, 1, seed=1)]
+    return [
+        write_linear_system(root / "walker.zarr", "walker-walk", 24, 6, seed=0),
+        write_linear_system(root / "cartpole.zarr", "cartpole-swingup", 5, 1, seed=1),
+    ]
 
 
 @pytest.fixture(autouse=True)
@@ -137,11 +148,16 @@ def test_loss_is_20_consistency_plus_tenth_reward_plus_tenth_value(datasets):
     torch.manual_seed(1)
     ref, ref_cons, ref_rew, ref_val = tdmpc2_loss(model, batch.obs, batch.action, batch.reward, task, cfg)
 
-    for got, want in ((metrics["consistency"], ref_cons), (metrics["reward_ce"], ref_rew),
-                      (metrics["value_ce"], ref_val), (loss, ref)):
+    for got, want in (
+        (metrics["consistency"], ref_cons),
+        (metrics["reward_ce"], ref_rew),
+        (metrics["value_ce"], ref_val),
+        (loss, ref),
+    ):
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-7), (got, want)
-    assert torch.allclose(loss, 20 * metrics["consistency"] + 0.1 * metrics["reward_ce"]
-                          + 0.1 * metrics["value_ce"], rtol=1e-6)
+    assert torch.allclose(
+        loss, 20 * metrics["consistency"] + 0.1 * metrics["reward_ce"] + 0.1 * metrics["value_ce"], rtol=1e-6
+    )
     assert zs.shape == (6, 16, 16) and zs.requires_grad
 
 

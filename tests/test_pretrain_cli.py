@@ -16,8 +16,20 @@ from helpers import run, run_json
 
 from pwm_core.train.loop import read_status
 
-TINY = ["--size", "1M", "--batch-size", "8", "--horizon", "3", "--set", "val_every=10", "--set", "log_every=5",
-        "--set", "val_batches=1"]
+TINY = [
+    "--size",
+    "1M",
+    "--batch-size",
+    "8",
+    "--horizon",
+    "3",
+    "--set",
+    "val_every=10",
+    "--set",
+    "log_every=5",
+    "--set",
+    "val_batches=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +93,21 @@ def test_corrupted_weights_give_one_clear_error(home, tmp_path):
 
 def test_killed_pretrain_resumes_from_its_checkpoint(home):
     env = {**os.environ, "PWM_HOME": str(home)}
-    args = [sys.executable, "-m", "pwmctl", "pretrain", "--tasks", "cartpole-balance", *TINY,
-            "--steps", "100000", "--set", "checkpoint_every=5", "--name", "killed"]
+    args = [
+        sys.executable,
+        "-m",
+        "pwmctl",
+        "pretrain",
+        "--tasks",
+        "cartpole-balance",
+        *TINY,
+        "--steps",
+        "100000",
+        "--set",
+        "checkpoint_every=5",
+        "--name",
+        "killed",
+    ]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline, ckpt = time.monotonic() + 180, None
     while time.monotonic() < deadline and ckpt is None:
@@ -94,7 +119,8 @@ def test_killed_pretrain_resumes_from_its_checkpoint(home):
     proc.wait()
     assert ckpt is not None, proc.stderr.read().decode()
     assert run_json(home, "ls", "worldmodel", "--all")["artifacts"] == [] or all(
-        a["name"] != "killed" for a in run_json(home, "ls", "worldmodel", "--all")["artifacts"])
+        a["name"] != "killed" for a in run_json(home, "ls", "worldmodel", "--all")["artifacts"]
+    )
 
     import torch
 
@@ -120,8 +146,7 @@ def test_import_checkpoint_round_trips_a_tdmpc2_file(tmp_path):
     obs, task = torch.randn(4, 24), torch.tensor([0, 1, 8, 29])
     assert torch.equal(model.encode(obs, task), loaded.encode(obs, task))
 
-    result = run(tmp_path, "import-checkpoint", str(tmp_path / "mt30-1M.pt"), "--tasks", "mt30", "--size", "5M",
-                 code=2)
+    result = run(tmp_path, "import-checkpoint", str(tmp_path / "mt30-1M.pt"), "--tasks", "mt30", "--size", "5M", code=2)
     assert len(result.stderr.strip().splitlines()) == 1 and "mis-shaped" in result.stderr
 
 
@@ -129,22 +154,60 @@ def test_torchrun_two_cpu_ranks_publish_one_world_model(home):
     """`torchrun --nproc-per-node 2 -m pwmctl pretrain ...`: gloo on CPU, rank 0 publishes once."""
     env = {**os.environ, "PWM_HOME": str(home), "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
-    out = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "pwmctl", "--format", "json", "pretrain",
-                          "--tasks", "cartpole-balance", *TINY, "--steps", "4", "--name", "ddp"],
-                         env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "pwmctl",
+            "--format",
+            "json",
+            "pretrain",
+            "--tasks",
+            "cartpole-balance",
+            *TINY,
+            "--steps",
+            "4",
+            "--name",
+            "ddp",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)  # one JSON document: rank 1 prints nothing
     assert doc["artifact"] == "worldmodel/ddp:v1" and doc["steps"] == 4
     assert [a["ref"] for a in run_json(home, "ls", "worldmodel", "--all")["artifacts"] if a["name"] == "ddp"] == [
-        "worldmodel/ddp:v1"]
+        "worldmodel/ddp:v1"
+    ]
 
 
 def test_a_live_run_can_be_watched_and_sighup_checkpoints_it(home, tmp_path):
     """A closed terminal (SIGHUP) stops like Ctrl-C: the step finishes, a checkpoint is saved, exit 130.
     Meanwhile another terminal sees the run: `runs ls`, `runs show`, `plot RUN`, TensorBoard files."""
     env = {**os.environ, "PWM_HOME": str(home)}
-    args = [sys.executable, "-m", "pwmctl", "pretrain", "--tasks", "cartpole-balance", *TINY, "--steps", "100000",
-            "--set", "log_every=1", "--set", "checkpoint_every=100000", "--name", "hup", "--logger", "tensorboard"]
+    args = [
+        sys.executable,
+        "-m",
+        "pwmctl",
+        "pretrain",
+        "--tasks",
+        "cartpole-balance",
+        *TINY,
+        "--steps",
+        "100000",
+        "--set",
+        "log_every=1",
+        "--set",
+        "checkpoint_every=100000",
+        "--name",
+        "hup",
+        "--logger",
+        "tensorboard",
+    ]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline, run_dir = time.monotonic() + 180, None
     while time.monotonic() < deadline:
@@ -179,8 +242,19 @@ def test_a_live_run_can_be_watched_and_sighup_checkpoints_it(home, tmp_path):
     assert run(home, "runs", "rm", run_dir.name, "--yes").exit_code == 0 and not run_dir.exists()
 
 
-@pytest.mark.parametrize("override", ["steps=-5", "batch_size=0", "horizon=0", "checkpoint_every=0", "val_every=0",
-                                      "log_every=0", "rho=nan", "device=banana"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "steps=-5",
+        "batch_size=0",
+        "horizon=0",
+        "checkpoint_every=0",
+        "val_every=0",
+        "log_every=0",
+        "rho=nan",
+        "device=banana",
+    ],
+)
 def test_invalid_pretrain_settings_are_refused_before_any_work(home, override):
     result = run(home, "pretrain", "--tasks", "cartpole-balance", "--set", override, "--name", "bad", code=2)
     assert len(result.stderr.strip().splitlines()) == 1 and override.split("=")[0] in result.stderr, result.stderr
@@ -208,13 +282,46 @@ def test_torchrun_on_two_nodes_trains_resumes_and_publishes_once(home):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        cmd = [torchrun, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
-               f"127.0.0.1:{port}", "--rdzv-id", rdzv_id, "-m", "pwmctl", "--format", "json", "pretrain", *args]
-        return [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 start_new_session=True) for _ in range(2)]
+        cmd = [
+            torchrun,
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "1",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{port}",
+            "--rdzv-id",
+            rdzv_id,
+            "-m",
+            "pwmctl",
+            "--format",
+            "json",
+            "pretrain",
+            *args,
+        ]
+        return [
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+            )
+            for _ in range(2)
+        ]
 
-    procs = two_nodes("first", "--tasks", "cartpole-balance", *tiny, "--global-batch-size", "16", "--steps", "100000",
-                      "--set", "checkpoint_every=2", "--name", "nodes")
+    procs = two_nodes(
+        "first",
+        "--tasks",
+        "cartpole-balance",
+        *tiny,
+        "--global-batch-size",
+        "16",
+        "--steps",
+        "100000",
+        "--set",
+        "checkpoint_every=2",
+        "--name",
+        "nodes",
+    )
     deadline, ckpt = time.monotonic() + 240, None
     while time.monotonic() < deadline and ckpt is None:
         found = list(home.glob("runs/pretrain-*/checkpoint.pt"))
@@ -230,8 +337,9 @@ def test_torchrun_on_two_nodes_trains_resumes_and_publishes_once(home):
     import torch
 
     saved = torch.load(ckpt, weights_only=True)["step"]
-    outs = [p.communicate(timeout=300) for p in two_nodes("again", "--resume", ckpt.parent.name, "--steps",
-                                                          str(saved + 2))]
+    outs = [
+        p.communicate(timeout=300) for p in two_nodes("again", "--resume", ckpt.parent.name, "--steps", str(saved + 2))
+    ]
     docs = [json.loads(out) for out, _ in outs if out.strip()]  # rank 0 prints the one document
     assert len(docs) == 1, [err for _, err in outs]
     assert docs[0]["steps"] == saved + 2 and docs[0]["artifact"] == "worldmodel/nodes:v1"

@@ -12,8 +12,20 @@ from helpers import run, run_json
 @pytest.mark.slow
 def test_quickstart_runs_the_pipeline_and_publishes_a_summary(tmp_path):
     home = tmp_path / "home"
-    doc = run_json(home, "quickstart", "--budget-minutes", "2", "--pretrain-steps", "4", "--extract-steps", "2",
-                   "--episodes", "2", "--seeds", "2")
+    doc = run_json(
+        home,
+        "quickstart",
+        "--budget-minutes",
+        "2",
+        "--pretrain-steps",
+        "4",
+        "--extract-steps",
+        "2",
+        "--episodes",
+        "2",
+        "--seeds",
+        "2",
+    )
     assert doc["report"] == "report/quickstart-cartpole-swingup:v1"
     assert set(doc["stages_s"]) == {"collect", "pretrain", "extract", "eval"}
     assert doc["iqm"]["lo"] <= doc["iqm"]["value"] <= doc["iqm"]["hi"]
@@ -22,20 +34,35 @@ def test_quickstart_runs_the_pipeline_and_publishes_a_summary(tmp_path):
     assert "| random |" in summary and "policy/quickstart-cartpole-swingup:v1" in summary
     shown = run_json(home, "show", doc["report"])
     files = set(shown["manifest"]["files"])
-    assert {"summary.md", "worldmodel-quickstart-cartpole-swingup-v1.png", "policy-quickstart-cartpole-swingup-v1.png",
-            "report-eval-quickstart-cartpole-swingup-v1.png"} <= files
-    assert sorted(shown["parents"]) == ["policy/quickstart-cartpole-swingup:v1",
-                                        "report/eval-quickstart-cartpole-swingup:v1"]
+    assert {
+        "summary.md",
+        "worldmodel-quickstart-cartpole-swingup-v1.png",
+        "policy-quickstart-cartpole-swingup-v1.png",
+        "report-eval-quickstart-cartpole-swingup-v1.png",
+    } <= files
+    assert sorted(shown["parents"]) == [
+        "policy/quickstart-cartpole-swingup:v1",
+        "report/eval-quickstart-cartpole-swingup:v1",
+    ]
     for png in files - {"summary.md"}:
         assert (Path(shown["path"]) / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # plot: one PNG per artifact, named after it
     out = tmp_path / "plots"
-    doc = run_json(home, "plot", "worldmodel/quickstart-cartpole-swingup", "policy/quickstart-cartpole-swingup",
-                   "report/eval-quickstart-cartpole-swingup", "--out", str(out))
-    assert [Path(p).name for p in doc["files"]] == ["worldmodel-quickstart-cartpole-swingup-v1.png",
-                                                     "policy-quickstart-cartpole-swingup-v1.png",
-                                                     "report-eval-quickstart-cartpole-swingup-v1.png"]
+    doc = run_json(
+        home,
+        "plot",
+        "worldmodel/quickstart-cartpole-swingup",
+        "policy/quickstart-cartpole-swingup",
+        "report/eval-quickstart-cartpole-swingup",
+        "--out",
+        str(out),
+    )
+    assert [Path(p).name for p in doc["files"]] == [
+        "worldmodel-quickstart-cartpole-swingup-v1.png",
+        "policy-quickstart-cartpole-swingup-v1.png",
+        "report-eval-quickstart-cartpole-swingup-v1.png",
+    ]
     assert all(Path(p).stat().st_size > 10_000 for p in doc["files"])
     result = run(home, "plot", "dataset/quickstart-cartpole-swingup", code=2)
     assert "plot takes world models, policies and reports" in result.stderr

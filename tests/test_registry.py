@@ -37,8 +37,7 @@ def reg(tmp_path: Path) -> Registry:
     return Registry(tmp_path / "home")
 
 
-def publish(reg: Registry, kind: str, name: str, files: Mapping[str, bytes] | None = None,
-            **metadata) -> Artifact:
+def publish(reg: Registry, kind: str, name: str, files: Mapping[str, bytes] | None = None, **metadata) -> Artifact:
     """Stage `files` ({relpath: bytes}) and publish them as the next version of kind/name."""
     with reg.stage(kind, name) as staging:
         for rel, data in (files or {"payload.bin": b"abc"}).items():
@@ -50,33 +49,39 @@ def publish(reg: Registry, kind: str, name: str, files: Mapping[str, bytes] | No
 # ---- refs -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, default_kind, expected", [
-    ("worldmodel/mt30-48m", None, Ref("worldmodel", "mt30-48m", None)),
-    ("worldmodel/mt30-48m:v2", None, Ref("worldmodel", "mt30-48m", 2)),
-    ("worldmodel/mt30-48m:2", None, Ref("worldmodel", "mt30-48m", 2)),
-    ("worldmodel/mt30-48m:latest", None, Ref("worldmodel", "mt30-48m", None)),
-    ("policy/walker_walk.seed1:v10", None, Ref("policy", "walker_walk.seed1", 10)),
-    ("mt30-48m", "worldmodel", Ref("worldmodel", "mt30-48m", None)),
-    ("mt30-48m:v3", "worldmodel", Ref("worldmodel", "mt30-48m", 3)),
-    ("dataset/mt30", "worldmodel", Ref("dataset", "mt30", None)),  # an explicit kind wins
-])
+@pytest.mark.parametrize(
+    "text, default_kind, expected",
+    [
+        ("worldmodel/mt30-48m", None, Ref("worldmodel", "mt30-48m", None)),
+        ("worldmodel/mt30-48m:v2", None, Ref("worldmodel", "mt30-48m", 2)),
+        ("worldmodel/mt30-48m:2", None, Ref("worldmodel", "mt30-48m", 2)),
+        ("worldmodel/mt30-48m:latest", None, Ref("worldmodel", "mt30-48m", None)),
+        ("policy/walker_walk.seed1:v10", None, Ref("policy", "walker_walk.seed1", 10)),
+        ("mt30-48m", "worldmodel", Ref("worldmodel", "mt30-48m", None)),
+        ("mt30-48m:v3", "worldmodel", Ref("worldmodel", "mt30-48m", 3)),
+        ("dataset/mt30", "worldmodel", Ref("dataset", "mt30", None)),  # an explicit kind wins
+    ],
+)
 def test_parse_ref_accepts_the_documented_forms(text, default_kind, expected):
     assert parse_ref(text, default_kind) == expected
 
 
-@pytest.mark.parametrize("text, why", [
-    ("x/y:z", "unknown kind 'x'"),
-    ("mt30-48m", "no KIND/ prefix"),
-    ("worldmodel/", "the name is empty"),
-    ("worldmodel/MT30", "lowercase"),
-    ("worldmodel/mt30 48m", "lowercase"),
-    ("worldmodel/.hidden", "start with a letter or digit"),
-    ("worldmodel/mt30:", "version ''"),
-    ("worldmodel/mt30:v0", "version 'v0'"),
-    ("worldmodel/mt30:vx", "version 'vx'"),
-    ("worldmodel/mt30:v1:v2", "version 'v1:v2'"),
-    ("a/b/c", "unknown kind 'a/b'"),
-])
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("x/y:z", "unknown kind 'x'"),
+        ("mt30-48m", "no KIND/ prefix"),
+        ("worldmodel/", "the name is empty"),
+        ("worldmodel/MT30", "lowercase"),
+        ("worldmodel/mt30 48m", "lowercase"),
+        ("worldmodel/.hidden", "start with a letter or digit"),
+        ("worldmodel/mt30:", "version ''"),
+        ("worldmodel/mt30:v0", "version 'v0'"),
+        ("worldmodel/mt30:vx", "version 'vx'"),
+        ("worldmodel/mt30:v1:v2", "version 'v1:v2'"),
+        ("a/b/c", "unknown kind 'a/b'"),
+    ],
+)
 def test_parse_ref_rejects_bad_input_with_the_expected_form(text, why):
     with pytest.raises(RefError) as error:
         parse_ref(text)
@@ -115,10 +120,10 @@ def test_ref_validates_when_built_directly():
 
 
 def test_registry_imports_neither_pwm_core_nor_pwmctl():
-    code = ("import sys, registry\n"
-            "print(any(m.split('.')[0] in ('pwm_core', 'pwmctl') for m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=_env_with_repo_on_path())
+    code = "import sys, registry\nprint(any(m.split('.')[0] in ('pwm_core', 'pwmctl') for m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env_with_repo_on_path()
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -142,8 +147,7 @@ def test_hash_tree_streams_files_larger_than_one_block(tmp_path: Path):
 
     data = bytes(range(256)) * (10 * 1024 + 7)  # 2.5 MiB + a bit: three reads
     (tmp_path / "big.bin").write_bytes(data)
-    assert hash_tree(tmp_path)["big.bin"] == {"sha256": hashlib.sha256(data).hexdigest(),
-                                              "size": len(data)}
+    assert hash_tree(tmp_path)["big.bin"] == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
 def test_hash_tree_refuses_symbolic_links(tmp_path: Path):
@@ -162,7 +166,10 @@ def test_verify_tree_reports_changed_missing_and_unexpected(tmp_path: Path):
     (tmp_path / "d.bin").write_bytes(b"")
     problems = verify_tree(tmp_path, manifest)
     assert [(p.path, p.problem) for p in problems] == [
-        ("a.bin", "changed"), ("b.bin", "missing"), ("d.bin", "unexpected")]
+        ("a.bin", "changed"),
+        ("b.bin", "missing"),
+        ("d.bin", "unexpected"),
+    ]
     assert "sha256" in problems[0].detail
 
 
@@ -181,13 +188,24 @@ def test_publish_creates_v1_then_v2(reg: Registry):
 def test_manifest_records_files_and_metadata(reg: Registry):
     data = publish(reg, "dataset", "walker-walk")
     files = {"model.safetensors": b"", "cfg/config.yaml": b"abc"}
-    wm = publish(reg, "worldmodel", "mt30-48m", files, parents=["dataset/walker-walk"],
-                 tasks=["walker-walk", "cheetah-run"], config={"lr": 3e-4}, metrics={"loss": 0.5},
-                 extra={"seed": 1}, code_version="0.1.0")
+    wm = publish(
+        reg,
+        "worldmodel",
+        "mt30-48m",
+        files,
+        parents=["dataset/walker-walk"],
+        tasks=["walker-walk", "cheetah-run"],
+        config={"lr": 3e-4},
+        metrics={"loss": 0.5},
+        extra={"seed": 1},
+        code_version="0.1.0",
+    )
     on_disk = json.loads((wm.path / "manifest.json").read_text())
     assert on_disk == wm.manifest
-    assert on_disk["files"] == {"cfg/config.yaml": {"sha256": SHA256_ABC, "size": 3},
-                                "model.safetensors": {"sha256": SHA256_EMPTY, "size": 0}}
+    assert on_disk["files"] == {
+        "cfg/config.yaml": {"sha256": SHA256_ABC, "size": 3},
+        "model.safetensors": {"sha256": SHA256_EMPTY, "size": 0},
+    }
     assert (on_disk["kind"], on_disk["name"], on_disk["version"]) == ("worldmodel", "mt30-48m", 1)
     assert on_disk["created"].endswith("+00:00")
     assert wm.parents == [data.ref]  # pinned at publish time
@@ -222,8 +240,10 @@ def test_resolve_suggests_close_names_and_other_kinds(reg: Registry):
         reg.resolve("worldmodel/mt30-48m:v7")
     with pytest.raises(ArtifactNotFound) as error:
         reg.resolve("report/nothing-like-it")
-    assert str(error.value) == (f"no artifact report/nothing-like-it:latest in {reg.home}: "
-                                "`pwmctl ls report` lists what there is; publish or pull it first")
+    assert str(error.value) == (
+        f"no artifact report/nothing-like-it:latest in {reg.home}: "
+        "`pwmctl ls report` lists what there is; publish or pull it first"
+    )
 
 
 def test_resolve_of_an_indexed_artifact_whose_folder_is_gone_is_an_integrity_error(reg: Registry):
@@ -247,10 +267,13 @@ def test_list_by_kind_task_and_name_newest_first(reg: Registry):
     publish(reg, "worldmodel", "mt30-48m", tasks=["walker-walk"])
     publish(reg, "worldmodel", "cheetah", tasks=["cheetah-run"])
     refs = lambda artifacts: [a.ref for a in artifacts]  # noqa: E731
-    assert refs(reg.list()) == ["dataset/mt30:v1", "worldmodel/cheetah:v1",
-                                "worldmodel/mt30-48m:v2", "worldmodel/mt30-48m:v1"]
-    assert refs(reg.list(kind="worldmodel", task="walker-walk")) == [
-        "worldmodel/mt30-48m:v2", "worldmodel/mt30-48m:v1"]
+    assert refs(reg.list()) == [
+        "dataset/mt30:v1",
+        "worldmodel/cheetah:v1",
+        "worldmodel/mt30-48m:v2",
+        "worldmodel/mt30-48m:v1",
+    ]
+    assert refs(reg.list(kind="worldmodel", task="walker-walk")) == ["worldmodel/mt30-48m:v2", "worldmodel/mt30-48m:v1"]
     assert refs(reg.list(task="cheetah-run")) == ["dataset/mt30:v1", "worldmodel/cheetah:v1"]
     assert refs(reg.list(name="cheetah")) == ["worldmodel/cheetah:v1"]
     assert reg.list(kind="policy") == []
@@ -343,9 +366,15 @@ def test_two_processes_publishing_the_same_name_get_distinct_versions(tmp_path: 
         "        (staging.path / 'who.txt').write_text(f'{tag}-{i}')\n"
         "        staging.publish()\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", worker, str(home), tag, str(go)],
-                              env=_env_with_repo_on_path(), stderr=subprocess.PIPE, text=True)
-             for tag in ("a", "b")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", worker, str(home), tag, str(go)],
+            env=_env_with_repo_on_path(),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for tag in ("a", "b")
+    ]
     deadline = time.monotonic() + 60
     while not all(Path(f"{go}.{tag}").exists() for tag in "ab") and time.monotonic() < deadline:
         time.sleep(0.001)
@@ -371,7 +400,10 @@ def test_verify_detects_modified_missing_and_extra_files(reg: Registry):
     (artifact.path / "sub" / "c.bin").write_bytes(b"")
     problems = reg.verify(artifact.ref)
     assert [(p.path, p.problem) for p in problems] == [
-        ("a.bin", "changed"), ("sub/b.bin", "missing"), ("sub/c.bin", "unexpected")]
+        ("a.bin", "changed"),
+        ("sub/b.bin", "missing"),
+        ("sub/c.bin", "unexpected"),
+    ]
     error = IntegrityError.from_problems(artifact.ref, problems)
     assert "dataset/walker-walk:v1 failed verification (3 problems: changed: a.bin" in str(error)
 
@@ -381,8 +413,7 @@ def test_verify_detects_an_edited_manifest(reg: Registry):
     manifest = json.loads((artifact.path / "manifest.json").read_text())
     manifest["metrics"]["iqm"] = 0.9
     (artifact.path / "manifest.json").write_text(json.dumps(manifest))
-    assert reg.verify(artifact.ref) == [
-        FileProblem("manifest.json", "changed", "differs from the index's copy")]
+    assert reg.verify(artifact.ref) == [FileProblem("manifest.json", "changed", "differs from the index's copy")]
 
 
 def test_remove_deletes_folder_and_index_rows(reg: Registry):
@@ -419,10 +450,13 @@ def test_lineage_is_a_tree_of_parents_marking_missing_ones(reg: Registry):
         return (node.ref, node.exists, [shape(parent) for parent in node.parents])
 
     assert shape(reg.lineage("walker-walk", default_kind="policy")) == (
-        policy.ref, True, [
+        policy.ref,
+        True,
+        [
             (wm.ref, True, [(data.ref, True, []), ("dataset/extra:v1", False, [])]),
             (data.ref, True, []),
-        ])
+        ],
+    )
     assert [a.ref for a in reg.children(data.ref)] == [policy.ref, wm.ref]
     assert reg.children(policy.ref) == []
 

@@ -39,8 +39,10 @@ def test_policy_evaluation_reads_the_newest_summary_and_only_the_policys_own_vid
         policy = staging.publish(tasks=["cartpole-balance"])
 
     def report(summary_return: float, videos: list[dict]):
-        results = {"summaries": {policy.ref: {"tasks": {"cartpole-balance": {"return_mean": summary_return}}}},
-                   "videos": videos}
+        results = {
+            "summaries": {policy.ref: {"tasks": {"cartpole-balance": {"return_mean": summary_return}}}},
+            "videos": videos,
+        }
         with reg.stage("report", "eval") as staging:
             (staging.path / "results.json").write_text(json.dumps(results))
             for video in videos:
@@ -48,8 +50,14 @@ def test_policy_evaluation_reads_the_newest_summary_and_only_the_policys_own_vid
                 (staging.path / video["file"]).write_bytes(b"mp4")
             return staging.publish(parents=[policy.ref])
 
-    own = {"actor": "policy", "policy": policy.ref, "task": "cartpole-balance", "seed": 3, "return": 5.0,
-           "file": "videos/own.mp4"}
+    own = {
+        "actor": "policy",
+        "policy": policy.ref,
+        "task": "cartpole-balance",
+        "seed": 3,
+        "return": 5.0,
+        "file": "videos/own.mp4",
+    }
     with_video = report(1.0, [own])
     newest = report(2.0, [{**own, "actor": "mppi", "file": "videos/mppi.mp4"}])  # a planner's video: not a replay
     evaluation = policy_evaluation(policy, reg.children(policy.ref))

@@ -33,12 +33,15 @@ def _assert_same_episodes(a, b) -> None:
 
 
 # ------------------------------------------------------------------------------- checked up front
-@pytest.mark.parametrize("args, message", [
-    (["--name", "../../x"], "bad dataset name '../../x'"),
-    (["--name", "A"], "bad dataset name 'A'"),
-    (["--append", "../x"], "bad artifact ref '../x'"),
-    (["--append", "dataset/nothing"], "no artifact dataset/nothing:latest"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--name", "../../x"], "bad dataset name '../../x'"),
+        (["--name", "A"], "bad dataset name 'A'"),
+        (["--append", "../x"], "bad artifact ref '../x'"),
+        (["--append", "dataset/nothing"], "no artifact dataset/nothing:latest"),
+    ],
+)
 def test_bad_names_and_refs_are_refused_before_any_work(tmp_path, args, message):
     home = tmp_path / "home"
     line = _one_error_line(run(home, "collect", TASK, "-n", "1", *args, code=2))
@@ -52,10 +55,24 @@ def _publish_policy(home: Path, task: str, task_obs_dim: int, task_act_dim: int)
 
     from pwm_core.policy import POLICY_CONFIG_FILE, POLICY_FILE, POLICY_FORMAT, POLICY_VERSION, Policy
 
-    config = {"format": POLICY_FORMAT, "version": POLICY_VERSION, "task": task, "task_row": 0,
-              "obs_dim": max(task_obs_dim, 5), "act_dim": max(task_act_dim, 1), "task_obs_dim": task_obs_dim,
-              "task_act_dim": task_act_dim, "task_dim": 0, "latent_dim": 8, "encoder_units": [8],
-              "simnorm_dim": 8, "actor_units": [8], "min_logstd": -1.4, "critic_units": [8], "num_critics": 2}
+    config = {
+        "format": POLICY_FORMAT,
+        "version": POLICY_VERSION,
+        "task": task,
+        "task_row": 0,
+        "obs_dim": max(task_obs_dim, 5),
+        "act_dim": max(task_act_dim, 1),
+        "task_obs_dim": task_obs_dim,
+        "task_act_dim": task_act_dim,
+        "task_dim": 0,
+        "latent_dim": 8,
+        "encoder_units": [8],
+        "simnorm_dim": 8,
+        "actor_units": [8],
+        "min_logstd": -1.4,
+        "critic_units": [8],
+        "num_critics": 2,
+    }
     with Registry(home).stage("policy", "behaviour") as staging:
         save_file({k: v.contiguous() for k, v in Policy(config).state_dict().items()}, staging.path / POLICY_FILE)
         (staging.path / POLICY_CONFIG_FILE).write_text(yaml.safe_dump(config))
@@ -87,10 +104,19 @@ def _collect(path: Path, n: int, noise: str, stop_after: int | None = None, resu
         if len(seen) == stop_after:
             raise KeyboardInterrupt
 
-    with (EpisodeWriter.open(path) if resume else EpisodeWriter.create(path, ts)) as w:
+    with EpisodeWriter.open(path) if resume else EpisodeWriter.create(path, ts) as w:
         done = w.num_episodes
-        return collect(w, {TASK: n - done}, ts, random_policy(7, ts.act_dim, noise), seed=7, workers=1,
-                       envs_per_worker=3, on_episode=stop, done={TASK: done})
+        return collect(
+            w,
+            {TASK: n - done},
+            ts,
+            random_policy(7, ts.act_dim, noise),
+            seed=7,
+            workers=1,
+            envs_per_worker=3,
+            on_episode=stop,
+            done={TASK: done},
+        )
 
 
 @pytest.mark.parametrize("stop_after, noise", [(1, "uniform"), (4, "pink")])

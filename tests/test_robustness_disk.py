@@ -97,15 +97,21 @@ def _run_folder(reg: Registry, prefix: str, state: str | None, idle_hours: float
 def test_runs_gc_removes_old_runs_that_are_not_running(tmp_path):
     home = tmp_path / "home"
     reg = Registry(home)
-    old = {state: _run_folder(reg, state or "nostatus", state, 30) for state in
-           ("finished", "interrupted", "running", None)}
+    old = {
+        state: _run_folder(reg, state or "nostatus", state, 30)
+        for state in ("finished", "interrupted", "running", None)
+    }
     old["died"] = _run_folder(reg, "died", "running", 30)
     status = old["died"] / "status.json"
     status.write_text(status.read_text().replace(str(os.getpid()), str(2**22 + 1)))  # its process is gone
     os.utime(status, (time.time() - 30 * 3600,) * 2)
     young = _run_folder(reg, "young", "finished", 2)
-    doomed = {old["finished"].name: "finished", old["interrupted"].name: "interrupted",
-              old[None].name: "unknown", old["died"].name: "died"}
+    doomed = {
+        old["finished"].name: "finished",
+        old["interrupted"].name: "interrupted",
+        old[None].name: "unknown",
+        old["died"].name: "died",
+    }
 
     plan = run_json(home, "runs", "gc", "--dry-run")
     assert {r["run"]: r["state"] for r in plan["removed"]} == doomed and plan["dry_run"]

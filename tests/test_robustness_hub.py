@@ -26,8 +26,13 @@ def source(tmp_path: Path) -> Registry:
     """A world model with a parent dataset, and a policy, to push."""
     reg = Registry(tmp_path / "source")
     data = publish(reg, "dataset", "cartpole", {"episodes.bin": os.urandom(100)})
-    wm = publish(reg, "worldmodel", "wm", {"model.safetensors": os.urandom(2000), "config.yaml": b"latent_dim: 8\n"},
-                 parents=[data.ref])
+    wm = publish(
+        reg,
+        "worldmodel",
+        "wm",
+        {"model.safetensors": os.urandom(2000), "config.yaml": b"latent_dim: 8\n"},
+        parents=[data.ref],
+    )
     publish(reg, "policy", "cartpole", {"policy.safetensors": os.urandom(500)}, parents=[wm.ref])
     return reg
 
@@ -95,18 +100,24 @@ MALFORMED = {
     "metrics as a list": (_set("metrics", [1, 2]), "'metrics' is [1, 2], not a table"),
     "extra as a number": (_set("extra", 3), "'extra' is 3, not a table"),
     "code_version as null": (_set("code_version", None), "'code_version' is null, not a table"),
-    "files entry as a string": (_file("config.yaml", "abc"), "\"config.yaml\" has \"abc\", not {sha256, size}"),
+    "files entry as a string": (_file("config.yaml", "abc"), '"config.yaml" has "abc", not {sha256, size}'),
     "files entry without sha256": (_file("config.yaml", {"size": 14}), "has sha256 null"),
-    "files entry with a string size": (_file("config.yaml", {"sha256": "0" * 64, "size": "14"}),
-                                       "has size \"14\", not a byte count"),
-    "files path climbing out": (_file("../../evil", {"sha256": "0" * 64, "size": 1}),
-                                "\"../../evil\" is not a relative path"),
+    "files entry with a string size": (
+        _file("config.yaml", {"sha256": "0" * 64, "size": "14"}),
+        'has size "14", not a byte count',
+    ),
+    "files path climbing out": (
+        _file("../../evil", {"sha256": "0" * 64, "size": 1}),
+        '"../../evil" is not a relative path',
+    ),
     "files path absolute": (_file("/etc/passwd", {"sha256": "0" * 64, "size": 1}), "is not a relative path"),
     "lineage as a string": (_set("lineage", "dataset/cartpole:v1"), "'lineage' is \"dataset/cartpole:v1\""),
     "lineage of numbers": (_set("lineage", [5]), "lineage entry 5 is not"),
     "lineage hub as a string": (_set("lineage", [{"ref": "dataset/cartpole:v1", "hub": "me/d"}]), "lineage entry"),
-    "lineage hub without commit": (_set("lineage", [{"ref": "dataset/x:v1", "hub": {"repo": "me/d"}}]),
-                                   "lineage entry"),
+    "lineage hub without commit": (
+        _set("lineage", [{"ref": "dataset/x:v1", "hub": {"repo": "me/d"}}]),
+        "lineage entry",
+    ),
 }
 
 

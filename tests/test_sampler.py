@@ -125,8 +125,12 @@ def test_nan_or_inf_rows_are_refused_with_the_episode_and_row(tmp_path):
     w = EpisodeWriter.create(tmp_path / "d.zarr", task_set)
     rng = np.random.default_rng(0)
     for _ in range(3):
-        w.append_episode(rng.normal(size=(11, 5)).astype(np.float32), rng.uniform(-1, 1, (10, 1)).astype(np.float32),
-                         rng.random(10).astype(np.float32), task_set.ids[0])
+        w.append_episode(
+            rng.normal(size=(11, 5)).astype(np.float32),
+            rng.uniform(-1, 1, (10, 1)).astype(np.float32),
+            rng.random(10).astype(np.float32),
+            task_set.ids[0],
+        )
     w.close()
     import zarr
 

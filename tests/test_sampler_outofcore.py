@@ -39,8 +39,7 @@ def write(path, task_set, episodes, chunk_rows=16, shard_rows=64):
 
 @pytest.fixture
 def dataset(tmp_path):
-    return write(tmp_path / "d.zarr", TWO_TASKS,
-                 [(e, L, WALK if e % 2 == 0 else CART) for e, L in enumerate(LENGTHS)])
+    return write(tmp_path / "d.zarr", TWO_TASKS, [(e, L, WALK if e % 2 == 0 else CART) for e, L in enumerate(LENGTHS)])
 
 
 @pytest.fixture(params=["pread", "zarr"])
@@ -77,10 +76,22 @@ def test_windows_are_aligned_and_inside_one_episode(dataset, reader):
 
 
 def test_several_datasets_tasks_splits_and_padding_match_the_in_ram_sampler(tmp_path, dataset, reader):
-    small = write(tmp_path / "cart.zarr", resolve_tasks("cartpole-swingup"), [(70, 40, CART), (71, 25, CART)],
-                  chunk_rows=8, shard_rows=32)  # obs 5 / action 1: padded to 24 / 6
-    kw = dict(horizon=6, batch_size=300, seed=11, tasks=[CART], obs_dim=24, act_dim=6,
-              episodes=[np.array([1, 3, 5, 7]), np.array([0, 1])])
+    small = write(
+        tmp_path / "cart.zarr",
+        resolve_tasks("cartpole-swingup"),
+        [(70, 40, CART), (71, 25, CART)],
+        chunk_rows=8,
+        shard_rows=32,
+    )  # obs 5 / action 1: padded to 24 / 6
+    kw = dict(
+        horizon=6,
+        batch_size=300,
+        seed=11,
+        tasks=[CART],
+        obs_dim=24,
+        act_dim=6,
+        episodes=[np.array([1, 3, 5, 7]), np.array([0, 1])],
+    )
     disk = OutOfCoreSampler([dataset, small], **kw)
     assert_same_batches(WindowSampler([dataset, small], **kw), disk)
     obs = disk.sample().obs
@@ -123,8 +134,9 @@ def test_start_frequencies_agree_with_the_in_ram_sampler(tmp_path):
 
 def test_nan_in_a_sampled_episode_is_refused_when_its_chunk_is_read(tmp_path, reader):
     task_set = resolve_tasks("cartpole-balance")
-    ds = write(tmp_path / "d.zarr", task_set, [(e, 10, "cartpole-balance") for e in range(3)], chunk_rows=8,
-               shard_rows=16)
+    ds = write(
+        tmp_path / "d.zarr", task_set, [(e, 10, "cartpole-balance") for e in range(3)], chunk_rows=8, shard_rows=16
+    )
     zarr.open_group(tmp_path / "d.zarr", mode="r+")["data/obs"][2 * 11 + 7, 3] = np.inf
     ds = open_dataset(tmp_path / "d.zarr")
     with pytest.raises(DatasetError, match=r"episode 2 row 7 holds NaN or inf \(obs\)"):

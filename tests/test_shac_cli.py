@@ -44,7 +44,12 @@ def test_load_policy_returns_a_shac_policy_that_acts_in_range(home, trained):
     assert isinstance(policy, ShacPolicy)
     c = policy.config
     assert (c["task"], c["obs_dim"], c["act_dim"], c["task_obs_dim"], c["task_act_dim"]) == (
-        "diffsim-cartpole-swingup", 5, 1, 5, 1)
+        "diffsim-cartpole-swingup",
+        5,
+        1,
+        5,
+        1,
+    )
     obs = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32) * 3
     for deterministic in (True, False):
         a = policy.act(obs, deterministic=deterministic)
@@ -66,14 +71,17 @@ def test_eval_scores_the_shac_policy_against_random(home, trained):
     assert raw["episodes"]["random"][0]["length"] == 240
 
 
-@pytest.mark.parametrize(("args", "word"), [
-    (["walker-walk"], "pwmctl extract walker-walk"),  # a DMC task: no differentiable simulator
-    (["cartpole-swingp"], "cartpole-swingup"),  # a typo: the suggestion
-    (["ball-wall"], "nothing to control"),
-    (["double-pendulum", "--set", "horizon=0"], "horizon"),
-    (["double-pendulum", "--set", "horizn=8"], "horizon"),
-    (["double-pendulum", "--name", "Bad Name"], "policy name"),
-])
+@pytest.mark.parametrize(
+    ("args", "word"),
+    [
+        (["walker-walk"], "pwmctl extract walker-walk"),  # a DMC task: no differentiable simulator
+        (["cartpole-swingp"], "cartpole-swingup"),  # a typo: the suggestion
+        (["ball-wall"], "nothing to control"),
+        (["double-pendulum", "--set", "horizon=0"], "horizon"),
+        (["double-pendulum", "--set", "horizn=8"], "horizon"),
+        (["double-pendulum", "--name", "Bad Name"], "policy name"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(home, args, word):
     result = run(home, "shac", *args, code=2)
     assert len(result.stderr.strip().splitlines()) == 1 and word in result.stderr, result.stderr
@@ -185,8 +193,25 @@ def test_recording_resumes_exactly(tmp_path):
 
 
 def test_shac_record_publishes_the_training_episodes_as_a_dataset(tmp_path):
-    doc = run_json(tmp_path, "shac", "cartpole-swingup", "--epochs", "8", "--num-envs", "4", "--eval-every", "0",
-                   "--eval-episodes", "1", "--set", "critic_iterations=1", "--record", "2", "--name", "rec")
+    doc = run_json(
+        tmp_path,
+        "shac",
+        "cartpole-swingup",
+        "--epochs",
+        "8",
+        "--num-envs",
+        "4",
+        "--eval-every",
+        "0",
+        "--eval-episodes",
+        "1",
+        "--set",
+        "critic_iterations=1",
+        "--record",
+        "2",
+        "--name",
+        "rec",
+    )
     assert doc["dataset"] == "dataset/rec:v1"  # 8 windows x 32 steps = one 240-step episode per env
     shown = run_json(tmp_path, "show", "dataset/rec")
     assert shown["tasks"] == ["diffsim-cartpole-swingup"] and shown["metrics"]["episodes"] == 2

@@ -76,7 +76,7 @@ def test_batched_policy_equals_the_mlp_and_gives_per_sample_gradients():
     (a.square() * torch.arange(1.0, 4.0)[:, None]).sum().backward()
     for i in range(3):
         single = per_sample_parameters(pi, 1)
-        ((i + 1.0) * act(single, z[i:i + 1], eps[i:i + 1]).square().sum()).backward()
+        ((i + 1.0) * act(single, z[i : i + 1], eps[i : i + 1]).square().sum()).backward()
         for k in params:
             torch.testing.assert_close(params[k].grad[i], single[k].grad[0])
 

@@ -15,8 +15,9 @@ from pwm_core.errors import DatasetError
 from pwm_core.tasks import TASKS_BY_ID, resolve_tasks
 
 
-def write_synthetic_tdmpc2_chunk(path: Path, n_episodes: int, length: int, task_ids: list[int],
-                                 obs_dim: int = 24, seed: int = 0) -> TensorDict:
+def write_synthetic_tdmpc2_chunk(
+    path: Path, n_episodes: int, length: int, task_ids: list[int], obs_dim: int = 24, seed: int = 0
+) -> TensorDict:
     """Write a chunk in the published layout: TensorDict [N, L] of obs [N, L, D], action [N, L, 6],
     reward [N, L], task [N, L] int32. Obs / action are zero-padded past each task's dims; row 0's
     action / reward are TD-MPC2's fillers (garbage here, to prove they are not imported)."""
@@ -30,9 +31,10 @@ def write_synthetic_tdmpc2_chunk(path: Path, n_episodes: int, length: int, task_
         action[i, :, : spec.act_dim] = torch.rand(length, spec.act_dim, generator=g) * 2 - 1
     reward = torch.rand(n_episodes, length, generator=g)
     action[:, 0], reward[:, 0] = 123.0, -7.0  # fillers
-    td = TensorDict({"obs": obs, "action": action, "reward": reward,
-                     "task": task[:, None].expand(n_episodes, length).contiguous()},
-                    batch_size=[n_episodes, length])
+    td = TensorDict(
+        {"obs": obs, "action": action, "reward": reward, "task": task[:, None].expand(n_episodes, length).contiguous()},
+        batch_size=[n_episodes, length],
+    )
     torch.save(td, path)
     return td
 
@@ -59,9 +61,13 @@ def test_mt30_chunks_roundtrip_exactly_in_natural_order(tmp_path):
     c10 = write_synthetic_tdmpc2_chunk(src / "chunk_10.pt", 3, 501, [0, 7, 29], seed=10)
     c2 = write_synthetic_tdmpc2_chunk(src / "chunk_2.pt", 3, 501, [3, 12, 1], seed=2)
     calls = []
-    report = import_tdmpc2([src], tmp_path / "d.zarr", task_set=None,
-                           provenance={"hf": "nicklashansen/tdmpc2"},
-                           progress=lambda done, total: calls.append((done, total)))
+    report = import_tdmpc2(
+        [src],
+        tmp_path / "d.zarr",
+        task_set=None,
+        provenance={"hf": "nicklashansen/tdmpc2"},
+        progress=lambda done, total: calls.append((done, total)),
+    )
 
     ds = open_dataset(tmp_path / "d.zarr")
     assert ds.task_set == resolve_tasks("mt30")  # inferred from obs dim 24
@@ -69,8 +75,7 @@ def test_mt30_chunks_roundtrip_exactly_in_natural_order(tmp_path):
     assert (report.episodes, report.transitions, report.task_set) == (6, 6 * 500, "mt30")
     assert [Path(f).name for f in report.files] == ["chunk_2.pt", "chunk_10.pt"]
     assert calls[-1] == (6, 6)
-    assert ds.provenance == {"source": "tdmpc2", "files": ["chunk_2.pt", "chunk_10.pt"],
-                             "hf": "nicklashansen/tdmpc2"}
+    assert ds.provenance == {"source": "tdmpc2", "files": ["chunk_2.pt", "chunk_10.pt"], "hf": "nicklashansen/tdmpc2"}
     assert report.per_task == ds.per_task_counts()
 
 
@@ -110,8 +115,7 @@ def test_task_changing_along_an_episode_is_a_clear_error(tmp_path):
 
 def test_wrong_action_dim_and_missing_key_are_clear_errors(tmp_path):
     td = write_synthetic_tdmpc2_chunk(tmp_path / "c.pt", 2, 11, [0])
-    torch.save(TensorDict({**td.to_dict(), "action": torch.zeros(2, 11, 4)}, batch_size=[2, 11]),
-               tmp_path / "c.pt")
+    torch.save(TensorDict({**td.to_dict(), "action": torch.zeros(2, 11, 4)}, batch_size=[2, 11]), tmp_path / "c.pt")
     with pytest.raises(DatasetError, match="action must be \\[2, 11, 6\\]"):
         import_tdmpc2([tmp_path / "c.pt"], tmp_path / "d.zarr", task_set=None)
     torch.save({"obs": td["obs"], "action": td["action"]}, tmp_path / "c.pt")

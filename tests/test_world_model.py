@@ -11,8 +11,16 @@ import torch.nn.functional as F
 
 from pwm_core.errors import PwmError
 from pwm_core.nn import (
-    SIZES, NormedLinear, QEnsemble, SimNorm, WorldModel, WorldModelConfig, count_parameters, mlp,
-    two_hot_inv, world_model_config,
+    SIZES,
+    NormedLinear,
+    QEnsemble,
+    SimNorm,
+    WorldModel,
+    WorldModelConfig,
+    count_parameters,
+    mlp,
+    two_hot_inv,
+    world_model_config,
 )
 from pwm_core.tasks import resolve_tasks
 
@@ -148,8 +156,7 @@ def test_pi_log_prob_and_scaled_entropy(small):
     squash = torch.log(1 - action**2 + 1e-6).sum(-1, keepdim=True)
     torch.testing.assert_close(info["log_prob"], gauss - squash, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(info["entropy"], -info["log_prob"])
-    torch.testing.assert_close(info["scaled_entropy"], -gauss * torch.tensor([[6.0], [1.0]]),
-                               rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(info["scaled_entropy"], -gauss * torch.tensor([[6.0], [1.0]]), rtol=1e-3, atol=1e-3)
 
 
 def test_q_detach_blocks_gradient_to_q_params_only(small):
@@ -219,8 +226,7 @@ def test_count_parameters_matches_published_totals(size, task_set):
 def test_mt80_48m_breakdown():
     c = count_parameters(world_model_config("48M", MT80))
     got = {k: round(v / 1e6, 2) for k, v in c.items() if k != "task_emb"}
-    assert got == {"encoder": 8.06, "dynamics": 6.16, "reward": 4.96, "pi": 4.79, "Qs": 24.81,
-                   "total": 48.79}
+    assert got == {"encoder": 8.06, "dynamics": 6.16, "reward": 4.96, "pi": 4.79, "Qs": 24.81, "total": 48.79}
     assert c["task_emb"] == 7680
 
 

@@ -20,11 +20,28 @@ if TYPE_CHECKING:
     from pwm_core.data.sampler import Batch, WindowSampler
     from pwm_core.data.tdmpc2 import ImportReport, import_tdmpc2
 
-_LAZY = {"Batch": "sampler", "WindowSampler": "sampler", "OutOfCoreSampler": "outofcore",
-         "ImportReport": "tdmpc2", "import_tdmpc2": "tdmpc2"}
+_LAZY = {
+    "Batch": "sampler",
+    "WindowSampler": "sampler",
+    "OutOfCoreSampler": "outofcore",
+    "ImportReport": "tdmpc2",
+    "import_tdmpc2": "tdmpc2",
+}
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Batch", "EpisodeDataset", "EpisodeWriter", "FsckReport",
-           "ImportReport", "OutOfCoreSampler", "WindowSampler", "fsck", "import_tdmpc2", "open_dataset"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Batch",
+    "EpisodeDataset",
+    "EpisodeWriter",
+    "FsckReport",
+    "ImportReport",
+    "OutOfCoreSampler",
+    "WindowSampler",
+    "fsck",
+    "import_tdmpc2",
+    "open_dataset",
+]
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: lazy re-export of the torch-dependent parts

@@ -95,14 +95,18 @@ def open_layout(path: str | os.PathLike, mode: Literal["r", "r+"] = "r") -> Layo
     attrs = dict(group.attrs)
     fmt = attrs.get("format")
     if fmt != FORMAT:
-        raise DatasetError(f"{path} is a Zarr group but not a {FORMAT} dataset "
-                           f"(format={fmt!r}); import it with a pwmctl importer first")
+        raise DatasetError(
+            f"{path} is a Zarr group but not a {FORMAT} dataset "
+            f"(format={fmt!r}); import it with a pwmctl importer first"
+        )
     version = attrs.get("format_version")
     if not isinstance(version, int) or version < 1:
         raise DatasetError(f"{path}: invalid format_version {version!r}; the dataset is corrupt")
     if version > FORMAT_VERSION:
-        raise DatasetError(f"{path} was written by a newer pwmctl (format_version {version}, this "
-                           f"pwmctl reads <= {FORMAT_VERSION}); upgrade pwmctl to read it")
+        raise DatasetError(
+            f"{path} was written by a newer pwmctl (format_version {version}, this "
+            f"pwmctl reads <= {FORMAT_VERSION}); upgrade pwmctl to read it"
+        )
     task_set = task_set_from_dict(attrs.get("task_set"), path)
     # Commit marker's metadata first: an append racing this open can then only make the arrays
     # opened after it longer, never shorter than what the marker commits.
@@ -126,8 +130,9 @@ def _get_array(group: zarr.Group, name: str, path: str) -> zarr.Array:
     try:
         node = group[name]
     except KeyError:
-        raise DatasetError(f"{path}: array {name} is missing; the dataset is incomplete "
-                           "(interrupted creation?) - recreate it") from None
+        raise DatasetError(
+            f"{path}: array {name} is missing; the dataset is incomplete (interrupted creation?) - recreate it"
+        ) from None
     if not isinstance(node, zarr.Array):
         raise DatasetError(f"{path}: {name} is a group, expected an array")
     return node
@@ -135,16 +140,21 @@ def _get_array(group: zarr.Group, name: str, path: str) -> zarr.Array:
 
 def _check_array_dims(arrays: dict[str, zarr.Array], task_set: TaskSet, path: str) -> None:
     expected = {
-        OBS: ("float32", (task_set.obs_dim,)), ACTION: ("float32", (task_set.act_dim,)),
-        REWARD: ("float32", ()), TASK: ("int16", ()),
-        EPISODE_ENDS: ("int64", ()), EPISODE_TASK: ("int16", ()),
+        OBS: ("float32", (task_set.obs_dim,)),
+        ACTION: ("float32", (task_set.act_dim,)),
+        REWARD: ("float32", ()),
+        TASK: ("int16", ()),
+        EPISODE_ENDS: ("int64", ()),
+        EPISODE_TASK: ("int16", ()),
     }
     for name, (dtype, trailing) in expected.items():
         arr = arrays[name]
         if str(arr.dtype) != dtype or tuple(arr.shape[1:]) != trailing:
             raise DatasetError(
                 f"{path}: {name} is {arr.dtype} {list(arr.shape)}, expected {dtype} [n"
-                + "".join(f", {d}" for d in trailing) + f"] for task set {task_set.name!r}")
+                + "".join(f", {d}" for d in trailing)
+                + f"] for task set {task_set.name!r}"
+            )
 
 
 def committed_prefix(ends_raw: np.ndarray) -> np.ndarray:
@@ -163,11 +173,11 @@ def structure_problems(ends: np.ndarray, num_rows_stored: int, num_episode_task:
     if ends.size and (ends[0] < 1 or np.any(np.diff(ends) < 1)):
         problems.append("meta/episode_ends is not strictly increasing from >= 1")
     if ends.size and ends[-1] > num_rows_stored:
-        problems.append(f"meta/episode_ends commits {int(ends[-1])} rows but the data arrays hold "
-                        f"only {num_rows_stored}")
+        problems.append(
+            f"meta/episode_ends commits {int(ends[-1])} rows but the data arrays hold only {num_rows_stored}"
+        )
     if num_episode_task < ends.size:
-        problems.append(f"meta/episode_task has {num_episode_task} entries for {ends.size} "
-                        "committed episodes")
+        problems.append(f"meta/episode_task has {num_episode_task} entries for {ends.size} committed episodes")
     return problems
 
 
@@ -181,21 +191,27 @@ def read_commit_marker(layout: Layout) -> np.ndarray:
     """
     arr = layout.arrays[EPISODE_ENDS]
     for key, lo, hi in missing_storage(arr, arr.shape[0]):
-        raise DatasetError(f"{layout.path}: the commit marker {EPISODE_ENDS} is damaged: its chunk {key} "
-                           f"(episodes {lo}-{hi - 1}) is missing; the stored rows are kept untouched - "
-                           "restore the dataset from a copy (or re-publish it)")
+        raise DatasetError(
+            f"{layout.path}: the commit marker {EPISODE_ENDS} is damaged: its chunk {key} "
+            f"(episodes {lo}-{hi - 1}) is missing; the stored rows are kept untouched - "
+            "restore the dataset from a copy (or re-publish it)"
+        )
     try:
         raw = np.asarray(arr[:])
     except Exception as e:  # see read_rows
-        raise DatasetError(f"{layout.path}: the commit marker {EPISODE_ENDS} is damaged: its chunk "
-                           f"{storage_key(arr, 0)} is unreadable ({type(e).__name__}: {_one_line(e)}); the "
-                           "stored rows are kept untouched - restore the dataset from a copy (or "
-                           "re-publish it)") from None
+        raise DatasetError(
+            f"{layout.path}: the commit marker {EPISODE_ENDS} is damaged: its chunk "
+            f"{storage_key(arr, 0)} is unreadable ({type(e).__name__}: {_one_line(e)}); the "
+            "stored rows are kept untouched - restore the dataset from a copy (or "
+            "re-publish it)"
+        ) from None
     ends = committed_prefix(raw)
-    if np.any(raw[ends.size:] != ENDS_FILL):
-        raise DatasetError(f"{layout.path}: the commit marker {EPISODE_ENDS} is damaged: entry {ends.size} "
-                           "was never written but later ones were; the stored rows are kept untouched - "
-                           "restore the dataset from a copy (or re-publish it)")
+    if np.any(raw[ends.size :] != ENDS_FILL):
+        raise DatasetError(
+            f"{layout.path}: the commit marker {EPISODE_ENDS} is damaged: entry {ends.size} "
+            "was never written but later ones were; the stored rows are kept untouched - "
+            "restore the dataset from a copy (or re-publish it)"
+        )
     return ends
 
 
@@ -204,8 +220,10 @@ def read_episode_task(layout: Layout, num_episodes: int) -> np.ndarray:
     arr = layout.arrays[EPISODE_TASK]
     stop = min(num_episodes, arr.shape[0])
     for key, lo, hi in missing_storage(arr, stop):
-        raise DatasetError(f"{layout.path}: {EPISODE_TASK} chunk {key} (episodes {lo}-{hi - 1}) is "
-                           "missing; the dataset is corrupt - restore it from a copy (or re-publish it)")
+        raise DatasetError(
+            f"{layout.path}: {EPISODE_TASK} chunk {key} (episodes {lo}-{hi - 1}) is "
+            "missing; the dataset is corrupt - restore it from a copy (or re-publish it)"
+        )
     return read_rows(arr, EPISODE_TASK, 0, stop, layout.path)
 
 
@@ -239,9 +257,11 @@ def read_rows(arr: zarr.Array, name: str, lo: int, hi: int, path: str) -> np.nda
     try:
         return np.asarray(arr[lo:hi])  # zarr types a read as array-like or scalar; a slice is an ndarray
     except Exception as e:  # zarr/numcodecs raise ValueError, RuntimeError, SystemError... on bad bytes
-        raise DatasetError(f"{path}: {name} rows {lo}-{hi - 1} are unreadable (stored object "
-                           f"{storage_key(arr, lo)}: {type(e).__name__}: {_one_line(e)}); the dataset is "
-                           "corrupt - `pwmctl data fsck` lists every damaged chunk") from None
+        raise DatasetError(
+            f"{path}: {name} rows {lo}-{hi - 1} are unreadable (stored object "
+            f"{storage_key(arr, lo)}: {type(e).__name__}: {_one_line(e)}); the dataset is "
+            "corrupt - `pwmctl data fsck` lists every damaged chunk"
+        ) from None
 
 
 def read_readable(arr: zarr.Array, name: str, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -261,14 +281,16 @@ def read_readable(arr: zarr.Array, name: str, lo: int, hi: int) -> tuple[np.ndar
     for c_lo in range(lo - lo % step, hi, step):
         a, b = max(c_lo, lo), min(c_lo + step, hi)
         try:
-            values[a - lo:b - lo] = arr[a:b]
+            values[a - lo : b - lo] = arr[a:b]
         except Exception as e:
-            ok[a - lo:b - lo] = False
+            ok[a - lo : b - lo] = False
             key = storage_key(arr, a)
             first, _, err = bad.get(key, (a, b, f"{type(e).__name__}: {_one_line(e)}"))
             bad[key] = (first, b, err)
-    problems = [f"{name}: stored object {key} is corrupt or truncated, rows {a}-{b - 1} unreadable ({err})"
-                for key, (a, b, err) in bad.items()]
+    problems = [
+        f"{name}: stored object {key} is corrupt or truncated, rows {a}-{b - 1} unreadable ({err})"
+        for key, (a, b, err) in bad.items()
+    ]
     return values, ok, problems
 
 

@@ -9,9 +9,25 @@ from pathlib import Path
 import numpy as np
 
 from pwm_core.data.episodes import (
-    ACTION, DATA_ARRAYS, EPISODE_ENDS, EPISODE_TASK, OBS, REWARD, TASK, Layout, acquire_writer_lock,
-    episode_starts, is_local, missing_storage, open_layout, read_commit_marker, read_episode_task,
-    read_readable, release_writer_lock, row_blocks, structure_problems,
+    ACTION,
+    DATA_ARRAYS,
+    EPISODE_ENDS,
+    EPISODE_TASK,
+    OBS,
+    REWARD,
+    TASK,
+    Layout,
+    acquire_writer_lock,
+    episode_starts,
+    is_local,
+    missing_storage,
+    open_layout,
+    read_commit_marker,
+    read_episode_task,
+    read_readable,
+    release_writer_lock,
+    row_blocks,
+    structure_problems,
 )
 from pwm_core.data.writer import truncate_uncommitted
 from pwm_core.errors import DatasetError
@@ -58,8 +74,16 @@ def fsck(path: str | os.PathLike, repair: bool = False) -> FsckReport:
         ends = read_commit_marker(layout)
     except DatasetError as e:  # nothing is known to be committed, so nothing may be called a tail
         problem = str(e).removeprefix(f"{layout.path}: ")
-        return FsckReport(layout.path, 0, 0, {}, [problem], partial, marker_damaged=True,
-                          repair_refused=f"{layout.path}: not repaired, nothing changed: {problem}" if repair else "")
+        return FsckReport(
+            layout.path,
+            0,
+            0,
+            {},
+            [problem],
+            partial,
+            marker_damaged=True,
+            repair_refused=f"{layout.path}: not repaired, nothing changed: {problem}" if repair else "",
+        )
     n_rows = int(ends[-1]) if ends.size else 0
     tail = {name: max(layout.arrays[name].shape[0] - n_rows, 0) for name in DATA_ARRAYS}
     tail[EPISODE_TASK] = max(layout.arrays[EPISODE_TASK].shape[0] - ends.size, 0)
@@ -105,8 +129,9 @@ def _content_problems(layout: Layout, ends: np.ndarray) -> list[str]:
             ok[lo:hi] = False
     outside = np.setdiff1d(episode_task, layout.task_set.ids)
     if outside.size:
-        problems.append(f"meta/episode_task holds task ids {outside.tolist()} outside the task set "
-                        f"{layout.task_set.name!r}")
+        problems.append(
+            f"meta/episode_task holds task ids {outside.tolist()} outside the task set {layout.task_set.name!r}"
+        )
     starts = episode_starts(ends)
     counts = dict.fromkeys(("obs", "transition", "row0", "task"), 0)
     for lo, hi in row_blocks(n_rows):
@@ -124,9 +149,11 @@ def _content_problems(layout: Layout, ends: np.ndarray) -> list[str]:
         counts["transition"] += int((~np.isfinite(trans).all(axis=1) & good & ~first).sum())
         counts["row0"] += int((~np.isnan(trans).all(axis=1) & good & first).sum())
         counts["task"] += int(((block[TASK] != episode_task[episode]) & good).sum())
-    messages = {"obs": "committed rows with NaN/inf obs",
-                "transition": "committed rows with NaN/inf action or reward outside an episode's row 0",
-                "row0": "episode first rows whose action/reward is not NaN (misaligned rows?)",
-                "task": "rows whose data/task differs from meta/episode_task"}
+    messages = {
+        "obs": "committed rows with NaN/inf obs",
+        "transition": "committed rows with NaN/inf action or reward outside an episode's row 0",
+        "row0": "episode first rows whose action/reward is not NaN (misaligned rows?)",
+        "task": "rows whose data/task differs from meta/episode_task",
+    }
     problems += [f"{counts[k]} {msg}" for k, msg in messages.items() if counts[k]]
     return problems

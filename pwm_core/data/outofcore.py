@@ -61,11 +61,22 @@ class OutOfCoreSampler:
     chunks kept) and ``read_threads``. Call :meth:`close` (or let it be collected) to stop its threads.
     """
 
-    def __init__(self, dataset: EpisodeDataset | Sequence[EpisodeDataset], horizon: int, batch_size: int,
-                 tasks: Sequence[int | str] | None = None, seed: int = 0, device: str | torch.device = "cpu", *,
-                 episodes: Sequence[np.ndarray] | None = None, obs_dim: int | None = None,
-                 act_dim: int | None = None, prefetch: int = PREFETCH, cache_bytes: int = CACHE_BYTES,
-                 read_threads: int = READ_THREADS) -> None:
+    def __init__(
+        self,
+        dataset: EpisodeDataset | Sequence[EpisodeDataset],
+        horizon: int,
+        batch_size: int,
+        tasks: Sequence[int | str] | None = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        *,
+        episodes: Sequence[np.ndarray] | None = None,
+        obs_dim: int | None = None,
+        act_dim: int | None = None,
+        prefetch: int = PREFETCH,
+        cache_bytes: int = CACHE_BYTES,
+        read_threads: int = READ_THREADS,
+    ) -> None:
         datasets = [dataset] if isinstance(dataset, EpisodeDataset) else list(dataset)
         if horizon < 1 or batch_size < 1:
             raise ValueError(f"horizon and batch_size must be >= 1, got {horizon}, {batch_size}")
@@ -147,8 +158,8 @@ class OutOfCoreSampler:
             cols = np.flatnonzero(source_of == i)
             rows = start[cols][None, :] + np.arange(H + 1)[:, None]  # (H+1, b) rows of dataset i
             src = self._sources[i]
-            obs[:, cols, :src.dataset.obs_dim] = src.gather("obs", rows, self._cache)
-            action[:, cols, :src.dataset.act_dim] = src.gather("action", rows[1:], self._cache)
+            obs[:, cols, : src.dataset.obs_dim] = src.gather("obs", rows, self._cache)
+            action[:, cols, : src.dataset.act_dim] = src.gather("action", rows[1:], self._cache)
             reward[:, cols] = src.gather("reward", rows[1:], self._cache)
         return Batch(torch.from_numpy(obs), torch.from_numpy(action), torch.from_numpy(reward), self._task[episode])
 
@@ -188,8 +199,7 @@ class _Source:
         self._selected = np.zeros(dataset.num_episodes + 1, bool)  # + 1: rows past the committed ones
         self._selected[selected] = True
         self._starts = np.append(dataset.episode_starts, dataset.num_rows)  # + 1, as _selected
-        self._arrays = {key: _ChunkedArray(dataset._layout.arrays[name], name, dataset.path)
-                        for key, name in _FIELDS}
+        self._arrays = {key: _ChunkedArray(dataset._layout.arrays[name], name, dataset.path) for key, name in _FIELDS}
         self._key = id(self)
 
     def gather(self, key: str, rows: np.ndarray, cache: _ChunkCache) -> np.ndarray:
@@ -247,7 +257,7 @@ class _ChunkedArray:
         n = min(pool._max_workers, len(groups))
         if n <= 1:
             return self._read_shards(groups)
-        parts = [groups[i * len(groups) // n:(i + 1) * len(groups) // n] for i in range(n)]  # one task per thread
+        parts = [groups[i * len(groups) // n : (i + 1) * len(groups) // n] for i in range(n)]  # one task per thread
         return [chunk for part in pool.map(self._read_shards, parts) for chunk in part]
 
     def _read_shards(self, groups: list[np.ndarray]) -> list[np.ndarray]:
@@ -261,8 +271,10 @@ class _ChunkedArray:
         try:
             fd = os.open(self._dir / key, os.O_RDONLY)
         except FileNotFoundError:
-            raise DatasetError(f"{self.path}: {self.name} stored object {key} is missing; the dataset is corrupt - "
-                               "`pwmctl data fsck` lists every damaged chunk") from None
+            raise DatasetError(
+                f"{self.path}: {self.name} stored object {key} is missing; the dataset is corrupt - "
+                "`pwmctl data fsck` lists every damaged chunk"
+            ) from None
         try:
             index = self._shard_index(fd, shard, key, per_shard)
             out = []
@@ -291,8 +303,10 @@ class _ChunkedArray:
         size = os.fstat(fd).st_size
         raw = os.pread(fd, 16 * per_shard + 4, size - 16 * per_shard - 4) if size >= 16 * per_shard + 4 else b""
         if len(raw) != 16 * per_shard + 4 or np.uint32(google_crc32c.value(raw[:-4])).tobytes() != raw[-4:]:
-            raise DatasetError(f"{self.path}: {self.name} stored object {key} has a damaged shard index; the dataset "
-                               "is corrupt - `pwmctl data fsck` lists every damaged chunk")
+            raise DatasetError(
+                f"{self.path}: {self.name} stored object {key} has a damaged shard index; the dataset "
+                "is corrupt - `pwmctl data fsck` lists every damaged chunk"
+            )
         index = np.frombuffer(raw[:-4], "<u8").reshape(per_shard, 2)
         with self._lock:
             self._indices[shard] = index
@@ -308,7 +322,7 @@ class _ChunkedArray:
         except Exception:  # zarr/numcodecs raise many types on bad bytes: find the chunk, name it
             for c in chunks:
                 try:
-                    self.arr[c * R:min((c + 1) * R, n)]
+                    self.arr[c * R : min((c + 1) * R, n)]
                 except Exception as e:
                     raise self._corrupt(storage_key(self.arr, int(c) * R), int(c), e) from None
             raise
@@ -316,16 +330,18 @@ class _ChunkedArray:
         for c in chunks:
             k = min((c + 1) * R, n) - c * R
             chunk = np.full((R, *self._row_shape), self.arr.fill_value, self.arr.dtype)
-            chunk[:k] = values[pos:pos + k]
+            chunk[:k] = values[pos : pos + k]
             out.append(chunk)
             pos += k
         return out
 
     def _corrupt(self, key: str, chunk: int, e: BaseException) -> DatasetError:
         lo = chunk * self.chunk_rows
-        return DatasetError(f"{self.path}: {self.name} rows {lo}-{lo + self.chunk_rows - 1} are unreadable (stored "
-                            f"object {key}: {type(e).__name__}: {' '.join(str(e).split())[:160]}); the dataset is "
-                            "corrupt - `pwmctl data fsck` lists every damaged chunk")
+        return DatasetError(
+            f"{self.path}: {self.name} rows {lo}-{lo + self.chunk_rows - 1} are unreadable (stored "
+            f"object {key}: {type(e).__name__}: {' '.join(str(e).split())[:160]}); the dataset is "
+            "corrupt - `pwmctl data fsck` lists every damaged chunk"
+        )
 
 
 def _local_blosc_shards(arr: zarr.Array) -> Path | None:
@@ -340,16 +356,17 @@ def _local_blosc_shards(arr: zarr.Array) -> Path | None:
         return None
     sharding = codecs[0]
     little = [c for c in (*sharding.codecs, *sharding.index_codecs) if isinstance(c, BytesCodec)]
-    layout_ok = ([type(c) for c in sharding.codecs] == [BytesCodec, BloscCodec]
-                 and [type(c) for c in sharding.index_codecs] == [BytesCodec, Crc32cCodec]
-                 and all(c.endian is None or c.endian.value == "little" for c in little)
-                 and sharding.index_location == ShardingCodecIndexLocation.end
-                 and tuple(sharding.chunk_shape[1:]) == tuple(arr.shape[1:])
-                 and arr.dtype.byteorder in "<=|")
+    layout_ok = (
+        [type(c) for c in sharding.codecs] == [BytesCodec, BloscCodec]
+        and [type(c) for c in sharding.index_codecs] == [BytesCodec, Crc32cCodec]
+        and all(c.endian is None or c.endian.value == "little" for c in little)
+        and sharding.index_location == ShardingCodecIndexLocation.end
+        and tuple(sharding.chunk_shape[1:]) == tuple(arr.shape[1:])
+        and arr.dtype.byteorder in "<=|"
+    )
     return Path(arr.store.root) / arr.path if layout_ok else None
 
 
 def _shutdown(*executors: ThreadPoolExecutor) -> None:
     for ex in executors:  # no wait: the last reference may be dropped in one of their own threads
         ex.shutdown(wait=False, cancel_futures=True)
-

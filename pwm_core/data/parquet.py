@@ -49,9 +49,14 @@ class ExportReport:
     bytes: int
 
 
-def export_parquet(ds: EpisodeDataset, path: str | os.PathLike, *, rows_per_group: int = ROWS_PER_GROUP,
-                   source: dict[str, Any] | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> ExportReport:
+def export_parquet(
+    ds: EpisodeDataset,
+    path: str | os.PathLike,
+    *,
+    rows_per_group: int = ROWS_PER_GROUP,
+    source: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExportReport:
     """Write every committed episode of ``ds`` to one Parquet file, streaming whole episodes.
 
     Memory stays bounded by one row group (``rows_per_group`` rows, or one episode if longer). The
@@ -79,8 +84,12 @@ def export_parquet(ds: EpisodeDataset, path: str | os.PathLike, *, rows_per_grou
     return ExportReport(str(path), ds.num_episodes, ds.num_rows, groups, path.stat().st_size)
 
 
-def preview_tables(ds: EpisodeDataset, source: dict[str, Any] | None = None,
-                   episodes: int = PREVIEW_EPISODES, max_rows: int = PREVIEW_MAX_ROWS) -> tuple[bytes, bytes, str]:
+def preview_tables(
+    ds: EpisodeDataset,
+    source: dict[str, Any] | None = None,
+    episodes: int = PREVIEW_EPISODES,
+    max_rows: int = PREVIEW_MAX_ROWS,
+) -> tuple[bytes, bytes, str]:
     """Two small Parquet files for the Hub's dataset viewer, and a line saying what the first holds.
 
     The first: the first ``episodes`` episodes (fewer if they pass ``max_rows`` rows; at least one),
@@ -93,12 +102,27 @@ def preview_tables(ds: EpisodeDataset, source: dict[str, Any] | None = None,
     n = max(1, int(np.searchsorted(rows, max_rows, side="right")))
     schema = _schema(ds, source)
     first = _parquet_bytes(pq, _table(ds, 0, n, schema))
-    summary = pa.Table.from_pylist(ds.task_summary(), schema=pa.schema([
-        ("task", pa.string()), ("task_id", pa.int16()), ("episodes", pa.int64()), ("rows", pa.int64()),
-        ("transitions", pa.int64()), ("return_mean", pa.float64()), ("return_std", pa.float64()),
-        ("return_min", pa.float64()), ("return_max", pa.float64())], metadata=schema.metadata))
-    what = (f"the first {n} of {ds.num_episodes} episodes ({int(rows[n - 1])} rows, one per step: episode, step, "
-            f"task_id, task, obs ({ds.obs_dim}), action ({ds.act_dim}), reward)")
+    summary = pa.Table.from_pylist(
+        ds.task_summary(),
+        schema=pa.schema(
+            [
+                ("task", pa.string()),
+                ("task_id", pa.int16()),
+                ("episodes", pa.int64()),
+                ("rows", pa.int64()),
+                ("transitions", pa.int64()),
+                ("return_mean", pa.float64()),
+                ("return_std", pa.float64()),
+                ("return_min", pa.float64()),
+                ("return_max", pa.float64()),
+            ],
+            metadata=schema.metadata,
+        ),
+    )
+    what = (
+        f"the first {n} of {ds.num_episodes} episodes ({int(rows[n - 1])} rows, one per step: episode, step, "
+        f"task_id, task, obs ({ds.obs_dim}), action ({ds.act_dim}), reward)"
+    )
     return first, _parquet_bytes(pq, summary), what
 
 
@@ -117,10 +141,15 @@ def read_parquet(path: str | os.PathLike) -> dict[str, Any]:
     starts = np.flatnonzero(np.diff(episode, prepend=-1)) if len(episode) else np.zeros(0, np.int64)
     ends = np.append(starts[1:], len(episode)).astype(np.int64) if len(episode) else np.zeros(0, np.int64)
     task = table.column("task_id").to_numpy().astype(np.int16)
-    return {"obs": _matrix(table.column("obs"), meta["task_set"].obs_dim),
-            "action": _matrix(table.column("action"), meta["task_set"].act_dim),
-            "reward": table.column("reward").to_numpy().astype(np.float32), "task": task,
-            "episode_ends": ends, "episode_task": task[starts], "metadata": meta}
+    return {
+        "obs": _matrix(table.column("obs"), meta["task_set"].obs_dim),
+        "action": _matrix(table.column("action"), meta["task_set"].act_dim),
+        "reward": table.column("reward").to_numpy().astype(np.float32),
+        "task": task,
+        "episode_ends": ends,
+        "episode_task": task[starts],
+        "metadata": meta,
+    }
 
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -137,13 +166,25 @@ def _pyarrow():
 
 def _schema(ds: EpisodeDataset, source: dict[str, Any] | None):
     pa = _pyarrow()[0]
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "task_set": ds.task_set.to_dict(),
-            "provenance": ds.provenance, "source": source or {}}
-    return pa.schema([("episode", pa.int64()), ("step", pa.int32()), ("task_id", pa.int16()),
-                      ("task", pa.dictionary(pa.int16(), pa.string())),
-                      ("obs", pa.list_(pa.float32(), ds.obs_dim)), ("action", pa.list_(pa.float32(), ds.act_dim)),
-                      ("reward", pa.float32())],
-                     metadata={METADATA_KEY: json.dumps(meta, default=str).encode()})
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "task_set": ds.task_set.to_dict(),
+        "provenance": ds.provenance,
+        "source": source or {},
+    }
+    return pa.schema(
+        [
+            ("episode", pa.int64()),
+            ("step", pa.int32()),
+            ("task_id", pa.int16()),
+            ("task", pa.dictionary(pa.int16(), pa.string())),
+            ("obs", pa.list_(pa.float32(), ds.obs_dim)),
+            ("action", pa.list_(pa.float32(), ds.act_dim)),
+            ("reward", pa.float32()),
+        ],
+        metadata={METADATA_KEY: json.dumps(meta, default=str).encode()},
+    )
 
 
 def _episode_groups(ends: np.ndarray, rows_per_group: int) -> Iterator[tuple[int, int]]:
@@ -170,9 +211,17 @@ def _table(ds: EpisodeDataset, first: int, last: int, schema):
     dictionary = pa.array([names.get(int(i), f"task {int(i)}") for i in present], pa.string())
     task = pa.DictionaryArray.from_arrays(pa.array(np.searchsorted(present, ids).astype(np.int16)), dictionary)
     return pa.Table.from_arrays(
-        [pa.array(episode), pa.array(step), pa.array(ids), task,
-         _fixed_list(pa, rows["obs"], ds.obs_dim), _fixed_list(pa, rows["action"], ds.act_dim),
-         pa.array(rows["reward"].astype(np.float32))], schema=schema)
+        [
+            pa.array(episode),
+            pa.array(step),
+            pa.array(ids),
+            task,
+            _fixed_list(pa, rows["obs"], ds.obs_dim),
+            _fixed_list(pa, rows["action"], ds.act_dim),
+            pa.array(rows["reward"].astype(np.float32)),
+        ],
+        schema=schema,
+    )
 
 
 def _fixed_list(pa, matrix: np.ndarray, width: int):

@@ -10,9 +10,23 @@ from typing import Literal
 import numpy as np
 
 from pwm_core.data.episodes import (
-    ACTION, DATA_ARRAYS, EPISODE_ENDS, EPISODE_TASK, OBS, REWARD, TASK, Layout,
-    episode_starts, is_local, open_layout, read_commit_marker, read_episode_task, read_rows,
-    resolve_task_ids, row_blocks, structure_problems,
+    ACTION,
+    DATA_ARRAYS,
+    EPISODE_ENDS,
+    EPISODE_TASK,
+    OBS,
+    REWARD,
+    TASK,
+    Layout,
+    episode_starts,
+    is_local,
+    open_layout,
+    read_commit_marker,
+    read_episode_task,
+    read_rows,
+    resolve_task_ids,
+    row_blocks,
+    structure_problems,
 )
 from pwm_core.errors import DatasetError
 from pwm_core.tasks import TaskSet
@@ -78,8 +92,10 @@ class EpisodeDataset:
         return self.num_episodes
 
     def __repr__(self) -> str:
-        return (f"EpisodeDataset({self.path!r}, task_set={self.task_set.name!r}, "
-                f"episodes={self.num_episodes}, transitions={self.num_transitions})")
+        return (
+            f"EpisodeDataset({self.path!r}, task_set={self.task_set.name!r}, "
+            f"episodes={self.num_episodes}, transitions={self.num_transitions})"
+        )
 
     # ---------------------------------------------------------------------------------- queries
     def episode(self, i: int) -> dict[str, np.ndarray]:
@@ -114,9 +130,19 @@ class EpisodeDataset:
             if not sel.any():
                 continue
             r = returns[sel]
-            rows.append({"task": t.name, "task_id": t.id, "episodes": int(sel.sum()), "rows": int(lengths[sel].sum()),
-                         "transitions": int(lengths[sel].sum() - sel.sum()), "return_mean": float(r.mean()),
-                         "return_std": float(r.std()), "return_min": float(r.min()), "return_max": float(r.max())})
+            rows.append(
+                {
+                    "task": t.name,
+                    "task_id": t.id,
+                    "episodes": int(sel.sum()),
+                    "rows": int(lengths[sel].sum()),
+                    "transitions": int(lengths[sel].sum() - sel.sum()),
+                    "return_mean": float(r.mean()),
+                    "return_std": float(r.std()),
+                    "return_min": float(r.min()),
+                    "return_max": float(r.max()),
+                }
+            )
         return rows
 
     def per_task_counts(self) -> dict[str, int]:
@@ -129,8 +155,9 @@ class EpisodeDataset:
         """Bytes stored: every file under a local dataset directory, else the arrays' stored bytes."""
         if is_local(self.path):
             return sum(f.stat().st_size for f in Path(self.path).rglob("*") if f.is_file())
-        return sum(int(self._layout.arrays[name].nbytes_stored())
-                   for name in DATA_ARRAYS + (EPISODE_ENDS, EPISODE_TASK))
+        return sum(
+            int(self._layout.arrays[name].nbytes_stored()) for name in DATA_ARRAYS + (EPISODE_ENDS, EPISODE_TASK)
+        )
 
     # ---------------------------------------------------------------------------------- loading
     def select_episodes(self, tasks: Sequence[int | str] | None = None) -> np.ndarray:
@@ -163,7 +190,7 @@ class EpisodeDataset:
                 continue
             for key, dst in out.items():
                 block = self._read(FIELDS[key], lo, hi)
-                dst[pos:pos + k] = block if k == hi - lo else block[keep]
+                dst[pos : pos + k] = block if k == hi - lo else block[keep]
             pos += k
 
     def _read(self, name: str, lo: int, hi: int) -> np.ndarray:
@@ -182,10 +209,17 @@ class EpisodeDataset:
         """
         episodes = self.select_episodes(tasks)
         n = self.rows_of(episodes)
-        out: dict[str, np.ndarray] = {"obs": np.empty((n, self.obs_dim), np.float32),
-                                      "action": np.empty((n, self.act_dim), np.float32),
-                                      "reward": np.empty(n, np.float32), "task": np.empty(n, np.int16)}
+        out: dict[str, np.ndarray] = {
+            "obs": np.empty((n, self.obs_dim), np.float32),
+            "action": np.empty((n, self.act_dim), np.float32),
+            "reward": np.empty(n, np.float32),
+            "task": np.empty(n, np.int16),
+        }
         self.read_rows_into(episodes, out)
         lengths = self.episode_lengths[episodes]
-        return {**out, "episode_ends": np.cumsum(lengths).astype(np.int64),
-                "episode_task": self.episode_task[episodes], "episode_index": episodes.astype(np.int64)}
+        return {
+            **out,
+            "episode_ends": np.cumsum(lengths).astype(np.int64),
+            "episode_task": self.episode_task[episodes],
+            "episode_index": episodes.astype(np.int64),
+        }

@@ -30,8 +30,7 @@ class Batch:
     task: torch.Tensor  # (B,) int64 global task ids
 
     def to(self, device: str | torch.device) -> Batch:
-        return Batch(self.obs.to(device), self.action.to(device), self.reward.to(device),
-                     self.task.to(device))
+        return Batch(self.obs.to(device), self.action.to(device), self.reward.to(device), self.task.to(device))
 
 
 class WindowSampler:
@@ -43,11 +42,19 @@ class WindowSampler:
     RAM once; they must share the padded obs/action dims.
     """
 
-    def __init__(self, dataset: EpisodeDataset | Sequence[EpisodeDataset], horizon: int,
-                 batch_size: int, tasks: Sequence[int | str] | None = None, seed: int = 0,
-                 device: str | torch.device = "cpu", *,
-                 episodes: Sequence[np.ndarray] | None = None, obs_dim: int | None = None,
-                 act_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        dataset: EpisodeDataset | Sequence[EpisodeDataset],
+        horizon: int,
+        batch_size: int,
+        tasks: Sequence[int | str] | None = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        *,
+        episodes: Sequence[np.ndarray] | None = None,
+        obs_dim: int | None = None,
+        act_dim: int | None = None,
+    ) -> None:
         """``episodes``: per dataset, the episode indices to use (e.g. a train / held-out split),
         combined with ``tasks``. ``obs_dim`` / ``act_dim``: zero-pad every dataset's rows to these
         dims (a model's task-set dims), so that datasets of different padding compose; by default
@@ -61,8 +68,9 @@ class WindowSampler:
         self._load(datasets, tasks, episodes)
         self._index_windows()
 
-    def _load(self, datasets: list[EpisodeDataset], tasks: Sequence[int | str] | None,
-              episodes: Sequence[np.ndarray] | None) -> None:
+    def _load(
+        self, datasets: list[EpisodeDataset], tasks: Sequence[int | str] | None, episodes: Sequence[np.ndarray] | None
+    ) -> None:
         """Concatenate the selected episodes of every dataset into preallocated RAM arrays."""
         selections = select_episodes(datasets, tasks, episodes)
         n_rows = sum(ds.rows_of(sel) for ds, sel in zip(datasets, selections))
@@ -76,10 +84,15 @@ class WindowSampler:
         lengths, episode_task, pos = [], [], 0
         for ds, sel in zip(datasets, selections):
             k = ds.rows_of(sel)
-            ds.read_rows_into(sel, {"obs": obs[pos:pos + k, :ds.obs_dim],
-                                    "action": action[pos:pos + k, :ds.act_dim],
-                                    "reward": reward[pos:pos + k]})
-            _check_finite(ds, sel, obs[pos:pos + k], action[pos:pos + k], reward[pos:pos + k])
+            ds.read_rows_into(
+                sel,
+                {
+                    "obs": obs[pos : pos + k, : ds.obs_dim],
+                    "action": action[pos : pos + k, : ds.act_dim],
+                    "reward": reward[pos : pos + k],
+                },
+            )
+            _check_finite(ds, sel, obs[pos : pos + k], action[pos : pos + k], reward[pos : pos + k])
             lengths.append(ds.episode_lengths[sel])
             episode_task.append(ds.episode_task[sel])
             pos += k
@@ -101,8 +114,12 @@ class WindowSampler:
         episode, offset = self.index.draw(self.generator, self.batch_size)
         s = self.index.starts[episode] + offset  # (B,) start rows
         rows = s[None, :] + torch.arange(self.horizon + 1)[:, None]  # (H+1, B) vectorised gather index
-        batch = Batch(obs=self.obs[rows], action=self.action[rows[1:]],
-                      reward=self.reward[rows[1:]], task=self.index.task[episode])
+        batch = Batch(
+            obs=self.obs[rows],
+            action=self.action[rows[1:]],
+            reward=self.reward[rows[1:]],
+            task=self.index.task[episode],
+        )
         return batch.to(self.device)
 
     # The stream's state, for checkpoints (the out-of-core sampler has the same three methods)
@@ -133,8 +150,9 @@ class WindowIndex:
         n_windows = (lengths - H).clamp(min=0)  # starts s with s + H + 1 <= end
         self.keep = n_windows > 0  # (E,) episodes long enough for a window
         if not self.keep.any():
-            raise DatasetError(f"no episode has the {H + 1} rows a window of horizon {H} needs "
-                               f"(longest: {int(lengths.max())} rows)")
+            raise DatasetError(
+                f"no episode has the {H + 1} rows a window of horizon {H} needs (longest: {int(lengths.max())} rows)"
+            )
         self.starts, self.task = starts[self.keep], episode_task[self.keep]  # per kept episode
         self._n_windows = n_windows[self.keep]
         self._cum_windows = torch.cumsum(self._n_windows, 0)
@@ -150,8 +168,9 @@ class WindowIndex:
         return episode, offset
 
 
-def select_episodes(datasets: list[EpisodeDataset], tasks: Sequence[int | str] | None,
-                    episodes: Sequence[np.ndarray] | None) -> list[np.ndarray]:
+def select_episodes(
+    datasets: list[EpisodeDataset], tasks: Sequence[int | str] | None, episodes: Sequence[np.ndarray] | None
+) -> list[np.ndarray]:
     """Per dataset, the sorted indices of the episodes of ``tasks`` (None: all) that ``episodes`` (per
     dataset; None: all) holds; a DatasetError when none is left."""
     if episodes is not None and len(episodes) != len(datasets):
@@ -170,8 +189,7 @@ def sampler_nbytes(n_rows: int, n_episodes: int, obs_dim: int, act_dim: int) -> 
     return n_rows * 4 * (obs_dim + act_dim + 1) + n_episodes * 24
 
 
-def _check_finite(ds: EpisodeDataset, sel: np.ndarray, obs: np.ndarray, action: np.ndarray,
-                  reward: np.ndarray) -> None:
+def _check_finite(ds: EpisodeDataset, sel: np.ndarray, obs: np.ndarray, action: np.ndarray, reward: np.ndarray) -> None:
     """Refuse NaN / inf values (training on them diverges, or overflows an index), naming the episode and
     row; the NaN action and reward of each episode's first row are the format's, not damage."""
     lengths = np.asarray(ds.episode_lengths[sel], np.int64)
@@ -187,12 +205,13 @@ def _check_finite(ds: EpisodeDataset, sel: np.ndarray, obs: np.ndarray, action: 
 
 
 def nan_error(ds: EpisodeDataset, episode: int, row: int, what: str) -> DatasetError:
-    return DatasetError(f"{ds.path}: episode {episode} row {row} holds NaN or inf ({what}); training refuses it: "
-                        "collect the data again or drop that episode")
+    return DatasetError(
+        f"{ds.path}: episode {episode} row {row} holds NaN or inf ({what}); training refuses it: "
+        "collect the data again or drop that episode"
+    )
 
 
-def target_dims(datasets: list[EpisodeDataset], obs_dim: int | None,
-                 act_dim: int | None) -> tuple[int, int]:
+def target_dims(datasets: list[EpisodeDataset], obs_dim: int | None, act_dim: int | None) -> tuple[int, int]:
     if not datasets:
         raise DatasetError("no dataset given to the sampler")
     if obs_dim is None and act_dim is None:
@@ -201,8 +220,10 @@ def target_dims(datasets: list[EpisodeDataset], obs_dim: int | None,
     act_dim = max(ds.act_dim for ds in datasets) if act_dim is None else act_dim
     for ds in datasets:
         if ds.obs_dim > obs_dim or ds.act_dim > act_dim:
-            raise DatasetError(f"{ds.path} has obs {ds.obs_dim} / action {ds.act_dim} dims, more than "
-                               f"the {obs_dim} / {act_dim} it should be padded to")
+            raise DatasetError(
+                f"{ds.path} has obs {ds.obs_dim} / action {ds.act_dim} dims, more than "
+                f"the {obs_dim} / {act_dim} it should be padded to"
+            )
     return obs_dim, act_dim
 
 
@@ -210,8 +231,7 @@ def _common_dims(datasets: list[EpisodeDataset]) -> tuple[int, int]:
     dims = {(ds.obs_dim, ds.act_dim) for ds in datasets}
     if len(dims) > 1:
         listing = ", ".join(f"{ds.path} (obs {ds.obs_dim}, action {ds.act_dim})" for ds in datasets)
-        raise DatasetError(f"datasets differ in padded obs/action dims and cannot be sampled "
-                           f"together: {listing}")
+        raise DatasetError(f"datasets differ in padded obs/action dims and cannot be sampled together: {listing}")
     return dims.pop()
 
 
@@ -238,8 +258,10 @@ def _check_memory(needed: int, tasks: Sequence[int | str] | None) -> None:
     available = available_memory_bytes()
     if needed > available:
         hint = "" if tasks is not None else "; sample a subset of tasks with the task filter (--tasks)"
-        raise DatasetError(f"the sampler needs {needed / 1e9:.1f} GB of RAM for these episodes but "
-                           f"only {available / 1e9:.1f} GB is available{hint}")
+        raise DatasetError(
+            f"the sampler needs {needed / 1e9:.1f} GB of RAM for these episodes but "
+            f"only {available / 1e9:.1f} GB is available{hint}"
+        )
 
 
 def default_ram_budget() -> int:
@@ -248,15 +270,20 @@ def default_ram_budget() -> int:
     return int(RAM_BUDGET_FRACTION * available_memory_bytes())
 
 
-def in_ram_nbytes(datasets: EpisodeDataset | Sequence[EpisodeDataset], tasks: Sequence[int | str] | None = None,
-                  episodes: Sequence[np.ndarray] | None = None, obs_dim: int | None = None,
-                  act_dim: int | None = None) -> int:
+def in_ram_nbytes(
+    datasets: EpisodeDataset | Sequence[EpisodeDataset],
+    tasks: Sequence[int | str] | None = None,
+    episodes: Sequence[np.ndarray] | None = None,
+    obs_dim: int | None = None,
+    act_dim: int | None = None,
+) -> int:
     """Bytes a :class:`WindowSampler` of these arguments would hold in RAM (nothing is read)."""
     ds_list = [datasets] if isinstance(datasets, EpisodeDataset) else list(datasets)
     O, A = target_dims(ds_list, obs_dim, act_dim)
     selections = select_episodes(ds_list, tasks, episodes)
-    return sampler_nbytes(sum(ds.rows_of(s) for ds, s in zip(ds_list, selections)),
-                          sum(s.size for s in selections), O, A)
+    return sampler_nbytes(
+        sum(ds.rows_of(s) for ds, s in zip(ds_list, selections)), sum(s.size for s in selections), O, A
+    )
 
 
 def choose_sampler(nbytes: int, ram_budget: int | None = None) -> type[WindowSampler] | type[OutOfCoreSampler]:

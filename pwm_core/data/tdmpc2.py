@@ -45,10 +45,15 @@ class ImportReport:
     per_task: dict[str, int] = field(default_factory=dict)  # task name -> episodes
 
 
-def import_tdmpc2(paths: str | os.PathLike | Sequence[str | os.PathLike], out_path: str | os.PathLike,
-                  task_set: TaskSet | None = None, provenance: dict | None = None,
-                  progress: Callable[[int, int], None] | None = None, *,
-                  allow_pickle: bool = False) -> ImportReport:
+def import_tdmpc2(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    out_path: str | os.PathLike,
+    task_set: TaskSet | None = None,
+    provenance: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    allow_pickle: bool = False,
+) -> ImportReport:
     """Convert TD-MPC2 ``.pt`` chunks into a new episode dataset at ``out_path``.
 
     Args:
@@ -73,34 +78,48 @@ def import_tdmpc2(paths: str | os.PathLike | Sequence[str | os.PathLike], out_pa
     shapes = {f: _chunk_shape(_load_chunk(f, allow_pickle), f) for f in files}  # validate first
     obs_dims = {shape[2] for shape in shapes.values()}
     if len(obs_dims) > 1:
-        raise DatasetError(f"chunks disagree on obs dim ({sorted(obs_dims)}); import mt30 and mt80 "
-                           "into separate datasets")
+        raise DatasetError(
+            f"chunks disagree on obs dim ({sorted(obs_dims)}); import mt30 and mt80 into separate datasets"
+        )
     D = obs_dims.pop()
     inferred = task_set is None
     task_set = task_set or _infer_task_set(D)
     if D != task_set.obs_dim:
-        raise DatasetError(f"chunks have obs dim {D} but task set {task_set.name!r} pads obs to "
-                           f"{task_set.obs_dim} (mt30 chunks have 24, mt80 chunks 39)")
+        raise DatasetError(
+            f"chunks have obs dim {D} but task set {task_set.name!r} pads obs to "
+            f"{task_set.obs_dim} (mt30 chunks have 24, mt80 chunks 39)"
+        )
     total = sum(shape[0] for shape in shapes.values())
     provenance = {"source": "tdmpc2", "files": [Path(f).name for f in files], **(provenance or {})}
     done, counts = 0, np.zeros(max(task_set.ids) + 1, np.int64)
     with EpisodeWriter.create(out_path, task_set, provenance, shard_rows=IMPORT_SHARD_ROWS) as writer:
         for f in files:
-            for obs, action, reward, ep_task in _episode_batches(_load_chunk(f, allow_pickle), f,
-                                                                 task_set, inferred):
+            for obs, action, reward, ep_task in _episode_batches(_load_chunk(f, allow_pickle), f, task_set, inferred):
                 writer.append_episodes(obs, action, reward, ep_task)
                 counts += np.bincount(ep_task, minlength=counts.size)
                 done += len(ep_task)
                 if progress is not None:
                     progress(done, total)
         rows = writer.num_rows
-    return ImportReport(os.fspath(out_path), task_set.name, [str(f) for f in files], done,
-                        rows - done, time.perf_counter() - t0,
-                        {t.name: int(counts[t.id]) for t in task_set if counts[t.id]})
+    return ImportReport(
+        os.fspath(out_path),
+        task_set.name,
+        [str(f) for f in files],
+        done,
+        rows - done,
+        time.perf_counter() - t0,
+        {t.name: int(counts[t.id]) for t in task_set if counts[t.id]},
+    )
 
 
-def append_chunk(writer: EpisodeWriter, path: str | os.PathLike, *, skip_episodes: int = 0,
-                 progress: Callable[[int, int], None] | None = None, allow_pickle: bool = False) -> int:
+def append_chunk(
+    writer: EpisodeWriter,
+    path: str | os.PathLike,
+    *,
+    skip_episodes: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    allow_pickle: bool = False,
+) -> int:
     """Append one chunk's episodes to an open dataset of the chunk's task set; returns the chunk's episodes.
 
     ``skip_episodes``: the chunk's first episodes are already in the dataset (an interrupted import
@@ -112,8 +131,10 @@ def append_chunk(writer: EpisodeWriter, path: str | os.PathLike, *, skip_episode
     N, _, D = _chunk_shape(td, path)
     task_set = writer.task_set
     if D != task_set.obs_dim:
-        raise DatasetError(f"{path}: obs dim {D}, but the dataset's task set {task_set.name!r} pads obs to "
-                           f"{task_set.obs_dim} (mt30 chunks have 24, mt80 chunks 39)")
+        raise DatasetError(
+            f"{path}: obs dim {D}, but the dataset's task set {task_set.name!r} pads obs to "
+            f"{task_set.obs_dim} (mt30 chunks have 24, mt80 chunks 39)"
+        )
     if not 0 <= skip_episodes <= N:
         raise DatasetError(f"{path}: {skip_episodes} of its episodes are said to be imported, but it holds {N}")
     done = skip_episodes
@@ -152,8 +173,10 @@ def _natural_key(path: Path) -> list:
 
 def _infer_task_set(obs_dim: int) -> TaskSet:
     if obs_dim not in OBS_DIM_TO_TASK_SET:
-        raise DatasetError(f"cannot infer the task set from obs dim {obs_dim} (mt30 chunks have "
-                           "24, mt80 chunks 39); pass the task set explicitly")
+        raise DatasetError(
+            f"cannot infer the task set from obs dim {obs_dim} (mt30 chunks have "
+            "24, mt80 chunks 39); pass the task set explicitly"
+        )
     return resolve_tasks(OBS_DIM_TO_TASK_SET[obs_dim])
 
 
@@ -165,19 +188,23 @@ def _load_chunk(path: Path, allow_pickle: bool):
         return torch.load(path, map_location="cpu", mmap=True, weights_only=not allow_pickle)
     except pickle.UnpicklingError as e:
         reason = str(e).strip().splitlines()[-1]
-        raise DatasetError(f"{path}: refused by torch.load(weights_only=True): {reason}. pwmctl never "
-                           "unpickles; if you trust this file (unpickling can execute code), re-save its "
-                           f"tensors as a plain dict and import that: `{_resave_command(path)}` (or call "
-                           "pwm_core.data.import_tdmpc2(..., allow_pickle=True) from Python)") from None
+        raise DatasetError(
+            f"{path}: refused by torch.load(weights_only=True): {reason}. pwmctl never "
+            "unpickles; if you trust this file (unpickling can execute code), re-save its "
+            f"tensors as a plain dict and import that: `{_resave_command(path)}` (or call "
+            "pwm_core.data.import_tdmpc2(..., allow_pickle=True) from Python)"
+        ) from None
     except (RuntimeError, OSError) as e:
         raise DatasetError(f"{path}: not a readable torch.save file ({e})") from None
 
 
 def _resave_command(path: Path) -> str:
     """A shell command writing ``<path>.plain.pt``: the chunk's four tensors, loadable with weights_only."""
-    code = (f"import torch; d = torch.load({str(path)!r}, mmap=True, weights_only=False); "
-            "torch.save({k: v for k, v in d.items() if k in ('obs', 'action', 'reward', 'task')}, "
-            f"{str(path) + '.plain.pt'!r})")
+    code = (
+        f"import torch; d = torch.load({str(path)!r}, mmap=True, weights_only=False); "
+        "torch.save({k: v for k, v in d.items() if k in ('obs', 'action', 'reward', 'task')}, "
+        f"{str(path) + '.plain.pt'!r})"
+    )
     return f"python -c {shlex.quote(code)}"
 
 
@@ -185,14 +212,18 @@ def _chunk_shape(td, path: Path) -> tuple[int, int, int]:
     """(N, L, D) of a chunk, after checking its keys and the action dim."""
     missing = [k for k in ("obs", "action", "reward", "task") if k not in td.keys()]
     if missing:
-        raise DatasetError(f"{path}: missing key(s) {missing}; a TD-MPC2 chunk has obs, action, "
-                           f"reward, task (found {sorted(td.keys())})")
+        raise DatasetError(
+            f"{path}: missing key(s) {missing}; a TD-MPC2 chunk has obs, action, "
+            f"reward, task (found {sorted(td.keys())})"
+        )
     obs, action = td["obs"], td["action"]
     if obs.ndim != 3 or obs.shape[1] < 2:
         raise DatasetError(f"{path}: obs must be [episodes, L >= 2, D], got {list(obs.shape)}")
     if tuple(action.shape) != (*obs.shape[:2], TDMPC2_ACT_DIM):
-        raise DatasetError(f"{path}: action must be {[*obs.shape[:2], TDMPC2_ACT_DIM]} (TD-MPC2 pads "
-                           f"actions to 6), got {list(action.shape)}")
+        raise DatasetError(
+            f"{path}: action must be {[*obs.shape[:2], TDMPC2_ACT_DIM]} (TD-MPC2 pads "
+            f"actions to 6), got {list(action.shape)}"
+        )
     for key in ("reward", "task"):  # [N, L], or [N, L, 1]
         if tuple(td[key].shape) not in (tuple(obs.shape[:2]), (*obs.shape[:2], 1)):
             raise DatasetError(f"{path}: {key} must be {list(obs.shape[:2])}, got {list(td[key].shape)}")
@@ -215,9 +246,7 @@ def _episode_batches(td, path: Path, task_set: TaskSet, inferred: bool, start: i
         outside = np.setdiff1d(ep_task, task_set.ids)
         if outside.size:
             how = f" (inferred from obs dim {task_set.obs_dim})" if inferred else ""
-            raise DatasetError(f"{path}: task ids {outside.tolist()} are not in task set "
-                               f"{task_set.name!r}{how}")
+            raise DatasetError(f"{path}: task ids {outside.tolist()} are not in task set {task_set.name!r}{how}")
         if A < TDMPC2_ACT_DIM and np.any(action[:, 1:, A:] != 0):
             raise DatasetError(f"{path}: actions use more than the task set's {A} action dims")
-        yield (td["obs"][sl].numpy(), action[..., :A], td["reward"][sl].reshape(-1, L).numpy(),
-               ep_task)
+        yield (td["obs"][sl].numpy(), action[..., :A], td["reward"][sl].reshape(-1, L).numpy(), ep_task)

@@ -26,9 +26,27 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from pwm_core.data.episodes import (
-    ACTION, CHUNK_ROWS, DATA_ARRAYS, ENDS_FILL, EPISODE_ENDS, EPISODE_TASK, FORMAT, FORMAT_VERSION,
-    META_CHUNK, OBS, REWARD, SHARD_ROWS, TASK, Layout, acquire_writer_lock, is_local, normalize_path,
-    open_layout, read_commit_marker, release_writer_lock, structure_problems,
+    ACTION,
+    CHUNK_ROWS,
+    DATA_ARRAYS,
+    ENDS_FILL,
+    EPISODE_ENDS,
+    EPISODE_TASK,
+    FORMAT,
+    FORMAT_VERSION,
+    META_CHUNK,
+    OBS,
+    REWARD,
+    SHARD_ROWS,
+    TASK,
+    Layout,
+    acquire_writer_lock,
+    is_local,
+    normalize_path,
+    open_layout,
+    read_commit_marker,
+    release_writer_lock,
+    structure_problems,
 )
 from pwm_core.errors import DatasetError
 from pwm_core.tasks import TaskSet
@@ -54,29 +72,56 @@ class EpisodeWriter:
 
     # ----------------------------------------------------------------------------- open / create
     @classmethod
-    def create(cls, path: str | os.PathLike, task_set: TaskSet, provenance: dict | None = None, *,
-               chunk_rows: int = CHUNK_ROWS, shard_rows: int = SHARD_ROWS) -> EpisodeWriter:
+    def create(
+        cls,
+        path: str | os.PathLike,
+        task_set: TaskSet,
+        provenance: dict | None = None,
+        *,
+        chunk_rows: int = CHUNK_ROWS,
+        shard_rows: int = SHARD_ROWS,
+    ) -> EpisodeWriter:
         """Create an empty dataset at ``path`` (which must not exist) and open it for appending."""
         path = normalize_path(path)
         if is_local(path) and Path(path).exists():
-            raise DatasetError(f"{path} already exists; choose a new path, or append with "
-                               "EpisodeWriter.open")
+            raise DatasetError(f"{path} already exists; choose a new path, or append with EpisodeWriter.open")
         if shard_rows % chunk_rows:
             raise ValueError(f"shard_rows ({shard_rows}) must be a multiple of chunk_rows ({chunk_rows})")
-        attrs: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                 "task_set": task_set.to_dict(), "provenance": dict(provenance or {})}
+        attrs: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "task_set": task_set.to_dict(),
+            "provenance": dict(provenance or {}),
+        }
         json.dumps(attrs)  # fail before touching the disk if provenance is not JSON-serialisable
         group = zarr.open_group(path, mode="w-", zarr_format=3, attributes=attrs)
         O, A = task_set.obs_dim, task_set.act_dim
-        for name, cols, dtype, fill in ((OBS, (O,), "float32", np.nan), (ACTION, (A,), "float32", np.nan),
-                                        (REWARD, (), "float32", np.nan), (TASK, (), "int16", -1)):
-            group.create_array(name, shape=(0, *cols), chunks=(chunk_rows, *cols),
-                               shards=(shard_rows, *cols), dtype=dtype, fill_value=fill,
-                               compressors=_COMPRESSORS)
-        group.create_array(EPISODE_TASK, shape=(0,), chunks=(META_CHUNK,), dtype="int16",
-                           fill_value=-1, compressors=_COMPRESSORS)
-        group.create_array(EPISODE_ENDS, shape=(0,), chunks=(META_CHUNK,), dtype="int64",
-                           fill_value=ENDS_FILL, compressors=_COMPRESSORS)
+        for name, cols, dtype, fill in (
+            (OBS, (O,), "float32", np.nan),
+            (ACTION, (A,), "float32", np.nan),
+            (REWARD, (), "float32", np.nan),
+            (TASK, (), "int16", -1),
+        ):
+            group.create_array(
+                name,
+                shape=(0, *cols),
+                chunks=(chunk_rows, *cols),
+                shards=(shard_rows, *cols),
+                dtype=dtype,
+                fill_value=fill,
+                compressors=_COMPRESSORS,
+            )
+        group.create_array(
+            EPISODE_TASK, shape=(0,), chunks=(META_CHUNK,), dtype="int16", fill_value=-1, compressors=_COMPRESSORS
+        )
+        group.create_array(
+            EPISODE_ENDS,
+            shape=(0,),
+            chunks=(META_CHUNK,),
+            dtype="int64",
+            fill_value=ENDS_FILL,
+            compressors=_COMPRESSORS,
+        )
         return cls.open(path)
 
     @classmethod
@@ -90,11 +135,9 @@ class EpisodeWriter:
         lock_fd = acquire_writer_lock(layout.path)
         try:
             ends = read_commit_marker(layout)
-            problems = structure_problems(ends, layout.num_rows_stored,
-                                          layout.arrays[EPISODE_TASK].shape[0])
+            problems = structure_problems(ends, layout.num_rows_stored, layout.arrays[EPISODE_TASK].shape[0])
             if problems:
-                raise DatasetError(f"{layout.path}: cannot append: {problems[0]}; run "
-                                   "`pwmctl data fsck` on it")
+                raise DatasetError(f"{layout.path}: cannot append: {problems[0]}; run `pwmctl data fsck` on it")
             truncate_uncommitted(layout, ends)
             return cls(layout, lock_fd)
         except BaseException:
@@ -110,8 +153,9 @@ class EpisodeWriter:
     def __enter__(self) -> EpisodeWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def truncate(self, num_episodes: int) -> None:
@@ -126,8 +170,7 @@ class EpisodeWriter:
         self.num_episodes, self.num_rows = int(ends.size), int(ends[-1]) if ends.size else 0
 
     # ----------------------------------------------------------------------------------- append
-    def append_episode(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray,
-                       task: int | str) -> None:
+    def append_episode(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, task: int | str) -> None:
         """Append one episode of L transitions.
 
         Args:
@@ -137,11 +180,11 @@ class EpisodeWriter:
             reward: (L+1,) or (L,), aligned like ``action``.
             task: global task id or task name; must belong to the dataset's task set.
         """
-        self.append_episodes(np.asarray(obs)[None], np.asarray(action)[None],
-                             np.asarray(reward)[None], [task])
+        self.append_episodes(np.asarray(obs)[None], np.asarray(action)[None], np.asarray(reward)[None], [task])
 
-    def append_episodes(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray,
-                        task: Sequence[int | str] | np.ndarray) -> None:
+    def append_episodes(
+        self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, task: Sequence[int | str] | np.ndarray
+    ) -> None:
         """Append N episodes of equal length L in one write (one commit for all of them).
 
         Args:
@@ -156,16 +199,16 @@ class EpisodeWriter:
         action = np.asarray(action, dtype=np.float32)
         reward = np.asarray(reward, dtype=np.float32)
         if action.ndim != 3 or action.shape[0] != N or action.shape[2] > A:
-            raise DatasetError(f"action must be (N, L or L+1, a) with N = {N}, a <= {A}; "
-                               f"got {list(action.shape)}")
+            raise DatasetError(f"action must be (N, L or L+1, a) with N = {N}, a <= {A}; got {list(action.shape)}")
         if reward.ndim != 2 or reward.shape[0] != N:
             raise DatasetError(f"reward must be (N, L or L+1) with N = {N}; got {list(reward.shape)}")
         action_rows = self._transition_rows(action, L, "action", A)
         reward_rows = self._transition_rows(reward[..., None], L, "reward", 1)[:, 0]
         ep_task = self._task_ids(task, N)
         ends = self.num_rows + (L + 1) * np.arange(1, N + 1, dtype=np.int64)
-        self._write({OBS: obs_rows, ACTION: action_rows, REWARD: reward_rows,
-                     TASK: np.repeat(ep_task, L + 1)}, ep_task, ends)
+        self._write(
+            {OBS: obs_rows, ACTION: action_rows, REWARD: reward_rows, TASK: np.repeat(ep_task, L + 1)}, ep_task, ends
+        )
 
     def _write(self, rows: dict[str, np.ndarray], ep_task: np.ndarray, ends: np.ndarray) -> None:
         """Data first, then episode_task, then the commit marker."""
@@ -187,8 +230,13 @@ class EpisodeWriter:
         arr = self._layout.arrays[EPISODE_ENDS]
         e1 = e0 + ends.size
         # zarr's metadata TypeVar is constrained to V2 or V3 and rejects the union that .metadata returns
-        grown = zarr.Array(zarr.AsyncArray(arr.metadata.update_shape((e1,)),  # type: ignore[type-var]
-                                           arr.store_path, arr.config))
+        grown = zarr.Array(
+            zarr.AsyncArray(
+                arr.metadata.update_shape((e1,)),  # type: ignore[type-var]
+                arr.store_path,
+                arr.config,
+            )
+        )
         grown[e0:e1] = ends
         arr.resize((e1,))
 
@@ -198,8 +246,7 @@ class EpisodeWriter:
         obs = np.asarray(obs, dtype=np.float32)
         O = self.task_set.obs_dim
         if obs.ndim != 3 or obs.shape[0] < 1 or obs.shape[1] < 2 or obs.shape[2] > O:
-            raise DatasetError(f"obs must be (N, L+1, o) with N >= 1, L >= 1, o <= {O}; "
-                               f"got {list(obs.shape)}")
+            raise DatasetError(f"obs must be (N, L+1, o) with N >= 1, L >= 1, o <= {O}; got {list(obs.shape)}")
         if not np.isfinite(obs).all():
             raise DatasetError("obs contains NaN or inf; refusing to store it")
         N, L1, o = obs.shape
@@ -212,10 +259,12 @@ class EpisodeWriter:
         """(N, L+1 or L, w) float32 -> (N*(L+1), width) rows with row 0 of each episode NaN."""
         N = x.shape[0]
         if x.shape[1] not in (L, L + 1):
-            raise DatasetError(f"{name} has {x.shape[1]} rows per episode; expected {L} (transitions "
-                               f"1..L) or {L + 1} (TD-MPC2 alignment, row 0 a filler) for obs of "
-                               f"{L + 1} rows")
-        x = x[:, x.shape[1] - L:]  # drop TD-MPC2's row-0 filler when L+1 rows were given
+            raise DatasetError(
+                f"{name} has {x.shape[1]} rows per episode; expected {L} (transitions "
+                f"1..L) or {L + 1} (TD-MPC2 alignment, row 0 a filler) for obs of "
+                f"{L + 1} rows"
+            )
+        x = x[:, x.shape[1] - L :]  # drop TD-MPC2's row-0 filler when L+1 rows were given
         if not np.isfinite(x).all():
             raise DatasetError(f"{name} contains NaN or inf outside row 0; refusing to store it")
         out = np.zeros((N, L + 1, width), np.float32)
@@ -232,8 +281,7 @@ class EpisodeWriter:
         ids = np.array([by_name.get(t, -1) if isinstance(t, str) else int(t) for t in tasks], np.int64)
         outside = sorted({t for t, ok in zip(tasks, np.isin(ids, self.task_set.ids)) if not ok}, key=str)
         if outside:
-            raise DatasetError(f"task(s) {outside} not in the dataset's task set "
-                               f"{self.task_set.name!r}")
+            raise DatasetError(f"task(s) {outside} not in the dataset's task set {self.task_set.name!r}")
         return ids.astype(np.int16)
 
 

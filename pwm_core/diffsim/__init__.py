@@ -32,6 +32,17 @@ def make_sim(name: str, backend: str = "warp") -> DiffSim:
 
 
 __all__ = [
-    "KERNEL_MODULES", "SIMS", "BallWall", "CartPole", "DiffSim", "DoublePendulum", "WarpRollout", "WarpStep",
-    "analytic_landscape", "init_warp", "load_kernels", "make_sim", "wrap_angle",
+    "KERNEL_MODULES",
+    "SIMS",
+    "BallWall",
+    "CartPole",
+    "DiffSim",
+    "DoublePendulum",
+    "WarpRollout",
+    "WarpStep",
+    "analytic_landscape",
+    "init_warp",
+    "load_kernels",
+    "make_sim",
+    "wrap_angle",
 ]

@@ -37,8 +37,7 @@ DT = DURATION / STEPS
 
 def _kernel(dtype):
     @wp.kernel
-    def step(state: wp.array2d(dtype=dtype), next_state: wp.array2d(dtype=dtype),
-             reward: wp.array(dtype=dtype)):
+    def step(state: wp.array2d(dtype=dtype), next_state: wp.array2d(dtype=dtype), reward: wp.array(dtype=dtype)):
         i = wp.tid()
         x = state[i, 0]
         y = state[i, 1]
@@ -84,8 +83,7 @@ class BallWall(DiffSim):
         use_top = inside & ~use_left & (top <= right)
         use_right = inside & ~use_left & ~use_top
         zero = torch.zeros_like(x)
-        fx = (AX + torch.where(use_left, -KE * left - KD * vx, zero)
-              + torch.where(use_right, KE * right - KD * vx, zero))
+        fx = AX + torch.where(use_left, -KE * left - KD * vx, zero) + torch.where(use_right, KE * right - KD * vx, zero)
         fy = G + torch.where(use_top, KE * top - KD * vy, zero)
         vx1, vy1 = vx + DT * fx, vy + DT * fy
         x1 = x + DT * vx1
@@ -96,11 +94,17 @@ class BallWall(DiffSim):
 
     def launch_state(self, theta: Tensor) -> Tensor:
         """theta (N,) launch angles -> start states (N, 4), differentiable in theta."""
-        return torch.stack([torch.zeros_like(theta), torch.zeros_like(theta),
-                            V0 * torch.cos(theta), V0 * torch.sin(theta)], -1)
+        return torch.stack(
+            [torch.zeros_like(theta), torch.zeros_like(theta), V0 * torch.cos(theta), V0 * torch.sin(theta)], -1
+        )
 
-    def initial_state(self, n: int, generator: torch.Generator | None = None, stochastic: bool = True,
-                      dtype: torch.dtype = torch.float32) -> Tensor:
+    def initial_state(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        stochastic: bool = True,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
         """Launch angles U(-pi, pi) (``stochastic``) or 0."""
         theta = torch.zeros(n, dtype=dtype)
         if stochastic:

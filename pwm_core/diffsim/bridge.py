@@ -78,8 +78,9 @@ class WarpStep(torch.autograd.Function):
         action = None if action is None else action.detach().contiguous()
         next_state, reward = torch.empty_like(state), state.new_empty(state.shape[0])
         inputs = [_wp(state)] + ([] if action is None else [_wp(action)])
-        wp.launch(kernel, dim=state.shape[0], inputs=inputs,
-                  outputs=[_wp(next_state), _wp(reward)], device=wp_device(state))
+        wp.launch(
+            kernel, dim=state.shape[0], inputs=inputs, outputs=[_wp(next_state), _wp(reward)], device=wp_device(state)
+        )
         ctx.kernel, ctx.has_action = kernel, action is not None
         ctx.save_for_backward(state, action, next_state, reward)
         return next_state, reward
@@ -96,10 +97,16 @@ class WarpStep(torch.autograd.Function):
             g_action = torch.zeros_like(action)
             inputs.append(_wp(action))
             adj_inputs.append(_wp(g_action))
-        wp.launch(ctx.kernel, dim=state.shape[0], inputs=inputs,
-                  outputs=[_wp(next_state), _wp(reward)], adj_inputs=adj_inputs,
-                  adj_outputs=[_wp(g_next), _wp(g_reward)], adjoint=True,
-                  device=wp_device(state))
+        wp.launch(
+            ctx.kernel,
+            dim=state.shape[0],
+            inputs=inputs,
+            outputs=[_wp(next_state), _wp(reward)],
+            adj_inputs=adj_inputs,
+            adj_outputs=[_wp(g_next), _wp(g_reward)],
+            adjoint=True,
+            device=wp_device(state),
+        )
         return None, g_state, g_action
 
 
@@ -176,8 +183,13 @@ class DiffSim(ABC):
         """state (..., D) -> observation (..., obs_dim), differentiable."""
 
     @abstractmethod
-    def initial_state(self, n: int, generator: torch.Generator | None = None, stochastic: bool = True,
-                      dtype: torch.dtype = torch.float32) -> Tensor:
+    def initial_state(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        stochastic: bool = True,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
         """(n, D) start states; ``stochastic`` adds the task's random perturbation."""
 
     # ---------------------------------------------------------------- stepping
@@ -202,8 +214,7 @@ class DiffSim(ABC):
             return self.step_torch(state, action)
         return WarpStep.apply(self.kernels[state.dtype], state, action)
 
-    def rollout(self, state0: Tensor, actions: Tensor | None = None, steps: int | None = None
-                ) -> tuple[Tensor, Tensor]:
+    def rollout(self, state0: Tensor, actions: Tensor | None = None, steps: int | None = None) -> tuple[Tensor, Tensor]:
         """Open loop: state0 (N, D), actions (T, N, A) (or ``steps`` without actions) ->
         states (T+1, N, D) incl. state0, rewards (T, N). Warp: one Tape over all T launches."""
         self._check_state(state0)

@@ -41,8 +41,12 @@ MP_G_L = POLE_MASS * GRAVITY * POLE_COM
 
 def _kernel(dtype):
     @wp.kernel
-    def step(state: wp.array2d(dtype=dtype), action: wp.array2d(dtype=dtype),
-             next_state: wp.array2d(dtype=dtype), reward: wp.array(dtype=dtype)):
+    def step(
+        state: wp.array2d(dtype=dtype),
+        action: wp.array2d(dtype=dtype),
+        next_state: wp.array2d(dtype=dtype),
+        reward: wp.array(dtype=dtype),
+    ):
         i = wp.tid()
         x = state[i, 0]
         th = state[i, 1]
@@ -101,8 +105,13 @@ class CartPole(DiffSim):
         x, th, xd, thd = state.unbind(-1)
         return torch.stack([x, xd, torch.sin(th), torch.cos(th), thd], -1)
 
-    def initial_state(self, n: int, generator: torch.Generator | None = None, stochastic: bool = True,
-                      dtype: torch.dtype = torch.float32) -> Tensor:
+    def initial_state(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        stochastic: bool = True,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
         """Hanging down (theta = pi, at rest); ``stochastic``: + U(+-pi/2) on (x, theta), U(+-0.25) on rates."""
         state = torch.zeros(n, 4, dtype=dtype)
         state[:, 1] = math.pi

@@ -50,8 +50,12 @@ G2 = GRAVITY * MASS * _LC  # g m2 lc2
 
 def _kernel(dtype):
     @wp.kernel
-    def step(state: wp.array2d(dtype=dtype), action: wp.array2d(dtype=dtype),
-             next_state: wp.array2d(dtype=dtype), reward: wp.array(dtype=dtype)):
+    def step(
+        state: wp.array2d(dtype=dtype),
+        action: wp.array2d(dtype=dtype),
+        next_state: wp.array2d(dtype=dtype),
+        reward: wp.array(dtype=dtype),
+    ):
         i = wp.tid()
         q1 = state[i, 0]
         q2 = state[i, 1]
@@ -113,8 +117,13 @@ class DoublePendulum(DiffSim):
         q1, q2, qd1, qd2 = state.unbind(-1)
         return torch.stack([torch.cos(q1), torch.sin(q1), torch.cos(q2), torch.sin(q2), qd1, qd2], -1)
 
-    def initial_state(self, n: int, generator: torch.Generator | None = None, stochastic: bool = True,
-                      dtype: torch.dtype = torch.float32) -> Tensor:
+    def initial_state(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        stochastic: bool = True,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
         """Upright at rest; ``stochastic``: + U(+-pi/2) on the angles, U(+-0.25) on the rates."""
         state = torch.zeros(n, 4, dtype=dtype)
         if stochastic:

@@ -36,8 +36,15 @@ _SIMS: dict[str, type[DiffSim]] = {
     "diffsim-ball-wall": BallWall,
 }
 DIFFSIM_TASKS: dict[str, TaskSpec] = {
-    name: TaskSpec(FIRST_ID + i, name, SUITE, cls.obs_dim, max(cls.act_dim, 1),
-                   1 if cls is BallWall else cls.episode_length, action_repeat=1)
+    name: TaskSpec(
+        FIRST_ID + i,
+        name,
+        SUITE,
+        cls.obs_dim,
+        max(cls.act_dim, 1),
+        1 if cls is BallWall else cls.episode_length,
+        action_repeat=1,
+    )
     for i, (name, cls) in enumerate(_SIMS.items())
 }
 

@@ -101,19 +101,24 @@ class SHACConfig:
 def validate_config(cfg: SHACConfig) -> None:
     """A :class:`ConfigError` naming the first setting SHAC cannot run with."""
     if min(cfg.num_envs, cfg.horizon, cfg.epochs, cfg.critic_iterations, cfg.critic_batches) < 1:
-        raise ConfigError("num_envs, horizon, epochs, critic_iterations and critic_batches must be >= 1, got "
-                          f"{cfg.num_envs}, {cfg.horizon}, {cfg.epochs}, {cfg.critic_iterations}, {cfg.critic_batches}")
+        raise ConfigError(
+            "num_envs, horizon, epochs, critic_iterations and critic_batches must be >= 1, got "
+            f"{cfg.num_envs}, {cfg.horizon}, {cfg.epochs}, {cfg.critic_iterations}, {cfg.critic_batches}"
+        )
     if cfg.critic_batches > cfg.num_envs * cfg.horizon:
-        raise ConfigError(f"critic_batches {cfg.critic_batches} > num_envs x horizon "
-                          f"({cfg.num_envs * cfg.horizon}): every minibatch needs a sample")
+        raise ConfigError(
+            f"critic_batches {cfg.critic_batches} > num_envs x horizon "
+            f"({cfg.num_envs * cfg.horizon}): every minibatch needs a sample"
+        )
     for key in ("gamma", "lam", "target_alpha"):
         if not 0.0 <= getattr(cfg, key) <= 1.0:
             raise ConfigError(f"{key} must be in [0, 1], got {getattr(cfg, key)}")
     if min(cfg.actor_lr, cfg.critic_lr, cfg.lr_end, cfg.grad_norm) <= 0:
         raise ConfigError("actor_lr, critic_lr, lr_end and grad_norm must be > 0")
     if any(u < 1 for u in (*cfg.actor_units, *cfg.critic_units)):
-        raise ConfigError(f"layer widths must be >= 1, got actor {list(cfg.actor_units)}, "
-                          f"critic {list(cfg.critic_units)}")
+        raise ConfigError(
+            f"layer widths must be >= 1, got actor {list(cfg.actor_units)}, critic {list(cfg.critic_units)}"
+        )
 
 
 def elu_mlp(in_dim: int, units: Sequence[int], out_dim: int) -> nn.Sequential:
@@ -174,8 +179,9 @@ class SHAC:
         are written at each :meth:`save_checkpoint`, so the dataset and the checkpoint always agree."""
         if not 1 <= num_envs <= self.cfg.num_envs:
             raise ConfigError(f"can record 1..{self.cfg.num_envs} envs (num_envs), got {num_envs}")
-        self.recorder = TrainingRecorder(writer, num_envs, self.sim.episode_length, self.sim.obs_dim,
-                                         self.sim.act_dim, task)
+        self.recorder = TrainingRecorder(
+            writer, num_envs, self.sim.episode_length, self.sim.obs_dim, self.sim.act_dim, task
+        )
         return self.recorder
 
     def _reset_states(self, n: int) -> Tensor:
@@ -214,8 +220,9 @@ class SHAC:
             r = torch.where(bad, torch.zeros_like(r), r)
             done = (self.t_env >= self.sim.episode_length) | bad
             if self.recorder is not None:
-                self.recorder.step(self.t_env - 1, obs.detach(), a.detach(), r.detach(),
-                                   self.sim.observe(s.detach()), done, bad)
+                self.recorder.step(
+                    self.t_env - 1, obs.detach(), a.detach(), r.detach(), self.sim.observe(s.detach()), done, bad
+                )
             next_obs = self.normalize(self.sim.observe(torch.where(bad[:, None], torch.zeros_like(s), s)))
             next_v = self.target_critic(next_obs).squeeze(-1)  # pre-reset obs at a time-limit end
             next_v = torch.where(bad, torch.zeros_like(next_v), next_v)
@@ -243,15 +250,16 @@ class SHAC:
 
         # 5. critic on TD(lambda) targets, then the Polyak target update
         obs_all = torch.stack(obs_buf)  # (h, N, O)
-        targets = td_lambda_targets(torch.stack(rew_buf), torch.stack(next_v_buf), torch.stack(done_buf),
-                                    cfg.gamma, cfg.lam)
+        targets = td_lambda_targets(
+            torch.stack(rew_buf), torch.stack(next_v_buf), torch.stack(done_buf), cfg.gamma, cfg.lam
+        )
         x, y = obs_all.reshape(h * N, -1), targets.reshape(h * N)
         size = max(h * N // cfg.critic_batches, 1)
         value_loss = 0.0
         for _ in range(cfg.critic_iterations):
             perm = torch.randperm(h * N, generator=self.generator)
             for i in range(0, h * N, size):
-                idx = perm[i:i + size]
+                idx = perm[i : i + size]
                 loss_v = (self.critic(x[idx]).squeeze(-1) - y[idx]).pow(2).mean()
                 self.critic_optim.zero_grad()
                 loss_v.backward()
@@ -264,9 +272,13 @@ class SHAC:
 
         self.epoch_count += 1
         recent = self.finished_returns[-100:]
-        return {"actor_loss": actor_loss.item(), "value_loss": value_loss, "actor_grad_norm": float(grad_norm),
-                "episode_return": sum(recent) / len(recent) if recent else float("nan"),
-                "actor_lr": self.actor_optim.param_groups[0]["lr"]}
+        return {
+            "actor_loss": actor_loss.item(),
+            "value_loss": value_loss,
+            "actor_grad_norm": float(grad_norm),
+            "episode_return": sum(recent) / len(recent) if recent else float("nan"),
+            "actor_lr": self.actor_optim.param_groups[0]["lr"],
+        }
 
     @torch.no_grad()
     def evaluate(self, num_envs: int = 16, seed: int = 1234) -> float:
@@ -279,19 +291,25 @@ class SHAC:
             total += r
         return float(total.mean())
 
-
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue bitwise: networks, optimisers, obs statistics, the
         envs' states mid-episode and every random generator."""
         return {
-            "format": SHAC_CHECKPOINT_FORMAT, "version": SHAC_CHECKPOINT_VERSION, "epoch": self.epoch_count,
-            "config": self.cfg.to_dict(), "sim": self.sim.name,
-            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+            "format": SHAC_CHECKPOINT_FORMAT,
+            "version": SHAC_CHECKPOINT_VERSION,
+            "epoch": self.epoch_count,
+            "config": self.cfg.to_dict(),
+            "sim": self.sim.name,
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
             "target_critic": self.target_critic.state_dict(),
-            "actor_optim": self.actor_optim.state_dict(), "critic_optim": self.critic_optim.state_dict(),
+            "actor_optim": self.actor_optim.state_dict(),
+            "critic_optim": self.critic_optim.state_dict(),
             "obs_rms": self.obs_rms.state_dict() if self.obs_rms is not None else {},
-            "state": self.state.clone(), "t_env": self.t_env.clone(), "ep_return": self.ep_return.clone(),
+            "state": self.state.clone(),
+            "t_env": self.t_env.clone(),
+            "ep_return": self.ep_return.clone(),
             "finished_returns": torch.tensor(self.finished_returns[-100:], dtype=torch.float64),
             "rng": {**global_rng_state(), "generator": self.generator.get_state()},
             **({"recorder": self.recorder.state_dict()} if self.recorder is not None else {}),
@@ -351,8 +369,9 @@ class TrainingRecorder:
         self.committed = writer.num_episodes
 
     @torch.no_grad()
-    def step(self, t: Tensor, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, done: Tensor,
-             bad: Tensor) -> None:
+    def step(
+        self, t: Tensor, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, done: Tensor, bad: Tensor
+    ) -> None:
         """One env step of all envs: ``t`` (N,) the step index inside each episode, ``obs`` before and
         ``next_obs`` after it (pre-reset), ``done`` / ``bad`` as in :meth:`SHAC.epoch`."""
         k, idx = self.k, torch.arange(self.k)
@@ -379,8 +398,13 @@ class TrainingRecorder:
     def state_dict(self) -> dict[str, Any]:
         if self.pending:
             raise RuntimeError("flush() the recorded episodes before taking the state")
-        return {"committed": self.committed, "obs": self.obs.clone(), "action": self.action.clone(),
-                "reward": self.reward.clone(), "live": self.live.clone()}
+        return {
+            "committed": self.committed,
+            "obs": self.obs.clone(),
+            "action": self.action.clone(),
+            "reward": self.reward.clone(),
+            "live": self.live.clone(),
+        }
 
     def load_state_dict(self, sd: dict[str, Any] | None) -> None:
         """Continue from :meth:`state_dict`; episodes committed after that checkpoint are removed from the
@@ -412,10 +436,20 @@ _POLICY_KEYS = ("task", "obs_dim", "act_dim", "task_obs_dim", "task_act_dim", "a
 def shac_policy_config(agent: SHAC, task: str) -> dict[str, Any]:
     """The plain-data half of a SHAC policy artifact (policy.yaml): dims, layer widths, provenance."""
     O, A = agent.sim.obs_dim, agent.sim.act_dim
-    return {"format": SHAC_POLICY_FORMAT, "version": SHAC_POLICY_VERSION, "task": task, "simulator": agent.sim.name,
-            "obs_dim": O, "act_dim": A, "task_obs_dim": O, "task_act_dim": A,
-            "actor_units": list(agent.cfg.actor_units), "critic_units": list(agent.cfg.critic_units),
-            "epochs": agent.epoch_count, "shac": agent.cfg.to_dict()}
+    return {
+        "format": SHAC_POLICY_FORMAT,
+        "version": SHAC_POLICY_VERSION,
+        "task": task,
+        "simulator": agent.sim.name,
+        "obs_dim": O,
+        "act_dim": A,
+        "task_obs_dim": O,
+        "task_act_dim": A,
+        "actor_units": list(agent.cfg.actor_units),
+        "critic_units": list(agent.cfg.critic_units),
+        "epochs": agent.epoch_count,
+        "shac": agent.cfg.to_dict(),
+    }
 
 
 @torch.no_grad()
@@ -485,13 +519,13 @@ class ShacPolicy(nn.Module):
         x = torch.as_tensor(obs, dtype=torch.float32, device=self.obs_rms_mean.device)
         x = x.unsqueeze(0) if x.ndim == 1 else x
         if x.shape[-1] != self.config["obs_dim"]:
-            raise PwmError(f"observations have {x.shape[-1]} dims; policy {self.config['task']!r} takes "
-                           f"{self.config['obs_dim']}")
+            raise PwmError(
+                f"observations have {x.shape[-1]} dims; policy {self.config['task']!r} takes {self.config['obs_dim']}"
+            )
         return x
 
 
-def save_shac_policy(agent: SHAC, task: str, folder: str | os.PathLike,
-                     metadata: dict[str, Any] | None = None) -> Path:
+def save_shac_policy(agent: SHAC, task: str, folder: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``folder/policy.safetensors`` and ``folder/policy.yaml`` (each atomically) for ``task`` (the
     diffsim task name, e.g. ``diffsim-cartpole-swingup``); ``metadata`` goes under ``metadata`` in the YAML."""
     folder = Path(folder)
@@ -505,14 +539,14 @@ def save_shac_policy(agent: SHAC, task: str, folder: str | os.PathLike,
     return folder
 
 
-def load_shac_policy(folder: str | os.PathLike, config: dict[str, Any],
-                     device: str | torch.device = "cpu") -> ShacPolicy:
+def load_shac_policy(
+    folder: str | os.PathLike, config: dict[str, Any], device: str | torch.device = "cpu"
+) -> ShacPolicy:
     """Rebuild a SHAC policy from its folder and its already-read ``policy.yaml`` (what
     :func:`~pwm_core.policy.load_policy` calls for this format); any problem is a one-line PwmError."""
     folder = Path(folder)
     if config.get("version", 0) > SHAC_POLICY_VERSION:
-        raise PwmError(f"{folder} holds a SHAC policy of a newer pwmctl (version {config['version']}); "
-                       "upgrade pwmctl")
+        raise PwmError(f"{folder} holds a SHAC policy of a newer pwmctl (version {config['version']}); upgrade pwmctl")
     from pwm_core.policy import build_policy
 
     return build_policy(ShacPolicy, folder, config, device)

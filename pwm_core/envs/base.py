@@ -78,7 +78,8 @@ class PaddedEnv:
         if obs_dim < env.spec.obs_dim or act_dim < env.spec.act_dim:
             raise EnvError(
                 f"{env.spec.name} needs obs_dim >= {env.spec.obs_dim} and act_dim >= "
-                f"{env.spec.act_dim}, got {obs_dim} and {act_dim}")
+                f"{env.spec.act_dim}, got {obs_dim} and {act_dim}"
+            )
         self.env = env
         self.spec = env.spec
         self.obs_dim = obs_dim
@@ -97,8 +98,7 @@ class PaddedEnv:
         """action: (act_dim,); entries beyond spec.act_dim are ignored."""
         a = np.asarray(action)
         if a.shape != (self.act_dim,):
-            raise EnvError(f"{self.spec.name}: padded action must have shape ({self.act_dim},), "
-                           f"got {a.shape}")
+            raise EnvError(f"{self.spec.name}: padded action must have shape ({self.act_dim},), got {a.shape}")
         obs, reward, done, info = self.env.step(a[: self.spec.act_dim])
         return self._pad(obs), reward, done, info
 

@@ -59,8 +59,10 @@ class DMCEnv:
         obs_dim = sum(int(np.prod(s.shape)) for s in self._env.observation_spec().values())
         act_dim = self._env.action_spec().shape[0]
         if (obs_dim, act_dim) != (spec.obs_dim, spec.act_dim):
-            raise EnvError(f"{spec.name}: dm_control gives obs {obs_dim} / act {act_dim}, the task "
-                           f"table says {spec.obs_dim} / {spec.act_dim}")
+            raise EnvError(
+                f"{spec.name}: dm_control gives obs {obs_dim} / act {act_dim}, the task "
+                f"table says {spec.obs_dim} / {spec.act_dim}"
+            )
         self._t: int | None = None  # agent steps into the episode; None before the first reset
 
     @property

@@ -48,8 +48,9 @@ class PwmGymEnv(gymnasium.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": RENDER_FPS}
 
-    def __init__(self, task: str, seed: int | None = None, render_mode: str | None = None,
-                 width: int = 384, height: int = 384) -> None:
+    def __init__(
+        self, task: str, seed: int | None = None, render_mode: str | None = None, width: int = 384, height: int = 384
+    ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise EnvError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.task = get_task(task)
@@ -60,8 +61,9 @@ class PwmGymEnv(gymnasium.Env):
         self._first_seed = seed  # used by the first reset() that names no seed
         self._env: Env | None = None
 
-    def reset(self, *, seed: int | None = None,
-              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start an episode -> (obs (obs_dim,) float32, info). ``options`` is accepted and unused."""
         super().reset(seed=seed)  # seeds self.np_random (fresh entropy when seed is None)
         env = self._env
@@ -111,7 +113,11 @@ def register_envs() -> list[str]:
     for name, spec in TASKS.items():
         env_id = gym_id(name)
         if env_id not in gymnasium.registry:
-            gymnasium.register(env_id, entry_point=f"{__name__}:PwmGymEnv", kwargs={"task": name},
-                               max_episode_steps=spec.episode_length)
+            gymnasium.register(
+                env_id,
+                entry_point=f"{__name__}:PwmGymEnv",
+                kwargs={"task": name},
+                max_episode_steps=spec.episode_length,
+            )
         ids.append(env_id)
     return ids

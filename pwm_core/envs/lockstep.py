@@ -23,8 +23,9 @@ class Step:
     success: np.ndarray  # (n,)
 
 
-def lockstep(venv: VectorEnv, act: Callable[[np.ndarray, np.ndarray], np.ndarray],
-             begin: Callable[[int], bool]) -> Iterator[Step]:
+def lockstep(
+    venv: VectorEnv, act: Callable[[np.ndarray, np.ndarray], np.ndarray], begin: Callable[[int], bool]
+) -> Iterator[Step]:
     """Run episodes on all envs of ``venv`` at once until no env starts another one.
 
     ``begin(i)`` is asked whenever env i is free (at the start and after each of its episodes,

@@ -121,8 +121,9 @@ class _Worker:
     def __init__(self, ctx: Any, tasks: list[str], seeds: list[int], obs_dim: int, act_dim: int):
         self.tasks = tasks
         self.conn, child_conn = ctx.Pipe()
-        self.process = ctx.Process(target=_worker, args=(child_conn, tasks, seeds, obs_dim, act_dim),
-                                   daemon=True, name=f"pwm-env-{tasks[0]}")
+        self.process = ctx.Process(
+            target=_worker, args=(child_conn, tasks, seeds, obs_dim, act_dim), daemon=True, name=f"pwm-env-{tasks[0]}"
+        )
         self.process.start()
         child_conn.close()  # so a dead worker reads as EOF here
 
@@ -134,8 +135,7 @@ class _Worker:
             status, payload = self.conn.recv()
         except EOFError:
             self.process.join(timeout=1)
-            raise EnvError(f"env worker for {', '.join(self.tasks)} died "
-                           f"(exit code {self.process.exitcode})") from None
+            raise EnvError(f"env worker for {', '.join(self.tasks)} died (exit code {self.process.exitcode})") from None
         if status == "error":
             raise EnvError(payload)
         return payload
@@ -159,11 +159,11 @@ class VectorEnv:
     :class:`EnvError` naming its task; the other envs stay usable.
     """
 
-    def __init__(self, tasks: Sequence[str], seeds: Sequence[int], obs_dim: int, act_dim: int,
-                 workers: int = 1):
+    def __init__(self, tasks: Sequence[str], seeds: Sequence[int], obs_dim: int, act_dim: int, workers: int = 1):
         if len(tasks) != len(seeds) or not tasks:
-            raise EnvError(f"need one seed per task and at least one task, got {len(tasks)} tasks "
-                           f"and {len(seeds)} seeds")
+            raise EnvError(
+                f"need one seed per task and at least one task, got {len(tasks)} tasks and {len(seeds)} seeds"
+            )
         if workers < 1:
             raise EnvError(f"workers must be >= 1, got {workers}")
         self.specs: list[TaskSpec] = [get_task(t) for t in tasks]  # unknown names fail here
@@ -218,7 +218,7 @@ class VectorEnv:
         if actions.shape != (self.num_envs, self.act_dim):
             raise EnvError(f"actions must have shape ({self.num_envs}, {self.act_dim}), got {actions.shape}")
         for w, worker in enumerate(self._workers):
-            worker.submit("step", actions[self._bounds[w]: self._bounds[w + 1]])
+            worker.submit("step", actions[self._bounds[w] : self._bounds[w + 1]])
         parts = self._gather(list(range(len(self._workers))))
         obs, reward, done, success = (np.concatenate(p) for p in zip(*parts))
         return obs, reward, done, success

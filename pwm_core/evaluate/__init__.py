@@ -8,16 +8,31 @@
 from pwm_core.evaluate.report import compare, format_table, score_matrix, summarize
 from pwm_core.evaluate.rollout import Actor, EpisodeResult, Evaluation, Latency, Video, evaluate, lockstep, random_actor
 from pwm_core.evaluate.stats import (
-                                       aggregate,
-                                       iqm,
-                                       normalized_score,
-                                       poi_ci,
-                                       probability_of_improvement,
-                                       stratified_bootstrap_ci,
+    aggregate,
+    iqm,
+    normalized_score,
+    poi_ci,
+    probability_of_improvement,
+    stratified_bootstrap_ci,
 )
 
 __all__ = [
-    "Actor", "EpisodeResult", "Evaluation", "Latency", "Video", "aggregate", "compare", "evaluate",
-    "format_table", "iqm", "lockstep", "normalized_score", "poi_ci", "probability_of_improvement",
-    "random_actor", "score_matrix", "stratified_bootstrap_ci", "summarize",
+    "Actor",
+    "EpisodeResult",
+    "Evaluation",
+    "Latency",
+    "Video",
+    "aggregate",
+    "compare",
+    "evaluate",
+    "format_table",
+    "iqm",
+    "lockstep",
+    "normalized_score",
+    "poi_ci",
+    "probability_of_improvement",
+    "random_actor",
+    "score_matrix",
+    "stratified_bootstrap_ci",
+    "summarize",
 ]

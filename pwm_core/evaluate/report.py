@@ -42,12 +42,25 @@ def score_matrix(results: Sequence[EpisodeResult]) -> tuple[list[str], np.ndarra
 
 
 def _ci_meta(reps: int, alpha: float, seed: int, over: str, method: str) -> dict:
-    return {"level": 1 - alpha, "method": method, "over": over, "resampling": RESAMPLING[over],
-            "reps": reps, "seed": seed}
+    return {
+        "level": 1 - alpha,
+        "method": method,
+        "over": over,
+        "resampling": RESAMPLING[over],
+        "reps": reps,
+        "seed": seed,
+    }
 
 
-def summarize(results: Sequence[EpisodeResult], label: str | None = None, *, reps: int = 2000,
-              alpha: float = 0.05, seed: int = 0, ci_over: CiOver = "runs") -> dict:
+def summarize(
+    results: Sequence[EpisodeResult],
+    label: str | None = None,
+    *,
+    reps: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    ci_over: CiOver = "runs",
+) -> dict:
     """Per-task statistics and aggregates with stratified-bootstrap CIs, as a JSON-able dict.
 
     ``tasks[name]``: n episodes, return mean / std (ddof 0), success rate (Meta-World only, else
@@ -89,8 +102,9 @@ def summarize(results: Sequence[EpisodeResult], label: str | None = None, *, rep
     return summary
 
 
-def compare(results: Mapping[str, Sequence[EpisodeResult]], *, reps: int = 2000, alpha: float = 0.05,
-            seed: int = 0) -> dict:
+def compare(
+    results: Mapping[str, Sequence[EpisodeResult]], *, reps: int = 2000, alpha: float = 0.05, seed: int = 0
+) -> dict:
     """Probability of improvement P(X > Y) with a CI for every pair of labels (in the given order).
 
     All labels must cover the same tasks; their numbers of runs may differ.
@@ -102,22 +116,23 @@ def compare(results: Mapping[str, Sequence[EpisodeResult]], *, reps: int = 2000,
     tasks = matrices[labels[0]][0]
     for label, (names, _) in matrices.items():
         if set(names) != set(tasks):
-            raise PwmError(f"{label!r} and {labels[0]!r} were evaluated on different tasks: "
-                           f"{sorted(set(names) ^ set(tasks))}")
+            raise PwmError(
+                f"{label!r} and {labels[0]!r} were evaluated on different tasks: {sorted(set(names) ^ set(tasks))}"
+            )
     aligned = {label: m[:, [names.index(t) for t in tasks]] for label, (names, m) in matrices.items()}
     pairs = []
     for i, x in enumerate(labels):
-        for y in labels[i + 1:]:
+        for y in labels[i + 1 :]:
             lo, hi = poi_ci(aligned[x], aligned[y], reps=reps, alpha=alpha, seed=seed)
-            pairs.append({"x": x, "y": y, "poi": probability_of_improvement(aligned[x], aligned[y]),
-                          "lo": lo, "hi": hi})
+            pairs.append(
+                {"x": x, "y": y, "poi": probability_of_improvement(aligned[x], aligned[y]), "lo": lo, "hi": hi}
+            )
     return {
         "tasks": tasks,
         "runs_per_task": {label: int(m.shape[0]) for label, m in aligned.items()},
         "score": SCORE_RULE,
         "pairs": pairs,
-        "ci": _ci_meta(reps, alpha, seed, "runs",
-                       "percentile stratified independent bootstrap (x and y apart)"),
+        "ci": _ci_meta(reps, alpha, seed, "runs", "percentile stratified independent bootstrap (x and y apart)"),
     }
 
 
@@ -125,20 +140,23 @@ def format_table(report: dict) -> str:
     """A :func:`summarize` or :func:`compare` result as markdown tables (readable as plain text)."""
     ci = report["ci"]
     level = f"{100 * ci['level']:g}%"
-    footer = (f"CI: {ci['method']}, {ci['resampling']}, {ci['reps']} reps, seed {ci['seed']}. "
-              f"Score: {report['score']}.")
+    footer = f"CI: {ci['method']}, {ci['resampling']}, {ci['reps']} reps, seed {ci['seed']}. Score: {report['score']}."
     if "pairs" in report:
         lines = [f"| X | Y | P(X > Y) | {level} CI |", "|---|---|---:|---|"]
-        lines += [f"| {p['x']} | {p['y']} | {p['poi']:.3f} | [{p['lo']:.3f}, {p['hi']:.3f}] |"
-                  for p in report["pairs"]]
+        lines += [f"| {p['x']} | {p['y']} | {p['poi']:.3f} | [{p['lo']:.3f}, {p['hi']:.3f}] |" for p in report["pairs"]]
         return "\n".join(lines + ["", footer])
-    lines = [f"{report['label']}: {report['num_tasks']} tasks x {report['runs_per_task']} runs "
-             "(seed x episode)",
-             "", "| task | n | return | success | score |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"{report['label']}: {report['num_tasks']} tasks x {report['runs_per_task']} runs (seed x episode)",
+        "",
+        "| task | n | return | success | score |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, t in report["tasks"].items():
         success = "-" if t["success_rate"] is None else f"{t['success_rate']:.2f}"
-        lines.append(f"| {name} | {t['n']} | {t['return_mean']:.1f} ± {t['return_std']:.1f} | {success} "
-                     f"| {t['score_mean']:.3f} |")
+        lines.append(
+            f"| {name} | {t['n']} | {t['return_mean']:.1f} ± {t['return_std']:.1f} | {success} "
+            f"| {t['score_mean']:.3f} |"
+        )
     lines += ["", f"| aggregate | value | {level} CI |", "|---|---:|---|"]
     for metric, a in report["aggregate"].items():
         lines.append(f"| {metric} | {a['value']:.3f} | [{a['lo']:.3f}, {a['hi']:.3f}] |")
@@ -154,6 +172,8 @@ def format_latency(latency: Mapping[str, Mapping]) -> str:
     lines = ["| actor | calls | envs/call | ms/call | p50 | p95 | ms/action |", "|---|---:|---:|---:|---:|---:|---:|"]
     for label, t in latency.items():
         envs = t["actions"] / t["calls"] if t["calls"] else float("nan")
-        lines.append(f"| {label} | {t['calls']} | {envs:.1f} | {t['ms_per_call']:.2f} | {t['p50_ms_per_call']:.2f} "
-                     f"| {t['p95_ms_per_call']:.2f} | {t['ms_per_action']:.2f} |")
+        lines.append(
+            f"| {label} | {t['calls']} | {envs:.1f} | {t['ms_per_call']:.2f} | {t['p50_ms_per_call']:.2f} "
+            f"| {t['p95_ms_per_call']:.2f} | {t['ms_per_action']:.2f} |"
+        )
     return "\n".join(lines)

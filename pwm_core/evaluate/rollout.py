@@ -37,8 +37,7 @@ class EpisodicActor(Protocol):
 
     episodic: bool
 
-    def __call__(self, obs: np.ndarray, specs: list[TaskSpec], envs: np.ndarray,
-                 first: np.ndarray) -> np.ndarray: ...
+    def __call__(self, obs: np.ndarray, specs: list[TaskSpec], envs: np.ndarray, first: np.ndarray) -> np.ndarray: ...
 
 
 Actor = PlainActor | EpisodicActor
@@ -89,9 +88,15 @@ class Latency:
         return 1000 * self.seconds / self.actions if self.actions else float("nan")
 
     def to_dict(self) -> dict:
-        return {"calls": self.calls, "actions": self.actions, "ms_per_call": self.ms_per_call,
-                "p50_ms_per_call": self.percentile_ms(50), "p95_ms_per_call": self.percentile_ms(95),
-                "ms_per_action": self.ms_per_action, "warmup_ms": self.warmup_ms}
+        return {
+            "calls": self.calls,
+            "actions": self.actions,
+            "ms_per_call": self.ms_per_call,
+            "p50_ms_per_call": self.percentile_ms(50),
+            "p95_ms_per_call": self.percentile_ms(95),
+            "ms_per_action": self.ms_per_action,
+            "warmup_ms": self.warmup_ms,
+        }
 
 
 @dataclass
@@ -199,7 +204,7 @@ def evaluate(
     latency = {label: Latency() for label in actor_map}
     results: list[EpisodeResult] = []
     for lo in range(0, len(units), per_wave):
-        wave = units[lo: lo + per_wave]
+        wave = units[lo : lo + per_wave]
         results += _run_wave(wave, actor_map, latency, episodes, obs_dim, act_dim, workers, on_episode)
 
     order = {(label, spec.name, seed): k for k, (label, spec, seed) in enumerate(keys)}
@@ -210,8 +215,14 @@ def evaluate(
     return evaluation
 
 
-def _check_args(actors: dict[str, Actor], tasks: Sequence[str], seeds: list[int], episodes: int,
-                workers: int, envs_per_worker: int | None) -> None:
+def _check_args(
+    actors: dict[str, Actor],
+    tasks: Sequence[str],
+    seeds: list[int],
+    episodes: int,
+    workers: int,
+    envs_per_worker: int | None,
+) -> None:
     problems = []
     if not actors:
         problems.append("no actor given")
@@ -227,9 +238,16 @@ def _check_args(actors: dict[str, Actor], tasks: Sequence[str], seeds: list[int]
         raise EnvError("cannot evaluate: " + "; ".join(problems))
 
 
-def _run_wave(wave: list[_Unit], actors: dict[str, Actor], latency: dict[str, Latency], episodes: int,
-              obs_dim: int, act_dim: int, workers: int,
-              on_episode: Callable[[EpisodeResult], None] | None) -> list[EpisodeResult]:
+def _run_wave(
+    wave: list[_Unit],
+    actors: dict[str, Actor],
+    latency: dict[str, Latency],
+    episodes: int,
+    obs_dim: int,
+    act_dim: int,
+    workers: int,
+    on_episode: Callable[[EpisodeResult], None] | None,
+) -> list[EpisodeResult]:
     """Run every unit of ``wave`` for ``episodes`` episodes over one VectorEnv."""
     results: list[EpisodeResult] = []
     rows_of = {label: np.array([i for i, u in enumerate(wave) if u.actor == label]) for label in actors}
@@ -248,12 +266,21 @@ def _run_wave(wave: list[_Unit], actors: dict[str, Actor], latency: dict[str, La
             mine = np.flatnonzero(np.isin(rows, rows_of[label]))
             if len(mine):
                 first = np.array([wave[i].length == 0 for i in rows[mine]])  # wave index = env id
-                actions[mine] = _timed_call(label, actor, obs[mine], [wave[i].spec for i in rows[mine]],
-                                            act_dim, latency[label], rows[mine], first)
+                actions[mine] = _timed_call(
+                    label,
+                    actor,
+                    obs[mine],
+                    [wave[i].spec for i in rows[mine]],
+                    act_dim,
+                    latency[label],
+                    rows[mine],
+                    first,
+                )
         return actions
 
-    with VectorEnv([u.spec.name for u in wave], [u.seed for u in wave], obs_dim, act_dim,
-                   workers=min(workers, len(wave))) as venv:
+    with VectorEnv(
+        [u.spec.name for u in wave], [u.seed for u in wave], obs_dim, act_dim, workers=min(workers, len(wave))
+    ) as venv:
         for step in lockstep(venv, act, begin):
             for row, i in enumerate(step.rows):
                 unit = wave[i]
@@ -261,10 +288,17 @@ def _run_wave(wave: list[_Unit], actors: dict[str, Actor], latency: dict[str, La
                 unit.length += 1
                 if step.done[row]:
                     success = float(step.success[row])
-                    result = EpisodeResult(unit.spec.name, unit.seed, unit.episodes_started - 1, unit.ret,
-                                           unit.length, success,
-                                           normalized_score(unit.spec, unit.ret, success),
-                                           time.perf_counter() - unit.start, unit.actor)
+                    result = EpisodeResult(
+                        unit.spec.name,
+                        unit.seed,
+                        unit.episodes_started - 1,
+                        unit.ret,
+                        unit.length,
+                        success,
+                        normalized_score(unit.spec, unit.ret, success),
+                        time.perf_counter() - unit.start,
+                        unit.actor,
+                    )
                     results.append(result)
                     if on_episode is not None:
                         on_episode(result)
@@ -278,14 +312,21 @@ def _call(actor: Actor, obs: np.ndarray, specs: list[TaskSpec], envs: np.ndarray
     return cast(PlainActor, actor)(obs, specs)
 
 
-def _timed_call(label: str, actor: Actor, obs: np.ndarray, specs: list[TaskSpec], act_dim: int,
-                latency: Latency, envs: np.ndarray, first: np.ndarray) -> np.ndarray:
+def _timed_call(
+    label: str,
+    actor: Actor,
+    obs: np.ndarray,
+    specs: list[TaskSpec],
+    act_dim: int,
+    latency: Latency,
+    envs: np.ndarray,
+    first: np.ndarray,
+) -> np.ndarray:
     t0 = time.perf_counter()
     a = np.asarray(_call(actor, obs, specs, envs, first), dtype=np.float32)
     dt = time.perf_counter() - t0
     if a.shape != (len(specs), act_dim):
-        raise EnvError(f"actor {label!r} returned actions of shape {a.shape}, "
-                       f"expected ({len(specs)}, {act_dim})")
+        raise EnvError(f"actor {label!r} returned actions of shape {a.shape}, expected ({len(specs)}, {act_dim})")
     if latency.warmup_ms is None:
         latency.warmup_ms = 1000 * dt
     else:
@@ -298,8 +339,17 @@ def _timed_call(label: str, actor: Actor, obs: np.ndarray, specs: list[TaskSpec]
 
 # --- videos ----------------------------------------------------------------------------------
 
-def _record_videos(evaluation: Evaluation, actors: dict[str, Actor], specs: list[TaskSpec], seed: int,
-                   obs_dim: int, act_dim: int, video_dir: Path, size: int) -> None:
+
+def _record_videos(
+    evaluation: Evaluation,
+    actors: dict[str, Actor],
+    specs: list[TaskSpec],
+    seed: int,
+    obs_dim: int,
+    act_dim: int,
+    video_dir: Path,
+    size: int,
+) -> None:
     """Replay the first episode of each (actor, task) with ``seed`` and write it as mp4."""
     video_dir.mkdir(parents=True, exist_ok=True)
     for label, actor in actors.items():
@@ -314,8 +364,9 @@ def _record_videos(evaluation: Evaluation, actors: dict[str, Actor], specs: list
             evaluation.videos.append(Video(label, spec.name, seed, str(path), ret))
 
 
-def _record_episode(actor: Actor, spec: TaskSpec, seed: int, obs_dim: int, act_dim: int, path: Path,
-                    size: int) -> float:
+def _record_episode(
+    actor: Actor, spec: TaskSpec, seed: int, obs_dim: int, act_dim: int, path: Path, size: int
+) -> float:
     """Run one episode of ``spec`` with a fresh env seeded ``seed``, writing each frame; the return."""
     import imageio.v2 as imageio
 
@@ -326,8 +377,9 @@ def _record_episode(actor: Actor, spec: TaskSpec, seed: int, obs_dim: int, act_d
             obs, done, ret, first = env.reset(), False, 0.0, True
             writer.append_data(env.render(size, size))
             while not done:
-                action = np.asarray(_call(actor, obs[None], [spec], np.zeros(1, int), np.array([first])),
-                                    dtype=np.float32)[0]
+                action = np.asarray(
+                    _call(actor, obs[None], [spec], np.zeros(1, int), np.array([first])), dtype=np.float32
+                )[0]
                 first = False
                 obs, reward, done, _ = env.step(action)
                 ret += reward

@@ -73,8 +73,7 @@ def optimality_gap(scores: np.ndarray, gamma: float = 1.0) -> float:
     return float(gamma - np.mean(np.minimum(scores, gamma)))
 
 
-AGGREGATES: dict[str, Statistic] = {"mean": mean, "median": median, "iqm": iqm,
-                                    "optimality_gap": optimality_gap}
+AGGREGATES: dict[str, Statistic] = {"mean": mean, "median": median, "iqm": iqm, "optimality_gap": optimality_gap}
 
 
 def aggregate(scores: np.ndarray) -> dict[str, float]:
@@ -132,8 +131,7 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(u / (nx * ny)))
 
 
-def poi_ci(x: np.ndarray, y: np.ndarray, reps: int = 2000, alpha: float = 0.05,
-           seed: int = 0) -> tuple[float, float]:
+def poi_ci(x: np.ndarray, y: np.ndarray, reps: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
     """Percentile CI of :func:`probability_of_improvement`.
 
     rliable's ``StratifiedIndependentBootstrap``: each replicate resamples the runs of x and,

@@ -31,8 +31,14 @@ class Actor(nn.Module):
     every forward call; there is no upper clamp.
     """
 
-    def __init__(self, latent_dim: int, act_dim: int, units: Sequence[int] = (400, 200, 100),
-                 init_logstd: float = -1.0, min_logstd: float = -1.427):
+    def __init__(
+        self,
+        latent_dim: int,
+        act_dim: int,
+        units: Sequence[int] = (400, 200, 100),
+        init_logstd: float = -1.0,
+        min_logstd: float = -1.427,
+    ):
         super().__init__()
         dims = [latent_dim, *units]
         blocks: list[nn.Module] = []
@@ -67,10 +73,12 @@ class CriticEnsemble(nn.Module):
         super().__init__()
         dims = [latent_dim, *units, 1]
         self.num_critics = num_critics
-        self.weights = nn.ParameterList(nn.Parameter(torch.empty(num_critics, dims[i + 1], dims[i]))
-                                        for i in range(len(dims) - 1))
-        self.biases = nn.ParameterList(nn.Parameter(torch.empty(num_critics, dims[i + 1]))
-                                       for i in range(len(dims) - 1))
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.empty(num_critics, dims[i + 1], dims[i])) for i in range(len(dims) - 1)
+        )
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.empty(num_critics, dims[i + 1])) for i in range(len(dims) - 1)
+        )
         self.norms = nn.ModuleList(EnsembleLayerNorm(num_critics, d) for d in units)
         self.reset_parameters()
 

@@ -55,8 +55,7 @@ def load_world_model(folder: str | Path, device: str | torch.device = "cpu") -> 
     folder = Path(folder)
     for name in (MODEL_FILE, CONFIG_FILE):
         if not (folder / name).is_file():
-            raise PwmError(f"{folder} has no {name}: a world-model folder holds {MODEL_FILE} and "
-                           f"{CONFIG_FILE}")
+            raise PwmError(f"{folder} has no {name}: a world-model folder holds {MODEL_FILE} and {CONFIG_FILE}")
     try:
         raw = yaml.safe_load((folder / CONFIG_FILE).read_text())
     except yaml.YAMLError as e:
@@ -135,20 +134,23 @@ def import_tdmpc2_checkpoint(path: str | Path, cfg: WorldModelConfig) -> WorldMo
     model = WorldModel(cfg)
     expected = model.state_dict()
     absent = [g for g in _OPTIONAL_GROUPS if not any(k.startswith(g) for k in found)]
-    required = {k: v.shape for k, v in expected.items()
-                if not k.startswith(tuple(absent)) and k != "_action_masks"}
+    required = {k: v.shape for k, v in expected.items() if not k.startswith(tuple(absent)) and k != "_action_masks"}
     if "_action_masks" in special:
         found["_action_masks"] = special["_action_masks"]
         required["_action_masks"] = expected["_action_masks"].shape
     shapes = {k: v.shape for k, v in found.items()}
     problems = shape_mismatch(shapes, required, source, unexpected)
     if problems:
-        raise PwmError(f"{path} does not match the world-model config "
-                       f"({cfg.size or 'custom size'}, {cfg.n_tasks} tasks): {problems}")
+        raise PwmError(
+            f"{path} does not match the world-model config "
+            f"({cfg.size or 'custom size'}, {cfg.n_tasks} tasks): {problems}"
+        )
     if "_action_masks" in found and not torch.equal(found["_action_masks"].float(), model.action_masks):
         file_dims = found["_action_masks"].sum(-1).long().tolist()
-        raise PwmError(f"{path} has action dims {file_dims} per task, the config {cfg.action_dims}: "
-                       "the checkpoint was trained on another task set")
+        raise PwmError(
+            f"{path} has action dims {file_dims} per task, the config {cfg.action_dims}: "
+            "the checkpoint was trained on another task set"
+        )
 
     model.load_state_dict(found, strict=False)
     if "_pi." in absent:
@@ -180,26 +182,36 @@ def _our_key(key: str) -> str:
 def load_matching(module: torch.nn.Module, tensors: dict[str, Tensor], what: str) -> None:
     """``module.load_state_dict(tensors)`` after checking names and shapes: any missing, unexpected or
     mis-shaped tensor is one PwmError ``"{what}: <the differences>"``."""
-    problems = shape_mismatch({k: v.shape for k, v in tensors.items()},
-                              {k: v.shape for k, v in module.state_dict().items()})
+    problems = shape_mismatch(
+        {k: v.shape for k, v in tensors.items()}, {k: v.shape for k, v in module.state_dict().items()}
+    )
     if problems:
         raise PwmError(f"{what}: {problems}")
     module.load_state_dict(tensors)
 
 
-def shape_mismatch(found: dict[str, torch.Size], required: dict[str, torch.Size],
-              source: dict[str, str] | None = None, extra_unexpected: list[str] | None = None) -> str:
+def shape_mismatch(
+    found: dict[str, torch.Size],
+    required: dict[str, torch.Size],
+    source: dict[str, str] | None = None,
+    extra_unexpected: list[str] | None = None,
+) -> str:
     """'' if ``found`` has exactly the ``required`` shapes; else one line naming every difference
     (under the file's key names given by ``source``)."""
     source = source or {}
-    misshaped = [f"{source.get(k, k)}: file {list(found[k])} vs model {list(s)}"
-                 for k, s in required.items() if k in found and tuple(found[k]) != tuple(s)]
+    misshaped = [
+        f"{source.get(k, k)}: file {list(found[k])} vs model {list(s)}"
+        for k, s in required.items()
+        if k in found and tuple(found[k]) != tuple(s)
+    ]
     missing = [k for k in required if k not in found]
     unexpected = [source.get(k, k) for k in found if k not in required]
     unexpected += extra_unexpected or []
-    parts = [f"{len(items)} {what} tensor{'s' if len(items) > 1 else ''} ({_listing(items)})"
-             for what, items in (("mis-shaped", misshaped), ("missing", missing),
-                                 ("unexpected", unexpected)) if items]
+    parts = [
+        f"{len(items)} {what} tensor{'s' if len(items) > 1 else ''} ({_listing(items)})"
+        for what, items in (("mis-shaped", misshaped), ("missing", missing), ("unexpected", unexpected))
+        if items
+    ]
     return "; ".join(parts)
 
 

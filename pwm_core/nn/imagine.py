@@ -27,9 +27,17 @@ class Imagined(NamedTuple):
     reward: list[Tensor]  # reward(z_t, a_t) per step; empty without a ``reward`` function
 
 
-def imagine(world_model: Dynamics, z0: Tensor, task: Tensor, horizon: int,
-            policy: Callable[[int, Tensor], Tensor], *, reward: Callable[[Tensor, Tensor], Tensor] | None = None,
-            after_step: Callable[[int, Tensor], None] | None = None, roll_last: bool = True) -> Imagined:
+def imagine(
+    world_model: Dynamics,
+    z0: Tensor,
+    task: Tensor,
+    horizon: int,
+    policy: Callable[[int, Tensor], Tensor],
+    *,
+    reward: Callable[[Tensor, Tensor], Tensor] | None = None,
+    after_step: Callable[[int, Tensor], None] | None = None,
+    roll_last: bool = True,
+) -> Imagined:
     """Roll ``world_model`` for ``horizon`` steps from z0 (B, L) with task (B,) embedding rows.
 
     Args:

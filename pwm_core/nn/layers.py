@@ -18,8 +18,7 @@ from pwm_core.nn.kernels import Mish, mish
 class NormedLinear(nn.Linear):
     """Linear -> Dropout (only if p > 0) -> LayerNorm -> activation (Mish unless ``act`` is given)."""
 
-    def __init__(self, in_features: int, out_features: int, dropout: float = 0.0,
-                 act: nn.Module | None = None):
+    def __init__(self, in_features: int, out_features: int, dropout: float = 0.0, act: nn.Module | None = None):
         super().__init__(in_features, out_features)
         self.dropout = nn.Dropout(dropout) if dropout else None
         self.ln = nn.LayerNorm(out_features)
@@ -54,17 +53,18 @@ class SimNorm(nn.Module):
         return f"dim={self.dim}"
 
 
-def mlp(in_dim: int, hidden: list[int], out_dim: int, act: nn.Module | None = None,
-        dropout: float = 0.0) -> nn.Sequential:
+def mlp(
+    in_dim: int, hidden: list[int], out_dim: int, act: nn.Module | None = None, dropout: float = 0.0
+) -> nn.Sequential:
     """NormedLinear(Mish) per hidden width, then NormedLinear(act) if ``act`` else plain Linear.
 
     Dropout ``dropout`` is applied in the first layer only (TD-MPC2's Q-heads).
     """
     dims = [in_dim, *hidden]
-    layers: list[nn.Module] = [NormedLinear(dims[i], dims[i + 1], dropout=dropout if i == 0 else 0.0)
-                               for i in range(len(hidden))]
-    layers.append(NormedLinear(dims[-1], out_dim, act=act) if act is not None
-                  else nn.Linear(dims[-1], out_dim))
+    layers: list[nn.Module] = [
+        NormedLinear(dims[i], dims[i + 1], dropout=dropout if i == 0 else 0.0) for i in range(len(hidden))
+    ]
+    layers.append(NormedLinear(dims[-1], out_dim, act=act) if act is not None else nn.Linear(dims[-1], out_dim))
     return nn.Sequential(*layers)
 
 
@@ -109,8 +109,9 @@ class EnsembleLinear(nn.Module):
     weight: Tensor  # parameters, or buffers when not learnable (see _register)
     bias: Tensor
 
-    def __init__(self, num: int, in_features: int, out_features: int, norm: bool,
-                 dropout: float = 0.0, learnable: bool = True):
+    def __init__(
+        self, num: int, in_features: int, out_features: int, norm: bool, dropout: float = 0.0, learnable: bool = True
+    ):
         super().__init__()
         self.num, self.in_features, self.out_features, self.p = num, in_features, out_features, dropout
         _register(self, "weight", torch.empty(num, out_features, in_features), learnable)
@@ -143,8 +144,10 @@ class EnsembleLinear(nn.Module):
 
     def extra_repr(self) -> str:
         p = f", dropout={self.p}" if self.p else ""
-        return (f"num={self.num}, in_features={self.in_features}, out_features={self.out_features}, "
-                f"norm={self.ln is not None}{p}")
+        return (
+            f"num={self.num}, in_features={self.in_features}, out_features={self.out_features}, "
+            f"norm={self.ln is not None}{p}"
+        )
 
 
 class QEnsemble(nn.Module):
@@ -154,15 +157,23 @@ class QEnsemble(nn.Module):
     ``_Qs.params`` layout). ``learnable=False`` stores them as buffers (the target copy).
     """
 
-    def __init__(self, num_q: int, in_dim: int, hidden: list[int], out_dim: int,
-                 dropout: float = 0.0, learnable: bool = True):
+    def __init__(
+        self, num_q: int, in_dim: int, hidden: list[int], out_dim: int, dropout: float = 0.0, learnable: bool = True
+    ):
         super().__init__()
         self.num_q = num_q
         dims = [in_dim, *hidden, out_dim]
         self.params = nn.ModuleList(
-            EnsembleLinear(num_q, dims[i], dims[i + 1], norm=i < len(hidden),
-                           dropout=dropout if i == 0 else 0.0, learnable=learnable)
-            for i in range(len(dims) - 1))
+            EnsembleLinear(
+                num_q,
+                dims[i],
+                dims[i + 1],
+                norm=i < len(hidden),
+                dropout=dropout if i == 0 else 0.0,
+                learnable=learnable,
+            )
+            for i in range(len(dims) - 1)
+        )
 
     def forward(self, x: Tensor, heads: Tensor | None = None, detach: bool = False) -> Tensor:
         """x: (..., in) -> (K, ..., out); ``heads`` (K,) selects heads (all by default);

@@ -74,8 +74,9 @@ def two_hot_inv(logits: Tensor, vmin: float = -10.0, vmax: float = 10.0) -> Tens
     return symexp(almost_two_hot_inv(logits, vmin, vmax))
 
 
-def soft_ce(logits: Tensor, target_values: Tensor, num_bins: int = 101, vmin: float = -10.0,
-            vmax: float = 10.0) -> Tensor:
+def soft_ce(
+    logits: Tensor, target_values: Tensor, num_bins: int = 101, vmin: float = -10.0, vmax: float = 10.0
+) -> Tensor:
     """Cross-entropy of ``logits`` against ``two_hot(target_values)``.
 
     logits: (..., num_bins); target_values: real values (...) or (..., 1), broadcastable to the

@@ -50,20 +50,21 @@ class WorldModelConfig:
     def __post_init__(self) -> None:
         n = len(self.action_dims)
         if not (len(self.episode_lengths) == len(self.task_names) == n) or n == 0:
-            raise PwmError(f"world-model config: action_dims ({n}), episode_lengths "
-                           f"({len(self.episode_lengths)}) and task_names ({len(self.task_names)}) "
-                           "need one entry per task, at least one task")
+            raise PwmError(
+                f"world-model config: action_dims ({n}), episode_lengths "
+                f"({len(self.episode_lengths)}) and task_names ({len(self.task_names)}) "
+                "need one entry per task, at least one task"
+            )
         if max(self.action_dims) > self.act_dim or min(self.action_dims) < 1:
-            raise PwmError(f"world-model config: action_dims {self.action_dims} must lie in "
-                           f"1..act_dim={self.act_dim}")
+            raise PwmError(f"world-model config: action_dims {self.action_dims} must lie in 1..act_dim={self.act_dim}")
         if self.latent_dim % self.simnorm_dim:
-            raise PwmError(f"world-model config: latent_dim {self.latent_dim} is not a multiple of "
-                           f"simnorm_dim {self.simnorm_dim}")
+            raise PwmError(
+                f"world-model config: latent_dim {self.latent_dim} is not a multiple of simnorm_dim {self.simnorm_dim}"
+            )
         if self.num_q < 2:
             raise PwmError(f"world-model config: num_q {self.num_q} < 2 (Q draws two heads)")
         if self.num_bins < 2:
-            raise PwmError(f"world-model config: num_bins {self.num_bins} < 2 (scalar heads are not "
-                           "supported)")
+            raise PwmError(f"world-model config: num_bins {self.num_bins} < 2 (scalar heads are not supported)")
 
     @property
     def n_tasks(self) -> int:
@@ -88,7 +89,8 @@ class WorldModelConfig:
         missing = sorted(required - set(d))
         if unknown or missing:
             parts = ([f"unknown keys {', '.join(unknown)}"] if unknown else []) + (
-                [f"missing keys {', '.join(missing)}"] if missing else [])
+                [f"missing keys {', '.join(missing)}"] if missing else []
+            )
             raise PwmError(f"world-model config: {'; '.join(parts)}")
         d = dict(d)
         for key in ("action_dims", "episode_lengths", "task_names"):
@@ -118,10 +120,15 @@ def world_model_config(size: str, task_set: TaskSet, task_dim: int | None = None
     if task_dim is None:
         task_dim = 96 if task_set.name == "mt80" or size in ("1M", "317M") else 64
     return WorldModelConfig(
-        obs_dim=task_set.obs_dim, act_dim=task_set.act_dim,
+        obs_dim=task_set.obs_dim,
+        act_dim=task_set.act_dim,
         action_dims=[t.act_dim for t in task_set.tasks],
         episode_lengths=[t.episode_length for t in task_set.tasks],
-        task_names=list(task_set.names), task_dim=task_dim, size=size, **preset)
+        task_names=list(task_set.names),
+        task_dim=task_dim,
+        size=size,
+        **preset,
+    )
 
 
 def _mlp_params(in_dim: int, hidden: list[int], out_dim: int, normed_out: bool) -> int:

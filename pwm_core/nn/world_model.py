@@ -144,8 +144,9 @@ class WorldModel(nn.Module):
         }
         return action, info
 
-    def Q(self, z: Tensor, a: Tensor, task: Task, return_type: str = "min", target: bool = False,
-          detach: bool = False) -> Tensor:
+    def Q(
+        self, z: Tensor, a: Tensor, task: Task, return_type: str = "min", target: bool = False, detach: bool = False
+    ) -> Tensor:
         """State-action value. z (..., Z), a (..., A).
 
         return_type "all": logits of every head (num_q, ..., num_bins); "min" / "avg": the min / mean

@@ -14,5 +14,16 @@ from pwm_core.plan.mppi import (
     warm_start,
 )
 
-__all__ = ["MPPI", "MPPIConfig", "PlannerActor", "PolicyPrior", "Prior", "Refit", "WorldModelPrior", "refit",
-           "sample_elite", "validate_config", "warm_start"]
+__all__ = [
+    "MPPI",
+    "MPPIConfig",
+    "PlannerActor",
+    "PolicyPrior",
+    "Prior",
+    "Refit",
+    "WorldModelPrior",
+    "refit",
+    "sample_elite",
+    "validate_config",
+    "warm_start",
+]

@@ -84,8 +84,12 @@ class MPPIConfig:
 
     def with_samples(self, num_samples: int) -> MPPIConfig:
         """A copy with ``num_samples`` sequences, elites and prior trajectories at TD-MPC2's 64 and 24 per 512."""
-        return replace(self, num_samples=num_samples, num_elites=max(1, round(num_samples * ELITE_FRACTION)),
-                       num_pi_trajs=round(num_samples * PI_TRAJ_FRACTION))
+        return replace(
+            self,
+            num_samples=num_samples,
+            num_elites=max(1, round(num_samples * ELITE_FRACTION)),
+            num_pi_trajs=round(num_samples * PI_TRAJ_FRACTION),
+        )
 
 
 def validate_config(cfg: MPPIConfig) -> None:
@@ -93,11 +97,15 @@ def validate_config(cfg: MPPIConfig) -> None:
     if min(cfg.iterations, cfg.num_samples, cfg.num_elites, cfg.horizon) < 1:
         raise ConfigError("iterations, num_samples, num_elites and horizon must all be >= 1")
     if cfg.num_elites > cfg.num_samples or not 0 <= cfg.num_pi_trajs <= cfg.num_samples:
-        raise ConfigError(f"num_elites ({cfg.num_elites}) and num_pi_trajs ({cfg.num_pi_trajs}) must lie in "
-                          f"0..num_samples ({cfg.num_samples}), num_elites >= 1")
+        raise ConfigError(
+            f"num_elites ({cfg.num_elites}) and num_pi_trajs ({cfg.num_pi_trajs}) must lie in "
+            f"0..num_samples ({cfg.num_samples}), num_elites >= 1"
+        )
     if not 0 < cfg.min_std <= cfg.max_std or cfg.temperature < 0:
-        raise ConfigError(f"need 0 < min_std <= max_std and temperature >= 0, got min_std {cfg.min_std}, "
-                          f"max_std {cfg.max_std}, temperature {cfg.temperature}")
+        raise ConfigError(
+            f"need 0 < min_std <= max_std and temperature >= 0, got min_std {cfg.min_std}, "
+            f"max_std {cfg.max_std}, temperature {cfg.temperature}"
+        )
     if cfg.amp not in (None, "bf16"):
         raise ConfigError(f"amp: {cfg.amp!r} is not supported; use none or bf16")
 
@@ -110,8 +118,15 @@ class Refit(NamedTuple):
     weights: Tensor  # (B, K) softmax weights of the elites, summing to 1
 
 
-def refit(actions: Tensor, value: Tensor, num_elites: int, temperature: float, min_std: float, max_std: float,
-          mask: Tensor | None = None) -> Refit:
+def refit(
+    actions: Tensor,
+    value: Tensor,
+    num_elites: int,
+    temperature: float,
+    min_std: float,
+    max_std: float,
+    mask: Tensor | None = None,
+) -> Refit:
     """MPPI's update: the top ``num_elites`` sequences weighted by softmax(temperature * value).
 
     actions (B, N, H, A), value (B, N); ``mask`` (B, A) zeroes the mean and std of padded action dims.
@@ -208,11 +223,17 @@ class PolicyPrior:
     def from_policy(cls, world_model: WorldModel, policy: Policy) -> PolicyPrior:
         """The actor and critics of ``policy``, which must have been extracted from ``world_model``."""
         c, m = policy.config, world_model.cfg
-        if (c["latent_dim"], c["act_dim"]) != (m.latent_dim, m.act_dim) or c["task"] not in m.task_names or \
-                not torch.equal(cast(nn.Linear, policy.encoder[0]).weight.cpu(),
-                                cast(nn.Linear, world_model._encoder[0]).weight.cpu()):
-            raise PwmError(f"policy {c['task']!r} was not extracted from this world model (its encoder differs): "
-                           "plan with the world model the policy names as parent")
+        if (
+            (c["latent_dim"], c["act_dim"]) != (m.latent_dim, m.act_dim)
+            or c["task"] not in m.task_names
+            or not torch.equal(
+                cast(nn.Linear, policy.encoder[0]).weight.cpu(), cast(nn.Linear, world_model._encoder[0]).weight.cpu()
+            )
+        ):
+            raise PwmError(
+                f"policy {c['task']!r} was not extracted from this world model (its encoder differs): "
+                "plan with the world model the policy names as parent"
+            )
         device = world_model.action_masks.device
         gamma = c.get("extract", {}).get("gamma", 0.99)
         # copies: moving the policy's own modules would split it across devices
@@ -250,8 +271,9 @@ class MPPI:
     the world model's device and switches the model to eval mode (no Q dropout).
     """
 
-    def __init__(self, world_model: WorldModel | Model, cfg: MPPIConfig | None = None,
-                 prior: Prior | None = None) -> None:
+    def __init__(
+        self, world_model: WorldModel | Model, cfg: MPPIConfig | None = None, prior: Prior | None = None
+    ) -> None:
         self.cfg = cfg = MPPIConfig() if cfg is None else cfg
         validate_config(cfg)
         self.wm = world_model.eval() if isinstance(world_model, nn.Module) else world_model
@@ -279,8 +301,9 @@ class MPPI:
         return self._mean
 
     @torch.no_grad()
-    def plan(self, obs: Tensor, task: Tensor | int, first: Tensor | bool = False,
-             envs: Tensor | Sequence[int] | None = None) -> Tensor:
+    def plan(
+        self, obs: Tensor, task: Tensor | int, first: Tensor | bool = False, envs: Tensor | Sequence[int] | None = None
+    ) -> Tensor:
         """obs (B, O) padded observations -> actions (B, A) in [-1, 1], exactly 0 on padded action dims.
 
         task: (B,) embedding rows, or one int for all; first: (B,) or one bool, True at an episode's first
@@ -322,10 +345,12 @@ class MPPI:
                 samples = (mean.unsqueeze(1) + std.unsqueeze(1) * noise.gauss[:, i]).clamp(-1, 1)
                 actions = torch.cat([pi_actions, samples], 1) * mask[:, None, None]  # (B, N, H, A)
                 heads = None if noise.heads is None else noise.heads[:, i].repeat_interleave(N, 0)
-                value = self._estimate_value(z0, actions.view(B * N, H, A), task_n,
-                                             noise.value[:, i].reshape(B * N, A), heads)
-                mean, std, elites, weights = refit(actions, value.view(B, N).nan_to_num(0.0), K,
-                                                   cfg.temperature, cfg.min_std, cfg.max_std, mask)
+                value = self._estimate_value(
+                    z0, actions.view(B * N, H, A), task_n, noise.value[:, i].reshape(B * N, A), heads
+                )
+                mean, std, elites, weights = refit(
+                    actions, value.view(B, N).nan_to_num(0.0), K, cfg.temperature, cfg.min_std, cfg.max_std, mask
+                )
 
         # Execute the first action of one elite drawn with the softmax weights
         a = elites[torch.arange(B, device=self.device), sample_elite(weights, noise.gumbel), 0]
@@ -334,14 +359,19 @@ class MPPI:
         self._mean[envs] = mean
         return a.clamp(-1, 1)
 
-    def _estimate_value(self, z: Tensor, actions: Tensor, task: Tensor, eps: Tensor,
-                        heads: Tensor | None) -> Tensor:
+    def _estimate_value(self, z: Tensor, actions: Tensor, task: Tensor, eps: Tensor, heads: Tensor | None) -> Tensor:
         """G = sum_t gamma^t r_t + gamma^H V(z_H): z (M, Z), actions (M, H, A) -> (M,)."""
         G: Tensor | float = 0.0
         discount: Tensor | float = 1.0
         gamma = self.prior.discount(task)
-        roll = imagine(self.wm, z, task, actions.shape[1], lambda t, _: actions[:, t],
-                       reward=lambda z_t, a_t: self.prior.reward(z_t, a_t, task))
+        roll = imagine(
+            self.wm,
+            z,
+            task,
+            actions.shape[1],
+            lambda t, _: actions[:, t],
+            reward=lambda z_t, a_t: self.prior.reward(z_t, a_t, task),
+        )
         for r in roll.reward:
             G = G + discount * r
             discount = discount * gamma
@@ -350,8 +380,14 @@ class MPPI:
     def _noise(self, generators: list[torch.Generator]) -> _Noise:
         """All random numbers of one plan, drawn per env from its own generator."""
         cfg, A, Q = self.cfg, self.act_dim, self.prior.value_heads
-        B, H, N, K, P, I = len(generators), cfg.horizon, cfg.num_samples, cfg.num_elites, cfg.num_pi_trajs, \
-            cfg.iterations
+        B, H, N, K, P, I = (
+            len(generators),
+            cfg.horizon,
+            cfg.num_samples,
+            cfg.num_elites,
+            cfg.num_pi_trajs,
+            cfg.iterations,
+        )
         normal_shapes = {"prior": (P, H, A), "gauss": (I, N - P, H, A), "value": (I, N, A), "explore": (A,)}
         uniform_shapes = {"heads": (I, Q), "gumbel": (K,)}
 
@@ -363,8 +399,7 @@ class MPPI:
         normal, uniform = draw(normal_shapes, torch.randn), draw(uniform_shapes, torch.rand)
         # 2 distinct heads per env and iteration, uniformly among the pairs
         heads = uniform["heads"].argsort(-1)[..., :2] if Q else None
-        return _Noise(normal["prior"], normal["gauss"], normal["value"], normal["explore"], heads,
-                      uniform["gumbel"])
+        return _Noise(normal["prior"], normal["gauss"], normal["value"], normal["explore"], heads, uniform["gumbel"])
 
     def _task_rows(self, task: Tensor | int, B: int) -> Tensor:
         rows = torch.as_tensor(task, dtype=torch.long, device=self.device).expand(B)
@@ -418,10 +453,19 @@ class PlannerActor:
         starts = np.flatnonzero(first)
         if len(starts):
             obs32 = np.ascontiguousarray(obs, np.float32)
-            seeds = [int(np.random.SeedSequence([self.planner.cfg.seed, specs[i].id,
-                                                 *obs32[i].view(np.uint32).tolist()]).generate_state(1)[0])
-                     for i in starts]
+            seeds = [
+                int(
+                    np.random.SeedSequence(
+                        [self.planner.cfg.seed, specs[i].id, *obs32[i].view(np.uint32).tolist()]
+                    ).generate_state(1)[0]
+                )
+                for i in starts
+            ]
             self.planner.seed([int(envs[i]) for i in starts], seeds)
-        a = self.planner.plan(torch.from_numpy(np.asarray(obs, np.float32)), torch.tensor(rows),
-                              torch.from_numpy(np.asarray(first, bool)), torch.from_numpy(np.asarray(envs)))
-        return a[:, :self.act_dim].float().cpu().numpy()
+        a = self.planner.plan(
+            torch.from_numpy(np.asarray(obs, np.float32)),
+            torch.tensor(rows),
+            torch.from_numpy(np.asarray(first, bool)),
+            torch.from_numpy(np.asarray(envs)),
+        )
+        return a[:, : self.act_dim].float().cpu().numpy()

@@ -110,8 +110,9 @@ def _objective(model: nn.Module) -> Callable[[Tensor], Tensor]:
     return lambda theta: model(theta.unsqueeze(-1)).squeeze(-1)
 
 
-def fit(model: nn.Module, theta: Tensor, J: Tensor, cfg: BallWallConfig, zeroed: nn.Module | None = None
-        ) -> list[float]:
+def fit(
+    model: nn.Module, theta: Tensor, J: Tensor, cfg: BallWallConfig, zeroed: nn.Module | None = None
+) -> list[float]:
     """MSE regression of J (G,) on theta (G,), the official loop; returns the per-epoch mean loss.
     Only ``zeroed`` (default: the whole model) has its gradients reset between steps."""
     zeroed = model if zeroed is None else zeroed
@@ -174,10 +175,18 @@ def _run(cfg: BallWallConfig, log: Callable[[str], None]) -> dict[str, Any]:
             path_J = J_fn(torch.tensor(path, dtype=torch.float64)).tolist()
         paths[name] = {"theta": path, "J": path_J}
         k = int(pred.argmin())
-        return {"model": name, "label": label, "approx_error": float((pred - J).pow(2).mean().sqrt()),
-                "theta_final": path[-1], "J_final": path_J[-1], "optimality_gap": path_J[-1] - J_star,
-                "theta_argmin": float(theta[k]), "argmin_gap": float(J[k]) - J_star,
-                "argmin_predicted_gap": float(pred[k]) - J_star, "seconds": seconds}
+        return {
+            "model": name,
+            "label": label,
+            "approx_error": float((pred - J).pow(2).mean().sqrt()),
+            "theta_final": path[-1],
+            "J_final": path_J[-1],
+            "optimality_gap": path_J[-1] - J_star,
+            "theta_argmin": float(theta[k]),
+            "argmin_gap": float(J[k]) - J_star,
+            "argmin_predicted_gap": float(pred[k]) - J_star,
+            "seconds": seconds,
+        }
 
     t0 = time.perf_counter()
     rows = [row(GROUND_TRUTH, "ground truth", descend(J_fn, cfg, torch.float64), J, time.perf_counter() - t0)]
@@ -195,19 +204,41 @@ def _run(cfg: BallWallConfig, log: Callable[[str], None]) -> dict[str, Any]:
         rows.append(row(name, label, path, pred, time.perf_counter() - t0))
         curves[name] = pred.tolist()
         r = rows[-1]
-        log(f"{label}: RMSE {r['approx_error']:.3f}; descent ends at theta = {r['theta_final']:.3f} "
-            f"(gap {r['optimality_gap']:.2f}); its minimum is at theta = {r['theta_argmin']:.3f}")
-    return {"study": "ball-wall", "config": to_dict(cfg),
-            "landscape": {"kind": cfg.landscape, "J_star": J_star, "theta_star": theta_star, "jumps": jumps,
-                          "plateau_fraction": float((J == -WALL_X).double().mean())},  # balls stopped at the wall
-            "rows": rows, "curves": curves, "paths": paths, "seconds": {"total": time.perf_counter() - t_start}}
+        log(
+            f"{label}: RMSE {r['approx_error']:.3f}; descent ends at theta = {r['theta_final']:.3f} "
+            f"(gap {r['optimality_gap']:.2f}); its minimum is at theta = {r['theta_argmin']:.3f}"
+        )
+    return {
+        "study": "ball-wall",
+        "config": to_dict(cfg),
+        "landscape": {
+            "kind": cfg.landscape,
+            "J_star": J_star,
+            "theta_star": theta_star,
+            "jumps": jumps,
+            "plateau_fraction": float((J == -WALL_X).double().mean()),
+        },  # balls stopped at the wall
+        "rows": rows,
+        "curves": curves,
+        "paths": paths,
+        "seconds": {"total": time.perf_counter() - t_start},
+    }
 
 
 def table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The Figure 2c table, one dict per row (column name -> value)."""
-    return [{"model": r["label"], "approx. error": r["approx_error"], "descent theta": r["theta_final"],
-             "descent gap": r["optimality_gap"], "argmin theta": r["theta_argmin"], "argmin gap": r["argmin_gap"],
-             "official opt. err.": r["argmin_predicted_gap"]} for r in results["rows"]]
+    return [
+        {
+            "model": r["label"],
+            "approx. error": r["approx_error"],
+            "descent theta": r["theta_final"],
+            "descent gap": r["optimality_gap"],
+            "argmin theta": r["theta_argmin"],
+            "argmin gap": r["argmin_gap"],
+            "official opt. err.": r["argmin_predicted_gap"],
+        }
+        for r in results["rows"]
+    ]
 
 
 def plot_ball_wall(results: dict[str, Any], path: Path) -> Path:
@@ -243,4 +274,3 @@ def plot_ball_wall(results: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-

@@ -82,27 +82,42 @@ class GradientVarianceConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> GradientVarianceConfig:
         """Seconds, for CI: 4 horizons, 8 samples, tiny data and models, 20 updates each."""
-        return cls(**{"horizons": (1, 2, 4, 8), "samples": 8, "episodes": 8, "episode_length": 32,
-                      "held_out_episodes": 2, "wm_steps": 20, "batch_size": 16, "enc_dim": 32, "mlp_dim": 32,
-                      "latent_dim": 16, **overrides})
+        return cls(
+            **{
+                "horizons": (1, 2, 4, 8),
+                "samples": 8,
+                "episodes": 8,
+                "episode_length": 32,
+                "held_out_episodes": 2,
+                "wm_steps": 20,
+                "batch_size": 16,
+                "enc_dim": 32,
+                "mlp_dim": 32,
+                "latent_dim": 16,
+                **overrides,
+            }
+        )
 
 
 # ------------------------------------------------------------------------------------------- data
-def collect(sim: DoublePendulum, episodes: int, cfg: GradientVarianceConfig, generator: torch.Generator
-            ) -> tuple[Tensor, Tensor, Tensor]:
+def collect(
+    sim: DoublePendulum, episodes: int, cfg: GradientVarianceConfig, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
     """Behaviour episodes: obs (T+1, E, 6), actions (T, E, 1), rewards (T, E)."""
     T = cfg.episode_length
     start = sim.initial_state(episodes, generator)
-    log_std = torch.empty(episodes).uniform_(math.log(cfg.min_action_std), math.log(cfg.max_action_std),
-                                             generator=generator)
+    log_std = torch.empty(episodes).uniform_(
+        math.log(cfg.min_action_std), math.log(cfg.max_action_std), generator=generator
+    )
     actions = (torch.randn(T, episodes, 1, generator=generator) * log_std.exp()[:, None]).clamp(-1, 1)
     with torch.no_grad():
         states, rewards = sim.rollout(start, actions)
     return sim.observe(states), actions, rewards
 
 
-def sample_windows(obs: Tensor, actions: Tensor, rewards: Tensor, H: int, B: int, generator: torch.Generator
-                   ) -> tuple[Tensor, Tensor, Tensor]:
+def sample_windows(
+    obs: Tensor, actions: Tensor, rewards: Tensor, H: int, B: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
     """B random (H+1)-step windows: obs (H+1, B, O), actions (H, B, A), rewards (H, B)."""
     T, E = rewards.shape
     e = torch.randint(E, (B,), generator=generator)
@@ -113,15 +128,31 @@ def sample_windows(obs: Tensor, actions: Tensor, rewards: Tensor, H: int, B: int
 # ------------------------------------------------------------------------------------ world models
 def model_config(cfg: GradientVarianceConfig, sim: DoublePendulum) -> WorldModelConfig:
     """A single-task TD-MPC2 world model for the pendulum, no task embedding, log-std range [-5, 0.5]."""
-    return WorldModelConfig(obs_dim=sim.obs_dim, act_dim=sim.act_dim, action_dims=[sim.act_dim],
-                            episode_lengths=[sim.episode_length], task_names=[sim.name], task_dim=0,
-                            enc_dim=cfg.enc_dim, num_enc_layers=2, mlp_dim=cfg.mlp_dim, latent_dim=cfg.latent_dim,
-                            num_q=2, log_std_min=-5.0, log_std_max=0.5)
+    return WorldModelConfig(
+        obs_dim=sim.obs_dim,
+        act_dim=sim.act_dim,
+        action_dims=[sim.act_dim],
+        episode_lengths=[sim.episode_length],
+        task_names=[sim.name],
+        task_dim=0,
+        enc_dim=cfg.enc_dim,
+        num_enc_layers=2,
+        mlp_dim=cfg.mlp_dim,
+        latent_dim=cfg.latent_dim,
+        num_q=2,
+        log_std_min=-5.0,
+        log_std_max=0.5,
+    )
 
 
-def train_world_model(mcfg: WorldModelConfig, data: tuple[Tensor, Tensor, Tensor],
-                      held_out: tuple[Tensor, Tensor, Tensor], horizon: int, cfg: GradientVarianceConfig,
-                      on_step: Callable[[], None] | None = None) -> tuple[WorldModel, dict[str, float]]:
+def train_world_model(
+    mcfg: WorldModelConfig,
+    data: tuple[Tensor, Tensor, Tensor],
+    held_out: tuple[Tensor, Tensor, Tensor],
+    horizon: int,
+    cfg: GradientVarianceConfig,
+    on_step: Callable[[], None] | None = None,
+) -> tuple[WorldModel, dict[str, float]]:
     """TD-MPC2's update for ``cfg.wm_steps`` steps on windows of ``horizon``; returns the model and its
     last training losses plus held-out errors on 16-step windows (the same windows for every model)."""
     torch.manual_seed(cfg.seed)  # every model starts from the same weights
@@ -143,8 +174,12 @@ def train_world_model(mcfg: WorldModelConfig, data: tuple[Tensor, Tensor, Tensor
     obs, act, rew = sample_windows(val_obs, val_act, val_rew, H_val, 256, torch.Generator().manual_seed(cfg.seed + 1))
     with torch.no_grad():
         val = held_out_metrics(model, obs, act, rew, torch.zeros(256, dtype=torch.long), pcfg)
-    return model, {"loss": metrics["loss"], "consistency": metrics["consistency"], "reward_ce": metrics["reward_ce"],
-                   **{f"val_{k}": float(v) for k, v in val.items()}}
+    return model, {
+        "loss": metrics["loss"],
+        "consistency": metrics["consistency"],
+        "reward_ce": metrics["reward_ce"],
+        **{f"val_{k}": float(v) for k, v in val.items()},
+    }
 
 
 # ------------------------------------------------------------------------------------------ policy
@@ -166,8 +201,9 @@ def per_sample_parameters(pi: nn.Sequential, n: int) -> dict[str, Tensor]:
     return {k: p.detach().unsqueeze(0).repeat(n, *[1] * p.ndim).requires_grad_() for k, p in pi.named_parameters()}
 
 
-def act(params: dict[str, Tensor], z: Tensor, eps: Tensor, log_std_min: float = -5.0, log_std_max: float = 0.5
-        ) -> Tensor:
+def act(
+    params: dict[str, Tensor], z: Tensor, eps: Tensor, log_std_min: float = -5.0, log_std_max: float = 0.5
+) -> Tensor:
     """The policy prior with per-sample parameters: z (n, L), eps (n, A) -> a = tanh(mu + sigma eps) (n, A).
     Layers as :func:`pwm_core.nn.layers.mlp`: NormedLinear (Linear -> LayerNorm -> Mish), then Linear."""
     n_layers = len({k.split(".")[0] for k in params})
@@ -184,8 +220,14 @@ def act(params: dict[str, Tensor], z: Tensor, eps: Tensor, log_std_min: float = 
 
 
 # ------------------------------------------------------------------------------------ rollouts
-def true_rewards(sim: DoublePendulum, encoder: WorldModel, params: dict[str, Tensor], s0: Tensor, eps: Tensor,
-                 cfg: GradientVarianceConfig) -> Tensor:
+def true_rewards(
+    sim: DoublePendulum,
+    encoder: WorldModel,
+    params: dict[str, Tensor],
+    s0: Tensor,
+    eps: Tensor,
+    cfg: GradientVarianceConfig,
+) -> Tensor:
     """Normalised rewards (H, n) of the policy in the Warp simulator; a_t = pi(sg(h(o_t)))."""
     s, rewards = s0, []
     for e in eps:
@@ -196,8 +238,9 @@ def true_rewards(sim: DoublePendulum, encoder: WorldModel, params: dict[str, Ten
     return torch.stack(rewards) / cfg.reward_scale + 1
 
 
-def model_rewards(model: WorldModel, params: dict[str, Tensor], obs0: Tensor, eps: Tensor,
-                  cfg: GradientVarianceConfig) -> Tensor:
+def model_rewards(
+    model: WorldModel, params: dict[str, Tensor], obs0: Tensor, eps: Tensor, cfg: GradientVarianceConfig
+) -> Tensor:
     """Normalised imagined rewards (H, n): z_0 = h(o_0), a_t = pi(sg(z_t)), r_t = R(z_t, a_t),
     z_{t+1} = d(z_t, a_t)."""
     with torch.no_grad():
@@ -210,8 +253,9 @@ def model_rewards(model: WorldModel, params: dict[str, Tensor], obs0: Tensor, ep
     return torch.stack(rewards) / cfg.reward_scale + 1
 
 
-def gradient_statistics(rewards: Tensor, params: dict[str, Tensor], horizons: tuple[int, ...]
-                        ) -> dict[str, list[float | None]]:
+def gradient_statistics(
+    rewards: Tensor, params: dict[str, Tensor], horizons: tuple[int, ...]
+) -> dict[str, list[float | None]]:
     """For each H: the per-sample gradients of -sum_{t<H} r_t (rewards (T, n)) w.r.t. ``params``, then
     variance = mean_p var_i g_ip and ESNR = mean_p mean_i(g_ip)^2 / (var_i g_ip + 1e-9). Non-finite -> None."""
     cumulative = rewards.cumsum(0)
@@ -219,32 +263,41 @@ def gradient_statistics(rewards: Tensor, params: dict[str, Tensor], horizons: tu
     out: dict[str, list[float | None]] = {"variance": [], "esnr": [], "grad_norm": []}
     for H in horizons:
         grads = torch.autograd.grad(-cumulative[H - 1].sum(), leaves, retain_graph=True, allow_unused=True)
-        g = torch.cat([(gr if gr is not None else torch.zeros_like(p)).reshape(p.shape[0], -1).double()
-                       for gr, p in zip(grads, leaves)], dim=1)  # (n, P)
+        g = torch.cat(
+            [
+                (gr if gr is not None else torch.zeros_like(p)).reshape(p.shape[0], -1).double()
+                for gr, p in zip(grads, leaves)
+            ],
+            dim=1,
+        )  # (n, P)
         var = g.var(0, unbiased=True)
-        for key, value in (("variance", var.mean()), ("esnr", (g.mean(0).pow(2) / (var + ESNR_EPS)).mean()),
-                           ("grad_norm", g.norm(dim=1).mean())):
+        for key, value in (
+            ("variance", var.mean()),
+            ("esnr", (g.mean(0).pow(2) / (var + ESNR_EPS)).mean()),
+            ("grad_norm", g.norm(dim=1).mean()),
+        ):
             out[key].append(float(value) if torch.isfinite(value) else None)
     return out
 
 
 # ------------------------------------------------------------------------------------------ study
-def run_gradient_variance(cfg: GradientVarianceConfig, log: Callable[[str], None] | None = None,
-                          on_step: Callable[[], None] | None = None) -> dict[str, Any]:
+def run_gradient_variance(
+    cfg: GradientVarianceConfig, log: Callable[[str], None] | None = None, on_step: Callable[[], None] | None = None
+) -> dict[str, Any]:
     """The whole experiment; ``on_step`` is called after every world-model update (progress bars)."""
     with torch_threads(cfg.threads):
         return _run(cfg, log or (lambda message: None), on_step)
 
 
-def _run(cfg: GradientVarianceConfig, log: Callable[[str], None], on_step: Callable[[], None] | None
-         ) -> dict[str, Any]:
+def _run(cfg: GradientVarianceConfig, log: Callable[[str], None], on_step: Callable[[], None] | None) -> dict[str, Any]:
     if not cfg.horizons or min(cfg.horizons) < 1:
         raise PwmError(f"horizons must be positive, got {list(cfg.horizons)}")
     if cfg.samples < 2:
         raise PwmError(f"samples must be at least 2 to estimate a variance, got {cfg.samples}")
     if max(cfg.wm_horizons) > cfg.episode_length:
-        raise PwmError(f"a world-model horizon ({max(cfg.wm_horizons)}) exceeds the episode length "
-                       f"({cfg.episode_length})")
+        raise PwmError(
+            f"a world-model horizon ({max(cfg.wm_horizons)}) exceeds the episode length ({cfg.episode_length})"
+        )
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
     sim = DoublePendulum()
@@ -261,8 +314,10 @@ def _run(cfg: GradientVarianceConfig, log: Callable[[str], None], on_step: Calla
         models[f"wm-h{K}"], wm_metrics[f"wm-h{K}"] = train_world_model(mcfg, data, held_out, K, cfg, on_step)
         seconds[f"wm-h{K}"] = time.perf_counter() - t0
         m = wm_metrics[f"wm-h{K}"]
-        log(f"world model H={K}: {cfg.wm_steps} updates in {seconds[f'wm-h{K}']:.0f} s, held-out consistency "
-            f"{m['val_consistency']:.4f}, reward MAE {m['val_reward_mae']:.4f}")
+        log(
+            f"world model H={K}: {cfg.wm_steps} updates in {seconds[f'wm-h{K}']:.0f} s, held-out consistency "
+            f"{m['val_consistency']:.4f}, reward MAE {m['val_reward_mae']:.4f}"
+        )
 
     pi = policy_prior(cfg.latent_dim, cfg.mlp_dim, sim.act_dim, cfg.seed)
     s0 = sim.initial_state(cfg.samples, gen)
@@ -281,16 +336,25 @@ def _run(cfg: GradientVarianceConfig, log: Callable[[str], None], on_step: Calla
         seconds[f"{name}-gradients"] = time.perf_counter() - t0
     log(f"gradients: {cfg.samples} samples x {len(cfg.horizons)} horizons for {len(curves)} estimators")
     seconds["total"] = time.perf_counter() - t_start
-    return {"study": "gradient-variance", "config": to_dict(cfg), "horizons": list(cfg.horizons),
-            "policy_parameters": sum(p.numel() for p in pi.parameters()), "curves": curves,
-            "world_models": wm_metrics, "seconds": seconds}
+    return {
+        "study": "gradient-variance",
+        "config": to_dict(cfg),
+        "horizons": list(cfg.horizons),
+        "policy_parameters": sum(p.numel() for p in pi.parameters()),
+        "curves": curves,
+        "world_models": wm_metrics,
+        "seconds": seconds,
+    }
 
 
 def table_rows(results: dict[str, Any], max_rows: int = 10) -> list[dict[str, Any]]:
     """Variance and ESNR per estimator at up to ``max_rows`` horizons (evenly spread, first and last kept)."""
     horizons = results["horizons"]
-    idx = sorted({round(i * (len(horizons) - 1) / (max_rows - 1)) for i in range(max_rows)}) if len(
-        horizons) > max_rows else range(len(horizons))
+    idx = (
+        sorted({round(i * (len(horizons) - 1) / (max_rows - 1)) for i in range(max_rows)})
+        if len(horizons) > max_rows
+        else range(len(horizons))
+    )
     rows = []
     for i in idx:
         row: dict[str, Any] = {"H": horizons[i]}

@@ -17,6 +17,22 @@ from pwm_core.train.pretrain import (
     world_model_loss,
 )
 
-__all__ = ["ExtractConfig", "Extractor", "Policy", "PretrainConfig", "Pretrainer", "RunningScale", "held_out_metrics",
-           "latent_rollout", "model_config", "policy_loss", "read_checkpoint", "rho_weights", "split_episodes",
-           "td_targets", "world_model_loss", "load_policy", "save_policy"]
+__all__ = [
+    "ExtractConfig",
+    "Extractor",
+    "Policy",
+    "PretrainConfig",
+    "Pretrainer",
+    "RunningScale",
+    "held_out_metrics",
+    "latent_rollout",
+    "model_config",
+    "policy_loss",
+    "read_checkpoint",
+    "rho_weights",
+    "split_episodes",
+    "td_targets",
+    "world_model_loss",
+    "load_policy",
+    "save_policy",
+]

@@ -148,7 +148,7 @@ def all_reduce_gradients(params: Iterable[torch.nn.Parameter], bucket_bytes: int
         offset = 0
         for g in grads:
             n = g.numel()
-            g.copy_(flat[offset:offset + n].view_as(g))
+            g.copy_(flat[offset : offset + n].view_as(g))
             offset += n
 
 
@@ -169,8 +169,7 @@ def _buckets(params: list[torch.nn.Parameter], bucket_bytes: int) -> list[list[t
     for p in params:
         nbytes = p.numel() * p.element_size()
         last = buckets[-1] if buckets else None
-        if (last is None or size + nbytes > bucket_bytes or last[0].dtype != p.dtype
-                or last[0].device != p.device):
+        if last is None or size + nbytes > bucket_bytes or last[0].dtype != p.dtype or last[0].device != p.device:
             buckets.append([p])
             size = nbytes
         else:

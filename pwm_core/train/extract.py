@@ -50,8 +50,14 @@ from pwm_core.seeding import derived_seed, global_rng_state, set_global_rng_stat
 from pwm_core.tasks import TASKS
 from pwm_core.train import distributed
 from pwm_core.train.optim import adam
-from pwm_core.train.returns import (RET_RMS_EPS, RunningMeanStd, discounted_return, linear_lr, one_step_targets,
-                                    td_lambda_targets)
+from pwm_core.train.returns import (
+    RET_RMS_EPS,
+    RunningMeanStd,
+    discounted_return,
+    linear_lr,
+    one_step_targets,
+    td_lambda_targets,
+)
 
 
 CHECKPOINT_FORMAT = "pwm-extract-checkpoint"
@@ -120,8 +126,9 @@ class ExtractConfig:
 
 
 # ----------------------------------------------------------------------------------- pure math
-def critic_minibatches(z: Tensor, targets: Tensor, n_batches: int, shuffle: bool = False,
-                       generator: torch.Generator | None = None) -> list[tuple[Tensor, Tensor]]:
+def critic_minibatches(
+    z: Tensor, targets: Tensor, n_batches: int, shuffle: bool = False, generator: torch.Generator | None = None
+) -> list[tuple[Tensor, Tensor]]:
     """The official ``CriticDataset``: z (H, B, L) and targets (H, B) flattened time-major to H*B rows,
     rows whose latent has a NaN dropped, then contiguous slices of H*B // n_batches rows (the size is
     fixed before dropping, so the last slice may be short). Unshuffled, batch k holds time steps
@@ -135,7 +142,7 @@ def critic_minibatches(z: Tensor, targets: Tensor, n_batches: int, shuffle: bool
     if shuffle:
         perm = torch.randperm(targets.shape[0], generator=generator, device=targets.device)
         z, targets = z[perm], targets[perm]
-    return [(z[i:i + size], targets[i:i + size]) for i in range(0, targets.shape[0], size)]
+    return [(z[i : i + size], targets[i : i + size]) for i in range(0, targets.shape[0], size)]
 
 
 # ---------------------------------------------------------------------------- imagined rollout
@@ -145,8 +152,17 @@ class Rollout(NamedTuple):
     next_value: Tensor  # (H, B) min_k V_k(z_{t+1}); [-1] carries the bootstrap's gradient
 
 
-def imagine(world_model: WorldModel, actor: Actor, critic: CriticEnsemble, z0: Tensor, task: Tensor,
-            horizon: int, eps: Tensor | None = None, mask: Tensor | None = None, detach: bool = True) -> Rollout:
+def imagine(
+    world_model: WorldModel,
+    actor: Actor,
+    critic: CriticEnsemble,
+    z0: Tensor,
+    task: Tensor,
+    horizon: int,
+    eps: Tensor | None = None,
+    mask: Tensor | None = None,
+    detach: bool = True,
+) -> Rollout:
     """Roll the actor through the world model for ``horizon`` steps from z0 (B, L)
     (docs/algorithm.md#extraction-imagined-rollout-and-actor-loss).
 
@@ -193,8 +209,14 @@ class Extractor:
     (moved to the device, switched to eval mode and frozen in place), ``task_row``, ``task_name``.
     """
 
-    def __init__(self, cfg: ExtractConfig, world_model: WorldModel, task_row: int,
-                 start_states: Callable[[], Tensor] | StartStates, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ExtractConfig,
+        world_model: WorldModel,
+        task_row: int,
+        start_states: Callable[[], Tensor] | StartStates,
+        device: str | torch.device | None = None,
+    ) -> None:
         validate_config(cfg)
         mcfg = world_model.cfg
         if not 0 <= int(task_row) < mcfg.n_tasks:
@@ -211,8 +233,9 @@ class Extractor:
         # Actor and critics from their own seed, leaving torch's global generator untouched
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(cfg.seed)
-            self.actor = Actor(mcfg.latent_dim, mcfg.act_dim, cfg.actor_units, cfg.init_logstd,
-                               cfg.min_logstd).to(self.device)
+            self.actor = Actor(mcfg.latent_dim, mcfg.act_dim, cfg.actor_units, cfg.init_logstd, cfg.min_logstd).to(
+                self.device
+            )
             self.critic = CriticEnsemble(mcfg.latent_dim, cfg.num_critics, cfg.critic_units).to(self.device)
         self.actor_optim = adam(self.actor.parameters(), lr=cfg.actor_lr, betas=cfg.betas)
         self.critic_optim = adam(self.critic.parameters(), lr=cfg.critic_lr, betas=cfg.betas)
@@ -228,7 +251,7 @@ class Extractor:
             first = self._checked(batch.obs[0])
         else:
             first = self._start_obs()
-        self.return_obs = first[:cfg.return_states].clone()
+        self.return_obs = first[: cfg.return_states].clone()
         self._rollout = torch.compile(imagine) if cfg.compile else imagine
 
     # ------------------------------------------------------------------------------- training
@@ -250,12 +273,12 @@ class Extractor:
 
         # 1. Imagined rollout from B start states of this task (obs[0] of the windows only)
         obs = self._start_obs()
-        eps = torch.randn(H, obs.shape[0], self.world_model.cfg.act_dim, generator=self.generator,
-                          device=self.device)
+        eps = torch.randn(H, obs.shape[0], self.world_model.cfg.act_dim, generator=self.generator, device=self.device)
         with self._autocast():
             z0 = self.world_model.encode(obs, self._task)
-            roll = self._rollout(self.world_model, self.actor, self.critic, z0, self._task, H, eps,
-                                 self._mask, cfg.detach)
+            roll = self._rollout(
+                self.world_model, self.actor, self.critic, z0, self._task, H, eps, self._mask, cfg.detach
+            )
         self._check_values(roll.next_value)
 
         # 2. Actor: one step on the imagined return; 3-4. critic targets, then critic regression
@@ -268,10 +291,14 @@ class Extractor:
         value_loss, critic_grad_norm = self.critic_update(roll.z, targets)
 
         self.step_count += 1
-        out = {"actor_loss": actor_loss.detach(), "value_loss": value_loss,
-               "actor_grad_norm": actor_grad_norm, "critic_grad_norm": critic_grad_norm,
-               "imagined_reward": reward.mean(),
-               "ret_std": torch.sqrt(self.ret_rms.var + RET_RMS_EPS) if cfg.ret_rms else torch.tensor(float(H))}
+        out = {
+            "actor_loss": actor_loss.detach(),
+            "value_loss": value_loss,
+            "actor_grad_norm": actor_grad_norm,
+            "critic_grad_norm": critic_grad_norm,
+            "imagined_reward": reward.mean(),
+            "ret_std": torch.sqrt(self.ret_rms.var + RET_RMS_EPS) if cfg.ret_rms else torch.tensor(float(H)),
+        }
         n, every = self.step_count, cfg.model_return_every
         if every and (n == 1 or n % every == 0 or n == cfg.steps):
             out["model_return"] = self._model_return()
@@ -296,8 +323,10 @@ class Extractor:
         actor_loss.backward()
         grad_norm = clip_grad_norm_(self.actor.parameters(), self.cfg.actor_grad_clip)
         if torch.isnan(grad_norm):
-            raise PwmError(f"NaN actor gradient at update {self.step_count}: the imagined rollout diverged; "
-                           "lower actor_lr or check the world model")
+            raise PwmError(
+                f"NaN actor gradient at update {self.step_count}: the imagined rollout diverged; "
+                "lower actor_lr or check the world model"
+            )
         self.actor_optim.step()
         return actor_loss, grad_norm
 
@@ -343,8 +372,7 @@ class Extractor:
     def _model_return(self) -> Tensor:
         with self._autocast():
             z0 = self.world_model.encode(self.return_obs, self._task)
-            roll = imagine(self.world_model, self.actor, self.critic, z0, self._task, self.cfg.horizon,
-                           mask=self._mask)
+            roll = imagine(self.world_model, self.actor, self.critic, z0, self._task, self.cfg.horizon, mask=self._mask)
         return discounted_return(roll.reward, roll.next_value[-1], self.cfg.gamma, self.cfg.bootstrap).mean()
 
     @torch.no_grad()
@@ -373,22 +401,34 @@ class Extractor:
         """Everything a resumed run needs to continue bitwise (tensors and plain data)."""
         sampler = getattr(self._sampler, "generator", None)
         return {
-            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": self.step_count,
-            "config": self.cfg.to_dict(), "model_config": self.world_model.cfg.to_dict(),
-            "task_row": self.task_row, "task": self.task_name,
-            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-            "actor_optim": self.actor_optim.state_dict(), "critic_optim": self.critic_optim.state_dict(),
-            "ret_rms": self.ret_rms.state_dict(), "return_obs": self.return_obs.cpu(),
-            "rng": {**global_rng_state(), "device_type": self.device.type,
-                    "generator": self.generator.get_state(),
-                    "sampler": sampler.get_state() if sampler is not None else torch.empty(0, dtype=torch.uint8)},
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "step": self.step_count,
+            "config": self.cfg.to_dict(),
+            "model_config": self.world_model.cfg.to_dict(),
+            "task_row": self.task_row,
+            "task": self.task_name,
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "actor_optim": self.actor_optim.state_dict(),
+            "critic_optim": self.critic_optim.state_dict(),
+            "ret_rms": self.ret_rms.state_dict(),
+            "return_obs": self.return_obs.cpu(),
+            "rng": {
+                **global_rng_state(),
+                "device_type": self.device.type,
+                "generator": self.generator.get_state(),
+                "sampler": sampler.get_state() if sampler is not None else torch.empty(0, dtype=torch.uint8),
+            },
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (same world-model config and task; the config may differ)."""
         if sd["model_config"] != self.world_model.cfg.to_dict() or sd["task_row"] != self.task_row:
-            raise PwmError(f"the checkpoint extracts task {sd['task']!r} (row {sd['task_row']}) of another "
-                           f"world model; this extractor has {self.task_name!r} (row {self.task_row})")
+            raise PwmError(
+                f"the checkpoint extracts task {sd['task']!r} (row {sd['task_row']}) of another "
+                f"world model; this extractor has {self.task_name!r} (row {self.task_row})"
+            )
         self.actor.load_state_dict(sd["actor"])
         self.critic.load_state_dict(sd["critic"])
         self.actor_optim.load_state_dict(sd["actor_optim"])
@@ -424,20 +464,26 @@ class Extractor:
     def _checked(self, obs: Tensor) -> Tensor:
         want = (self.cfg.batch_size, self.world_model.cfg.obs_dim)
         if tuple(obs.shape) != want:
-            raise PwmError(f"start states of shape {tuple(obs.shape)}, expected {want} "
-                           "(batch_size x the world model's padded obs dim)")
+            raise PwmError(
+                f"start states of shape {tuple(obs.shape)}, expected {want} "
+                "(batch_size x the world model's padded obs dim)"
+            )
         return obs.to(self.device, torch.float32)
 
     def _check_task(self, task_ids: Tensor) -> None:
         spec = TASKS.get(self.task_name)
         if spec is not None and bool((task_ids != spec.id).any()):
-            raise PwmError(f"the start-state sampler yields windows of other tasks than {self.task_name!r}; "
-                           "build it with tasks=[that task] (see start_state_sampler)")
+            raise PwmError(
+                f"the start-state sampler yields windows of other tasks than {self.task_name!r}; "
+                "build it with tasks=[that task] (see start_state_sampler)"
+            )
 
     def _check_values(self, values: Tensor) -> None:
         if bool((values.abs() > MAX_ABS_VALUE).any()):
-            raise PwmError(f"an imagined value exceeds {MAX_ABS_VALUE:g} at update {self.step_count}: the "
-                           "critic diverged; lower critic_lr or check the world model")
+            raise PwmError(
+                f"an imagined value exceeds {MAX_ABS_VALUE:g} at update {self.step_count}: the "
+                "critic diverged; lower critic_lr or check the world model"
+            )
 
     def _autocast(self):
         if self.cfg.amp == "bf16":
@@ -445,8 +491,13 @@ class Extractor:
         return nullcontext()
 
 
-def start_state_sampler(datasets: Sequence[EpisodeDataset], world_model: WorldModel, task_row: int,
-                        cfg: ExtractConfig, device: str | torch.device | None = None) -> WindowSampler:
+def start_state_sampler(
+    datasets: Sequence[EpisodeDataset],
+    world_model: WorldModel,
+    task_row: int,
+    cfg: ExtractConfig,
+    device: str | torch.device | None = None,
+) -> WindowSampler:
     """Windows of H+1 rows of the task at ``task_row`` only, padded to the world model's dims; their obs[0]
     are the start states. The official buffer draws 17-step slices the same way, from a bootstrap
     resample of (at most 24,000) episodes; here every stored episode is used as it is."""
@@ -454,9 +505,16 @@ def start_state_sampler(datasets: Sequence[EpisodeDataset], world_model: WorldMo
     if name not in TASKS:
         raise PwmError(f"task {name!r} of the world model is not a known task: cannot select its episodes")
     mcfg = world_model.cfg
-    return WindowSampler(datasets, cfg.horizon, cfg.batch_size, tasks=[TASKS[name].id], seed=cfg.seed,
-                         device=distributed.resolve_device(cfg.device if device is None else device),
-                         obs_dim=mcfg.obs_dim, act_dim=mcfg.act_dim)
+    return WindowSampler(
+        datasets,
+        cfg.horizon,
+        cfg.batch_size,
+        tasks=[TASKS[name].id],
+        seed=cfg.seed,
+        device=distributed.resolve_device(cfg.device if device is None else device),
+        obs_dim=mcfg.obs_dim,
+        act_dim=mcfg.act_dim,
+    )
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -474,10 +532,22 @@ def validate_config(cfg: ExtractConfig) -> None:
         raise ConfigError(f"critic_target: {cfg.critic_target!r} is not one of ['one-step', 'td-lambda']")
     if cfg.bootstrap not in ("gamma-h1", "gamma-h"):
         raise ConfigError(f"bootstrap: {cfg.bootstrap!r} is not one of ['gamma-h1', 'gamma-h']")
-    if min(cfg.steps, cfg.batch_size, cfg.horizon, cfg.critic_iterations, cfg.critic_batches, cfg.num_critics,
-           cfg.return_states) < 1:
-        raise ConfigError("steps, batch_size, horizon, critic_iterations, critic_batches, num_critics and "
-                          "return_states must all be >= 1")
+    if (
+        min(
+            cfg.steps,
+            cfg.batch_size,
+            cfg.horizon,
+            cfg.critic_iterations,
+            cfg.critic_batches,
+            cfg.num_critics,
+            cfg.return_states,
+        )
+        < 1
+    ):
+        raise ConfigError(
+            "steps, batch_size, horizon, critic_iterations, critic_batches, num_critics and "
+            "return_states must all be >= 1"
+        )
     if cfg.critic_warmup < 0:
         raise ConfigError(f"critic_warmup must be >= 0, got {cfg.critic_warmup}")
     if cfg.keep not in ("last", "best"):
@@ -485,8 +555,10 @@ def validate_config(cfg: ExtractConfig) -> None:
     if cfg.model_return_every < 0:
         raise ConfigError(f"model_return_every must be >= 0 (0: never), got {cfg.model_return_every}")
     if cfg.critic_batches > cfg.batch_size * cfg.horizon:
-        raise ConfigError(f"critic_batches {cfg.critic_batches} > batch_size x horizon "
-                          f"({cfg.batch_size * cfg.horizon} critic samples per update)")
+        raise ConfigError(
+            f"critic_batches {cfg.critic_batches} > batch_size x horizon "
+            f"({cfg.batch_size * cfg.horizon} critic samples per update)"
+        )
 
 
 # ------------------------------------------------------------------------------------- recipes

@@ -100,11 +100,21 @@ class Finetuner:
     ``replay``: the folder of the online episode dataset (created when absent, reopened on resume).
     """
 
-    def __init__(self, cfg: FinetuneConfig, wm_cfg: PretrainConfig, ex_cfg: ExtractConfig, world_model: WorldModel,
-                 policy: Policy, task: str, offline: Sequence[EpisodeDataset], replay: str | os.PathLike) -> None:
+    def __init__(
+        self,
+        cfg: FinetuneConfig,
+        wm_cfg: PretrainConfig,
+        ex_cfg: ExtractConfig,
+        world_model: WorldModel,
+        policy: Policy,
+        task: str,
+        offline: Sequence[EpisodeDataset],
+        replay: str | os.PathLike,
+    ) -> None:
         if task not in world_model.cfg.task_names:
-            raise PwmError(f"the world model was not trained on {task}; its tasks: "
-                           f"{', '.join(world_model.cfg.task_names)}")
+            raise PwmError(
+                f"the world model was not trained on {task}; its tasks: {', '.join(world_model.cfg.task_names)}"
+            )
         if policy.config["task"] != task:
             raise PwmError(f"the policy acts on {policy.config['task']}, not {task}")
         if task not in TASKS:
@@ -116,8 +126,9 @@ class Finetuner:
         self.offline = list(offline)
         self.replay_path = Path(replay)
         if not (self.replay_path / "zarr.json").exists():
-            EpisodeWriter.create(self.replay_path, resolve_tasks(task), provenance={
-                "source": "pwmctl finetune", "seed": cfg.seed}).close()
+            EpisodeWriter.create(
+                self.replay_path, resolve_tasks(task), provenance={"source": "pwmctl finetune", "seed": cfg.seed}
+            ).close()
         else:
             fsck(self.replay_path, repair=True)  # an interrupted append leaves an uncommitted tail
         self.round = 0
@@ -131,15 +142,24 @@ class Finetuner:
             raise PwmError(f"no episode of {task} to start from: give the datasets the policy was extracted from")
 
         # The extractor shares the model; it freezes it in place, we unfreeze it for model updates
-        ex_cfg = ExtractConfig.from_dict({**ex_cfg.to_dict(), "batch_size": cfg.policy_batch_size,
-                                          "steps": self.total_updates, "device": str(self.device)})
+        ex_cfg = ExtractConfig.from_dict(
+            {
+                **ex_cfg.to_dict(),
+                "batch_size": cfg.policy_batch_size,
+                "steps": self.total_updates,
+                "device": str(self.device),
+            }
+        )
         self.extractor = Extractor(ex_cfg, self.model, self.row, self._start_states)
-        self.extractor.actor.load_state_dict({k.removeprefix("actor."): v for k, v in policy.state_dict().items()
-                                              if k.startswith("actor.")})
-        self.extractor.critic.load_state_dict({k.removeprefix("critic."): v for k, v in policy.state_dict().items()
-                                               if k.startswith("critic.")})
-        self.extractor.ret_rms.load_state_dict({"mean": policy.ret_rms_mean, "var": policy.ret_rms_var,
-                                                "count": policy.ret_rms_count})
+        self.extractor.actor.load_state_dict(
+            {k.removeprefix("actor."): v for k, v in policy.state_dict().items() if k.startswith("actor.")}
+        )
+        self.extractor.critic.load_state_dict(
+            {k.removeprefix("critic."): v for k, v in policy.state_dict().items() if k.startswith("critic.")}
+        )
+        self.extractor.ret_rms.load_state_dict(
+            {"mean": policy.ret_rms_mean, "var": policy.ret_rms_var, "count": policy.ret_rms_count}
+        )
         wm_cfg = PretrainConfig.from_dict({**wm_cfg.to_dict(), "batch_size": cfg.wm_batch_size})
         self.wm_cfg = wm_cfg
         self.model.requires_grad_(True)
@@ -175,8 +195,11 @@ class Finetuner:
             result = self.collect(self.workers)
             self.last_round = result
             self.pending = self.cfg.updates_per_episode * len(result.episodes)
-            extra = {"explore_return": sum(e.ret for e in result.episodes) / max(len(result.episodes), 1),
-                     "env_steps": float(self.env_steps), "round": float(self.round)}
+            extra = {
+                "explore_return": sum(e.ret for e in result.episodes) / max(len(result.episodes), 1),
+                "env_steps": float(self.env_steps),
+                "round": float(self.round),
+            }
             if self.pending == 0:  # interrupted before an episode finished: nothing to learn from yet
                 return extra
         self.pending -= 1
@@ -193,7 +216,7 @@ class Finetuner:
 
         def behaviour(obs: np.ndarray, specs: list[TaskSpec]) -> np.ndarray:
             x = torch.zeros(len(obs), O, device=self.device)
-            x[:, :obs.shape[1]] = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+            x[:, : obs.shape[1]] = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
             with torch.no_grad():
                 z = self.model.encode(x, self.extractor._task)
                 eps = torch.randn(len(obs), self.model.cfg.act_dim, generator=generator, device=self.device)
@@ -202,8 +225,9 @@ class Finetuner:
 
         writer = EpisodeWriter.open(self.replay_path)
         try:
-            result = run_collect(writer, {self.task: n}, writer.task_set, behaviour, seed=seed, workers=workers,
-                                 on_episode=on_episode)
+            result = run_collect(
+                writer, {self.task: n}, writer.task_set, behaviour, seed=seed, workers=workers, on_episode=on_episode
+            )
         finally:
             writer.close()
         self.round += 1
@@ -220,8 +244,17 @@ class Finetuner:
         self.model.requires_grad_(True)
         try:
             with use_kernels(self.wm_cfg.kernels):  # the world model's own recipe, as in pre-training
-                wm = update_world_model(self.model, self.optim, self.pi_optim, self.scale, batch.obs, batch.action,
-                                        batch.reward, task, self.wm_cfg)
+                wm = update_world_model(
+                    self.model,
+                    self.optim,
+                    self.pi_optim,
+                    self.scale,
+                    batch.obs,
+                    batch.action,
+                    batch.reward,
+                    task,
+                    self.wm_cfg,
+                )
         finally:
             self.model.requires_grad_(False)
         pol = self.extractor.step()
@@ -230,14 +263,22 @@ class Finetuner:
 
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "round": self.round,
-                "updates": self.updates, "pending": self.pending,
-                "replay_episodes": open_dataset(self.replay_path).num_episodes, "config": self.cfg.to_dict(),
-                "model": self.model.state_dict(),
-                "optim": self.optim.state_dict(), "pi_optim": self.pi_optim.state_dict(),
-                "scale": self.scale.state_dict(), "extractor": self.extractor.state_dict(),
-                "samplers": [s.get_state() for s in (self.sampler, self.policy_sampler)
-                             if s is not None], "rng": global_rng_state()}
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "round": self.round,
+            "updates": self.updates,
+            "pending": self.pending,
+            "replay_episodes": open_dataset(self.replay_path).num_episodes,
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "optim": self.optim.state_dict(),
+            "pi_optim": self.pi_optim.state_dict(),
+            "scale": self.scale.state_dict(),
+            "extractor": self.extractor.state_dict(),
+            "samplers": [s.get_state() for s in (self.sampler, self.policy_sampler) if s is not None],
+            "rng": global_rng_state(),
+        }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.model.load_state_dict(sd["model"])
@@ -285,9 +326,16 @@ class Finetuner:
         sampler_cls = choose_sampler(2 * in_ram_nbytes(datasets, tasks=[self.spec.id], obs_dim=O, act_dim=A), budget)
 
         def sampler(batch_size: int, stream: int) -> WindowSampler | OutOfCoreSampler:
-            return sampler_cls(datasets, H, batch_size, tasks=[self.spec.id],
-                               seed=derived_seed(self.cfg.seed, stream, self.round), device=self.device,
-                               obs_dim=O, act_dim=A)
+            return sampler_cls(
+                datasets,
+                H,
+                batch_size,
+                tasks=[self.spec.id],
+                seed=derived_seed(self.cfg.seed, stream, self.round),
+                device=self.device,
+                obs_dim=O,
+                act_dim=A,
+            )
 
         self.sampler = sampler(self.cfg.wm_batch_size, 2)
         self.policy_sampler = sampler(self.cfg.policy_batch_size, 3)

@@ -81,9 +81,16 @@ class Loop:
     more than one per call, e.g. env steps); ``total`` is shown by progress callbacks.
     """
 
-    def __init__(self, step: Callable[[], dict[str, float]], position: Callable[[], int], total: int | None,
-                 callbacks: Sequence[Callback] = (), done: Callable[[], bool] | None = None,
-                 handle_signals: bool = True, agree: Callable[[bool], bool] | None = None) -> None:
+    def __init__(
+        self,
+        step: Callable[[], dict[str, float]],
+        position: Callable[[], int],
+        total: int | None,
+        callbacks: Sequence[Callback] = (),
+        done: Callable[[], bool] | None = None,
+        handle_signals: bool = True,
+        agree: Callable[[bool], bool] | None = None,
+    ) -> None:
         """``agree(flag)``: under data parallelism, True on every rank when any rank's flag is True
         (:func:`pwm_core.train.distributed.any_rank`), so all ranks stop after the same step."""
         if done is None and total is None:
@@ -147,8 +154,9 @@ class Checkpoint(Callback):
     """``save()`` every ``every_steps`` steps (0: never by count), every ``every_s`` seconds of wall time
     (0: never by time), at an interruption and, with ``at_end``, when the loop finishes."""
 
-    def __init__(self, save: Callable[[], None], every_steps: int = 0, every_s: float = CHECKPOINT_EVERY_S,
-                 at_end: bool = True) -> None:
+    def __init__(
+        self, save: Callable[[], None], every_steps: int = 0, every_s: float = CHECKPOINT_EVERY_S, at_end: bool = True
+    ) -> None:
         self.save, self.every_steps, self.every_s, self.at_end = save, every_steps, every_s, at_end
         self._last = time.monotonic()
         self.saves = 0
@@ -179,8 +187,14 @@ class Every(Callback):
     """Run ``fn()`` every ``n`` steps (0: never) and, with ``at_end``, after the last step; its dict of
     metrics is merged into the step's (under ``prefix``) and passed to ``then`` (e.g. a log line)."""
 
-    def __init__(self, n: int, fn: Callable[[], dict[str, float]], prefix: str = "", at_end: bool = True,
-                 then: Callable[[LoopState, dict[str, float]], None] | None = None) -> None:
+    def __init__(
+        self,
+        n: int,
+        fn: Callable[[], dict[str, float]],
+        prefix: str = "",
+        at_end: bool = True,
+        then: Callable[[LoopState, dict[str, float]], None] | None = None,
+    ) -> None:
         self.n, self.fn, self.prefix, self.at_end, self.then = n, fn, prefix, at_end, then
         self.last: dict[str, float] | None = None
 
@@ -213,8 +227,14 @@ class TimeBudget(Callback):
     first planned, calling ``set_total(n)`` on each change. Put it first: callbacks that act "at the last
     step" then see the fitted total."""
 
-    def __init__(self, seconds: float, set_total: Callable[[int], None] | None = None,
-                 fit_at: Sequence[float] = (0.1, 0.3, 0.6), warmup: float = 0.03, min_steps: int = 3) -> None:
+    def __init__(
+        self,
+        seconds: float,
+        set_total: Callable[[int], None] | None = None,
+        fit_at: Sequence[float] = (0.1, 0.3, 0.6),
+        warmup: float = 0.03,
+        min_steps: int = 3,
+    ) -> None:
         self.seconds, self.set_total, self.min_steps = seconds, set_total, min_steps
         self.fit_at, self.warmup = sorted(fit_at), warmup
         self.fitted: int | None = None  # the total after the last fit
@@ -235,9 +255,13 @@ class TimeBudget(Callback):
         warm = elapsed >= self.warmup * self.seconds and state.step - self._start >= self.min_steps
         if self._mark is None and warm:
             self._mark = (now, state.step)
-        if (self._mark is not None and self._planned is not None and self._next < len(self.fit_at)
-                and elapsed >= self.fit_at[self._next] * self.seconds
-                and state.step - self._mark[1] >= self.min_steps):
+        if (
+            self._mark is not None
+            and self._planned is not None
+            and self._next < len(self.fit_at)
+            and elapsed >= self.fit_at[self._next] * self.seconds
+            and state.step - self._mark[1] >= self.min_steps
+        ):
             self._next += 1
             rate = (state.step - self._mark[1]) / max(now - self._mark[0], 1e-9)
             fits = min(state.step + int(rate * max(self.seconds - elapsed, 0.0)), self._planned)
@@ -332,8 +356,9 @@ class MetricsSink(Callback, ABC):
 class JsonlMetrics(MetricsSink):
     """One JSON line per logged step, ``{"<step_key>": n, ...}``, flushed at once (``tail -f`` shows it)."""
 
-    def __init__(self, path: str | os.PathLike, every: int = 1, step_key: str = "step",
-                 rate_key: str = "steps_per_s") -> None:
+    def __init__(
+        self, path: str | os.PathLike, every: int = 1, step_key: str = "step", rate_key: str = "steps_per_s"
+    ) -> None:
         super().__init__(every, rate_key)
         self.path, self.step_key = Path(path), step_key
 
@@ -361,8 +386,10 @@ class TensorBoardMetrics(MetricsSink):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:  # torch's writer needs the tensorboard package
-            raise LoggerUnavailable("TensorBoard logging needs the tensorboard package: "
-                                    "pip install 'pwmctl[tensorboard]' (or pip install tensorboard)") from e
+            raise LoggerUnavailable(
+                "TensorBoard logging needs the tensorboard package: "
+                "pip install 'pwmctl[tensorboard]' (or pip install tensorboard)"
+            ) from e
         self.writer = SummaryWriter(str(logdir), flush_secs=10)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
@@ -379,8 +406,9 @@ class WandbMetrics(MetricsSink):
     """Weights & Biases (``pip install wandb``); offline unless ``WANDB_MODE`` says otherwise, files in
     ``dir``. ``wandb sync`` uploads an offline run later."""
 
-    def __init__(self, dir: str | os.PathLike, name: str, config: dict[str, Any], every: int = 1,
-                 rate_key: str = "steps_per_s") -> None:
+    def __init__(
+        self, dir: str | os.PathLike, name: str, config: dict[str, Any], every: int = 1, rate_key: str = "steps_per_s"
+    ) -> None:
         super().__init__(every, rate_key)
         try:
             import wandb
@@ -429,16 +457,34 @@ class RunStatus(Callback):
 
     def _write(self, state: LoopState, status: str) -> None:
         self._last = time.monotonic()
-        doc = {"command": self.command, "state": status, "step": state.step, "total": state.total,
-               "pid": os.getpid(), "updated": time.time(), "elapsed_s": round(state.elapsed, 1),
-               "steps_per_s": state.steps_per_s, "metrics": self._seen}
+        doc = {
+            "command": self.command,
+            "state": status,
+            "step": state.step,
+            "total": state.total,
+            "pid": os.getpid(),
+            "updated": time.time(),
+            "elapsed_s": round(state.elapsed, 1),
+            "steps_per_s": state.steps_per_s,
+            "metrics": self._seen,
+        }
         write_status(self.path.parent, doc)
 
 
-def run_callbacks(run: str | os.PathLike, command: str, save: Callable[[], None] | None = None, *,
-                  checkpoint_every: int = 0, checkpoint_every_s: float = CHECKPOINT_EVERY_S, log_every: int = 1,
-                  loggers: Sequence[str] = ("jsonl",), name: str | None = None, config: dict | None = None,
-                  step_key: str = "step", rate_key: str = "steps_per_s") -> list[Callback]:
+def run_callbacks(
+    run: str | os.PathLike,
+    command: str,
+    save: Callable[[], None] | None = None,
+    *,
+    checkpoint_every: int = 0,
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+    log_every: int = 1,
+    loggers: Sequence[str] = ("jsonl",),
+    name: str | None = None,
+    config: dict | None = None,
+    step_key: str = "step",
+    rate_key: str = "steps_per_s",
+) -> list[Callback]:
     """The callbacks every pwmctl run has: ``status.json``, the metrics sinks named in ``loggers``
     (jsonl always; tensorboard and wandb write under ``run``/tb and ``run``/wandb) and, given ``save``,
     checkpoints by steps, by wall time and at an interruption. Raises :class:`LoggerUnavailable` when a

@@ -119,8 +119,9 @@ def latent_rollout(model: WorldModel, z0: Tensor, action: Tensor, task: Tensor) 
     return torch.stack(imagine(model, z0, task, action.shape[0], lambda t, z: action[t]).z)
 
 
-def world_model_loss(model: WorldModel, obs: Tensor, action: Tensor, reward: Tensor, task: Tensor,
-                     cfg: PretrainConfig) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+def world_model_loss(
+    model: WorldModel, obs: Tensor, action: Tensor, reward: Tensor, task: Tensor, cfg: PretrainConfig
+) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     """TD-MPC2's world-model objective (docs/algorithm.md#pre-training-the-td-mpc2-objective).
 
     obs: (H+1, B, O); action: (H, B, A) (action[t] leads from obs[t] to obs[t+1]); reward: (H, B)
@@ -155,13 +156,23 @@ def world_model_loss(model: WorldModel, obs: Tensor, action: Tensor, reward: Ten
     value_loss = (rho * value_ce.view(num_q, H, B).mean(2)).sum() / (H * num_q)
 
     loss = cfg.consistency_coef * consistency + cfg.reward_coef * reward_loss + cfg.value_coef * value_loss
-    metrics = {"loss": loss.detach(), "consistency": consistency.detach(),
-               "reward_ce": reward_loss.detach(), "value_ce": value_loss.detach()}
+    metrics = {
+        "loss": loss.detach(),
+        "consistency": consistency.detach(),
+        "reward_ce": reward_loss.detach(),
+        "value_ce": value_loss.detach(),
+    }
     return loss, metrics, zs
 
 
-def policy_loss(model: WorldModel, zs: Tensor, task: Tensor, scale: RunningScale, cfg: PretrainConfig,
-                gather: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+def policy_loss(
+    model: WorldModel,
+    zs: Tensor,
+    task: Tensor,
+    scale: RunningScale,
+    cfg: PretrainConfig,
+    gather: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """TD-MPC2's policy-prior loss on detached latents zs (T, B, L), task (B,) embedding rows.
 
     L_pi = mean_t rho^t * mean_b -(entropy_coef * scaled_entropy + Q(z, pi(z)) / S), Q = mean of
@@ -174,13 +185,17 @@ def policy_loss(model: WorldModel, zs: Tensor, task: Tensor, scale: RunningScale
     scale.update(q[0] if gather is None else gather(q[0].detach()))
     entropy = info["scaled_entropy"].view(T, B).float()
     loss = (-(cfg.entropy_coef * entropy + scale(q)).mean(1) * rho_weights(T, cfg.rho, zs.device)).mean()
-    return loss, {"pi_loss": loss.detach(), "pi_entropy": entropy.mean().detach(),
-                  "pi_scale": scale.value.detach().clone()}
+    return loss, {
+        "pi_loss": loss.detach(),
+        "pi_entropy": entropy.mean().detach(),
+        "pi_scale": scale.value.detach().clone(),
+    }
 
 
 @torch.no_grad()
-def held_out_metrics(model: WorldModel, obs: Tensor, action: Tensor, reward: Tensor, task: Tensor,
-                     cfg: PretrainConfig) -> dict[str, Tensor]:
+def held_out_metrics(
+    model: WorldModel, obs: Tensor, action: Tensor, reward: Tensor, task: Tensor, cfg: PretrainConfig
+) -> dict[str, Tensor]:
     """Open-loop prediction errors on held-out windows (shapes as :func:`world_model_loss`).
 
     consistency: (1/H) sum_t rho^t MSE(z_{t+1}, h(o_{t+1})), the training term; reward_ce likewise;
@@ -195,29 +210,45 @@ def held_out_metrics(model: WorldModel, obs: Tensor, action: Tensor, reward: Ten
     logits = model.reward(zs[:-1], action, task).float()
     reward_ce = soft_ce(logits, reward, mcfg.num_bins, mcfg.vmin, mcfg.vmax).view(H, B).mean(1)
     reward_hat = two_hot_inv(logits, mcfg.vmin, mcfg.vmax).view(H, B)
-    return {"consistency": (rho * mse).mean(), "reward_ce": (rho * reward_ce).mean(),
-            "reward_mae": (reward_hat - reward).abs().mean()}
+    return {
+        "consistency": (rho * mse).mean(),
+        "reward_ce": (rho * reward_ce).mean(),
+        "reward_mae": (reward_hat - reward).abs().mean(),
+    }
 
 
 def make_optimizers(model: WorldModel, cfg: PretrainConfig) -> tuple[torch.optim.Adam, torch.optim.Adam]:
     """TD-MPC2's two optimisers: the world model (encoder at lr x enc_lr_scale) and the policy prior
     (its own lr, eps 1e-5). Every trainable parameter is in exactly one of them."""
-    optim = adam([
-        {"params": model._encoder.parameters(), "lr": cfg.lr * cfg.enc_lr_scale},
-        {"params": model._dynamics.parameters()},
-        {"params": model._reward.parameters()},
-        {"params": model._Qs.parameters()},
-        {"params": model._task_emb.parameters()},
-    ], lr=cfg.lr)
+    optim = adam(
+        [
+            {"params": model._encoder.parameters(), "lr": cfg.lr * cfg.enc_lr_scale},
+            {"params": model._dynamics.parameters()},
+            {"params": model._reward.parameters()},
+            {"params": model._Qs.parameters()},
+            {"params": model._task_emb.parameters()},
+        ],
+        lr=cfg.lr,
+    )
     pi_optim = adam(model._pi.parameters(), lr=cfg.pi_lr, eps=cfg.pi_eps)
     _check_all_trained(model, [p for g in optim.param_groups for p in g["params"]] + list(model._pi.parameters()))
     return optim, pi_optim
 
 
-def update_world_model(model: WorldModel, optim: torch.optim.Optimizer, pi_optim: torch.optim.Optimizer,
-                       scale: RunningScale, obs: Tensor, action: Tensor, reward: Tensor, task: Tensor,
-                       cfg: PretrainConfig, loss_fn: Callable = world_model_loss,
-                       autocast: Callable = nullcontext, ddp: bool = False) -> dict[str, float]:
+def update_world_model(
+    model: WorldModel,
+    optim: torch.optim.Optimizer,
+    pi_optim: torch.optim.Optimizer,
+    scale: RunningScale,
+    obs: Tensor,
+    action: Tensor,
+    reward: Tensor,
+    task: Tensor,
+    cfg: PretrainConfig,
+    loss_fn: Callable = world_model_loss,
+    autocast: Callable = nullcontext,
+    ddp: bool = False,
+) -> dict[str, float]:
     """One TD-MPC2 update on a batch (shapes as :func:`world_model_loss`): world-model step, policy-prior
     step, Polyak of the target Qs. ``ddp``: average the gradients over the DDP ranks.
 
@@ -238,8 +269,9 @@ def update_world_model(model: WorldModel, optim: torch.optim.Optimizer, pi_optim
 
     # 2. Policy prior on sg(z), against the just-updated Q-ensemble (detached)
     with autocast():
-        pi_loss, pi_metrics = policy_loss(model, zs.detach(), task, scale, cfg,
-                                          gather=distributed.all_gather if ddp else None)
+        pi_loss, pi_metrics = policy_loss(
+            model, zs.detach(), task, scale, cfg, gather=distributed.all_gather if ddp else None
+        )
     pi_loss.backward()
     if ddp:
         distributed.all_reduce_gradients(pi_params)
@@ -272,16 +304,24 @@ class Pretrainer:
     held-out episode indices), ``sampler`` / ``val_sampler``.
     """
 
-    def __init__(self, cfg: PretrainConfig, model_cfg: WorldModelConfig, datasets: Sequence[EpisodeDataset],
-                 task_set: TaskSet, device: str | torch.device | None = None, *,
-                 held_out: Sequence[np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        model_cfg: WorldModelConfig,
+        datasets: Sequence[EpisodeDataset],
+        task_set: TaskSet,
+        device: str | torch.device | None = None,
+        *,
+        held_out: Sequence[np.ndarray] | None = None,
+    ) -> None:
         """``device`` overrides ``cfg.device``; ``held_out`` (per dataset, episode indices) overrides
         the seeded split (:func:`split_episodes`)."""
         if cfg.amp not in (None, "bf16"):
             raise ConfigError(f"amp: {cfg.amp!r} is not supported; use none or bf16")
         if tuple(model_cfg.task_names) != task_set.names:
-            raise PwmError(f"the model's tasks {list(model_cfg.task_names)} differ from the task set "
-                           f"{list(task_set.names)}")
+            raise PwmError(
+                f"the model's tasks {list(model_cfg.task_names)} differ from the task set {list(task_set.names)}"
+            )
         self.cfg, self.model_cfg, self.task_set = cfg, model_cfg, task_set
         self.datasets = list(datasets)
         self.device = distributed.resolve_device(cfg.device if device is None else device)
@@ -296,8 +336,11 @@ class Pretrainer:
         for ds in self.datasets:
             if ds.select_episodes(task_set.ids).size == 0:
                 raise DatasetError(f"{ds.path} has no episode of the task set {task_set.name!r}")
-        self._build_samplers(split_episodes(self.datasets, task_set, cfg.val_fraction, cfg.horizon, cfg.seed)
-                             if held_out is None else held_out)
+        self._build_samplers(
+            split_episodes(self.datasets, task_set, cfg.val_fraction, cfg.horizon, cfg.seed)
+            if held_out is None
+            else held_out
+        )
         row_of_id = torch.full((max(t.id for t in task_set) + 1,), -1, dtype=torch.long)
         row_of_id[list(task_set.ids)] = torch.arange(len(task_set))
         self._row_of_id = row_of_id.to(self.device)  # global task id -> embedding row
@@ -308,37 +351,63 @@ class Pretrainer:
         self.optim, self.pi_optim = make_optimizers(self.model, cfg)
         self.scale = RunningScale(cfg.tau, self.device)
         # Inductor's pattern matcher fails on the Q-head draw randperm(num_q)[:2] (torch 2.13): off.
-        self._loss_fn = (torch.compile(world_model_loss, options={"pattern_matcher": False})
-                         if cfg.compile else world_model_loss)
+        self._loss_fn = (
+            torch.compile(world_model_loss, options={"pattern_matcher": False}) if cfg.compile else world_model_loss
+        )
 
     def _build_samplers(self, held_out: Sequence[np.ndarray]) -> None:
         """Training windows from all but the ``held_out`` episodes (seed + rank), held-out windows
         from those (fixed seed, see :meth:`validate`)."""
         cfg, mcfg = self.cfg, self.model_cfg
         if len(held_out) != len(self.datasets):
-            raise PwmError(f"a held-out split for {len(held_out)} dataset(s) does not fit "
-                           f"{len(self.datasets)} dataset(s)")
+            raise PwmError(
+                f"a held-out split for {len(held_out)} dataset(s) does not fit {len(self.datasets)} dataset(s)"
+            )
         self.held_out = [np.asarray(h, np.int64) for h in held_out]
         for ds, h in zip(self.datasets, self.held_out):
             if h.size and h.max() >= ds.num_episodes:
-                raise DatasetError(f"{ds.path} has {ds.num_episodes} episodes but the split holds out "
-                                   f"episode {int(h.max())}; resume with the datasets of the run")
-        train_eps = [np.setdiff1d(ds.select_episodes(self.task_set.ids), h)
-                     for ds, h in zip(self.datasets, self.held_out)]
+                raise DatasetError(
+                    f"{ds.path} has {ds.num_episodes} episodes but the split holds out "
+                    f"episode {int(h.max())}; resume with the datasets of the run"
+                )
+        train_eps = [
+            np.setdiff1d(ds.select_episodes(self.task_set.ids), h) for ds, h in zip(self.datasets, self.held_out)
+        ]
         has_val = any(h.size for h in self.held_out)
         O, A = mcfg.obs_dim, mcfg.act_dim
-        self.data_nbytes = sum(in_ram_nbytes(self.datasets, episodes=eps, obs_dim=O, act_dim=A)
-                               for eps in ([train_eps, self.held_out] if has_val else [train_eps]))
+        self.data_nbytes = sum(
+            in_ram_nbytes(self.datasets, episodes=eps, obs_dim=O, act_dim=A)
+            for eps in ([train_eps, self.held_out] if has_val else [train_eps])
+        )
         budget = None if cfg.ram_budget_gb is None else int(cfg.ram_budget_gb * 1e9)
         sampler_cls = choose_sampler(self.data_nbytes, budget)  # both splits in RAM, or both streamed
         self.streaming = sampler_cls is not WindowSampler
         for old in (getattr(self, "sampler", None), getattr(self, "val_sampler", None)):
             if old is not None:
                 old.close()
-        self.sampler = sampler_cls(self.datasets, cfg.horizon, cfg.batch_size, seed=cfg.seed + self.rank,
-                                   device=self.device, episodes=train_eps, obs_dim=O, act_dim=A)
-        self.val_sampler = (sampler_cls(self.datasets, cfg.horizon, cfg.batch_size, device=self.device,
-                                        episodes=self.held_out, obs_dim=O, act_dim=A) if has_val else None)
+        self.sampler = sampler_cls(
+            self.datasets,
+            cfg.horizon,
+            cfg.batch_size,
+            seed=cfg.seed + self.rank,
+            device=self.device,
+            episodes=train_eps,
+            obs_dim=O,
+            act_dim=A,
+        )
+        self.val_sampler = (
+            sampler_cls(
+                self.datasets,
+                cfg.horizon,
+                cfg.batch_size,
+                device=self.device,
+                episodes=self.held_out,
+                obs_dim=O,
+                act_dim=A,
+            )
+            if has_val
+            else None
+        )
 
     # ------------------------------------------------------------------------------- training
     def step(self) -> dict[str, float]:
@@ -352,9 +421,20 @@ class Pretrainer:
 
     def _step(self) -> dict[str, float]:
         batch = self.sampler.sample()
-        out = update_world_model(self.model, self.optim, self.pi_optim, self.scale, batch.obs, batch.action,
-                                 batch.reward, self._row_of_id[batch.task], self.cfg, self._loss_fn,
-                                 self._autocast, ddp=self.world_size > 1)
+        out = update_world_model(
+            self.model,
+            self.optim,
+            self.pi_optim,
+            self.scale,
+            batch.obs,
+            batch.action,
+            batch.reward,
+            self._row_of_id[batch.task],
+            self.cfg,
+            self._loss_fn,
+            self._autocast,
+            ddp=self.world_size > 1,
+        )
         self.step_count += 1
         return out
 
@@ -373,8 +453,9 @@ class Pretrainer:
         for _ in range(self.cfg.val_batches):
             batch = self.val_sampler.sample()
             with self._autocast():
-                m = held_out_metrics(self.model, batch.obs, batch.action, batch.reward,
-                                     self._row_of_id[batch.task], self.cfg)
+                m = held_out_metrics(
+                    self.model, batch.obs, batch.action, batch.reward, self._row_of_id[batch.task], self.cfg
+                )
             for k, v in m.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         return {k: v / self.cfg.val_batches for k, v in totals.items()}
@@ -383,12 +464,18 @@ class Pretrainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything ``--resume`` needs to continue as if never stopped (tensors and plain data)."""
         return {
-            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": self.step_count,
-            "config": self.cfg.to_dict(), "model_config": self.model_cfg.to_dict(),
-            "task_set": self.task_set.to_dict(), "datasets": [ds.path for ds in self.datasets],
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "step": self.step_count,
+            "config": self.cfg.to_dict(),
+            "model_config": self.model_cfg.to_dict(),
+            "task_set": self.task_set.to_dict(),
+            "datasets": [ds.path for ds in self.datasets],
             "held_out": [torch.from_numpy(h) for h in self.held_out],
-            "model": self.model.state_dict(), "optim": self.optim.state_dict(),
-            "pi_optim": self.pi_optim.state_dict(), "scale": self.scale.state_dict(),
+            "model": self.model.state_dict(),
+            "optim": self.optim.state_dict(),
+            "pi_optim": self.pi_optim.state_dict(),
+            "scale": self.scale.state_dict(),
             "sampler": self.sampler.get_state(),
             "rng": {**global_rng_state(), "step": self._rng},
         }
@@ -397,11 +484,14 @@ class Pretrainer:
         """Continue from :meth:`state_dict` (of a trainer with the same model config and task set)."""
         same_tasks = sd["task_set"]["tasks"] == self.task_set.to_dict()["tasks"]
         if sd["model_config"] != self.model_cfg.to_dict() or not same_tasks:
-            raise PwmError("the checkpoint was written for another model config or task set; resume it "
-                           "with the settings of its run")
+            raise PwmError(
+                "the checkpoint was written for another model config or task set; resume it "
+                "with the settings of its run"
+            )
         held_out = [h.numpy() for h in sd["held_out"]]
         if len(held_out) != len(self.held_out) or any(
-                not np.array_equal(a, b) for a, b in zip(held_out, self.held_out)):
+            not np.array_equal(a, b) for a, b in zip(held_out, self.held_out)
+        ):
             self._build_samplers(held_out)  # keep the run's split even if a dataset has grown
         self.model.load_state_dict(sd["model"])
         self.optim.load_state_dict(sd["optim"])
@@ -430,18 +520,31 @@ class Pretrainer:
         self.load_state_dict(read_checkpoint(path))
 
     @classmethod
-    def resume(cls, path: str | os.PathLike, datasets: Sequence[EpisodeDataset],
-               device: str | torch.device | None = None, cfg: PretrainConfig | None = None) -> Pretrainer:
+    def resume(
+        cls,
+        path: str | os.PathLike,
+        datasets: Sequence[EpisodeDataset],
+        device: str | torch.device | None = None,
+        cfg: PretrainConfig | None = None,
+    ) -> Pretrainer:
         """A trainer continued from a checkpoint. ``cfg`` replaces the stored config (e.g. more
         ``steps``); the model config, task set and held-out split always come from the file."""
         sd = read_checkpoint(path)
         if len(datasets) != len(sd["held_out"]):
-            raise PwmError(f"{os.fspath(path)} was trained on {len(sd['held_out'])} dataset(s) "
-                           f"({', '.join(sd['datasets'])}); got {len(datasets)}")
+            raise PwmError(
+                f"{os.fspath(path)} was trained on {len(sd['held_out'])} dataset(s) "
+                f"({', '.join(sd['datasets'])}); got {len(datasets)}"
+            )
         cfg = cfg if cfg is not None else PretrainConfig.from_dict(sd["config"])
         task_set = task_set_from_dict(sd["task_set"], os.fspath(path))
-        trainer = cls(cfg, WorldModelConfig.from_dict(sd["model_config"]), datasets, task_set, device,
-                      held_out=[h.numpy() for h in sd["held_out"]])
+        trainer = cls(
+            cfg,
+            WorldModelConfig.from_dict(sd["model_config"]),
+            datasets,
+            task_set,
+            device,
+            held_out=[h.numpy() for h in sd["held_out"]],
+        )
         trainer.load_state_dict(sd)
         return trainer
 
@@ -461,15 +564,15 @@ class Pretrainer:
         return nullcontext()
 
 
-
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a pre-training checkpoint (no code is unpickled: ``weights_only=True``)."""
     return io.read_checkpoint(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "pre-training")
 
 
 # ------------------------------------------------------------------------------------ helpers
-def split_episodes(datasets: Sequence[EpisodeDataset], task_set: TaskSet, val_fraction: float,
-                   horizon: int, seed: int) -> list[np.ndarray]:
+def split_episodes(
+    datasets: Sequence[EpisodeDataset], task_set: TaskSet, val_fraction: float, horizon: int, seed: int
+) -> list[np.ndarray]:
     """Per dataset, the sorted held-out episode indices.
 
     Among the episodes of ``task_set`` long enough for one window (H+1 rows), round(val_fraction *

@@ -71,7 +71,6 @@ def discounted_return(rewards: Tensor, terminal_value: Tensor, gamma: float, boo
     return G + discount * terminal_value
 
 
-
 # --------------------------------------------------------------------------------- running statistics
 class RunningMeanStd:
     """Running mean and population variance, merged batch by batch (Chan et al.'s parallel update).
@@ -80,8 +79,7 @@ class RunningMeanStd:
     ``shape``; a batch is (N, *shape).
     """
 
-    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4, device: torch.device | str = "cpu") -> None:
         self.mean = torch.zeros(shape, device=device)
         self.var = torch.ones(shape, device=device)
         self.count = epsilon
@@ -101,8 +99,11 @@ class RunningMeanStd:
         return x / torch.sqrt(self.var + RET_RMS_EPS)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"mean": self.mean.clone(), "var": self.var.clone(),
-                "count": torch.tensor(self.count, dtype=torch.float64)}
+        return {
+            "mean": self.mean.clone(),
+            "var": self.var.clone(),
+            "count": torch.tensor(self.count, dtype=torch.float64),
+        }
 
     def load_state_dict(self, sd: dict[str, Tensor]) -> None:
         self.mean = sd["mean"].to(self.mean.device, self.mean.dtype).clone()
@@ -128,7 +129,6 @@ class RunningScale:
 
     def load_state_dict(self, sd: dict[str, Tensor]) -> None:
         self.value.copy_(sd["value"])
-
 
 
 # ------------------------------------------------------------------------------------------ schedules

@@ -32,8 +32,14 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
     check_range(cfg, "rho", low=0.0, high=1.0, low_open=True)  # rho^t weights: (0, 1]
     for key in ("lr", "pi_lr", "pi_eps", "grad_clip_norm"):
         check_range(cfg, key, low=0.0, low_open=True)
-    for key in ("enc_lr_scale", "consistency_coef", "reward_coef", "value_coef", "entropy_coef",
-                "checkpoint_every_s"):  # checkpoint_every_s 0: by count only
+    for key in (
+        "enc_lr_scale",
+        "consistency_coef",
+        "reward_coef",
+        "value_coef",
+        "entropy_coef",
+        "checkpoint_every_s",
+    ):  # checkpoint_every_s 0: by count only
         check_range(cfg, key, low=0.0)
     check_range(cfg, "tau", low=0.0, high=1.0, low_open=True)  # Polyak rate
     check_range(cfg, "val_fraction", low=0.0, high=1.0, high_open=True)

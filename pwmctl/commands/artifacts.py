@@ -13,9 +13,18 @@ KINDS = ("dataset", "worldmodel", "policy", "report")
 
 
 def _summary(a) -> dict:
-    return {"ref": a.ref, "kind": a.kind, "name": a.name, "version": a.version, "created": a.created,
-            "tasks": a.tasks, "parents": a.parents, "size_bytes": a.size_bytes, "metrics": a.metrics,
-            "path": str(a.path)}
+    return {
+        "ref": a.ref,
+        "kind": a.kind,
+        "name": a.name,
+        "version": a.version,
+        "created": a.created,
+        "tasks": a.tasks,
+        "parents": a.parents,
+        "size_bytes": a.size_bytes,
+        "metrics": a.metrics,
+        "path": str(a.path),
+    }
 
 
 def ls(
@@ -42,8 +51,12 @@ def ls(
             typer.echo("\n".join(a.ref for a in artifacts))
             return
         if not artifacts:
-            typer.echo("no artifacts" + (f" of kind {kind}" if kind else "") + (f" for {task}" if task else "")
-                       + f" in {st.home}")
+            typer.echo(
+                "no artifacts"
+                + (f" of kind {kind}" if kind else "")
+                + (f" for {task}" if task else "")
+                + f" in {st.home}"
+            )
             return
         table = Table()
         table.add_column("artifact", no_wrap=True)
@@ -70,8 +83,7 @@ def show(
     lineage = reg.lineage(a.ref)
     children = [c.ref for c in reg.children(a.ref)]
     hub = [{"hub_id": r.hub_id, **r.to_dict(), "url": r.url} for r in lineage.remotes]
-    doc = {**_summary(a), "manifest": a.manifest, "children": children, "hub": hub,
-           "lineage": _lineage_dict(lineage)}
+    doc = {**_summary(a), "manifest": a.manifest, "children": children, "hub": hub, "lineage": _lineage_dict(lineage)}
 
     def human() -> None:
         if lineage_only:
@@ -122,31 +134,47 @@ def rm(
     if not yes and not typer.confirm(f"delete {a.ref} ({what})?", err=True):
         raise typer.Exit(1)
     reg.remove(a.ref, force=force)
-    emit(st, {"removed": a.ref, "folder_was_missing": not present},
-         lambda: typer.echo(f"removed {a.ref}" + ("" if present else " (index entry; its folder was already gone)")))
+    emit(
+        st,
+        {"removed": a.ref, "folder_was_missing": not present},
+        lambda: typer.echo(f"removed {a.ref}" + ("" if present else " (index entry; its folder was already gone)")),
+    )
 
 
 def verify(
     ctx: typer.Context,
     ref: str = typer.Argument(..., help="Artifact ref: kind/name[:vN]."),
-    remote: bool = typer.Option(False, "--remote", help="Also compare with the manifest.json of each Hub "
-                                                        "commit it was pushed to or pulled from."),
+    remote: bool = typer.Option(
+        False,
+        "--remote",
+        help="Also compare with the manifest.json of each Hub commit it was pushed to or pulled from.",
+    ),
 ) -> None:
     """Re-hash every file of an artifact version against its manifest (and its Hub copies')."""
     st = state(ctx)
     reg = st.registry()
     a = reg.resolve(ref)
     problems = reg.verify(a.ref)
-    doc = {"ref": a.ref, "ok": not problems, "files": len(a.manifest.get("files", {})),
-           "problems": [{"path": p.path, "problem": p.problem} for p in problems]}
+    doc = {
+        "ref": a.ref,
+        "ok": not problems,
+        "files": len(a.manifest.get("files", {})),
+        "problems": [{"path": p.path, "problem": p.problem} for p in problems],
+    }
     remotes = []
     if remote:
         from registry.hub import verify_remote
 
         remotes = verify_remote(reg, a.ref)
-        doc["remotes"] = [{"hub_id": r.hub_id, **r.to_dict(), "ok": not bad,
-                           "problems": [{"path": p.path, "problem": p.problem, "detail": p.detail} for p in bad]}
-                          for r, bad in remotes]
+        doc["remotes"] = [
+            {
+                "hub_id": r.hub_id,
+                **r.to_dict(),
+                "ok": not bad,
+                "problems": [{"path": p.path, "problem": p.problem, "detail": p.detail} for p in bad],
+            }
+            for r, bad in remotes
+        ]
         doc["ok"] = doc["ok"] and all(not bad for _, bad in remotes)
 
     def human() -> None:
@@ -175,14 +203,19 @@ _SUMMARY_KEYS = {
 def _metrics_line(a) -> str:
     m = a.metrics or {}
     keys = _SUMMARY_KEYS.get(a.kind) or [k for k, v in m.items() if isinstance(v, (int, float))][:3]
-    parts = [f"{k.removeprefix('val/')} {m[k]:.4g}" if isinstance(m[k], float) else f"{k} {m[k]}"
-             for k in keys if k in m]
+    parts = [
+        f"{k.removeprefix('val/')} {m[k]:.4g}" if isinstance(m[k], float) else f"{k} {m[k]}" for k in keys if k in m
+    ]
     return ", ".join(parts)
 
 
 def _lineage_dict(node) -> dict:
-    return {"ref": node.ref, "local": node.exists, "hub": [r.hub_id for r in node.remotes],
-            "parents": [_lineage_dict(p) for p in node.parents]}
+    return {
+        "ref": node.ref,
+        "local": node.exists,
+        "hub": [r.hub_id for r in node.remotes],
+        "parents": [_lineage_dict(p) for p in node.parents],
+    }
 
 
 def _lineage_lines(node, depth: int = 0, seen: set[str] | None = None) -> list[str]:

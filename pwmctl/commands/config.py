@@ -11,9 +11,11 @@ import yaml
 
 from pwmctl.console import emit, fail, state
 
-app = typer.Typer(help="User defaults (Hub namespace, device, model size, pretrain.* and extract.* settings) in "
-                  "$PWM_HOME/config.yaml.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="User defaults (Hub namespace, device, model size, pretrain.* and extract.* settings) in "
+    "$PWM_HOME/config.yaml.",
+    no_args_is_help=True,
+)
 
 # key -> (help, allowed values or None)
 KEYS: dict[str, tuple[str, tuple[str, ...] | None]] = {
@@ -35,8 +37,9 @@ def _section_config(section: str):
     from pwm_core.train.finetune import FinetuneConfig
     from pwm_core.train.pretrain import PretrainConfig
 
-    return {"pretrain": PretrainConfig, "extract": ExtractConfig, "finetune": FinetuneConfig,
-            "shac": SHACConfig}[section]()
+    return {"pretrain": PretrainConfig, "extract": ExtractConfig, "finetune": FinetuneConfig, "shac": SHACConfig}[
+        section
+    ]()
 
 
 def section_overrides(home: Path, section: str) -> list[str]:
@@ -77,8 +80,10 @@ def _check_key(key: str) -> None:
         fields = list(_section_config(section).to_dict())
         if field not in fields:
             close = difflib.get_close_matches(field, fields, n=1)
-            raise fail(f"unknown setting {key!r}: " + (f"did you mean '{section}.{close[0]}'?" if close else
-                                                       f"{section} settings: {', '.join(fields)}"))
+            raise fail(
+                f"unknown setting {key!r}: "
+                + (f"did you mean '{section}.{close[0]}'?" if close else f"{section} settings: {', '.join(fields)}")
+            )
         return
     if key not in KEYS:
         close = difflib.get_close_matches(key, KEYS, n=1)
@@ -114,7 +119,7 @@ def _check_value(home: Path, key: str, value: str) -> None:
             raise ConfigError(f"must be one of {', '.join(KEYS[key][1])}, not {value!r}")
     except (ConfigError, RegistryError) as e:
         message, name = str(e), field if section in SECTIONS else key
-        raise fail(key + message[len(name):] if message.startswith(name) else f"{key}: {message}") from None
+        raise fail(key + message[len(name) :] if message.startswith(name) else f"{key}: {message}") from None
 
 
 def _validate_section(section: str, cfg) -> None:
@@ -145,10 +150,21 @@ def config_list(ctx: typer.Context) -> None:
     """Every setting with its value (or unset) and what it does."""
     st = state(ctx)
     values = read_config(st.home)
-    emit(st, {"path": str(config_path(st.home)), "settings": values}, lambda: [
-        typer.echo(f"{k} = {values[k] if k in values else '(unset)'}    # {help_}") for k, (help_, _) in KEYS.items()]
-        + [typer.echo(f"{k} = {v}    # default for `pwmctl {k.split('.')[0]}`") for k, v in sorted(values.items())
-           if k.split(".")[0] in SECTIONS])
+    emit(
+        st,
+        {"path": str(config_path(st.home)), "settings": values},
+        lambda: (
+            [
+                typer.echo(f"{k} = {values[k] if k in values else '(unset)'}    # {help_}")
+                for k, (help_, _) in KEYS.items()
+            ]
+            + [
+                typer.echo(f"{k} = {v}    # default for `pwmctl {k.split('.')[0]}`")
+                for k, v in sorted(values.items())
+                if k.split(".")[0] in SECTIONS
+            ]
+        ),
+    )
 
 
 @app.command("get")
@@ -163,8 +179,11 @@ def config_get(ctx: typer.Context, key: str = typer.Argument(..., help="Setting 
 
 
 @app.command("set")
-def config_set(ctx: typer.Context, key: str = typer.Argument(..., help="Setting name."),
-               value: str = typer.Argument(..., help="New value.")) -> None:
+def config_set(
+    ctx: typer.Context,
+    key: str = typer.Argument(..., help="Setting name."),
+    value: str = typer.Argument(..., help="New value."),
+) -> None:
     """Set one setting."""
     st = state(ctx)
     _check_key(key)

@@ -19,11 +19,18 @@ def import_tdmpc2(
     paths: list[Path] = typer.Argument(None, help="TD-MPC2 chunk files (chunk_0.pt ...) or the folder holding them."),
     tasks: str = typer.Option(None, "--tasks", help="mt30 | mt80 \\[default: inferred from the chunks]."),
     name: str = typer.Option(None, "--name", help="Dataset name \\[default: the task set, e.g. mt30]."),
-    from_hub: str = typer.Option(None, "--from-hub", metavar="SET", help="mt30 | mt80: download the published "
-                                 "chunks from the Hub, one at a time (re-run to resume)."),
-    hub_endpoint: str = typer.Option(None, "--hub-endpoint", envvar="PWMCTL_HUB_ENDPOINT",
-                                     help="Hub URL (default: config hub.endpoint, else HF_ENDPOINT, else "
-                                          "https://huggingface.co)."),
+    from_hub: str = typer.Option(
+        None,
+        "--from-hub",
+        metavar="SET",
+        help="mt30 | mt80: download the published chunks from the Hub, one at a time (re-run to resume).",
+    ),
+    hub_endpoint: str = typer.Option(
+        None,
+        "--hub-endpoint",
+        envvar="PWMCTL_HUB_ENDPOINT",
+        help="Hub URL (default: config hub.endpoint, else HF_ENDPOINT, else https://huggingface.co).",
+    ),
 ) -> None:
     """Convert TD-MPC2's published MT30/MT80 `.pt` chunks into a dataset, one chunk at a time."""
     from pwm_core.data.tdmpc2 import import_tdmpc2 as run_import
@@ -35,8 +42,9 @@ def import_tdmpc2(
         from pwmctl.commands.hub import _endpoint
 
         if paths or (tasks and tasks != from_hub):
-            raise fail("--from-hub downloads the chunks itself: pass no chunk files, and no --tasks other than "
-                       f"{from_hub}")
+            raise fail(
+                f"--from-hub downloads the chunks itself: pass no chunk files, and no --tasks other than {from_hub}"
+            )
         return import_from_hub(st, from_hub, name, _endpoint(st, hub_endpoint))
     if not paths:
         raise fail("name the chunk files or their folder, or download them with --from-hub mt30|mt80")
@@ -47,17 +55,33 @@ def import_tdmpc2(
     reg = st.registry()
     with reg.stage("dataset", name or (task_set.name if task_set else "tdmpc2")) as staging:
         with Progress(st, "import chunks", total=None) as bar:
-            report = run_import(paths, staging.path / DATASET_DIR, task_set,
-                                provenance={"source": "TD-MPC2 chunks", "files": [p.name for p in paths]},
-                                progress=lambda done, total: bar.update(1, chunk=f"{done}/{total}"))
+            report = run_import(
+                paths,
+                staging.path / DATASET_DIR,
+                task_set,
+                provenance={"source": "TD-MPC2 chunks", "files": [p.name for p in paths]},
+                progress=lambda done, total: bar.update(1, chunk=f"{done}/{total}"),
+            )
         staging.name = name or report.task_set  # without --tasks, the inferred set (mt30/mt80) names it
-        artifact = staging.publish(tasks=sorted(report.per_task),
-                                   config={"source": "tdmpc2", "files": [str(p) for p in paths]},
-                                   metrics={"episodes": report.episodes, "transitions": report.transitions})
-    emit(st, {"artifact": artifact.ref, "episodes": report.episodes, "transitions": report.transitions,
-              "files": len(report.files), "seconds": round(report.seconds, 2)},
-         lambda: typer.echo(f"published {artifact.ref}: {report.episodes} episodes, {report.transitions} "
-                            f"transitions from {len(report.files)} chunk(s) in {report.seconds:.1f}s"))
+        artifact = staging.publish(
+            tasks=sorted(report.per_task),
+            config={"source": "tdmpc2", "files": [str(p) for p in paths]},
+            metrics={"episodes": report.episodes, "transitions": report.transitions},
+        )
+    emit(
+        st,
+        {
+            "artifact": artifact.ref,
+            "episodes": report.episodes,
+            "transitions": report.transitions,
+            "files": len(report.files),
+            "seconds": round(report.seconds, 2),
+        },
+        lambda: typer.echo(
+            f"published {artifact.ref}: {report.episodes} episodes, {report.transitions} "
+            f"transitions from {len(report.files)} chunk(s) in {report.seconds:.1f}s"
+        ),
+    )
 
 
 @app.command("info")
@@ -76,26 +100,53 @@ def data_info(
     for task_id in np.unique(ds.episode_task):
         sel = ds.episode_task == task_id
         r = returns[sel]
-        per_task.append({"task": _task_name(int(task_id)), "episodes": int(sel.sum()),
-                         "rows": int(lengths[sel].sum()), "return_mean": float(r.mean()),
-                         "return_std": float(r.std()), "return_min": float(r.min()), "return_max": float(r.max())})
-    doc = {"dataset": label, "path": str(ds.path), "task_set": ds.task_set.name, "obs_dim": ds.obs_dim,
-           "act_dim": ds.act_dim, "episodes": ds.num_episodes, "rows": ds.num_rows,
-           "transitions": ds.num_transitions, "episode_rows": sorted({int(x) for x in lengths}),
-           "size_bytes": ds.nbytes_on_disk(), "tasks": per_task, "provenance": ds.provenance}
+        per_task.append(
+            {
+                "task": _task_name(int(task_id)),
+                "episodes": int(sel.sum()),
+                "rows": int(lengths[sel].sum()),
+                "return_mean": float(r.mean()),
+                "return_std": float(r.std()),
+                "return_min": float(r.min()),
+                "return_max": float(r.max()),
+            }
+        )
+    doc = {
+        "dataset": label,
+        "path": str(ds.path),
+        "task_set": ds.task_set.name,
+        "obs_dim": ds.obs_dim,
+        "act_dim": ds.act_dim,
+        "episodes": ds.num_episodes,
+        "rows": ds.num_rows,
+        "transitions": ds.num_transitions,
+        "episode_rows": sorted({int(x) for x in lengths}),
+        "size_bytes": ds.nbytes_on_disk(),
+        "tasks": per_task,
+        "provenance": ds.provenance,
+    }
 
     def human() -> None:
         lens = doc["episode_rows"]
         rows = lens[0] if len(lens) == 1 else f"{min(lens)}-{max(lens)}"
-        typer.echo(f"{label}: {ds.num_episodes} episodes of {rows} rows, {ds.num_transitions} transitions, "
-                   f"obs {ds.obs_dim} / act {ds.act_dim}, "
-                   f"{human_size(doc['size_bytes'])} on disk")
+        typer.echo(
+            f"{label}: {ds.num_episodes} episodes of {rows} rows, {ds.num_transitions} transitions, "
+            f"obs {ds.obs_dim} / act {ds.act_dim}, "
+            f"{human_size(doc['size_bytes'])} on disk"
+        )
         table = Table()
         for col in ("task", "episodes", "rows", "return mean", "std", "min", "max"):
             table.add_column(col, justify="left" if col == "task" else "right")
         for t in per_task:
-            table.add_row(t["task"], str(t["episodes"]), str(t["rows"]), f"{t['return_mean']:.1f}",
-                          f"{t['return_std']:.1f}", f"{t['return_min']:.1f}", f"{t['return_max']:.1f}")
+            table.add_row(
+                t["task"],
+                str(t["episodes"]),
+                str(t["rows"]),
+                f"{t['return_mean']:.1f}",
+                f"{t['return_std']:.1f}",
+                f"{t['return_min']:.1f}",
+                f"{t['return_max']:.1f}",
+            )
         typer.echo(render_table(table))
 
     emit(st, doc, human)
@@ -118,10 +169,15 @@ def data_fsck(
     report = fsck(path, repair=repair)
     if report.repair_refused:
         raise fail(report.repair_refused)
-    doc = {"path": str(path), "committed_episodes": report.committed_episodes,
-           "committed_rows": report.committed_rows, "tail_rows": report.tail_rows,
-           "problems": report.problems, "repaired": report.repaired,
-           "marker_damaged": report.marker_damaged}
+    doc = {
+        "path": str(path),
+        "committed_episodes": report.committed_episodes,
+        "committed_rows": report.committed_rows,
+        "tail_rows": report.tail_rows,
+        "problems": report.problems,
+        "repaired": report.repaired,
+        "marker_damaged": report.marker_damaged,
+    }
 
     def human() -> None:
         tail = {k: v for k, v in report.tail_rows.items() if v}
@@ -130,8 +186,11 @@ def data_fsck(
         else:
             typer.echo(f"{path}: {report.committed_episodes} committed episodes, {report.committed_rows} rows")
         if tail:
-            typer.echo(("removed" if report.repaired else "uncommitted tail (run with --repair to remove)") + ": "
-                       + ", ".join(f"{k} {v} rows" for k, v in tail.items()))
+            typer.echo(
+                ("removed" if report.repaired else "uncommitted tail (run with --repair to remove)")
+                + ": "
+                + ", ".join(f"{k} {v} rows" for k, v in tail.items())
+            )
         for p in report.problems:
             typer.echo(f"problem: {p}")
         if not tail and not report.problems:
@@ -167,10 +226,15 @@ def _refuse_published(st, path: Path) -> None:
     if not real.is_relative_to(artifacts):
         return
     parts = real.relative_to(artifacts).parts
-    where = (f"{parts[0]}/{parts[1]}:{parts[2]}, a published, immutable version" if len(parts) >= 3
-             else f"{artifacts}, which holds published, immutable versions")
-    raise fail(f"{path} is in {where}; --repair works on a run folder's data.zarr (to repair a published "
-               f"dataset, copy it out, repair the copy and publish that)")
+    where = (
+        f"{parts[0]}/{parts[1]}:{parts[2]}, a published, immutable version"
+        if len(parts) >= 3
+        else f"{artifacts}, which holds published, immutable versions"
+    )
+    raise fail(
+        f"{path} is in {where}; --repair works on a run folder's data.zarr (to repair a published "
+        f"dataset, copy it out, repair the copy and publish that)"
+    )
 
 
 def _open(st, ref: str):
@@ -190,4 +254,3 @@ def _task_name(task_id: int) -> str:
 
     t = TASKS_BY_ID.get(task_id)
     return t.name if t else f"task {task_id}"
-

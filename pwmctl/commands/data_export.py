@@ -13,16 +13,23 @@ from pwmctl.console import Progress, emit, fail, human_size, state
 FORMATS = ("parquet",)  # the file formats; `--format` takes them besides the global human | json
 
 
-
 def export(
     ctx: typer.Context,
     ref: str = typer.Argument(..., help="Dataset ref (name, dataset/name:v2) or a path to a .zarr folder."),
-    format: str = typer.Option("parquet", "--format", help="File format: parquet (needs pwmctl\\[parquet]). The "
-                               "global --format human|json still chooses what is printed."),
+    format: str = typer.Option(
+        "parquet",
+        "--format",
+        help="File format: parquet (needs pwmctl\\[parquet]). The "
+        "global --format human|json still chooses what is printed.",
+    ),
     out: Path = typer.Option(None, "--out", "-o", help="Output file \\[default: NAME-vN.parquet here]."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
-    rows_per_group: int = typer.Option(262144, "--rows-per-group", min=1, help="Rows per Parquet row group "
-                                       "(whole episodes; memory is bounded by one group)."),
+    rows_per_group: int = typer.Option(
+        262144,
+        "--rows-per-group",
+        min=1,
+        help="Rows per Parquet row group (whole episodes; memory is bounded by one group).",
+    ),
 ) -> None:
     """Export every committed episode as Parquet: one row per step (episode, step, task_id, task, obs,
     action, reward), values bit for bit, streamed in bounded memory."""
@@ -46,13 +53,27 @@ def export(
             bar.update(rows - done[0])
             done[0] = rows
 
-        report = export_parquet(ds, out, rows_per_group=rows_per_group, progress=advance,
-                                source={"dataset": label, "path": str(ds.path)})
-    doc = {"dataset": label, "format": format, "path": report.path, "episodes": report.episodes,
-           "rows": report.rows, "row_groups": report.row_groups, "bytes": report.bytes}
-    emit(st, doc, lambda: typer.echo(f"exported {label} to {report.path}: {report.episodes} episodes, "
-                                     f"{report.rows} rows in {report.row_groups} row group(s), "
-                                     f"{human_size(report.bytes)}"))
+        report = export_parquet(
+            ds, out, rows_per_group=rows_per_group, progress=advance, source={"dataset": label, "path": str(ds.path)}
+        )
+    doc = {
+        "dataset": label,
+        "format": format,
+        "path": report.path,
+        "episodes": report.episodes,
+        "rows": report.rows,
+        "row_groups": report.row_groups,
+        "bytes": report.bytes,
+    }
+    emit(
+        st,
+        doc,
+        lambda: typer.echo(
+            f"exported {label} to {report.path}: {report.episodes} episodes, "
+            f"{report.rows} rows in {report.row_groups} row group(s), "
+            f"{human_size(report.bytes)}"
+        ),
+    )
 
 
 def _default_name(label: str) -> str:

@@ -48,30 +48,52 @@ def import_from_hub(st: State, set_name: str, name: str | None, endpoint: str) -
         done = published_by(reg, "dataset", name, run)
         if done is not None:  # killed after its publish, before the run folder was removed
             shutil.rmtree(run, ignore_errors=True)
-            emit(st, {"artifact": done.ref, "already": True},
-                 lambda: typer.echo(f"run {run.name} had already published {done.ref}"))
+            emit(
+                st,
+                {"artifact": done.ref, "already": True},
+                lambda: typer.echo(f"run {run.name} had already published {done.ref}"),
+            )
             return
-        info(st, f"resuming run {run.name}: {len(_converted(run))} of "
-                 f"{len(read_plan(run, COMMAND)['chunks'])} chunks converted")
+        info(
+            st,
+            f"resuming run {run.name}: {len(_converted(run))} of "
+            f"{len(read_plan(run, COMMAND)['chunks'])} chunks converted",
+        )
     plan = read_plan(run, COMMAND)
     t0 = time.monotonic()
     try:
         with interrupts_as_keyboard_interrupt():
             _fetch_and_convert(st, run, plan)
     except KeyboardInterrupt:
-        info(st, f"interrupted: {len(_converted(run))} of {len(plan['chunks'])} chunks converted and kept in run "
-                 f"{run.name}; nothing was published. Run the same command again to resume")
+        info(
+            st,
+            f"interrupted: {len(_converted(run))} of {len(plan['chunks'])} chunks converted and kept in run "
+            f"{run.name}; nothing was published. Run the same command again to resume",
+        )
         raise typer.Exit(130) from None
     except (HubError, DiskError) as e:  # the network, the Hub or the disk: worth trying again later
-        raise type(e)(f"{e}. {len(_converted(run))} of {len(plan['chunks'])} chunks are converted and kept in run "
-                       f"{run.name}, nothing was published: run the same command again to resume") from None
+        raise type(e)(
+            f"{e}. {len(_converted(run))} of {len(plan['chunks'])} chunks are converted and kept in run "
+            f"{run.name}, nothing was published: run the same command again to resume"
+        ) from None
     artifact = _publish(reg, run, plan)
     metrics = artifact.manifest.get("metrics", {})
-    doc = {"artifact": artifact.ref, "episodes": metrics.get("episodes"), "transitions": metrics.get("transitions"),
-           "files": len(plan["chunks"]), "commit": plan["commit"], "seconds": round(time.monotonic() - t0, 2)}
-    emit(st, doc, lambda: typer.echo(
-        f"published {artifact.ref}: {doc['episodes']} episodes, {doc['transitions']} transitions from "
-        f"{doc['files']} chunk(s) of dataset repo {plan['repo']}@{plan['commit'][:12]}"))
+    doc = {
+        "artifact": artifact.ref,
+        "episodes": metrics.get("episodes"),
+        "transitions": metrics.get("transitions"),
+        "files": len(plan["chunks"]),
+        "commit": plan["commit"],
+        "seconds": round(time.monotonic() - t0, 2),
+    }
+    emit(
+        st,
+        doc,
+        lambda: typer.echo(
+            f"published {artifact.ref}: {doc['episodes']} episodes, {doc['transitions']} transitions from "
+            f"{doc['files']} chunk(s) of dataset repo {plan['repo']}@{plan['commit'][:12]}"
+        ),
+    )
 
 
 def _unfinished_run(runs_dir: Path, endpoint: str, set_name: str, name: str) -> Path | None:
@@ -83,7 +105,11 @@ def _unfinished_run(runs_dir: Path, endpoint: str, set_name: str, name: str) -> 
         except (OSError, ValueError):
             continue
         if (plan.get("command"), plan.get("endpoint"), plan.get("task_set"), plan.get("name")) == (
-                COMMAND, endpoint, set_name, name):
+            COMMAND,
+            endpoint,
+            set_name,
+            name,
+        ):
             found.append(run)
     return max(found, key=lambda p: p.name) if found else None
 
@@ -98,16 +124,30 @@ def _start(reg, st: State, endpoint: str, repo: str, set_name: str, name: str, n
     wanted = [f"chunk_{i}.pt" for i in range(n_chunks)]
     missing = [w for w in wanted if w not in listed]
     if missing:
-        raise HubError(f"dataset repo {repo} at {commit[:12]} on {endpoint} lacks {set_name}/{', '.join(missing)} "
-                       f"(TD-MPC2 published {set_name}/chunk_0.pt to chunk_{n_chunks - 1}.pt); nothing was imported")
+        raise HubError(
+            f"dataset repo {repo} at {commit[:12]} on {endpoint} lacks {set_name}/{', '.join(missing)} "
+            f"(TD-MPC2 published {set_name}/chunk_0.pt to chunk_{n_chunks - 1}.pt); nothing was imported"
+        )
     chunks = [listed[w] for w in wanted]
     run = reg.new_run_dir(RUN_PREFIX)
-    write_plan(run, {"command": COMMAND, "endpoint": endpoint, "repo": repo, "commit": commit, "task_set": set_name,
-                     "name": name, "chunks": [{"path": f.ref.path, "size": f.size, "sha256": f.sha256,
-                                               "git_oid": f.git_oid} for f in chunks]})
+    write_plan(
+        run,
+        {
+            "command": COMMAND,
+            "endpoint": endpoint,
+            "repo": repo,
+            "commit": commit,
+            "task_set": set_name,
+            "name": name,
+            "chunks": [{"path": f.ref.path, "size": f.size, "sha256": f.sha256, "git_oid": f.git_oid} for f in chunks],
+        },
+    )
     total = sum(f.size for f in chunks)
-    info(st, f"importing {set_name}: {n_chunks} chunks, {human_size(total)} to download, from dataset repo {repo} "
-             f"at {commit[:12]} on {endpoint}; run {run.name} (if stopped, the same command resumes it)")
+    info(
+        st,
+        f"importing {set_name}: {n_chunks} chunks, {human_size(total)} to download, from dataset repo {repo} "
+        f"at {commit[:12]} on {endpoint}; run {run.name} (if stopped, the same command resumes it)",
+    )
     return run
 
 
@@ -122,21 +162,28 @@ def _fetch_and_convert(st: State, run: Path, plan: dict) -> None:
     if not (run / DATASET_DIR).exists():  # a new run (or one killed before it made its dataset)
         hub = {"repo": plan["repo"], "repo_type": "dataset", "commit": plan["commit"], "endpoint": plan["endpoint"]}
         provenance = {"source": "tdmpc2", "files": [Path(c["path"]).name for c in plan["chunks"]], "hub": hub}
-        EpisodeWriter.create(run / DATASET_DIR, resolve_tasks(plan["task_set"]), provenance,
-                             shard_rows=IMPORT_SHARD_ROWS).close()
+        EpisodeWriter.create(
+            run / DATASET_DIR, resolve_tasks(plan["task_set"]), provenance, shard_rows=IMPORT_SHARD_ROWS
+        ).close()
     with EpisodeWriter.open(run / DATASET_DIR) as writer:
         for i, chunk in enumerate(plan["chunks"]):
             local = run / Path(chunk["path"]).name
             if chunk["path"] in {c["path"] for c in converted}:
                 local.unlink(missing_ok=True)  # converted, then killed before the delete
                 continue
-            file = HubFile(FileRef(plan["repo"], "dataset", chunk["path"], plan["commit"]), chunk["size"],
-                           chunk["sha256"], chunk["git_oid"], plan["endpoint"])
+            file = HubFile(
+                FileRef(plan["repo"], "dataset", chunk["path"], plan["commit"]),
+                chunk["size"],
+                chunk["sha256"],
+                chunk["git_oid"],
+                plan["endpoint"],
+            )
             label = f"chunk {i + 1}/{n}"
             with ByteProgress(st, f"{label} download {chunk['path']}") as bar:
                 download(file, local, progress=bar)
             start = converted[-1]["episodes_end"] if converted else 0
             with Progress(st, f"{label} convert", total=None, every_s=60, unit="episodes") as conv:
+
                 def on_batch(done: int, total: int) -> None:
                     if conv.total != total:
                         conv.set_total(total)
@@ -158,9 +205,14 @@ def _publish(reg, run: Path, plan: dict):
         shutil.copytree(run / DATASET_DIR, staging.path / DATASET_DIR, copy_function=_link_or_copy)
         artifact = staging.publish(
             tasks=sorted(ds.per_task_counts()),
-            config={"source": "tdmpc2", "hub": {k: plan[k] for k in ("repo", "commit", "endpoint")},
-                    "files": [c["path"] for c in plan["chunks"]]},
-            metrics={"episodes": ds.num_episodes, "transitions": ds.num_transitions}, extra={"run": run.name})
+            config={
+                "source": "tdmpc2",
+                "hub": {k: plan[k] for k in ("repo", "commit", "endpoint")},
+                "files": [c["path"] for c in plan["chunks"]],
+            },
+            metrics={"episodes": ds.num_episodes, "transitions": ds.num_transitions},
+            extra={"run": run.name},
+        )
     shutil.rmtree(run, ignore_errors=True)
     return artifact
 
@@ -176,4 +228,3 @@ def _write_json(path: Path, doc) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1))
     os.replace(tmp, path)
-

@@ -23,24 +23,38 @@ EVAL_SEED_OFFSET = 10_000  # in-training evaluations use other env seeds than `p
 def extract(
     ctx: typer.Context,
     task: str = typer.Argument(None, help="The task to extract a policy for, e.g. walker-walk.", show_default=False),
-    tasks: str = typer.Option(None, "--tasks", help="Several tasks, one policy each: a set (mt30) or T1,T2. "
-                              "Under torchrun the ranks split them."),
+    tasks: str = typer.Option(
+        None,
+        "--tasks",
+        help="Several tasks, one policy each: a set (mt30) or T1,T2. Under torchrun the ranks split them.",
+    ),
     wm: str = typer.Option(None, "--wm", help="World-model ref \\[default: the newest one that has the task]."),
-    data: list[str] = typer.Option(None, "--data", help="Dataset ref(s) for start states \\[default: the world "
-                                   "model's parent datasets]."),
-    recipe: str = typer.Option("default", "--recipe", help="default (what measures best, docs/learning.md) | "
-                               "official (the official multitask code exactly, quirks included)."),
+    data: list[str] = typer.Option(
+        None, "--data", help="Dataset ref(s) for start states \\[default: the world model's parent datasets]."
+    ),
+    recipe: str = typer.Option(
+        "default",
+        "--recipe",
+        help="default (what measures best, docs/learning.md) | "
+        "official (the official multitask code exactly, quirks included).",
+    ),
     steps: int = typer.Option(None, "--steps", min=1, help="Policy updates \\[default: 10000]."),
-    batch_size: int = typer.Option(None, "--batch-size", min=1,
-                                   help="Start states per update [default recipe: 64; official: 512]."),
-    critic_target: str = typer.Option(None, "--critic-target",
-                                      help="one-step (the code's multitask path) | td-lambda (the paper)."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", min=1, help="Start states per update [default recipe: 64; official: 512]."
+    ),
+    critic_target: str = typer.Option(
+        None, "--critic-target", help="one-step (the code's multitask path) | td-lambda (the paper)."
+    ),
     bootstrap: str = typer.Option(None, "--bootstrap", help="gamma-h1 (the code: gamma^(H+1)) | gamma-h (the paper)."),
-    mask_actions: bool = typer.Option(None, "--mask-actions/--no-mask-actions", help="Zero the padded action dims "
-                                      "in imagination [default recipe: on; official: off, the code never masks]."),
+    mask_actions: bool = typer.Option(
+        None,
+        "--mask-actions/--no-mask-actions",
+        help="Zero the padded action dims in imagination [default recipe: on; official: off, the code never masks].",
+    ),
     seed: int = typer.Option(None, "--seed", help="Seeds the actor/critic init, the noise and the sampler."),
-    eval_every: int = typer.Option(200, "--eval-every", min=0, help="Real-env evaluation every N updates (0: only "
-                                   "at the end)."),
+    eval_every: int = typer.Option(
+        200, "--eval-every", min=0, help="Real-env evaluation every N updates (0: only at the end)."
+    ),
     eval_episodes: int = typer.Option(10, "--eval-episodes", min=1, help="Episodes per evaluation (one seed each)."),
     name: str = typer.Option(None, "--name", help="Policy name \\[default: the task]."),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N]."),
@@ -51,8 +65,12 @@ def extract(
     resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
     logger: list[str] = typer.Option(None, "--logger", help=LOGGER_HELP),
     time_limit: float = typer.Option(None, "--time-limit", min=0.01, help=TIME_LIMIT_HELP),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the world model, start-state data and the resolved "
-                                 "config with where each value came from; train nothing."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Print the world model, start-state data and the resolved "
+        "config with where each value came from; train nothing.",
+    ),
 ) -> None:
     """Extract a policy for one task by first-order gradients through the frozen world model (PWM).
 
@@ -72,10 +90,27 @@ def extract(
 
     if recipe not in EXTRACT_RECIPES:
         raise fail(f"unknown --recipe {recipe!r}: use {' or '.join(EXTRACT_RECIPES)}")
-    settings = dict(recipe=recipe, wm=wm, data=data, steps=steps, batch_size=batch_size, critic_target=critic_target,
-                    bootstrap=bootstrap, mask_actions=mask_actions, seed=seed, eval_every=eval_every,
-                    eval_episodes=eval_episodes, device=device, compile=compile, amp=amp, config=config,
-                    overrides=overrides, loggers=check_loggers(logger), time_limit=time_limit, dry_run=dry_run)
+    settings = dict(
+        recipe=recipe,
+        wm=wm,
+        data=data,
+        steps=steps,
+        batch_size=batch_size,
+        critic_target=critic_target,
+        bootstrap=bootstrap,
+        mask_actions=mask_actions,
+        seed=seed,
+        eval_every=eval_every,
+        eval_episodes=eval_episodes,
+        device=device,
+        compile=compile,
+        amp=amp,
+        config=config,
+        overrides=overrides,
+        loggers=check_loggers(logger),
+        time_limit=time_limit,
+        dry_run=dry_run,
+    )
     if resume and dry_run:
         raise fail("--dry-run plans a new run; `pwmctl runs show RUN` shows a run's config")
     if tasks is None or resume:
@@ -105,13 +140,38 @@ def extract(
 
 
 def _published_line(doc: dict) -> str:
-    return (f"published {doc['artifact']}: {doc['steps']} updates, eval return {doc['eval_return']:.1f} over "
-            f"{doc['eval_episodes']} episodes")
+    return (
+        f"published {doc['artifact']}: {doc['steps']} updates, eval return {doc['eval_return']:.1f} over "
+        f"{doc['eval_episodes']} episodes"
+    )
 
 
-def _extract_task(st, task, *, recipe, wm, data, steps, batch_size, critic_target, bootstrap, mask_actions, seed,
-                  eval_every, eval_episodes, name, device, compile, amp, config, overrides, resume, loggers,
-                  time_limit, dry_run) -> dict:
+def _extract_task(
+    st,
+    task,
+    *,
+    recipe,
+    wm,
+    data,
+    steps,
+    batch_size,
+    critic_target,
+    bootstrap,
+    mask_actions,
+    seed,
+    eval_every,
+    eval_episodes,
+    name,
+    device,
+    compile,
+    amp,
+    config,
+    overrides,
+    resume,
+    loggers,
+    time_limit,
+    dry_run,
+) -> dict:
     """Extract (or resume) one task's policy and publish it; returns the result document (``dry_run``: the plan,
     printed, and nothing trained)."""
     from pwm_core.config import check_device_available
@@ -140,98 +200,194 @@ def _extract_task(st, task, *, recipe, wm, data, steps, batch_size, critic_targe
         spec = get_task(task)
         wm_artifact = _choose_world_model(reg, spec.name, wm)
         wm_ref = wm_artifact.ref
-        data_refs = [reg.resolve(r, default_kind="dataset").ref for r in data] if data else [
-            p for p in wm_artifact.parents if p.startswith("dataset/")]
+        data_refs = (
+            [reg.resolve(r, default_kind="dataset").ref for r in data]
+            if data
+            else [p for p in wm_artifact.parents if p.startswith("dataset/")]
+        )
         if not data_refs:
             raise fail(f"{wm_ref} names no dataset to draw start states from; pass --data DATASET")
         resolved = resolve_config(
-            ExtractConfig(), home=st.home, section="extract", recipe=EXTRACT_RECIPES[recipe], config_file=config,
-            overrides=overrides, validate=validate_config,
-            flags=dict(steps=steps, batch_size=batch_size, critic_target=critic_target, bootstrap=bootstrap, seed=seed,
-                       device=device, amp=amp, mask_actions=mask_actions, compile=True if compile else None))
+            ExtractConfig(),
+            home=st.home,
+            section="extract",
+            recipe=EXTRACT_RECIPES[recipe],
+            config_file=config,
+            overrides=overrides,
+            validate=validate_config,
+            flags=dict(
+                steps=steps,
+                batch_size=batch_size,
+                critic_target=critic_target,
+                bootstrap=bootstrap,
+                seed=seed,
+                device=device,
+                amp=amp,
+                mask_actions=mask_actions,
+                compile=True if compile else None,
+            ),
+        )
         cfg = resolved.cfg
         name = check_name(name or spec.name, "policy name")  # before any work, not at publish time
         if dry_run:  # may plan a GPU run on a laptop: no device check
-            doc = {"dry_run": True, "task": spec.name, "wm": wm_ref, "data": data_refs, "name": name,
-                   "recipe": recipe, "eval_every": eval_every, "eval_episodes": eval_episodes, **resolved.as_doc()}
+            doc = {
+                "dry_run": True,
+                "task": spec.name,
+                "wm": wm_ref,
+                "data": data_refs,
+                "name": name,
+                "recipe": recipe,
+                "eval_every": eval_every,
+                "eval_episodes": eval_episodes,
+                **resolved.as_doc(),
+            }
             if not st.json:
-                print_dry_run(f"policy {name}: extract {spec.name} from {wm_ref} (recipe {recipe})", resolved,
-                              {"start states": ", ".join(data_refs),
-                               "evaluation": f"every {eval_every} updates, {eval_episodes} episodes"})
+                print_dry_run(
+                    f"policy {name}: extract {spec.name} from {wm_ref} (recipe {recipe})",
+                    resolved,
+                    {
+                        "start states": ", ".join(data_refs),
+                        "evaluation": f"every {eval_every} updates, {eval_episodes} episodes",
+                    },
+                )
             return doc
         check_device_available(cfg.device)  # before the run folder
         run = reg.new_run_dir("extract")
-        write_plan(run, {"command": "extract", "task": spec.name, "wm": wm_ref, "data": data_refs, "name": name,
-                         "recipe": recipe, "extract": cfg.to_dict(), "eval_every": eval_every,
-                         "eval_episodes": eval_episodes, "loggers": loggers})
+        write_plan(
+            run,
+            {
+                "command": "extract",
+                "task": spec.name,
+                "wm": wm_ref,
+                "data": data_refs,
+                "name": name,
+                "recipe": recipe,
+                "extract": cfg.to_dict(),
+                "eval_every": eval_every,
+                "eval_episodes": eval_episodes,
+                "loggers": loggers,
+            },
+        )
     spec = get_task(task)
     world_model = load_world_model(reg.resolve(wm_ref).path)
     if spec.name not in world_model.cfg.task_names:
         raise fail(f"{wm_ref} was not trained on {spec.name}; its tasks: {', '.join(world_model.cfg.task_names)}")
     row = world_model.cfg.task_names.index(spec.name)
     if not cfg.mask_actions and world_model.cfg.action_dims[row] < world_model.cfg.act_dim:
-        info(st, f"note: {spec.name} acts on {world_model.cfg.action_dims[row]} of the model's "
-                 f"{world_model.cfg.act_dim} action dims and masking is off (recipe official): the padded dims "
-                 f"move in imagination only; --mask-actions zeroes them")
+        info(
+            st,
+            f"note: {spec.name} acts on {world_model.cfg.action_dims[row]} of the model's "
+            f"{world_model.cfg.act_dim} action dims and masking is off (recipe official): the padded dims "
+            f"move in imagination only; --mask-actions zeroes them",
+        )
     datasets = [open_dataset(reg.resolve(r).path / DATASET_DIR) for r in data_refs]
     if not any(spec.name in ds.per_task_counts() for ds in datasets):
-        raise fail(f"no episodes of {spec.name} in {', '.join(data_refs)}: collect some with "
-                   f"`pwmctl collect {spec.name} --episodes 100` and pass --data")
+        raise fail(
+            f"no episodes of {spec.name} in {', '.join(data_refs)}: collect some with "
+            f"`pwmctl collect {spec.name} --episodes 100` and pass --data"
+        )
     extractor = Extractor(cfg, world_model, row, start_state_sampler(datasets, world_model, row, cfg))
     if (run / CHECKPOINT).exists():
         extractor.load_checkpoint(run / CHECKPOINT)
         info(st, f"resumed {run.name} at update {extractor.step_count}")
     budget = f" or {time_limit:g} minutes" if time_limit else ""
-    info(st, f"extracting {spec.name} from {wm_ref} (start states: {', '.join(data_refs)}): "
-             f"{cfg.steps} updates{budget}, batch {cfg.batch_size}, H={cfg.horizon}, critic {cfg.critic_target}, "
-             f"bootstrap {cfg.bootstrap}; run {run.name}")
+    info(
+        st,
+        f"extracting {spec.name} from {wm_ref} (start states: {', '.join(data_refs)}): "
+        f"{cfg.steps} updates{budget}, batch {cfg.batch_size}, H={cfg.horizon}, critic {cfg.critic_target}, "
+        f"bootstrap {cfg.bootstrap}; run {run.name}",
+    )
 
     t0 = time.monotonic()
     with Progress(st, f"extract {spec.name}", total=cfg.steps) as bar:
-        def log_eval(state, ev):
-            bar.log(f"update {state.step}: eval return {ev['eval_return']:.1f}"
-                    + (f", success {ev['eval_success']:.2f}" if spec.suite == "metaworld" else ""))
 
-        callbacks = [*time_budget(time_limit, lambda n: setattr(extractor.cfg, "steps", n)),
-                     Every(eval_every, lambda: evaluate_extractor(extractor, spec, eval_episodes), then=log_eval),
-                     *([KeepBest("eval_return", extractor.policy_state, run / BEST)] if cfg.keep == "best" else []),
-                     *training_callbacks(run, "extract", lambda: extractor.save_checkpoint(run / CHECKPOINT),
-                                         eval_every, cfg.checkpoint_every_s, 1, loggers, name, cfg.to_dict(),
-                                         rate_key="its_per_s"),
-                     ProgressCallback(bar, ("actor_loss", "value_loss", "model_return", "eval_return"),
-                                      rename={"eval_return": "eval"})]
+        def log_eval(state, ev):
+            bar.log(
+                f"update {state.step}: eval return {ev['eval_return']:.1f}"
+                + (f", success {ev['eval_success']:.2f}" if spec.suite == "metaworld" else "")
+            )
+
+        callbacks = [
+            *time_budget(time_limit, lambda n: setattr(extractor.cfg, "steps", n)),
+            Every(eval_every, lambda: evaluate_extractor(extractor, spec, eval_episodes), then=log_eval),
+            *([KeepBest("eval_return", extractor.policy_state, run / BEST)] if cfg.keep == "best" else []),
+            *training_callbacks(
+                run,
+                "extract",
+                lambda: extractor.save_checkpoint(run / CHECKPOINT),
+                eval_every,
+                cfg.checkpoint_every_s,
+                1,
+                loggers,
+                name,
+                cfg.to_dict(),
+                rate_key="its_per_s",
+            ),
+            ProgressCallback(
+                bar, ("actor_loss", "value_loss", "model_return", "eval_return"), rename={"eval_return": "eval"}
+            ),
+        ]
         result = Loop(extractor.step, lambda: extractor.step_count, cfg.steps, callbacks).run()
     if result.interrupted:
-        info(st, f"interrupted at update {extractor.step_count}; checkpoint saved. "
-                 f"Continue with `pwmctl extract --resume {run.name}`")
+        info(
+            st,
+            f"interrupted at update {extractor.step_count}; checkpoint saved. "
+            f"Continue with `pwmctl extract --resume {run.name}`",
+        )
         raise typer.Exit(130)
 
     curve = [r for r in read_jsonl(run / METRICS) if "eval_return" in r]
-    selected = {"step": extractor.step_count, "eval_return": curve[-1]["eval_return"],
-                "eval_success": curve[-1]["eval_success"]}
+    selected = {
+        "step": extractor.step_count,
+        "eval_return": curve[-1]["eval_return"],
+        "eval_success": curve[-1]["eval_success"],
+    }
     best = read_best(run / BEST) if cfg.keep == "best" else None
     if best is not None and best[0] != extractor.step_count:  # publish the best evaluated policy
         extractor.load_policy_state(load_best(run / BEST))
-        selected = next(({"step": r["step"], "eval_return": r["eval_return"], "eval_success": r["eval_success"]}
-                         for r in curve if r["step"] == best[0]),
-                        {"step": best[0], "eval_return": best[1], "eval_success": None})
-        info(st, f"publishing the policy of update {best[0]} (eval return {selected['eval_return']:.1f}), the best "
-                 f"of {len(curve)} evaluations; the last scored {curve[-1]['eval_return']:.1f}")
+        selected = next(
+            (
+                {"step": r["step"], "eval_return": r["eval_return"], "eval_success": r["eval_success"]}
+                for r in curve
+                if r["step"] == best[0]
+            ),
+            {"step": best[0], "eval_return": best[1], "eval_success": None},
+        )
+        info(
+            st,
+            f"publishing the policy of update {best[0]} (eval return {selected['eval_return']:.1f}), the best "
+            f"of {len(curve)} evaluations; the last scored {curve[-1]['eval_return']:.1f}",
+        )
     with reg.stage("policy", name) as staging:
         save_policy(extractor, staging.path, metadata={"world_model": wm_ref, "datasets": data_refs})
         (staging.path / METRICS).write_bytes((run / METRICS).read_bytes())
         artifact = staging.publish(
-            parents=[wm_ref, *data_refs], tasks=[spec.name], config={"extract": cfg.to_dict()},
-            metrics={"steps": extractor.step_count, "train_seconds": round(time.monotonic() - t0, 1),
-                     "eval_return": selected["eval_return"], "eval_success": selected["eval_success"],
-                     "selected_update": selected["step"],
-                     "learning_curve": [[r["step"], r["eval_return"]] for r in curve]},
-            extra={"run": run.name, "eval_seeds": f"{EVAL_SEED_OFFSET}..{EVAL_SEED_OFFSET + eval_episodes - 1}"})
+            parents=[wm_ref, *data_refs],
+            tasks=[spec.name],
+            config={"extract": cfg.to_dict()},
+            metrics={
+                "steps": extractor.step_count,
+                "train_seconds": round(time.monotonic() - t0, 1),
+                "eval_return": selected["eval_return"],
+                "eval_success": selected["eval_success"],
+                "selected_update": selected["step"],
+                "learning_curve": [[r["step"], r["eval_return"]] for r in curve],
+            },
+            extra={"run": run.name, "eval_seeds": f"{EVAL_SEED_OFFSET}..{EVAL_SEED_OFFSET + eval_episodes - 1}"},
+        )
     write_plan(run, {**read_plan(run, "extract"), "published": artifact.ref})
-    return {"artifact": artifact.ref, "task": spec.name, "world_model": wm_ref, "datasets": data_refs,
-            "steps": extractor.step_count, "selected_update": selected["step"],
-            "eval_return": selected["eval_return"], "eval_episodes": eval_episodes,
-            "learning_curve": [[r["step"], r["eval_return"]] for r in curve], "run": run.name}
+    return {
+        "artifact": artifact.ref,
+        "task": spec.name,
+        "world_model": wm_ref,
+        "datasets": data_refs,
+        "steps": extractor.step_count,
+        "selected_update": selected["step"],
+        "eval_return": selected["eval_return"],
+        "eval_episodes": eval_episodes,
+        "learning_curve": [[r["step"], r["eval_return"]] for r in curve],
+        "run": run.name,
+    }
 
 
 def evaluate_extractor(extractor, spec, episodes: int) -> dict:
@@ -242,11 +398,12 @@ def evaluate_extractor(extractor, spec, episodes: int) -> dict:
     act_dim = spec.act_dim
     actor = lambda obs, specs: extractor.act(obs).float().cpu().numpy()[:, :act_dim]  # noqa: E731
     seeds = [EVAL_SEED_OFFSET + i for i in range(episodes)]
-    ev = evaluate({"policy": actor}, [spec.name], seeds, 1, obs_dim=extractor.world_model.cfg.obs_dim,
-                  act_dim=act_dim)
+    ev = evaluate({"policy": actor}, [spec.name], seeds, 1, obs_dim=extractor.world_model.cfg.obs_dim, act_dim=act_dim)
     returns = [e.ret for e in ev.episodes]
-    return {"eval_return": float(sum(returns) / len(returns)),
-            "eval_success": float(sum(e.final_success for e in ev.episodes) / len(ev.episodes))}
+    return {
+        "eval_return": float(sum(returns) / len(returns)),
+        "eval_success": float(sum(e.final_success for e in ev.episodes) / len(ev.episodes)),
+    }
 
 
 def _choose_world_model(reg, task: str, ref: str | None):
@@ -257,7 +414,8 @@ def _choose_world_model(reg, task: str, ref: str | None):
         return artifact
     candidates = reg.list(kind="worldmodel", task=task)
     if not candidates:
-        raise fail(f"no local world model has {task}: train one with `pwmctl pretrain --tasks {task}` "
-                   f"(or pass --wm REF)")
+        raise fail(
+            f"no local world model has {task}: train one with `pwmctl pretrain --tasks {task}` (or pass --wm REF)"
+        )
     newest = max(candidates, key=lambda a: a.registered)  # registered here last, whatever `created` claims
     return newest

@@ -26,17 +26,22 @@ def finetune(
     task: str = typer.Argument(None, help="The task, e.g. cartpole-balance.", show_default=False),
     policy: str = typer.Option(None, "--policy", help="Policy ref to start from \\[default: the newest of the task]."),
     env_steps: int = typer.Option(None, "--env-steps", min=1, help="Agent steps to collect \\[default: 5000]."),
-    episodes_per_round: int = typer.Option(None, "--episodes-per-round", min=1,
-                                           help="Episodes collected before each update phase \\[default: 2]."),
-    updates_per_episode: int = typer.Option(None, "--updates-per-episode", min=1,
-                                            help="Model + policy updates per collected episode \\[default: 50]."),
+    episodes_per_round: int = typer.Option(
+        None, "--episodes-per-round", min=1, help="Episodes collected before each update phase \\[default: 2]."
+    ),
+    updates_per_episode: int = typer.Option(
+        None, "--updates-per-episode", min=1, help="Model + policy updates per collected episode \\[default: 50]."
+    ),
     wm_batch_size: int = typer.Option(None, "--wm-batch-size", min=1, help="Windows per model update [256]."),
-    policy_batch_size: int = typer.Option(None, "--policy-batch-size", min=1,
-                                          help="Start states per policy update [64]."),
-    offline_data: bool = typer.Option(None, "--offline-data/--no-offline-data",
-                                      help="Also learn from the task's offline episodes \\[default: on]."),
-    save_data: bool = typer.Option(True, "--save-data/--no-save-data",
-                                   help="Publish the collected episodes as a dataset version."),
+    policy_batch_size: int = typer.Option(
+        None, "--policy-batch-size", min=1, help="Start states per policy update [64]."
+    ),
+    offline_data: bool = typer.Option(
+        None, "--offline-data/--no-offline-data", help="Also learn from the task's offline episodes \\[default: on]."
+    ),
+    save_data: bool = typer.Option(
+        True, "--save-data/--no-save-data", help="Publish the collected episodes as a dataset version."
+    ),
     eval_episodes: int = typer.Option(10, "--eval-episodes", min=1, help="Evaluation episodes before and after."),
     seed: int = typer.Option(None, "--seed", help="Seeds envs, exploration noise and samplers \\[default: 0]."),
     name: str = typer.Option(None, "--name", help="Name of the new policy version \\[default: the policy's]."),
@@ -46,10 +51,15 @@ def finetune(
     logger: list[str] = typer.Option(None, "--logger", help=LOGGER_HELP),
     ram_budget: float = typer.Option(None, "--ram-budget", min=0.0, help=RAM_BUDGET_HELP),
     config: Path = typer.Option(None, "--config", help="YAML file of FinetuneConfig fields."),
-    overrides: list[str] = typer.Option(None, "--set", help="key=value FinetuneConfig override (repeatable), e.g. "
-                                        "--set updates_per_episode=100."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the policy, its world model and the resolved config "
-                                 "with where each value came from; train nothing."),
+    overrides: list[str] = typer.Option(
+        None, "--set", help="key=value FinetuneConfig override (repeatable), e.g. --set updates_per_episode=100."
+    ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Print the policy, its world model and the resolved config "
+        "with where each value came from; train nothing.",
+    ),
 ) -> None:
     """Fine-tune a policy and its world model online: collect episodes with the policy's exploration
     noise, then alternate world-model updates (the pre-training objective) and PWM policy updates.
@@ -80,8 +90,10 @@ def finetune(
         if published_policy is not None and not plan.get("published"):  # killed after its last publish
             plan["published"] = {"policy": published_policy.ref}
         if plan.get("published"):
-            raise fail(f"{run.name} already finished and published {', '.join(plan['published'].values())}; "
-                       f"fine-tune again with `pwmctl finetune {plan['task']} --policy {plan['published']['policy']}`")
+            raise fail(
+                f"{run.name} already finished and published {', '.join(plan['published'].values())}; "
+                f"fine-tune again with `pwmctl finetune {plan['task']} --policy {plan['published']['policy']}`"
+            )
         cfg = FinetuneConfig.from_dict(plan["finetune"])
         task, pol_ref, save_data, eval_episodes = plan["task"], plan["policy"], plan["save_data"], plan["eval_episodes"]
         name = plan["name"]
@@ -97,25 +109,65 @@ def finetune(
         pol_artifact = _choose_policy(reg, spec.name, policy)
         pol_ref = pol_artifact.ref
         resolved = resolve_config(
-            FinetuneConfig(), home=st.home, section="finetune", config_file=config, overrides=overrides,
+            FinetuneConfig(),
+            home=st.home,
+            section="finetune",
+            config_file=config,
+            overrides=overrides,
             validate=validate_finetune_config,
-            flags=dict(env_steps=env_steps, episodes_per_round=episodes_per_round, offline_data=offline_data,
-                       updates_per_episode=updates_per_episode, wm_batch_size=wm_batch_size,
-                       policy_batch_size=policy_batch_size, seed=seed, device=device, ram_budget_gb=ram_budget))
+            flags=dict(
+                env_steps=env_steps,
+                episodes_per_round=episodes_per_round,
+                offline_data=offline_data,
+                updates_per_episode=updates_per_episode,
+                wm_batch_size=wm_batch_size,
+                policy_batch_size=policy_batch_size,
+                seed=seed,
+                device=device,
+                ram_budget_gb=ram_budget,
+            ),
+        )
         cfg = resolved.cfg
         name = check_name(name or pol_artifact.name, "policy name")  # before any work, not at publish time
         if dry_run:
-            doc = {"dry_run": True, "task": spec.name, "policy": pol_ref, "name": name, "save_data": save_data,
-                   "eval_episodes": eval_episodes, **resolved.as_doc()}
-            emit(st, doc, lambda: print_dry_run(f"policy {name}: fine-tune {pol_ref} on {spec.name}", resolved, {
-                "world model": ", ".join(p for p in pol_artifact.parents if p.startswith("worldmodel/")) or "(none)",
-                "collected data": "published as a dataset" if save_data else "not kept"}))
+            doc = {
+                "dry_run": True,
+                "task": spec.name,
+                "policy": pol_ref,
+                "name": name,
+                "save_data": save_data,
+                "eval_episodes": eval_episodes,
+                **resolved.as_doc(),
+            }
+            emit(
+                st,
+                doc,
+                lambda: print_dry_run(
+                    f"policy {name}: fine-tune {pol_ref} on {spec.name}",
+                    resolved,
+                    {
+                        "world model": ", ".join(p for p in pol_artifact.parents if p.startswith("worldmodel/"))
+                        or "(none)",
+                        "collected data": "published as a dataset" if save_data else "not kept",
+                    },
+                ),
+            )
             return
         check_device_available(cfg.device)  # before the run folder
         run = reg.new_run_dir("finetune")
-        write_plan(run, {"command": "finetune", "task": spec.name, "policy": pol_ref, "name": name,
-                         "save_data": save_data, "eval_episodes": eval_episodes, "finetune": cfg.to_dict(),
-                         "loggers": loggers})
+        write_plan(
+            run,
+            {
+                "command": "finetune",
+                "task": spec.name,
+                "policy": pol_ref,
+                "name": name,
+                "save_data": save_data,
+                "eval_episodes": eval_episodes,
+                "finetune": cfg.to_dict(),
+                "loggers": loggers,
+            },
+        )
     spec = get_task(task)
     pol_artifact = reg.resolve(pol_ref)
     wm_refs = [p for p in pol_artifact.parents if p.startswith("worldmodel/")]
@@ -126,16 +178,27 @@ def finetune(
     wm_cfg = PretrainConfig.from_dict(wm_artifact.manifest.get("config", {}).get("pretrain", {}))
     ex_cfg = ExtractConfig.from_dict(pol_artifact.manifest.get("config", {}).get("extract", {}))
     offline = [open_dataset(reg.resolve(r).path / DATASET_DIR) for r in data_refs]
-    tuner = Finetuner(cfg, wm_cfg, ex_cfg, load_world_model(wm_artifact.path), load_policy(pol_artifact.path),
-                      spec.name, offline, run / REPLAY_DIR)
+    tuner = Finetuner(
+        cfg,
+        wm_cfg,
+        ex_cfg,
+        load_world_model(wm_artifact.path),
+        load_policy(pol_artifact.path),
+        spec.name,
+        offline,
+        run / REPLAY_DIR,
+    )
     before = None
     if (run / CHECKPOINT).exists():
         tuner.load_checkpoint(run / CHECKPOINT)
         before = next((r["eval_return"] for r in read_jsonl(run / METRICS) if r.get("phase") == "before"), None)
         info(st, f"resumed {run.name} at round {tuner.round} ({tuner.env_steps} env steps, {tuner.updates} updates)")
-    info(st, f"fine-tuning {pol_ref} with {wm_artifact.ref} on {spec.name}: {cfg.env_steps} env steps, "
-             f"{cfg.episodes_per_round} episodes then {cfg.updates_per_episode * cfg.episodes_per_round} updates "
-             f"per round; run {run.name}")
+    info(
+        st,
+        f"fine-tuning {pol_ref} with {wm_artifact.ref} on {spec.name}: {cfg.env_steps} env steps, "
+        f"{cfg.episodes_per_round} episodes then {cfg.updates_per_episode * cfg.episodes_per_round} updates "
+        f"per round; run {run.name}",
+    )
     if before is None:
         before = evaluate_extractor(tuner.extractor, spec, eval_episodes)["eval_return"]
         append_jsonl(run / METRICS, {"phase": "before", "env_steps": 0, "eval_return": before})
@@ -144,41 +207,94 @@ def finetune(
     t0 = time.monotonic()
     tuner.workers = workers
     with Progress(st, f"finetune {spec.name}", total=tuner.total_updates) as bar:
+
         def log_round(state) -> None:
             if "explore_return" in state.metrics:
-                bar.log(f"round {tuner.round}: {tuner.env_steps} env steps, exploration return "
-                        f"{state.metrics['explore_return']:.1f}")
+                bar.log(
+                    f"round {tuner.round}: {tuner.env_steps} env steps, exploration return "
+                    f"{state.metrics['explore_return']:.1f}"
+                )
 
-        callbacks = [OnStep(log_round),
-                     *training_callbacks(run, "finetune", lambda: tuner.save_checkpoint(run / CHECKPOINT), 0,
-                                         CHECKPOINT_EVERY_S, 1, loggers, name, cfg.to_dict(), step_key="update",
-                                         rate_key="updates_per_s"),
-                     ProgressCallback(bar, ("wm_loss", "actor_loss", "model_return", "explore_return"),
-                                      rename={"explore_return": "explore"})]
-        result = Loop(tuner.step, lambda: tuner.updates, tuner.total_updates, callbacks,
-                      done=lambda: tuner.done).run()
+        callbacks = [
+            OnStep(log_round),
+            *training_callbacks(
+                run,
+                "finetune",
+                lambda: tuner.save_checkpoint(run / CHECKPOINT),
+                0,
+                CHECKPOINT_EVERY_S,
+                1,
+                loggers,
+                name,
+                cfg.to_dict(),
+                step_key="update",
+                rate_key="updates_per_s",
+            ),
+            ProgressCallback(
+                bar, ("wm_loss", "actor_loss", "model_return", "explore_return"), rename={"explore_return": "explore"}
+            ),
+        ]
+        result = Loop(tuner.step, lambda: tuner.updates, tuner.total_updates, callbacks, done=lambda: tuner.done).run()
     if result.interrupted:
-        info(st, f"interrupted at round {tuner.round} ({tuner.env_steps} env steps, {tuner.updates} updates); "
-                 f"checkpoint saved. Continue with `pwmctl finetune --resume {run.name}`")
+        info(
+            st,
+            f"interrupted at round {tuner.round} ({tuner.env_steps} env steps, {tuner.updates} updates); "
+            f"checkpoint saved. Continue with `pwmctl finetune --resume {run.name}`",
+        )
         raise typer.Exit(130)
 
     after = evaluate_extractor(tuner.extractor, spec, eval_episodes)["eval_return"]
     env_steps = tuner.env_steps
     append_jsonl(run / METRICS, {"phase": "after", "env_steps": env_steps, "eval_return": after})
-    refs = _publish(reg, run, tuner, spec.name, name, wm_artifact, pol_artifact, data_refs, save_data,
-                    before, after, time.monotonic() - t0)
+    refs = _publish(
+        reg,
+        run,
+        tuner,
+        spec.name,
+        name,
+        wm_artifact,
+        pol_artifact,
+        data_refs,
+        save_data,
+        before,
+        after,
+        time.monotonic() - t0,
+    )
     write_plan(run, {**read_plan(run, "finetune"), "published": refs})  # a later --resume says so
-    doc = {**refs, "env_steps": env_steps, "updates": tuner.updates, "eval_return_before": before,
-           "eval_return_after": after, "run": run.name}
-    emit(st, doc, lambda: typer.echo(
-        f"published {refs['policy']} and {refs['world_model']}"
-        + (f" (episodes: {refs['dataset']})" if refs.get("dataset") else "")
-        + f": eval return {before:.1f} -> {after:.1f} over {eval_episodes} episodes after {env_steps} env "
-          f"steps and {tuner.updates} updates"))
+    doc = {
+        **refs,
+        "env_steps": env_steps,
+        "updates": tuner.updates,
+        "eval_return_before": before,
+        "eval_return_after": after,
+        "run": run.name,
+    }
+    emit(
+        st,
+        doc,
+        lambda: typer.echo(
+            f"published {refs['policy']} and {refs['world_model']}"
+            + (f" (episodes: {refs['dataset']})" if refs.get("dataset") else "")
+            + f": eval return {before:.1f} -> {after:.1f} over {eval_episodes} episodes after {env_steps} env "
+            f"steps and {tuner.updates} updates"
+        ),
+    )
 
 
-def _publish(reg, run, tuner, task: str, name: str, wm_artifact, pol_artifact, data_refs, save_data: bool,
-             before: float, after: float, seconds: float) -> dict:
+def _publish(
+    reg,
+    run,
+    tuner,
+    task: str,
+    name: str,
+    wm_artifact,
+    pol_artifact,
+    data_refs,
+    save_data: bool,
+    before: float,
+    after: float,
+    seconds: float,
+) -> dict:
     """Publish the episodes (optional), then the world model, then the policy; each one version. Each is
     looked up first (by its manifest's run): a resumed run that was killed halfway through publishing
     finishes what is missing instead of publishing a second copy."""
@@ -197,9 +313,16 @@ def _publish(reg, run, tuner, task: str, name: str, wm_artifact, pol_artifact, d
         with reg.stage("dataset", f"{task}-finetune") as staging:
             shutil.copytree(run / REPLAY_DIR, staging.path / DATASET_DIR)
             artifact = staging.publish(
-                parents=[pol_artifact.ref], tasks=[task], config={**config, "policy": pol_artifact.ref},
-                metrics={"episodes": replay.num_episodes, "transitions": replay.num_transitions,
-                         "mean_return": float(replay.episode_returns().mean())}, extra={"run": run.name})
+                parents=[pol_artifact.ref],
+                tasks=[task],
+                config={**config, "policy": pol_artifact.ref},
+                metrics={
+                    "episodes": replay.num_episodes,
+                    "transitions": replay.num_transitions,
+                    "mean_return": float(replay.episode_returns().mean()),
+                },
+                extra={"run": run.name},
+            )
         out["dataset"] = artifact.ref
         replay_refs = [artifact.ref]
     suffix = f"-{task}-ft"  # fine-tuning a fine-tuned model again makes the next version of its line
@@ -209,22 +332,35 @@ def _publish(reg, run, tuner, task: str, name: str, wm_artifact, pol_artifact, d
         with reg.stage("worldmodel", wm_name) as staging:
             save_world_model(tuner.model, staging.path)
             artifact = staging.publish(
-                parents=[wm_artifact.ref, *replay_refs], tasks=list(wm_artifact.tasks),
+                parents=[wm_artifact.ref, *replay_refs],
+                tasks=list(wm_artifact.tasks),
                 config={**config, "pretrain": tuner.wm_cfg.to_dict(), "model": tuner.model.cfg.to_dict()},
-                metrics={"env_steps": tuner.env_steps, "updates": tuner.updates}, extra={"run": run.name})
+                metrics={"env_steps": tuner.env_steps, "updates": tuner.updates},
+                extra={"run": run.name},
+            )
     out["world_model"] = artifact.ref
     curve = [r for r in read_jsonl(run / METRICS) if "explore_return" in r]
     with reg.stage("policy", name) as staging:
-        save_policy(tuner.extractor, staging.path, metadata={"world_model": out["world_model"],
-                                                              "finetuned_from": pol_artifact.ref})
+        save_policy(
+            tuner.extractor,
+            staging.path,
+            metadata={"world_model": out["world_model"], "finetuned_from": pol_artifact.ref},
+        )
         (staging.path / METRICS).write_bytes((run / METRICS).read_bytes())
         artifact = staging.publish(
-            parents=[out["world_model"], pol_artifact.ref, *data_refs], tasks=[task],
+            parents=[out["world_model"], pol_artifact.ref, *data_refs],
+            tasks=[task],
             config={**config, "extract": tuner.extractor.cfg.to_dict()},
-            metrics={"env_steps": tuner.env_steps, "updates": tuner.updates, "train_seconds": round(seconds, 1),
-                     "eval_return_before": before, "eval_return": after,
-                     "exploration_curve": [[r["env_steps"], r["explore_return"]] for r in curve]},
-            extra={"run": run.name})
+            metrics={
+                "env_steps": tuner.env_steps,
+                "updates": tuner.updates,
+                "train_seconds": round(seconds, 1),
+                "eval_return_before": before,
+                "eval_return": after,
+                "exploration_curve": [[r["env_steps"], r["explore_return"]] for r in curve],
+            },
+            extra={"run": run.name},
+        )
     out["policy"] = artifact.ref
     shutil.rmtree(run / REPLAY_DIR, ignore_errors=True)  # published (or not wanted); the run keeps its log
     (run / CHECKPOINT).unlink(missing_ok=True)

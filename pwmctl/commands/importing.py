@@ -11,24 +11,36 @@ from pwmctl.console import ByteProgress, State, emit, fail, state
 
 DOWNLOADS = "downloads"  # $PWM_HOME/downloads: Hub checkpoints while they are imported (a part file resumes)
 # Released files name their set and size: TD-MPC2's mt30-48M.pt, PWM's mt30_48M_4900000.pt.
-_NAMED = {"tasks": re.compile(r"(?<![a-z0-9])(mt30|mt80)(?![0-9])", re.IGNORECASE),
-          "size": re.compile(r"(?<![a-z0-9.])(1|5|19|48|317)m(?![a-z0-9])", re.IGNORECASE)}
+_NAMED = {
+    "tasks": re.compile(r"(?<![a-z0-9])(mt30|mt80)(?![0-9])", re.IGNORECASE),
+    "size": re.compile(r"(?<![a-z0-9.])(1|5|19|48|317)m(?![a-z0-9])", re.IGNORECASE),
+}
 _EXAMPLE = "hf://nicklashansen/tdmpc2/multitask/mt30-48M.pt"
 
 
 def import_checkpoint(
     ctx: typer.Context,
-    source: str = typer.Argument(..., help="A checkpoint file (.pt; state dict under 'model'), or a Hub file: "
-                                 f"{_EXAMPLE}, hf://imgeorgiev/pwm/multitask/mt30_48M_4900000.pt, "
-                                 "hf://ORG/NAME\\[@REV]/PATH."),
-    tasks: str = typer.Option(None, "--tasks", help="mt30 | mt80: the set the checkpoint was trained on "
-                              "\\[default: from the file name, e.g. mt30-48M.pt]."),
-    size: str = typer.Option(None, "--size", help="1M, 5M, 19M, 48M or 317M: must match the file "
-                             "\\[default: from the file name]."),
+    source: str = typer.Argument(
+        ...,
+        help="A checkpoint file (.pt; state dict under 'model'), or a Hub file: "
+        f"{_EXAMPLE}, hf://imgeorgiev/pwm/multitask/mt30_48M_4900000.pt, "
+        "hf://ORG/NAME\\[@REV]/PATH.",
+    ),
+    tasks: str = typer.Option(
+        None,
+        "--tasks",
+        help="mt30 | mt80: the set the checkpoint was trained on \\[default: from the file name, e.g. mt30-48M.pt].",
+    ),
+    size: str = typer.Option(
+        None, "--size", help="1M, 5M, 19M, 48M or 317M: must match the file \\[default: from the file name]."
+    ),
     name: str = typer.Option(None, "--name", help="World-model name \\[default: <tasks>-<size>]."),
-    hub_endpoint: str = typer.Option(None, "--hub-endpoint", envvar="PWMCTL_HUB_ENDPOINT",
-                                     help="Hub URL (default: config hub.endpoint, else HF_ENDPOINT, else "
-                                          "https://huggingface.co)."),
+    hub_endpoint: str = typer.Option(
+        None,
+        "--hub-endpoint",
+        envvar="PWMCTL_HUB_ENDPOINT",
+        help="Hub URL (default: config hub.endpoint, else HF_ENDPOINT, else https://huggingface.co).",
+    ),
 ) -> None:
     """Convert a released TD-MPC2 / PWM `.pt` checkpoint, local or on the Hub, into a worldmodel artifact
     (safetensors).
@@ -62,21 +74,27 @@ def import_checkpoint(
     model = import_tdmpc2_checkpoint(path, model_cfg)
     with reg.stage("worldmodel", name) as staging:
         save_world_model(model, staging.path)
-        artifact = staging.publish(tasks=list(task_set.names), config={"model": model_cfg.to_dict()},
-                                   metrics={"parameters": count_parameters(model_cfg)["total"]},
-                                   extra={"imported_from": origin, **({"hub": hub} if hub else {})})
+        artifact = staging.publish(
+            tasks=list(task_set.names),
+            config={"model": model_cfg.to_dict()},
+            metrics={"parameters": count_parameters(model_cfg)["total"]},
+            extra={"imported_from": origin, **({"hub": hub} if hub else {})},
+        )
     if hub is not None:
         path.unlink(missing_ok=True)  # imported: the artifact holds the weights
-    emit(st, {"artifact": artifact.ref, "source": origin},
-         lambda: typer.echo(f"published {artifact.ref} from {origin}"))
+    emit(
+        st, {"artifact": artifact.ref, "source": origin}, lambda: typer.echo(f"published {artifact.ref} from {origin}")
+    )
 
 
 def _infer(file_name: str, what: str) -> str:
     """--tasks or --size from a released file's name, else one error line asking for the flag."""
     found = _NAMED[what].search(file_name)
     if found is None:
-        raise fail(f"cannot tell the {'task set' if what == 'tasks' else 'model size'} from the name {file_name!r}: "
-                   f"pass --{what} (released files are named like mt30-48M.pt or mt80_48M_2700000.pt)")
+        raise fail(
+            f"cannot tell the {'task set' if what == 'tasks' else 'model size'} from the name {file_name!r}: "
+            f"pass --{what} (released files are named like mt30-48M.pt or mt80_48M_2700000.pt)"
+        )
     return found[1].lower() if what == "tasks" else f"{found[1]}M"
 
 
@@ -97,5 +115,15 @@ def _download(st: State, home: Path, source: str, flag: str | None) -> tuple[Pat
     dest = home / DOWNLOADS / f"{file.ref.repo.replace('/', '--')}--{file.ref.revision}--{file.name}"
     with ByteProgress(st, f"download {file.ref.path}") as bar:
         download(file, dest, progress=bar)
-    return dest, str(file.ref), {"repo": file.ref.repo, "repo_type": file.ref.repo_type, "path": file.ref.path,
-                                 "commit": file.ref.revision, "endpoint": endpoint, "sha256": file.sha256}
+    return (
+        dest,
+        str(file.ref),
+        {
+            "repo": file.ref.repo,
+            "repo_type": file.ref.repo_type,
+            "path": file.ref.path,
+            "commit": file.ref.revision,
+            "endpoint": endpoint,
+            "sha256": file.sha256,
+        },
+    )

@@ -13,12 +13,20 @@ from pwmctl.console import emit, fail, info, state
 
 def plot(
     ctx: typer.Context,
-    refs: list[str] = typer.Argument(..., help="Artifact refs: worldmodel (losses), policy (learning curve), "
-                                     "report (IQM with CIs, per-task returns); or run ids (`pwmctl runs ls`), "
-                                     "running or finished.", show_default=False),
+    refs: list[str] = typer.Argument(
+        ...,
+        help="Artifact refs: worldmodel (losses), policy (learning curve), "
+        "report (IQM with CIs, per-task returns); or run ids (`pwmctl runs ls`), "
+        "running or finished.",
+        show_default=False,
+    ),
     out: Path = typer.Option(Path("plots"), "--out", "-o", help="Folder for the PNGs."),
-    follow: bool = typer.Option(False, "--follow", "-f", help="Re-draw the runs' figures every --every seconds "
-                                "until they stop running (Ctrl-C to leave)."),
+    follow: bool = typer.Option(
+        False,
+        "--follow",
+        "-f",
+        help="Re-draw the runs' figures every --every seconds until they stop running (Ctrl-C to leave).",
+    ),
     every: float = typer.Option(30.0, "--every", min=1.0, help="Seconds between re-draws with --follow."),
 ) -> None:
     """Plot learning curves and evaluation results from artifacts' metrics and reports, or from runs in
@@ -37,8 +45,10 @@ def plot(
     if follow:
         from pwmctl.commands.runs import run_summary
 
-        info(st, "\n".join(f"wrote {p}" for p in written)
-             + f"\nre-drawing every {every:g}s while running (Ctrl-C to stop)")
+        info(
+            st,
+            "\n".join(f"wrote {p}" for p in written) + f"\nre-drawing every {every:g}s while running (Ctrl-C to stop)",
+        )
         try:
             while any(isinstance(t, Path) and run_summary(t)["state"] == "running" for t in targets):
                 time.sleep(every)

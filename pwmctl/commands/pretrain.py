@@ -18,22 +18,27 @@ from pwmctl.resolve import print_dry_run, resolve_config
 from pwmctl.runs import refuse_if_published, training_callbacks, write_plan
 
 CHECKPOINT = "checkpoint.pt"
-RAM_BUDGET_HELP = ("GB of dataset rows to hold in RAM; beyond it, windows stream from disk (the same windows) "
-                   "\\[default: half the available memory].")
+RAM_BUDGET_HELP = (
+    "GB of dataset rows to hold in RAM; beyond it, windows stream from disk (the same windows) "
+    "\\[default: half the available memory]."
+)
 
 
 def pretrain(
     ctx: typer.Context,
     tasks: str = typer.Option(None, "--tasks", help="mt30 | mt80 | comma-separated tasks (the model's task set)."),
-    data: list[str] = typer.Option(None, "--data", help="Dataset ref (repeatable) \\[default: every local dataset "
-                                   "covering tasks of the set]."),
+    data: list[str] = typer.Option(
+        None, "--data", help="Dataset ref (repeatable) \\[default: every local dataset covering tasks of the set]."
+    ),
     size: str = typer.Option(None, "--size", help="Model size preset: 1M, 5M, 19M, 48M, 317M \\[default: 5M]."),
     steps: int = typer.Option(None, "--steps", min=1, help="Training steps."),
-    batch_size: int = typer.Option(None, "--batch-size", min=1,
-                                   help="Windows per step and rank \\[default: 1024]."),
-    global_batch_size: int = typer.Option(None, "--global-batch-size", min=1,
-                                          help="Windows per step over all torchrun ranks (per-rank batch x world "
-                                               "size); instead of --batch-size."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Windows per step and rank \\[default: 1024]."),
+    global_batch_size: int = typer.Option(
+        None,
+        "--global-batch-size",
+        min=1,
+        help="Windows per step over all torchrun ranks (per-rank batch x world size); instead of --batch-size.",
+    ),
     horizon: int = typer.Option(None, "--horizon", min=1, help="Rollout horizon H \\[default: 16]."),
     seed: int = typer.Option(None, "--seed", help="Seeds python, numpy, torch and the sampler."),
     name: str = typer.Option(None, "--name", help="World-model name \\[default: <tasks>-<size>]."),
@@ -47,8 +52,9 @@ def pretrain(
     logger: list[str] = typer.Option(None, "--logger", help=LOGGER_HELP),
     time_limit: float = typer.Option(None, "--time-limit", min=0.01, help=TIME_LIMIT_HELP),
     ram_budget: float = typer.Option(None, "--ram-budget", min=0.0, help=RAM_BUDGET_HELP),
-    dry_run: bool = typer.Option(False, "--dry-run",
-                                 help="Print the resolved config and parameter counts; train nothing."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the resolved config and parameter counts; train nothing."
+    ),
 ) -> None:
     """Pre-train a TD-MPC2-style multi-task world model (PWM's recipe: H=16, rho=0.99, batch 1024).
 
@@ -82,8 +88,10 @@ def pretrain(
         if steps is not None:  # allow extending a run
             cfg.steps = steps
         if batch_size is not None or global_batch_size is not None:
-            raise fail(f"a resumed run keeps its batch size ({cfg.batch_size} per rank); drop --batch-size / "
-                       "--global-batch-size")
+            raise fail(
+                f"a resumed run keeps its batch size ({cfg.batch_size} per rank); drop --batch-size / "
+                "--global-batch-size"
+            )
         if ram_budget is not None:  # this machine's memory: never changes the run
             cfg.ram_budget_gb = ram_budget
         validate_pretrain_config(cfg)
@@ -95,10 +103,24 @@ def pretrain(
         # defaults < `config set size 48M` / `pretrain.<field>` < --config < --set < flags; then checked once,
         # before any work (steps=-5, batch_size=0, rho=nan, --device banana)
         resolved = resolve_config(
-            PretrainConfig(), home=st.home, section="pretrain", config_file=config, overrides=overrides,
+            PretrainConfig(),
+            home=st.home,
+            section="pretrain",
+            config_file=config,
+            overrides=overrides,
             validate=validate_pretrain_config,
-            flags=dict(size=size, steps=steps, batch_size=batch_size, horizon=horizon, seed=seed, device=device,
-                       amp=amp, ram_budget_gb=ram_budget, compile=True if compile else None))
+            flags=dict(
+                size=size,
+                steps=steps,
+                batch_size=batch_size,
+                horizon=horizon,
+                seed=seed,
+                device=device,
+                amp=amp,
+                ram_budget_gb=ram_budget,
+                compile=True if compile else None,
+            ),
+        )
         cfg = resolved.cfg
         if not dry_run:  # a dry run may plan a GPU run on a laptop
             check_device_available(cfg.device)
@@ -111,8 +133,15 @@ def pretrain(
         refuse_if_published(reg, "worldmodel", name, run, "pretrain")
 
     if dry_run:
-        doc = {"name": name, "tasks": list(task_set.names), "datasets": refs, "pretrain": cfg.to_dict(),
-               "sources": resolved.as_doc()["sources"], "model": model_cfg.to_dict(), "parameters": counts}
+        doc = {
+            "name": name,
+            "tasks": list(task_set.names),
+            "datasets": refs,
+            "pretrain": cfg.to_dict(),
+            "sources": resolved.as_doc()["sources"],
+            "model": model_cfg.to_dict(),
+            "parameters": counts,
+        }
         emit(st, doc, lambda: _print_dry_run(doc, resolved))
         return
 
@@ -126,8 +155,17 @@ def pretrain(
     if run is None:
         run = reg.new_run_dir("pretrain") if main else None
         if main:
-            write_plan(run, {"command": "pretrain", "name": name, "tasks": ",".join(task_set.names), "datasets": refs,
-                              "pretrain": cfg.to_dict(), "loggers": loggers})
+            write_plan(
+                run,
+                {
+                    "command": "pretrain",
+                    "name": name,
+                    "tasks": ",".join(task_set.names),
+                    "datasets": refs,
+                    "pretrain": cfg.to_dict(),
+                    "loggers": loggers,
+                },
+            )
         run = dist.broadcast_path(run)
     trainer = Pretrainer(cfg, model_cfg, datasets, task_set, device=ctx_dist.device)
     if (run / CHECKPOINT).exists():
@@ -136,20 +174,29 @@ def pretrain(
     resumed = dist.gather_ints(trainer.step_count)
     if len(set(resumed)) > 1:  # a machine that does not see the run folder starts from step 0
         dist.cleanup()
-        raise fail(f"the ranks resumed {run.name} at different steps ({', '.join(map(str, resumed))}, in rank "
-                   "order): every machine must see the same PWM_HOME (a shared file system), or at least the run "
-                   "folder and the datasets")
+        raise fail(
+            f"the ranks resumed {run.name} at different steps ({', '.join(map(str, resumed))}, in rank "
+            "order): every machine must see the same PWM_HOME (a shared file system), or at least the run "
+            "folder and the datasets"
+        )
     if main:
-        info(st, f"pretraining {name}: {counts['total'] / 1e6:.2f}M parameters, {len(task_set)} task(s), "
-                 f"{cfg.steps} steps{f' or {time_limit:g} minutes' if time_limit else ''}, batch {cfg.batch_size}"
-                 f"{_global_batch(cfg.batch_size, dist.world_size())}, H={cfg.horizon}, on {ctx_dist.device}"
-                 f"{f' x{dist.world_size()} ranks' if dist.world_size() > 1 else ''}; run {run.name}")
+        info(
+            st,
+            f"pretraining {name}: {counts['total'] / 1e6:.2f}M parameters, {len(task_set)} task(s), "
+            f"{cfg.steps} steps{f' or {time_limit:g} minutes' if time_limit else ''}, batch {cfg.batch_size}"
+            f"{_global_batch(cfg.batch_size, dist.world_size())}, H={cfg.horizon}, on {ctx_dist.device}"
+            f"{f' x{dist.world_size()} ranks' if dist.world_size() > 1 else ''}; run {run.name}",
+        )
         if trainer.streaming:
-            info(st, f"windows stream from disk: the rows take {trainer.data_nbytes / 1e9:.1f} GB, over the RAM "
-                     "budget (--ram-budget GB)")
+            info(
+                st,
+                f"windows stream from disk: the rows take {trainer.data_nbytes / 1e9:.1f} GB, over the RAM "
+                "budget (--ram-budget GB)",
+            )
     first_val = _first_validation(run, trainer, main)
     t0 = time.monotonic()
     with Progress(st if main else _silent(st), "pretrain", total=cfg.steps) as bar:
+
         def log_validation(state, val):
             if main:
                 bar.log(f"step {state.step}: " + "  ".join(f"val {k} {v:.4g}" for k, v in val.items()))
@@ -159,29 +206,54 @@ def pretrain(
             raise fail("--time-limit is not supported under torchrun (ranks must stop at the same step): use --steps")
         callbacks = [*time_budget(time_limit, lambda n: setattr(cfg, "steps", n)), validation]
         if main:
-            callbacks += [*training_callbacks(run, "pretrain", lambda: trainer.save_checkpoint(run / CHECKPOINT),
-                                              cfg.checkpoint_every, cfg.checkpoint_every_s, cfg.log_every, loggers,
-                                              name, cfg.to_dict()),
-                          ProgressCallback(bar, ("consistency", "reward_ce", "value_ce"))]
+            callbacks += [
+                *training_callbacks(
+                    run,
+                    "pretrain",
+                    lambda: trainer.save_checkpoint(run / CHECKPOINT),
+                    cfg.checkpoint_every,
+                    cfg.checkpoint_every_s,
+                    cfg.log_every,
+                    loggers,
+                    name,
+                    cfg.to_dict(),
+                ),
+                ProgressCallback(bar, ("consistency", "reward_ce", "value_ce")),
+            ]
         result = Loop(trainer.step, lambda: trainer.step_count, cfg.steps, callbacks, agree=dist.any_rank).run()
     if result.interrupted:
         dist.cleanup()
-        info(st, f"interrupted at step {trainer.step_count}; checkpoint saved. "
-                 f"Continue with `pwmctl pretrain --resume {run.name}`")
+        info(
+            st,
+            f"interrupted at step {trainer.step_count}; checkpoint saved. "
+            f"Continue with `pwmctl pretrain --resume {run.name}`",
+        )
         raise typer.Exit(130)
     if not main:
         dist.cleanup()
         return
     final = validation.last if validation.last is not None else trainer.validate()
-    artifact = _publish(reg, run, name, trainer, cfg, model_cfg, refs, task_set, first_val, final,
-                        time.monotonic() - t0)
+    artifact = _publish(
+        reg, run, name, trainer, cfg, model_cfg, refs, task_set, first_val, final, time.monotonic() - t0
+    )
     write_plan(run, {**read_plan(run, "pretrain"), "published": artifact.ref})
     dist.cleanup()
-    doc = {"artifact": artifact.ref, "steps": trainer.step_count, "parameters": counts["total"],
-           "val_initial": first_val, "val_final": final, "run": run.name}
-    emit(st, doc, lambda: typer.echo(
-        f"published {artifact.ref}: {trainer.step_count} steps; held-out "
-        + ", ".join(f"{k} {first_val[k]:.4g} -> {final[k]:.4g}" for k in final)))
+    doc = {
+        "artifact": artifact.ref,
+        "steps": trainer.step_count,
+        "parameters": counts["total"],
+        "val_initial": first_val,
+        "val_final": final,
+        "run": run.name,
+    }
+    emit(
+        st,
+        doc,
+        lambda: typer.echo(
+            f"published {artifact.ref}: {trainer.step_count} steps; held-out "
+            + ", ".join(f"{k} {first_val[k]:.4g} -> {final[k]:.4g}" for k in final)
+        ),
+    )
 
 
 def _per_rank_batch(batch_size: int | None, global_batch_size: int | None) -> int | None:
@@ -192,8 +264,9 @@ def _per_rank_batch(batch_size: int | None, global_batch_size: int | None) -> in
         raise fail("give --batch-size (per rank) or --global-batch-size (over all ranks), not both")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if global_batch_size % world:
-        raise fail(f"--global-batch-size {global_batch_size} does not divide over {world} ranks; use a multiple "
-                   f"of {world}")
+        raise fail(
+            f"--global-batch-size {global_batch_size} does not divide over {world} ranks; use a multiple of {world}"
+        )
     return global_batch_size // world
 
 
@@ -227,16 +300,25 @@ def _choose_datasets(reg, task_set, data, allow_missing: bool, st) -> list[str]:
         info(st, f"no local dataset has any task of {task_set.name} yet")
         return []
     if not artifacts:
-        raise fail(f"no local dataset has any task of {task_set.name}; collect some with "
-                   f"`pwmctl collect {task_set.name} --episodes 100` or import TD-MPC2's with "
-                   f"`pwmctl data import-tdmpc2 PATH`")
+        raise fail(
+            f"no local dataset has any task of {task_set.name}; collect some with "
+            f"`pwmctl collect {task_set.name} --episodes 100` or import TD-MPC2's with "
+            f"`pwmctl data import-tdmpc2 PATH`"
+        )
     if missing and not allow_missing:
         shown = ",".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
-        raise fail(f"no data for {len(missing)} task(s) of {task_set.name}: {shown}; run "
-                   f"`pwmctl collect {','.join(missing)} --episodes 100` (or `pwmctl data import-tdmpc2 PATH`), "
-                   f"or pass --allow-missing to train on what exists")
-    info(st, "datasets: " + ", ".join(a.ref for a in artifacts) + "; episodes per task: "
-         + ", ".join(f"{t} {n}" for t, n in counts.items()))
+        raise fail(
+            f"no data for {len(missing)} task(s) of {task_set.name}: {shown}; run "
+            f"`pwmctl collect {','.join(missing)} --episodes 100` (or `pwmctl data import-tdmpc2 PATH`), "
+            f"or pass --allow-missing to train on what exists"
+        )
+    info(
+        st,
+        "datasets: "
+        + ", ".join(a.ref for a in artifacts)
+        + "; episodes per task: "
+        + ", ".join(f"{t} {n}" for t, n in counts.items()),
+    )
     return [a.ref for a in artifacts]
 
 
@@ -259,22 +341,31 @@ def _publish(reg, run, name, trainer, cfg, model_cfg, refs, task_set, first_val,
         save_world_model(trainer.model, staging.path)
         (staging.path / "metrics.jsonl").write_bytes((run / METRICS).read_bytes())
         return staging.publish(
-            parents=refs, tasks=list(task_set.names),
+            parents=refs,
+            tasks=list(task_set.names),
             config={"pretrain": cfg.to_dict(), "model": model_cfg.to_dict()},
-            metrics={"steps": trainer.step_count, "train_seconds": round(seconds, 1),
-                     **{f"val_initial/{k}": v for k, v in first_val.items()},
-                     **{f"val/{k}": v for k, v in final.items()}},
-            extra={"run": run.name})
+            metrics={
+                "steps": trainer.step_count,
+                "train_seconds": round(seconds, 1),
+                **{f"val_initial/{k}": v for k, v in first_val.items()},
+                **{f"val/{k}": v for k, v in final.items()},
+            },
+            extra={"run": run.name},
+        )
 
 
 def _print_dry_run(doc: dict, resolved) -> None:
-    typer.echo(f"world model {doc['name']}: tasks {', '.join(doc['tasks'][:6])}"
-               + (f" (+{len(doc['tasks']) - 6} more)" if len(doc["tasks"]) > 6 else ""))
+    typer.echo(
+        f"world model {doc['name']}: tasks {', '.join(doc['tasks'][:6])}"
+        + (f" (+{len(doc['tasks']) - 6} more)" if len(doc["tasks"]) > 6 else "")
+    )
     typer.echo(f"datasets: {', '.join(doc['datasets']) or '(none)'}")
     m = doc["model"]
-    typer.echo(f"model: size {doc['pretrain']['size']}, obs {m['obs_dim']}, act {m['act_dim']}, latent "
-               f"{m['latent_dim']}, task_dim {m['task_dim']}, enc {m['enc_dim']}x{m['num_enc_layers'] - 1}, "
-               f"mlp {m['mlp_dim']}, {m['num_q']} Q heads")
+    typer.echo(
+        f"model: size {doc['pretrain']['size']}, obs {m['obs_dim']}, act {m['act_dim']}, latent "
+        f"{m['latent_dim']}, task_dim {m['task_dim']}, enc {m['enc_dim']}x{m['num_enc_layers'] - 1}, "
+        f"mlp {m['mlp_dim']}, {m['num_q']} Q heads"
+    )
     typer.echo("parameters: " + ", ".join(f"{k} {v:,}" for k, v in doc["parameters"].items()))
     print_dry_run("", resolved)
 
@@ -283,4 +374,3 @@ def _silent(st):
     from dataclasses import replace
 
     return replace(st, verbosity=-1)
-

@@ -57,14 +57,20 @@ def quickstart(
     ctx: typer.Context,
     task: str = typer.Option("cartpole-swingup", "--task", help="A small task (DMC or custom)."),
     budget_minutes: float = typer.Option(15.0, "--budget-minutes", min=1.0, help="Wall-clock budget for the run."),
-    recipe: str = typer.Option("default", "--recipe", help="default (extraction's default recipe: the best "
-                               "evaluated policy is published) | official (the official extraction)."),
+    recipe: str = typer.Option(
+        "default",
+        "--recipe",
+        help="default (extraction's default recipe: the best "
+        "evaluated policy is published) | official (the official extraction).",
+    ),
     noise: str = typer.Option(None, "--noise", help="Random data: uniform | pink \\[default: uniform]."),
     seed: int = typer.Option(0, "--seed", help="Seeds data collection, training and extraction."),
-    max_pretrain_steps: int = typer.Option(None, "--pretrain-steps", min=1,
-                                           help="Upper bound on world-model updates \\[default: the time allows]."),
-    max_extract_steps: int = typer.Option(None, "--extract-steps", min=1,
-                                          help="Upper bound on policy updates \\[default: the time allows]."),
+    max_pretrain_steps: int = typer.Option(
+        None, "--pretrain-steps", min=1, help="Upper bound on world-model updates \\[default: the time allows]."
+    ),
+    max_extract_steps: int = typer.Option(
+        None, "--extract-steps", min=1, help="Upper bound on policy updates \\[default: the time allows]."
+    ),
     episodes: int = typer.Option(None, "--episodes", min=1, help="Random-policy episodes \\[default: 30]."),
     eval_seeds: int = typer.Option(None, "--seeds", min=2, help="Evaluation seeds \\[default: 10]."),
     name: str = typer.Option(None, "--name", help="Name of the artifacts \\[default: quickstart-<task>]."),
@@ -87,8 +93,14 @@ def quickstart(
     if noise not in (None, "uniform", "pink"):
         raise fail(f"unknown --noise {noise!r}: use uniform or pink")
     r = Recipe(task=spec.name, **RECIPES[recipe])
-    set_given(r, pretrain_steps=max_pretrain_steps, extract_steps=max_extract_steps, episodes=episodes,
-              eval_seeds=eval_seeds, noise=noise)
+    set_given(
+        r,
+        pretrain_steps=max_pretrain_steps,
+        extract_steps=max_extract_steps,
+        episodes=episodes,
+        eval_seeds=eval_seeds,
+        noise=noise,
+    )
     name = name or f"quickstart-{spec.name}"
     t0, budget = time.monotonic(), budget_minutes * 60
     stages: dict[str, float] = {}
@@ -99,8 +111,13 @@ def quickstart(
         info(st, f"\n$ {line}")
         s = time.monotonic()
         env = {**os.environ, "PWM_HOME": str(st.home)}
-        proc = subprocess.run([sys.executable, "-m", "pwmctl", "--format", "json", "-v", *args], env=env,
-                              stdout=subprocess.PIPE, stderr=None if not st.quiet else subprocess.DEVNULL, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pwmctl", "--format", "json", "-v", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=None if not st.quiet else subprocess.DEVNULL,
+            text=True,
+        )
         if proc.returncode == 130:
             raise typer.Exit(130)
         if proc.returncode != 0:
@@ -108,35 +125,80 @@ def quickstart(
         stages[args[0]] = stages.get(args[0], 0.0) + time.monotonic() - s
         return json.loads(proc.stdout)
 
-    data = pwmctl("collect", spec.name, "--episodes", str(r.episodes), "--noise", r.noise, "--seed", str(seed),
-                  "--name", name)
+    data = pwmctl(
+        "collect", spec.name, "--episodes", str(r.episodes), "--noise", r.noise, "--seed", str(seed), "--name", name
+    )
     left = budget - (time.monotonic() - t0)
     if left < 60:
-        info(st, f"warning: {left:.0f} s of the budget left after collecting; the policy will barely train "
-                 "(raise --budget-minutes)")
+        info(
+            st,
+            f"warning: {left:.0f} s of the budget left after collecting; the policy will barely train "
+            "(raise --budget-minutes)",
+        )
     pre_minutes = max(r.pretrain_share * left / 60, 0.05)  # at least a few updates, however late
     reserve = (1 - r.pretrain_share - r.extract_share) * left  # seconds kept for the final evaluation
-    wm = pwmctl("pretrain", "--tasks", spec.name, "--data", data["artifact"], "--size", r.size, "--batch-size",
-                str(r.pretrain_batch), "--horizon", str(r.pretrain_horizon), "--steps", str(r.pretrain_steps or MANY),
-                "--time-limit", f"{pre_minutes:.3f}", "--seed", str(seed), "--set", "val_every=100", "--set",
-                "log_every=10", "--name", name)
+    wm = pwmctl(
+        "pretrain",
+        "--tasks",
+        spec.name,
+        "--data",
+        data["artifact"],
+        "--size",
+        r.size,
+        "--batch-size",
+        str(r.pretrain_batch),
+        "--horizon",
+        str(r.pretrain_horizon),
+        "--steps",
+        str(r.pretrain_steps or MANY),
+        "--time-limit",
+        f"{pre_minutes:.3f}",
+        "--seed",
+        str(seed),
+        "--set",
+        "val_every=100",
+        "--set",
+        "log_every=10",
+        "--name",
+        name,
+    )
     # Extraction gets what pre-training left, less the evaluation's reserve (its share, or more if pre-training
     # ended early)
     ext_minutes = max((budget - (time.monotonic() - t0) - reserve) / 60, 0.05)
-    pol = pwmctl("extract", spec.name, "--wm", wm["artifact"], "--recipe", r.extract_recipe, "--steps",
-                 str(r.extract_steps or MANY), "--time-limit", f"{ext_minutes:.3f}", "--batch-size",
-                 str(r.extract_batch), "--eval-every", str(r.eval_every), "--eval-episodes", "5", "--seed", str(seed),
-                 "--name", name)
+    pol = pwmctl(
+        "extract",
+        spec.name,
+        "--wm",
+        wm["artifact"],
+        "--recipe",
+        r.extract_recipe,
+        "--steps",
+        str(r.extract_steps or MANY),
+        "--time-limit",
+        f"{ext_minutes:.3f}",
+        "--batch-size",
+        str(r.extract_batch),
+        "--eval-every",
+        str(r.eval_every),
+        "--eval-episodes",
+        "5",
+        "--seed",
+        str(seed),
+        "--name",
+        name,
+    )
     ev = pwmctl("eval", pol["artifact"], "random", "--seeds", str(r.eval_seeds))
 
     elapsed = time.monotonic() - t0
-    doc = _publish(reg, st, name, r, recipe, data, wm, pol, ev, wm["steps"], pol["steps"], stages, elapsed,
-                   budget_minutes)
+    doc = _publish(
+        reg, st, name, r, recipe, data, wm, pol, ev, wm["steps"], pol["steps"], stages, elapsed, budget_minutes
+    )
     emit(st, doc, lambda: typer.echo(doc["summary_markdown"]))
 
 
-def _publish(reg, st, name, r, recipe, data, wm, pol, ev, pre_steps, ext_steps, stages, elapsed,
-             budget_minutes) -> dict:
+def _publish(
+    reg, st, name, r, recipe, data, wm, pol, ev, pre_steps, ext_steps, stages, elapsed, budget_minutes
+) -> dict:
     from pwmctl.commands.plot import plot_artifact
 
     summaries = ev["summaries"]
@@ -156,11 +218,17 @@ def _publish(reg, st, name, r, recipe, data, wm, pol, ev, pre_steps, ext_steps, 
         "",
         "| policy | return (mean ± std) | IQM score | 95% CI |",
         "|---|---:|---:|---|",
-        *(f"| {k} | {task_stats[k]['return_mean']:.1f} ± {task_stats[k]['return_std']:.1f} | "
-          f"{a['value']:.3f} | [{a['lo']:.3f}, {a['hi']:.3f}] |" for k, a in ((label, mine), ("random", rnd))),
+        *(
+            f"| {k} | {task_stats[k]['return_mean']:.1f} ± {task_stats[k]['return_std']:.1f} | "
+            f"{a['value']:.3f} | [{a['lo']:.3f}, {a['hi']:.3f}] |"
+            for k, a in ((label, mine), ("random", rnd))
+        ),
         "",
-        ("The extracted policy beats random: the 95% CIs do not overlap." if beats else
-         "No reliable win over random at this budget: raise --budget-minutes."),
+        (
+            "The extracted policy beats random: the 95% CIs do not overlap."
+            if beats
+            else "No reliable win over random at this budget: raise --budget-minutes."
+        ),
         "",
         "| stage | seconds |",
         "|---|---:|",
@@ -173,9 +241,26 @@ def _publish(reg, st, name, r, recipe, data, wm, pol, ev, pre_steps, ext_steps, 
         figures = [plot_artifact(reg.resolve(ref), staging.path) for ref in (wm["artifact"], label, ev["report"])]
         (staging.path / SUMMARY).write_text(text + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n")
         artifact = staging.publish(
-            parents=[label, ev["report"]], tasks=[r.task], config={"quickstart": asdict(r), "recipe": recipe},
-            metrics={"beats_random": beats, "iqm": mine["value"], "iqm_random": rnd["value"],
-                     "minutes": round(elapsed / 60, 2), "pretrain_steps": pre_steps, "extract_steps": ext_steps})
-    return {"report": artifact.ref, "beats_random": beats, "iqm": mine, "iqm_random": rnd,
-            "minutes": elapsed / 60, "stages_s": stages, "figures": [str(artifact.path / p.name) for p in figures],
-            "summary": str(artifact.path / SUMMARY), "summary_markdown": text}
+            parents=[label, ev["report"]],
+            tasks=[r.task],
+            config={"quickstart": asdict(r), "recipe": recipe},
+            metrics={
+                "beats_random": beats,
+                "iqm": mine["value"],
+                "iqm_random": rnd["value"],
+                "minutes": round(elapsed / 60, 2),
+                "pretrain_steps": pre_steps,
+                "extract_steps": ext_steps,
+            },
+        )
+    return {
+        "report": artifact.ref,
+        "beats_random": beats,
+        "iqm": mine,
+        "iqm_random": rnd,
+        "minutes": elapsed / 60,
+        "stages_s": stages,
+        "figures": [str(artifact.path / p.name) for p in figures],
+        "summary": str(artifact.path / SUMMARY),
+        "summary_markdown": text,
+    }

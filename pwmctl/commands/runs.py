@@ -16,8 +16,16 @@ from pwmctl.runs import METRICS, PLAN, read_jsonl, read_status
 
 app = typer.Typer(help="Runs in progress or finished: their state, step and latest metrics.", no_args_is_help=True)
 
-SHOWN_METRICS = ("consistency", "reward_ce", "val/consistency", "actor_loss", "model_return", "eval_return",
-                 "explore_return", "wm_loss")
+SHOWN_METRICS = (
+    "consistency",
+    "reward_ce",
+    "val/consistency",
+    "actor_loss",
+    "model_return",
+    "eval_return",
+    "explore_return",
+    "wm_loss",
+)
 
 
 def run_summary(run: Path) -> dict:
@@ -37,10 +45,19 @@ def run_summary(run: Path) -> dict:
     if not metrics and (run / METRICS).exists():
         for row in read_jsonl(run / METRICS):
             metrics.update({k: v for k, v in row.items() if isinstance(v, (int, float))})
-    return {"run": run.name, "command": plan.get("command") or run.name.split("-")[0], "state": st,
-            "step": status.get("step"), "total": status.get("total"), "updated": status.get("updated"),
-            "elapsed_s": status.get("elapsed_s"), "steps_per_s": status.get("steps_per_s"),
-            "name": plan.get("name") or plan.get("task"), "metrics": metrics, "path": str(run)}
+    return {
+        "run": run.name,
+        "command": plan.get("command") or run.name.split("-")[0],
+        "state": st,
+        "step": status.get("step"),
+        "total": status.get("total"),
+        "updated": status.get("updated"),
+        "elapsed_s": status.get("elapsed_s"),
+        "steps_per_s": status.get("steps_per_s"),
+        "name": plan.get("name") or plan.get("task"),
+        "metrics": metrics,
+        "path": str(run),
+    }
 
 
 def _alive(pid) -> bool:
@@ -81,8 +98,11 @@ def ls(
     """List runs (newest first): command, state, step / total, last update, latest metrics."""
     st = state(ctx)
     reg = st.registry()
-    runs = sorted((p for p in reg.runs_dir.glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime,
-                  reverse=True) if reg.runs_dir.is_dir() else []
+    runs = (
+        sorted((p for p in reg.runs_dir.glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+        if reg.runs_dir.is_dir()
+        else []
+    )
     rows = [run_summary(p) for p in runs]
     if active:
         rows = [r for r in rows if r["state"] == "running"]
@@ -102,8 +122,9 @@ def ls(
 @app.command("show")
 def show(
     ctx: typer.Context,
-    run_id: str = typer.Argument(..., help="A run id (or its unique start), e.g. pretrain-20261207-0102.",
-                                 show_default=False),
+    run_id: str = typer.Argument(
+        ..., help="A run id (or its unique start), e.g. pretrain-20261207-0102.", show_default=False
+    ),
     tail: int = typer.Option(5, "--tail", min=0, help="Metrics rows to show."),
 ) -> None:
     """A run's plan, state, speed and its latest metrics rows (works while it runs)."""
@@ -115,15 +136,19 @@ def show(
     doc = {**summary, "plan": plan, "rows": rows[-tail:] if tail else []}
 
     def human():
-        step = "-" if summary["step"] is None else f"{summary['step']}" + (
-            f"/{summary['total']}" if summary["total"] else "")
+        step = (
+            "-"
+            if summary["step"] is None
+            else f"{summary['step']}" + (f"/{summary['total']}" if summary["total"] else "")
+        )
         rate = f", {summary['steps_per_s']:.3g} steps/s" if summary.get("steps_per_s") else ""
-        typer.echo(f"{run.name}: {summary['command']} {summary['state']}, step {step}{rate}, "
-                   f"updated {_ago(summary['updated'])}")
+        typer.echo(
+            f"{run.name}: {summary['command']} {summary['state']}, step {step}{rate}, "
+            f"updated {_ago(summary['updated'])}"
+        )
         typer.echo(f"path: {run}")
         for row in doc["rows"]:
-            typer.echo("  " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                       for k, v in row.items()))
+            typer.echo("  " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
 
     emit(st, doc, human)
 
@@ -151,8 +176,9 @@ def rm(
 @app.command("gc")
 def gc(
     ctx: typer.Context,
-    older_than: float = typer.Option(24.0, "--older-than", min=0, metavar="HOURS",
-                                     help="Only runs nothing has written to for this many hours."),
+    older_than: float = typer.Option(
+        24.0, "--older-than", min=0, metavar="HOURS", help="Only runs nothing has written to for this many hours."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed; remove nothing."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
 ) -> None:

@@ -23,32 +23,59 @@ ALIASES = {"cartpole-swingup": "diffsim-cartpole-swingup", "double-pendulum": "d
 
 def shac(
     ctx: typer.Context,
-    task: str = typer.Argument(None, help="cartpole-swingup | double-pendulum (here short for the diffsim tasks "
-                               "diffsim-cartpole-swingup / diffsim-double-pendulum, not the DMC ones).",
-                               show_default=False),
-    epochs: int = typer.Option(None, "--epochs", min=1, help="SHAC epochs: windows of h=32 steps x N envs, one "
-                               "actor update each; also the lr-decay length \\[default: 500]."),
+    task: str = typer.Argument(
+        None,
+        help="cartpole-swingup | double-pendulum (here short for the diffsim tasks "
+        "diffsim-cartpole-swingup / diffsim-double-pendulum, not the DMC ones).",
+        show_default=False,
+    ),
+    epochs: int = typer.Option(
+        None,
+        "--epochs",
+        min=1,
+        help="SHAC epochs: windows of h=32 steps x N envs, one "
+        "actor update each; also the lr-decay length \\[default: 500].",
+    ),
     num_envs: int = typer.Option(None, "--num-envs", min=1, help="Parallel simulated envs N \\[default: 64]."),
-    seed: int = typer.Option(None, "--seed", help="Seeds the network init, start states and action noise "
-                             "\\[default: 0]."),
-    eval_every: int = typer.Option(50, "--eval-every", min=0, help="Real-env evaluation every N epochs (0: only "
-                                   "at the end)."),
+    seed: int = typer.Option(
+        None, "--seed", help="Seeds the network init, start states and action noise \\[default: 0]."
+    ),
+    eval_every: int = typer.Option(
+        50, "--eval-every", min=0, help="Real-env evaluation every N epochs (0: only at the end)."
+    ),
     eval_episodes: int = typer.Option(10, "--eval-episodes", min=1, help="Episodes per evaluation (one seed each)."),
     name: str = typer.Option(None, "--name", help="Policy name \\[default: shac-<task>, e.g. shac-cartpole-swingup]."),
     config: Path = typer.Option(None, "--config", help="YAML file of SHACConfig fields."),
-    overrides: list[str] = typer.Option(None, "--set", help="key=value SHACConfig override (repeatable), e.g. "
-                                        "actor_lr=2e-3, horizon=16, actor_units=[128,64]."),
+    overrides: list[str] = typer.Option(
+        None,
+        "--set",
+        help="key=value SHACConfig override (repeatable), e.g. actor_lr=2e-3, horizon=16, actor_units=[128,64].",
+    ),
     resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
-    record: int = typer.Option(0, "--record", min=0, help="Record the complete training episodes of the first K "
-                               "envs (observations, sampled actions, rewards) and publish them as dataset/<data-name>: "
-                               "SHAC-collected data for `pwmctl pretrain`, as in PWM's dflex protocol (0: off)."),
-    data_name: str = typer.Option(None, "--data-name", help="Name of the recorded dataset \\[default: the policy "
-                                  "name, e.g. shac-cartpole-swingup]."),
-    threads: int = typer.Option(1, "--threads", min=1, help="torch threads while training; the networks are "
-                                "tiny, so more threads mostly spin (2 were ~8x slower than 1 on a busy 2-core box)."),
+    record: int = typer.Option(
+        0,
+        "--record",
+        min=0,
+        help="Record the complete training episodes of the first K "
+        "envs (observations, sampled actions, rewards) and publish them as dataset/<data-name>: "
+        "SHAC-collected data for `pwmctl pretrain`, as in PWM's dflex protocol (0: off).",
+    ),
+    data_name: str = typer.Option(
+        None,
+        "--data-name",
+        help="Name of the recorded dataset \\[default: the policy name, e.g. shac-cartpole-swingup].",
+    ),
+    threads: int = typer.Option(
+        1,
+        "--threads",
+        min=1,
+        help="torch threads while training; the networks are "
+        "tiny, so more threads mostly spin (2 were ~8x slower than 1 on a busy 2-core box).",
+    ),
     logger: list[str] = typer.Option(None, "--logger", help=LOGGER_HELP),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config with where each value came "
-                                 "from; train nothing."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the resolved config with where each value came from; train nothing."
+    ),
 ) -> None:
     """Train a policy with SHAC on a Warp differentiable simulator and publish it as policy/<name>.
 
@@ -90,25 +117,59 @@ def shac(
         if task is None:
             raise fail("name the task: `pwmctl shac cartpole-swingup` (or double-pendulum)")
         task = resolve_shac_task(task)
-        resolved = resolve_config(SHACConfig(), home=st.home, section="shac", config_file=config,
-                                  overrides=overrides, flags=dict(epochs=epochs, num_envs=num_envs, seed=seed),
-                                  validate=validate_config)
+        resolved = resolve_config(
+            SHACConfig(),
+            home=st.home,
+            section="shac",
+            config_file=config,
+            overrides=overrides,
+            flags=dict(epochs=epochs, num_envs=num_envs, seed=seed),
+            validate=validate_config,
+        )
         cfg = resolved.cfg
         name = check_name(name or "shac-" + short_name(task), "policy name")
         if record > cfg.num_envs:
             raise fail(f"--record {record} > --num-envs {cfg.num_envs}: record at most every env")
         data_name = check_name(data_name or name, "dataset name") if record else None
         if dry_run:
-            doc = {"dry_run": True, "task": task, "name": name, "eval_every": eval_every,
-                   "eval_episodes": eval_episodes, "record": record, "data_name": data_name, **resolved.as_doc()}
-            emit(st, doc, lambda: print_dry_run(f"policy {name}: SHAC on {task}", resolved, {
-                "evaluation": f"every {eval_every} epochs, {eval_episodes} episodes",
-                "recording": f"{record} envs -> dataset/{data_name}" if record else "off"}))
+            doc = {
+                "dry_run": True,
+                "task": task,
+                "name": name,
+                "eval_every": eval_every,
+                "eval_episodes": eval_episodes,
+                "record": record,
+                "data_name": data_name,
+                **resolved.as_doc(),
+            }
+            emit(
+                st,
+                doc,
+                lambda: print_dry_run(
+                    f"policy {name}: SHAC on {task}",
+                    resolved,
+                    {
+                        "evaluation": f"every {eval_every} epochs, {eval_episodes} episodes",
+                        "recording": f"{record} envs -> dataset/{data_name}" if record else "off",
+                    },
+                ),
+            )
             return
         run = reg.new_run_dir("shac")
-        write_plan(run, {"command": "shac", "task": task, "name": name, "shac": cfg.to_dict(),
-                         "eval_every": eval_every, "eval_episodes": eval_episodes, "record": record,
-                         "data_name": data_name, "loggers": loggers})
+        write_plan(
+            run,
+            {
+                "command": "shac",
+                "task": task,
+                "name": name,
+                "shac": cfg.to_dict(),
+                "eval_every": eval_every,
+                "eval_episodes": eval_episodes,
+                "record": record,
+                "data_name": data_name,
+                "loggers": loggers,
+            },
+        )
     spec = get_task(task)
     agent = SHAC(cfg, make_sim(short_name(spec.name)))
     writer = None
@@ -119,35 +180,60 @@ def shac(
         if (run / DATASET_DIR).exists():
             writer = EpisodeWriter.open(run / DATASET_DIR)
         else:
-            writer = EpisodeWriter.create(run / DATASET_DIR, resolve_tasks(spec.name), provenance={
-                "source": "pwmctl shac", "run": run.name, "recorded_envs": record, "seed": cfg.seed})
+            writer = EpisodeWriter.create(
+                run / DATASET_DIR,
+                resolve_tasks(spec.name),
+                provenance={"source": "pwmctl shac", "run": run.name, "recorded_envs": record, "seed": cfg.seed},
+            )
         agent.record_episodes(writer, record, spec.name)
     if (run / CHECKPOINT).exists():
         agent.load_checkpoint(run / CHECKPOINT)
         info(st, f"resumed {run.name} at epoch {agent.epoch_count}")
-    info(st, f"SHAC on {spec.name}: {cfg.epochs} epochs x {cfg.num_envs} envs x h={cfg.horizon}, actor "
-             f"{list(cfg.actor_units)} lr {cfg.actor_lr:g}, critic {list(cfg.critic_units)} lr {cfg.critic_lr:g}, "
-             f"seed {cfg.seed}; run {run.name}")
+    info(
+        st,
+        f"SHAC on {spec.name}: {cfg.epochs} epochs x {cfg.num_envs} envs x h={cfg.horizon}, actor "
+        f"{list(cfg.actor_units)} lr {cfg.actor_lr:g}, critic {list(cfg.critic_units)} lr {cfg.critic_lr:g}, "
+        f"seed {cfg.seed}; run {run.name}",
+    )
 
     t0 = time.monotonic()
     with Progress(st, f"shac {short_name(spec.name)}", total=cfg.epochs) as bar, torch_threads(threads):
+
         def log_eval(state, ev):
             bar.log(f"epoch {state.step}: eval return {ev['eval_return']:.1f}")
 
-        callbacks = [Every(eval_every, lambda: evaluate_shac(agent, spec, eval_episodes), then=log_eval),
-                     *training_callbacks(run, "shac", lambda: agent.save_checkpoint(run / CHECKPOINT), eval_every,
-                                         CHECKPOINT_EVERY_S, 1, loggers, name, cfg.to_dict(), step_key="epoch",
-                                         rate_key="epochs_per_s"),
-                     ProgressCallback(bar, ("actor_loss", "value_loss", "episode_return", "eval_return"),
-                                      rename={"value_loss": "critic_loss", "episode_return": "train_return",
-                                              "eval_return": "eval"})]
-        result = Loop(lambda: {k: _finite(v) for k, v in agent.epoch().items()}, lambda: agent.epoch_count,
-                      cfg.epochs, callbacks).run()
+        callbacks = [
+            Every(eval_every, lambda: evaluate_shac(agent, spec, eval_episodes), then=log_eval),
+            *training_callbacks(
+                run,
+                "shac",
+                lambda: agent.save_checkpoint(run / CHECKPOINT),
+                eval_every,
+                CHECKPOINT_EVERY_S,
+                1,
+                loggers,
+                name,
+                cfg.to_dict(),
+                step_key="epoch",
+                rate_key="epochs_per_s",
+            ),
+            ProgressCallback(
+                bar,
+                ("actor_loss", "value_loss", "episode_return", "eval_return"),
+                rename={"value_loss": "critic_loss", "episode_return": "train_return", "eval_return": "eval"},
+            ),
+        ]
+        result = Loop(
+            lambda: {k: _finite(v) for k, v in agent.epoch().items()}, lambda: agent.epoch_count, cfg.epochs, callbacks
+        ).run()
     if result.interrupted:
         if writer is not None:
             writer.close()
-        info(st, f"interrupted at epoch {agent.epoch_count}; checkpoint saved. "
-                 f"Continue with `pwmctl shac --resume {run.name}`")
+        info(
+            st,
+            f"interrupted at epoch {agent.epoch_count}; checkpoint saved. "
+            f"Continue with `pwmctl shac --resume {run.name}`",
+        )
         raise typer.Exit(130)
 
     curve = [[r["epoch"], r["eval_return"]] for r in read_jsonl(run / METRICS) if "eval_return" in r]
@@ -158,23 +244,52 @@ def shac(
         agent.save_checkpoint(run / CHECKPOINT)  # commits the last recorded episodes
         writer.close()
         dataset = publish_recording(reg, run, data_name, spec.name, cfg)
-        info(st, f"published {dataset.ref}: {dataset.manifest['metrics']['episodes']} episodes recorded from "
-                 f"{record} training env(s)" if dataset else f"no complete episode was recorded ({agent.epoch_count} "
-                 f"epochs x {cfg.horizon} steps); no dataset published")
+        info(
+            st,
+            f"published {dataset.ref}: {dataset.manifest['metrics']['episodes']} episodes recorded from "
+            f"{record} training env(s)"
+            if dataset
+            else f"no complete episode was recorded ({agent.epoch_count} "
+            f"epochs x {cfg.horizon} steps); no dataset published",
+        )
     with reg.stage("policy", name) as staging:
         save_shac_policy(agent, spec.name, staging.path, metadata={"simulator": agent.sim.name, "run": run.name})
         (staging.path / METRICS).write_bytes((run / METRICS).read_bytes())
         artifact = staging.publish(
-            parents=[], tasks=[spec.name], config={"shac": cfg.to_dict()},
-            metrics={"epochs": agent.epoch_count, "train_seconds": round(time.monotonic() - t0, 1),
-                     "eval_return": curve[-1][1], "train_episode_return": train_return, "learning_curve": curve},
-            extra={"run": run.name, "eval_seeds": f"{EVAL_SEED_OFFSET}..{EVAL_SEED_OFFSET + eval_episodes - 1}",
-                   **({"dataset": dataset.ref} if dataset else {})})
-    doc = {"artifact": artifact.ref, "task": spec.name, "epochs": agent.epoch_count, "eval_return": curve[-1][1],
-           "eval_episodes": eval_episodes, "learning_curve": curve, "run": run.name,
-           "dataset": dataset.ref if dataset else None}
-    emit(st, doc, lambda: typer.echo(f"published {doc['artifact']}: {doc['epochs']} epochs, eval return "
-                                     f"{doc['eval_return']:.1f} over {eval_episodes} episodes"))
+            parents=[],
+            tasks=[spec.name],
+            config={"shac": cfg.to_dict()},
+            metrics={
+                "epochs": agent.epoch_count,
+                "train_seconds": round(time.monotonic() - t0, 1),
+                "eval_return": curve[-1][1],
+                "train_episode_return": train_return,
+                "learning_curve": curve,
+            },
+            extra={
+                "run": run.name,
+                "eval_seeds": f"{EVAL_SEED_OFFSET}..{EVAL_SEED_OFFSET + eval_episodes - 1}",
+                **({"dataset": dataset.ref} if dataset else {}),
+            },
+        )
+    doc = {
+        "artifact": artifact.ref,
+        "task": spec.name,
+        "epochs": agent.epoch_count,
+        "eval_return": curve[-1][1],
+        "eval_episodes": eval_episodes,
+        "learning_curve": curve,
+        "run": run.name,
+        "dataset": dataset.ref if dataset else None,
+    }
+    emit(
+        st,
+        doc,
+        lambda: typer.echo(
+            f"published {doc['artifact']}: {doc['epochs']} epochs, eval return "
+            f"{doc['eval_return']:.1f} over {eval_episodes} episodes"
+        ),
+    )
 
 
 def publish_recording(reg, run, name: str, task: str, cfg):
@@ -187,13 +302,20 @@ def publish_recording(reg, run, name: str, task: str, cfg):
     ds = open_dataset(run / DATASET_DIR)
     if ds.num_episodes == 0:
         return None
-    metrics = {"episodes": ds.num_episodes, "transitions": ds.num_transitions,
-               "mean_return": float(ds.episode_returns().mean())}
+    metrics = {
+        "episodes": ds.num_episodes,
+        "transitions": ds.num_transitions,
+        "mean_return": float(ds.episode_returns().mean()),
+    }
     with reg.stage("dataset", name) as staging:
         os.replace(run / DATASET_DIR, staging.path / DATASET_DIR)
         try:
-            return staging.publish(parents=[], tasks=[task], metrics=metrics, config={
-                "source": "pwmctl shac", "run": run.name, "shac": cfg.to_dict()})
+            return staging.publish(
+                parents=[],
+                tasks=[task],
+                metrics=metrics,
+                config={"source": "pwmctl shac", "run": run.name, "shac": cfg.to_dict()},
+            )
         except BaseException:
             os.replace(staging.path / DATASET_DIR, run / DATASET_DIR)
             raise
@@ -209,11 +331,15 @@ def resolve_shac_task(task: str) -> str:
         return name
     choices = "cartpole-swingup or double-pendulum (the diffsim tasks)"
     if name in ("ball-wall", "diffsim-ball-wall"):
-        raise fail(f"{name} is a one-action throw with nothing to control over time; SHAC trains on {choices}. "
-                   "The ball-wall landscape is `pwmctl study ball-wall`")
+        raise fail(
+            f"{name} is a one-action throw with nothing to control over time; SHAC trains on {choices}. "
+            "The ball-wall landscape is `pwmctl study ball-wall`"
+        )
     if name in TASKS:
-        raise fail(f"{name} is a {TASKS[name].suite} task without a differentiable simulator; SHAC trains on "
-                   f"{choices}. Learn {name} from a world model with `pwmctl extract {name}`")
+        raise fail(
+            f"{name} is a {TASKS[name].suite} task without a differentiable simulator; SHAC trains on "
+            f"{choices}. Learn {name} from a world model with `pwmctl extract {name}`"
+        )
     close = difflib.get_close_matches(task, [*ALIASES, *SHAC_TASKS], n=1, cutoff=0.6)
     raise fail(f"unknown SHAC task {task!r}: " + (f"did you mean {close[0]!r}?" if close else f"choose {choices}"))
 
@@ -231,12 +357,20 @@ def evaluate_shac(agent, spec, episodes: int) -> dict:
 
     policy = ShacPolicy.from_shac(agent, spec.name)
     seeds = [EVAL_SEED_OFFSET + i for i in range(episodes)]
-    ev = evaluate({"policy": lambda obs, specs: policy.act(obs)}, [spec.name], seeds, 1, obs_dim=spec.obs_dim,
-                  act_dim=spec.act_dim)
+    ev = evaluate(
+        {"policy": lambda obs, specs: policy.act(obs)},
+        [spec.name],
+        seeds,
+        1,
+        obs_dim=spec.obs_dim,
+        act_dim=spec.act_dim,
+    )
     returns = [e.ret for e in ev.episodes]
     mean = sum(returns) / len(returns)
-    return {"eval_return": float(mean),
-            "eval_return_std": float(math.sqrt(sum((r - mean) ** 2 for r in returns) / len(returns)))}
+    return {
+        "eval_return": float(mean),
+        "eval_return_std": float(math.sqrt(sum((r - mean) ** 2 for r in returns) / len(returns))),
+    }
 
 
 def _finite(v):

@@ -17,8 +17,11 @@ from rich.table import Table
 from pwm_core.errors import PwmError
 from pwmctl.console import Progress, State, emit, info, render_table, state
 
-app = typer.Typer(help="The paper's pedagogical studies: the ball-wall landscape (Figure 2) and policy-gradient "
-                       "variance / ESNR through a simulator vs world models (Figure 3).", no_args_is_help=True)
+app = typer.Typer(
+    help="The paper's pedagogical studies: the ball-wall landscape (Figure 2) and policy-gradient "
+    "variance / ESNR through a simulator vs world models (Figure 3).",
+    no_args_is_help=True,
+)
 
 RESULTS = "results.json"
 
@@ -78,12 +81,19 @@ def ball_wall(
     ctx: typer.Context,
     seed: int = typer.Option(0, "--seed", help="Torch seed set before each model (the official script: 0)."),
     quick: bool = typer.Option(False, "--quick", help="Coarse grid and short training: seconds, for CI."),
-    out: Path = typer.Option(None, "--out", "-o",
-                             help="Output folder \\[default: $PWM_HOME/studies/ball-wall-<time>]."),
-    landscape: str = typer.Option("analytic", "--landscape", help="analytic (the official closed form) | sim "
-                                  "(the Warp simulator: blocked balls bounce)."),
-    official_decoder_bug: bool = typer.Option(False, "--official-decoder-bug", help="Let the SimNorm read-out's "
-                                              "gradients accumulate as the official script does (its SimNorm fit)."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Output folder \\[default: $PWM_HOME/studies/ball-wall-<time>]."
+    ),
+    landscape: str = typer.Option(
+        "analytic",
+        "--landscape",
+        help="analytic (the official closed form) | sim (the Warp simulator: blocked balls bounce).",
+    ),
+    official_decoder_bug: bool = typer.Option(
+        False,
+        "--official-decoder-bug",
+        help="Let the SimNorm read-out's gradients accumulate as the official script does (its SimNorm fit).",
+    ),
 ) -> None:
     """Figure 2: fit an MLP and a SimNorm MLP to the discontinuous ball-wall landscape, descend from -pi.
 
@@ -101,8 +111,10 @@ def ball_wall(
     results = run_ball_wall(cfg, log=lambda m: info(st, m))
     figure = plot_ball_wall(results, out_dir / "ball_wall.png")
     land = results["landscape"]
-    title = (f"ball-wall ({land['kind']} landscape): J* = {land['J_star']:.2f} at theta = {land['theta_star']:.3f}; "
-             "gaps are true J - J*")
+    title = (
+        f"ball-wall ({land['kind']} landscape): J* = {land['J_star']:.2f} at theta = {land['theta_star']:.3f}; "
+        "gaps are true J - J*"
+    )
     _finish(st, results, out_dir, figure, _table(title, table_rows(results)))
 
 
@@ -114,8 +126,9 @@ def gradient_variance(
     wm_steps: int = typer.Option(None, "--wm-steps", min=1, help="Updates per world model \\[default: 500]."),
     seed: int = typer.Option(0, "--seed", help="Seeds the data, the models, the policy and the samples."),
     quick: bool = typer.Option(False, "--quick", help="Tiny data, models and sample counts: seconds, for CI."),
-    out: Path = typer.Option(None, "--out", "-o", help="Output folder \\[default: $PWM_HOME/studies/"
-                             "gradient-variance-<time>]."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Output folder \\[default: $PWM_HOME/studies/gradient-variance-<time>]."
+    ),
 ) -> None:
     """Figure 3: policy-gradient variance and ESNR vs horizon, through the differentiable double pendulum
     and through world models trained with horizons 3 and 16 (no synthetic boost on the true ESNR).
@@ -141,6 +154,8 @@ def gradient_variance(
     with Progress(st, "world models", total=cfg.wm_steps * len(cfg.wm_horizons)) as bar:
         results = run_gradient_variance(cfg, log=bar.log, on_step=bar.update)
     figure = plot_gradient_variance(results, out_dir / "gradient_variance.png")
-    title = (f"policy-gradient variance and ESNR vs horizon H (double pendulum, {cfg.samples} samples, "
-             f"{results['policy_parameters']} policy parameters)")
+    title = (
+        f"policy-gradient variance and ESNR vs horizon H (double pendulum, {cfg.samples} samples, "
+        f"{results['policy_parameters']} policy parameters)"
+    )
     _finish(st, results, out_dir, figure, _table(title, table_rows(results)))

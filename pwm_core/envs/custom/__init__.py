@@ -14,6 +14,10 @@ from dm_control.rl import control
 from pwm_core.envs.custom import ball_in_cup, cheetah, hopper, pendulum, reacher, walker
 
 CUSTOM_TASKS: dict[str, Callable[[int], control.Environment]] = {
-    **walker.TASKS, **cheetah.TASKS, **hopper.TASKS, **reacher.TASKS, **ball_in_cup.TASKS,
+    **walker.TASKS,
+    **cheetah.TASKS,
+    **hopper.TASKS,
+    **reacher.TASKS,
+    **ball_in_cup.TASKS,
     **pendulum.TASKS,
 }

@@ -25,11 +25,12 @@ def spin_reward(ball_to_target: np.ndarray, ball_velocity: np.ndarray, in_target
     """
     distance = float(np.linalg.norm(ball_to_target))
     speed = float(np.linalg.norm(np.abs(ball_velocity)))
-    distance_reward = rewards.tolerance(distance, bounds=(SPIN_DISTANCE, float("inf")),
-                                        margin=SPIN_DISTANCE / 2, value_at_margin=0.5,
-                                        sigmoid="linear")
-    speed_reward = rewards.tolerance(speed, bounds=(SPIN_SPEED, float("inf")),
-                                     margin=SPIN_SPEED / 2, value_at_margin=0.5, sigmoid="linear")
+    distance_reward = rewards.tolerance(
+        distance, bounds=(SPIN_DISTANCE, float("inf")), margin=SPIN_DISTANCE / 2, value_at_margin=0.5, sigmoid="linear"
+    )
+    speed_reward = rewards.tolerance(
+        speed, bounds=(SPIN_SPEED, float("inf")), margin=SPIN_SPEED / 2, value_at_margin=0.5, sigmoid="linear"
+    )
     return float((1 - in_target) * (distance_reward + 2 * speed_reward) / 3)
 
 
@@ -53,8 +54,7 @@ class Spin(ball_in_cup.BallInCup):
 
 def spin(seed: int) -> control.Environment:
     physics = ball_in_cup.Physics.from_xml_string(*ball_in_cup.get_model_and_assets())
-    return control.Environment(physics, Spin(random=seed), time_limit=TIME_LIMIT,
-                               control_timestep=CONTROL_TIMESTEP)
+    return control.Environment(physics, Spin(random=seed), time_limit=TIME_LIMIT, control_timestep=CONTROL_TIMESTEP)
 
 
 TASKS = {"cup-spin": spin}

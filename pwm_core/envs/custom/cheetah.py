@@ -23,8 +23,11 @@ XML_EDITS = (('size="100 .8 .5"', 'size="200 .8 .5"'),)  # TD-MPC2: ground x hal
 
 def run_backwards_reward(speed: float) -> float:
     """Linear in speed from 0 m/s (reward 0) to -8 m/s and beyond (reward 1)."""
-    return float(rewards.tolerance(speed, bounds=(-float("inf"), -BACKWARDS_SPEED),
-                                   margin=BACKWARDS_SPEED, value_at_margin=0, sigmoid="linear"))
+    return float(
+        rewards.tolerance(
+            speed, bounds=(-float("inf"), -BACKWARDS_SPEED), margin=BACKWARDS_SPEED, value_at_margin=0, sigmoid="linear"
+        )
+    )
 
 
 def one_foot_reward(torso_z: float, foot_z: float, speed: float) -> float:
@@ -32,19 +35,20 @@ def one_foot_reward(torso_z: float, foot_z: float, speed: float) -> float:
     torso_up = rewards.tolerance(torso_z, bounds=(JUMP_HEIGHT, float("inf")), margin=JUMP_HEIGHT / 2)
     foot_up = rewards.tolerance(foot_z, bounds=(JUMP_HEIGHT, float("inf")), margin=JUMP_HEIGHT / 2)
     up = (3 * foot_up + 2 * torso_up) / 5
-    horizontal = rewards.tolerance(speed, bounds=(ONE_FOOT_SPEED, float("inf")),
-                                   margin=ONE_FOOT_SPEED, value_at_margin=0, sigmoid="linear")
+    horizontal = rewards.tolerance(
+        speed, bounds=(ONE_FOOT_SPEED, float("inf")), margin=ONE_FOOT_SPEED, value_at_margin=0, sigmoid="linear"
+    )
     return float(up * (5 * horizontal + 1) / 6)
 
 
 def jump_reward(torso_z: float, bfoot_z: float, ffoot_z: float, speed: float) -> float:
     """Raise torso and both feet to >= 1.2 m while staying in place (|speed| <= 0.5 m/s)."""
-    horizontal = rewards.tolerance(speed, bounds=(-JUMP_SPEED, JUMP_SPEED), margin=JUMP_SPEED,
-                                   value_at_margin=0, sigmoid="linear")
+    horizontal = rewards.tolerance(
+        speed, bounds=(-JUMP_SPEED, JUMP_SPEED), margin=JUMP_SPEED, value_at_margin=0, sigmoid="linear"
+    )
 
     def stand(foot_z: float) -> float:
-        height = rewards.tolerance((torso_z + foot_z) / 2, bounds=(JUMP_HEIGHT, float("inf")),
-                                   margin=JUMP_HEIGHT / 2)
+        height = rewards.tolerance((torso_z + foot_z) / 2, bounds=(JUMP_HEIGHT, float("inf")), margin=JUMP_HEIGHT / 2)
         return (5 * height + horizontal) / 6
 
     return float((stand(bfoot_z) + stand(ffoot_z)) / 2)
@@ -72,8 +76,7 @@ class RunOneFoot(cheetah.Cheetah):
 
 class Jump(cheetah.Cheetah):
     def get_reward(self, physics: cheetah.Physics) -> float:
-        return jump_reward(_z(physics, "torso"), _z(physics, "bfoot"), _z(physics, "ffoot"),
-                           physics.speed())
+        return jump_reward(_z(physics, "torso"), _z(physics, "bfoot"), _z(physics, "ffoot"), physics.speed())
 
 
 def _make(task: cheetah.Cheetah) -> control.Environment:

@@ -12,8 +12,15 @@ SPIN_SPEED = 9.0  # rad/s, either direction
 
 def spin_reward(angular_velocity: float) -> float:
     """1 for |omega| >= 9 rad/s, linear down to 0.5 at 4.5 rad/s and 0 at rest."""
-    return float(rewards.tolerance(abs(angular_velocity), bounds=(SPIN_SPEED, float("inf")),
-                                   margin=SPIN_SPEED / 2, value_at_margin=0.5, sigmoid="linear"))
+    return float(
+        rewards.tolerance(
+            abs(angular_velocity),
+            bounds=(SPIN_SPEED, float("inf")),
+            margin=SPIN_SPEED / 2,
+            value_at_margin=0.5,
+            sigmoid="linear",
+        )
+    )
 
 
 class Spin(pendulum.SwingUp):
