@@ -46,7 +46,7 @@ def dataset(tmp_path):
 def reader(request, monkeypatch):
     """Both chunk readers: pread + blosc on the writer's local layout, and zarr's own path."""
     if request.param == "zarr":
-        monkeypatch.setattr(outofcore, "_local_blosc_shards", lambda arr: None)
+        monkeypatch.setattr(outofcore, "local_blosc_shards", lambda arr: None)
     return request.param
 
 

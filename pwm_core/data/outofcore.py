@@ -33,7 +33,6 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import google_crc32c  # zarr's own dependency (its crc32c codec)
 import numpy as np
@@ -43,13 +42,13 @@ from numcodecs import blosc
 
 from pwm_core.data.episodes import ACTION, OBS, REWARD, storage_key, storage_rows
 from pwm_core.data.reader import EpisodeDataset
+from pwm_core.data.shards import EMPTY, local_blosc_shards
 from pwm_core.data.sampler import Batch, WindowIndex, nan_error, select_episodes, target_dims
 from pwm_core.errors import DatasetError
 
 CACHE_BYTES = 256 * 2**20  # decoded chunks kept per sampler (LRU)
 PREFETCH = 2  # batches prepared ahead in the background
 READ_THREADS = 2  # chunk reads + decodes in parallel
-_EMPTY = np.uint64(2**64 - 1)  # a shard index entry of a chunk never written
 _FIELDS = (("obs", OBS), ("action", ACTION), ("reward", REWARD))
 
 
@@ -243,7 +242,7 @@ class _ChunkedArray:
         self.chunk_rows = int(arr.chunks[0])
         self._row_shape = tuple(arr.shape[1:])
         self._shard_rows = storage_rows(arr)
-        self._dir = _local_blosc_shards(arr)
+        self._dir = local_blosc_shards(arr)
         self._indices: OrderedDict[int, np.ndarray] = OrderedDict()  # shard -> (chunks, 2) offsets, lengths
         self._lock = threading.Lock()
 
@@ -281,7 +280,7 @@ class _ChunkedArray:
             for c in chunks:
                 offset, nbytes = index[int(c) % per_shard]
                 chunk = np.empty((self.chunk_rows, *self._row_shape), self.arr.dtype)
-                if offset == _EMPTY:  # never written: zarr's fill value (NaN rows are refused by the caller)
+                if offset == EMPTY:  # never written: zarr's fill value (NaN rows are refused by the caller)
                     chunk.fill(self.arr.fill_value)
                 else:
                     data = os.pread(fd, int(nbytes), int(offset))
@@ -342,29 +341,6 @@ class _ChunkedArray:
             f"object {key}: {type(e).__name__}: {' '.join(str(e).split())[:160]}); the dataset is "
             "corrupt - `pwmctl data fsck` lists every damaged chunk"
         )
-
-
-def _local_blosc_shards(arr: zarr.Array) -> Path | None:
-    """The array's folder when its chunks can be read directly: a local store, sharded with the index at the end
-    (little-endian uint64 pairs + crc32c), chunks as little-endian bytes + blosc (what EpisodeWriter writes)."""
-    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
-    from zarr.codecs.sharding import ShardingCodecIndexLocation
-    from zarr.storage import LocalStore
-
-    codecs = arr.metadata.codecs if arr.metadata.zarr_format == 3 else ()
-    if not isinstance(arr.store, LocalStore) or len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
-        return None
-    sharding = codecs[0]
-    little = [c for c in (*sharding.codecs, *sharding.index_codecs) if isinstance(c, BytesCodec)]
-    layout_ok = (
-        [type(c) for c in sharding.codecs] == [BytesCodec, BloscCodec]
-        and [type(c) for c in sharding.index_codecs] == [BytesCodec, Crc32cCodec]
-        and all(c.endian is None or c.endian.value == "little" for c in little)
-        and sharding.index_location == ShardingCodecIndexLocation.end
-        and tuple(sharding.chunk_shape[1:]) == tuple(arr.shape[1:])
-        and arr.dtype.byteorder in "<=|"
-    )
-    return Path(arr.store.root) / arr.path if layout_ok else None
 
 
 def _shutdown(*executors: ThreadPoolExecutor) -> None:

@@ -48,6 +48,7 @@ from pwm_core.data.episodes import (
     release_writer_lock,
     structure_problems,
 )
+from pwm_core.data.shards import write_rows
 from pwm_core.errors import DatasetError
 from pwm_core.tasks import TaskSet
 
@@ -303,6 +304,7 @@ def truncate_uncommitted(layout: Layout, ends: np.ndarray) -> dict[str, int]:
 
 
 def _write_range(arr: zarr.Array, lo: int, hi: int, values: np.ndarray) -> None:
-    """Resize ``arr`` to ``hi`` rows (zarr writes the new shape first) and fill rows [lo, hi)."""
+    """Resize ``arr`` to ``hi`` rows (zarr writes the new shape first) and fill rows [lo, hi) (whole shards
+    encoded directly, byte for byte what zarr writes, ~10x faster: :mod:`pwm_core.data.shards`)."""
     arr.resize((hi, *arr.shape[1:]))
-    arr[lo:hi] = values
+    write_rows(arr, lo, hi, values)
