@@ -104,6 +104,7 @@ def _register() -> None:
         config,
         data,
         data_export,
+        data_rechunk,
         evaluate,
         extract,
         finetune,
@@ -122,6 +123,7 @@ def _register() -> None:
     app.command("collect", rich_help_panel="Data")(collect.collect)
     app.add_typer(data.app, name="data", rich_help_panel="Data")
     data.app.command("export")(data_export.export)
+    data.app.command("rechunk")(data_rechunk.rechunk)
     app.command("pretrain", rich_help_panel="Training")(pretrain.pretrain)
     app.command("import-checkpoint", rich_help_panel="Training")(importing.import_checkpoint)
     app.command("extract", rich_help_panel="Training")(extract.extract)

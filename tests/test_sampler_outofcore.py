@@ -28,9 +28,14 @@ def coded_episode(e: int, L: int, obs_dim: int = 24, act_dim: int = 6):
     return obs, np.repeat(code[:, None], act_dim, axis=1), code
 
 
+COMPRESSION = {"value": "zstd"}  # what write() stores; the reader fixture sets it
+
+
 def write(path, task_set, episodes, chunk_rows=16, shard_rows=64):
     """Small chunks and shards, so windows cross chunks and shards."""
-    with EpisodeWriter.create(path, task_set, chunk_rows=chunk_rows, shard_rows=shard_rows) as w:
+    with EpisodeWriter.create(
+        path, task_set, chunk_rows=chunk_rows, shard_rows=shard_rows, compression=COMPRESSION["value"]
+    ) as w:
         for e, L, task in episodes:
             spec = TASKS[task] if isinstance(task, str) else next(t for t in task_set if t.id == task)
             w.append_episode(*coded_episode(e, L, spec.obs_dim, spec.act_dim), task=task)
@@ -38,15 +43,17 @@ def write(path, task_set, episodes, chunk_rows=16, shard_rows=64):
 
 
 @pytest.fixture
-def dataset(tmp_path):
+def dataset(tmp_path, reader):
     return write(tmp_path / "d.zarr", TWO_TASKS, [(e, L, WALK if e % 2 == 0 else CART) for e, L in enumerate(LENGTHS)])
 
 
-@pytest.fixture(params=["pread", "zarr"])
+@pytest.fixture(params=["pread", "raw", "zarr"])
 def reader(request, monkeypatch):
-    """Both chunk readers: pread + blosc on the writer's local layout, and zarr's own path."""
+    """Every reader: pread + blosc on the writer's local layout, one read per window on its uncompressed
+    layout, and zarr's own path."""
+    monkeypatch.setitem(COMPRESSION, "value", "none" if request.param == "raw" else "zstd")
     if request.param == "zarr":
-        monkeypatch.setattr(outofcore, "local_blosc_shards", lambda arr: None)
+        monkeypatch.setattr(outofcore, "local_shards", lambda arr: None)
     return request.param
 
 
@@ -151,12 +158,43 @@ def test_nan_in_a_sampled_episode_is_refused_when_its_chunk_is_read(tmp_path, re
 def test_a_damaged_chunk_is_one_clear_error(dataset, tmp_path, reader):
     shard = tmp_path / "d.zarr" / "data" / "obs" / "c" / "1" / "0"
     data = bytearray(shard.read_bytes())
-    data[10:40] = b"\0" * 30  # the first chunk's blosc header and bytes
+    if reader == "raw":  # raw bytes carry no checksum: damage the shard's index (crc32c) instead
+        data[-5] ^= 0xFF
+        message = r"data/obs stored object c/1/0 has a damaged shard index"
+    else:
+        data[10:40] = b"\0" * 30  # the first chunk's blosc header and bytes
+        message = r"data/obs rows \d+-\d+ are unreadable \(stored object c/1/0"
     shard.write_bytes(bytes(data))
     sampler = OutOfCoreSampler(open_dataset(tmp_path / "d.zarr"), horizon=8, batch_size=256)
-    with pytest.raises(DatasetError, match=r"data/obs rows \d+-\d+ are unreadable \(stored object c/1/0"):
+    with pytest.raises(DatasetError, match=message):
         for _ in range(5):
             sampler.sample()
+
+
+def test_raw_windows_are_one_read_each_and_missing_chunks_fall_back(tmp_path, monkeypatch):
+    monkeypatch.setitem(COMPRESSION, "value", "none")
+    ds = write(tmp_path / "d.zarr", TWO_TASKS, [(e, L, WALK if e % 2 == 0 else CART) for e, L in enumerate(LENGTHS)])
+    ram = WindowSampler(ds, horizon=8, batch_size=256, seed=5)
+    disk = OutOfCoreSampler(ds, horizon=8, batch_size=256, seed=5, read_threads=2)
+    calls = {"windows": 0, "chunks": 0}
+    for name in ("read_windows", "read"):
+        method = getattr(outofcore._ChunkedArray, name)
+
+        def counted(self, *a, _m=method, _n=name, **k):
+            calls["windows" if _n == "read_windows" else "chunks"] += 1
+            return _m(self, *a, **k)
+
+        monkeypatch.setattr(outofcore._ChunkedArray, name, counted)
+    assert_same_batches(ram, disk, n=3)
+    assert calls["windows"] > 0 and calls["chunks"] == 0
+    disk.close()
+    # a chunk missing in the middle of a shard (not stored: zarr's fill value): that shard is read chunk by chunk
+    ram.manual_seed(5)
+    disk = OutOfCoreSampler(ds, horizon=8, batch_size=256, seed=5)
+    disk._sources[0]._arrays["obs"]._dense[0] = (0, 16)  # as if shard 0 were contiguous for one chunk only
+    assert_same_batches(ram, disk, n=3)
+    assert calls["chunks"] > 0
+    disk.close()
 
 
 def test_rows_beyond_the_ram_budget_are_streamed(dataset):

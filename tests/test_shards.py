@@ -9,13 +9,13 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec
 
-from pwm_core.data.shards import local_blosc_shards, write_rows
+from pwm_core.data.shards import is_raw, local_shards, write_rows
 from pwm_core.errors import DatasetError
 
 R, S = 8, 32  # rows per chunk, per shard: small, so every case (whole / partial shards and chunks) is cheap
 
 
-def _pair(tmp_path: Path, cols: tuple[int, ...], dtype: str, fill) -> tuple[zarr.Array, zarr.Array]:
+def _pair(tmp_path: Path, cols: tuple[int, ...], dtype: str, fill, raw: bool = False) -> tuple[zarr.Array, zarr.Array]:
     arrays = []
     for name in ("zarr", "direct"):
         group = zarr.open_group(tmp_path / f"{name}.zarr", mode="w", zarr_format=3)
@@ -27,7 +27,7 @@ def _pair(tmp_path: Path, cols: tuple[int, ...], dtype: str, fill) -> tuple[zarr
                 shards=(S, *cols),
                 dtype=dtype,
                 fill_value=fill,
-                compressors=(BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),),
+                compressors=None if raw else (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),),
             )
         )
     return arrays[0], arrays[1]
@@ -37,12 +37,13 @@ def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.parametrize("raw", [False, True], ids=["blosc", "raw"])
 @pytest.mark.parametrize(
     "cols,dtype,fill", [((5,), "float32", np.nan), ((), "float32", np.nan), ((), "int16", -1), ((), "int64", 0)]
 )
-def test_appends_write_the_bytes_zarr_writes(tmp_path, cols, dtype, fill):
-    ref, direct = _pair(tmp_path, cols, dtype, fill)
-    assert local_blosc_shards(direct) is not None
+def test_appends_write_the_bytes_zarr_writes(tmp_path, cols, dtype, fill, raw):
+    ref, direct = _pair(tmp_path, cols, dtype, fill, raw)
+    assert local_shards(direct) is not None and is_raw(direct) == raw
     rng = np.random.default_rng(0)
     # appends that start and end inside chunks and shards, span several shards, a truncation that leaves
     # stale rows in a shard file, and chunks that are entirely fill (not stored)
@@ -69,7 +70,7 @@ def test_appends_write_the_bytes_zarr_writes(tmp_path, cols, dtype, fill):
 def test_other_layouts_go_through_zarr(tmp_path):
     group = zarr.open_group(tmp_path / "plain.zarr", mode="w", zarr_format=3)
     arr = group.create_array("x", shape=(20,), chunks=(8,), dtype="float32")  # not sharded
-    assert local_blosc_shards(arr) is None
+    assert local_shards(arr) is None
     write_rows(arr, 0, 20, np.arange(20, dtype="float32"))
     np.testing.assert_array_equal(arr[:], np.arange(20))
 

@@ -42,7 +42,7 @@ from numcodecs import blosc
 
 from pwm_core.data.episodes import ACTION, OBS, REWARD, storage_key, storage_rows
 from pwm_core.data.reader import EpisodeDataset
-from pwm_core.data.shards import EMPTY, local_blosc_shards
+from pwm_core.data.shards import EMPTY, is_raw, local_shards
 from pwm_core.data.sampler import Batch, WindowIndex, nan_error, select_episodes, target_dims
 from pwm_core.errors import DatasetError
 
@@ -202,8 +202,17 @@ class _Source:
         self._key = id(self)
 
     def gather(self, key: str, rows: np.ndarray, cache: _ChunkCache) -> np.ndarray:
-        """``array[rows]`` for an int array of rows (any shape): shape ``rows.shape + row shape``."""
+        """``array[rows]`` for (n, b) rows, each column n consecutive rows: shape ``(n, b) + row shape``."""
         arr = self._arrays[key]
+        if arr.raw:  # uncompressed: one read per window, no chunk decoded
+            windows = arr.read_windows(rows[0], rows.shape[0], self._pool)
+            if windows is not None:
+                if not np.isfinite(windows).all():
+                    for j in np.flatnonzero(
+                        ~np.isfinite(windows.reshape(windows.shape[0], rows.shape[1], -1)).all((0, 2))
+                    ):
+                        self._check_finite(key, int(rows[0, j]), windows[:, j])
+                return windows
         chunk_of = rows // arr.chunk_rows
         need = np.unique(chunk_of)  # sorted: the order of the chunks on disk
         chunks: list[np.ndarray | None] = [cache.get((self._key, key, int(c))) for c in need]
@@ -214,8 +223,18 @@ class _Source:
                 self._check_finite(key, int(need[i]) * arr.chunk_rows, chunk)
                 cache.put((self._key, key, int(need[i])), chunk)
                 chunks[i] = chunk
-        stack = np.stack(chunks)  # type: ignore[arg-type]  # (n, chunk_rows, *row shape), all filled above
-        return stack[np.searchsorted(need, chunk_of), rows - chunk_of * arr.chunk_rows]
+        # each chunk's rows copied straight into the output (sorted by chunk), no stack of all the chunks
+        flat_rows, flat_chunk = rows.reshape(-1), chunk_of.reshape(-1)
+        order = np.argsort(flat_chunk, kind="stable")
+        bounds = np.searchsorted(flat_chunk[order], need, side="right")
+        out = np.empty((flat_rows.size, *arr.row_shape), arr.arr.dtype)
+        lo = 0
+        for c, decoded, hi in zip(need, chunks, bounds):
+            at = order[lo:hi]
+            assert decoded is not None  # all filled above
+            out[at] = decoded[flat_rows[at] - int(c) * arr.chunk_rows]
+            lo = hi
+        return out.reshape(*rows.shape, *arr.row_shape)
 
     def _check_finite(self, key: str, lo: int, chunk: np.ndarray) -> None:
         """Refuse NaN / inf in the rows of sampled episodes (the first row's action / reward excepted)."""
@@ -240,11 +259,86 @@ class _ChunkedArray:
     def __init__(self, arr: zarr.Array, name: str, path: str) -> None:
         self.arr, self.name, self.path = arr, name, path
         self.chunk_rows = int(arr.chunks[0])
-        self._row_shape = tuple(arr.shape[1:])
+        self.row_shape = tuple(arr.shape[1:])
         self._shard_rows = storage_rows(arr)
-        self._dir = local_blosc_shards(arr)
+        self._dir = local_shards(arr)
+        self.raw = self._dir is not None and is_raw(arr)
+        self._row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * arr.dtype.itemsize
         self._indices: OrderedDict[int, np.ndarray] = OrderedDict()  # shard -> (chunks, 2) offsets, lengths
+        self._dense: dict[int, tuple[int, int]] = {}  # shard -> (offset of its row 0, rows stored contiguously)
         self._lock = threading.Lock()
+
+    def read_windows(self, starts: np.ndarray, n: int, pool: ThreadPoolExecutor) -> np.ndarray | None:
+        """Rows ``starts[j] .. starts[j] + n - 1`` of each window j, ``(n, b) + row shape``, for an uncompressed
+        array: one ``preadv`` per window and shard straight into the output. None when a window reaches rows
+        not stored contiguously from a shard's start (missing chunks: the caller reads whole chunks instead)."""
+        b = starts.size
+        out = np.empty((b, n, *self.row_shape), self.arr.dtype)  # window-major: a window is one byte range
+        order = np.argsort(starts, kind="stable")  # file order
+        k = min(pool._max_workers, max(b // 64, 1))
+        parts = [order[i * b // k : (i + 1) * b // k] for i in range(k)]
+        view = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # numpy arrays are buffers
+        if k == 1:
+            ok = self._read_windows(starts, n, parts[0], view)
+        else:
+            ok = all(pool.map(lambda part: self._read_windows(starts, n, part, view), parts))
+        return out.swapaxes(0, 1) if ok else None
+
+    def _read_windows(self, starts: np.ndarray, n: int, windows: np.ndarray, out: memoryview) -> bool:
+        assert self._dir is not None
+        S, rb, fd, fd_shard = self._shard_rows, self._row_bytes, -1, -1
+        try:
+            for j in windows.tolist():
+                row, left, pos = int(starts[j]), n, j * n * rb
+                while left:
+                    shard = row // S
+                    k = min(left, (shard + 1) * S - row)
+                    if shard != fd_shard:
+                        if fd >= 0:
+                            os.close(fd)
+                            fd = -1
+                        fd, fd_shard = self._open(shard), shard
+                    base, dense = self._dense_rows(fd, shard)
+                    if row - shard * S + k > dense:
+                        return False
+                    got = os.preadv(fd, [out[pos : pos + k * rb]], base + (row - shard * S) * rb)
+                    if got != k * rb:
+                        raise self._corrupt(
+                            storage_key(self.arr, shard * S), row // self.chunk_rows, OSError("short read")
+                        )
+                    row, left, pos = row + k, left - k, pos + k * rb
+            return True
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _dense_rows(self, fd: int, shard: int) -> tuple[int, int]:
+        """(byte offset of the shard's row 0, rows from row 0 stored contiguously) for an uncompressed shard."""
+        dense = self._dense.get(shard)
+        if dense is None:
+            per_shard = self._shard_rows // self.chunk_rows
+            index = self._shard_index(fd, shard, storage_key(self.arr, shard * self._shard_rows), per_shard)
+            chunk_bytes = self.chunk_rows * self._row_bytes
+            expected = index[0, 0] + np.arange(per_shard, dtype=np.uint64) * np.uint64(chunk_bytes)
+            good = (index[:, 0] == expected) & (index[:, 1] == chunk_bytes) & (index[:, 0] != EMPTY)
+            m = per_shard if good.all() else int(np.argmin(good))
+            dense = (int(index[0, 0]) if m else 0, m * self.chunk_rows)
+            with self._lock:
+                if len(self._dense) > 65536:
+                    self._dense.clear()
+                self._dense[shard] = dense
+        return dense
+
+    def _open(self, shard: int) -> int:
+        assert self._dir is not None
+        key = storage_key(self.arr, shard * self._shard_rows)
+        try:
+            return os.open(self._dir / key, os.O_RDONLY)
+        except FileNotFoundError:
+            raise DatasetError(
+                f"{self.path}: {self.name} stored object {key} is missing; the dataset is corrupt - "
+                "`pwmctl data fsck` lists every damaged chunk"
+            ) from None
 
     def read(self, chunks: np.ndarray, pool: ThreadPoolExecutor) -> list[np.ndarray]:
         """The decoded chunks ``chunks`` (sorted indices), each (chunk_rows, *row shape)."""
@@ -267,25 +361,22 @@ class _ChunkedArray:
         shard = int(chunks[0]) // per_shard
         key = storage_key(self.arr, shard * self._shard_rows)
         assert self._dir is not None
-        try:
-            fd = os.open(self._dir / key, os.O_RDONLY)
-        except FileNotFoundError:
-            raise DatasetError(
-                f"{self.path}: {self.name} stored object {key} is missing; the dataset is corrupt - "
-                "`pwmctl data fsck` lists every damaged chunk"
-            ) from None
+        fd = self._open(shard)
         try:
             index = self._shard_index(fd, shard, key, per_shard)
             out = []
             for c in chunks:
                 offset, nbytes = index[int(c) % per_shard]
-                chunk = np.empty((self.chunk_rows, *self._row_shape), self.arr.dtype)
+                chunk = np.empty((self.chunk_rows, *self.row_shape), self.arr.dtype)
                 if offset == EMPTY:  # never written: zarr's fill value (NaN rows are refused by the caller)
                     chunk.fill(self.arr.fill_value)
                 else:
                     data = os.pread(fd, int(nbytes), int(offset))
                     try:
-                        blosc.decompress(data, chunk)
+                        if self.raw:
+                            chunk.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8, chunk.nbytes)
+                        else:
+                            blosc.decompress(data, chunk)
                     except Exception as e:  # a short read or bad bytes
                         raise self._corrupt(key, int(c), e) from None
                 out.append(chunk)
@@ -328,7 +419,7 @@ class _ChunkedArray:
         out, pos = [], 0
         for c in chunks:
             k = min((c + 1) * R, n) - c * R
-            chunk = np.full((R, *self._row_shape), self.arr.fill_value, self.arr.dtype)
+            chunk = np.full((R, *self.row_shape), self.arr.fill_value, self.arr.dtype)
             chunk[:k] = values[pos : pos + k]
             out.append(chunk)
             pos += k

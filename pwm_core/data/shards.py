@@ -1,15 +1,16 @@
-"""Whole shards of the writer's layout read and written directly, byte for byte what zarr stores.
+"""Shard files of the writer's layout read and written directly, byte for byte what zarr stores.
 
 Zarr's sharded write path costs about half a millisecond of Python per inner chunk (an asyncio task per
 chunk and codec), so appending 256-row chunks ran at ~0.1M rows/s while blosc itself encodes ~2M rows/s.
-For the layout :class:`~pwm_core.data.EpisodeWriter` creates (a local store, one sharding codec whose
-chunks are ``bytes`` + ``blosc`` and whose index is ``bytes`` + ``crc32c`` at the end of the shard), a
-shard is simple: the encoded chunks in order, then ``(offset, nbytes)`` little-endian uint64 pairs per
-chunk (both ``2**64 - 1`` for a chunk equal to the fill value, which is not stored), then the crc32c of
-those pairs. :func:`write_rows` encodes the *whole* shards of an append that way (on a small thread pool:
-blosc releases the GIL) and leaves the partial shards at either end to zarr. Every shard file is written
-to a temporary name and renamed over the old one, as zarr's own store does. A test pins the bytes
-against zarr's.
+For the layouts :class:`~pwm_core.data.EpisodeWriter` creates (a local store; one sharding codec whose
+chunks are little-endian ``bytes`` then ``blosc``, or ``bytes`` alone for an uncompressed dataset, and
+whose index is ``bytes`` + ``crc32c`` at the end of the shard), a shard is simple: the encoded chunks in
+order, then ``(offset, nbytes)`` little-endian uint64 pairs per chunk (both ``2**64 - 1`` for a chunk
+equal to the fill value, which is not stored), then the crc32c of those pairs. :func:`write_rows` writes
+an append's shards that way, as zarr would (chunks covered in part are decoded, overlaid and re-encoded;
+untouched ones keep their bytes), one shard per task on a small thread pool (blosc releases the GIL).
+Every shard file is written to a temporary name and renamed over the old one, as zarr's own store does.
+Tests pin the bytes against zarr's.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ EMPTY = np.uint64(2**64 - 1)  # a shard index entry of a chunk that is not store
 WRITE_THREADS = 2
 
 
-def local_blosc_shards(arr: zarr.Array) -> Path | None:
+def local_shards(arr: zarr.Array) -> Path | None:
     """The array's folder when its shards can be read and written directly: a local store, sharded with the
-    index at the end (little-endian uint64 pairs + crc32c), chunks as little-endian bytes + blosc (what
-    EpisodeWriter creates); None for any other store or codec chain."""
+    index at the end (little-endian uint64 pairs + crc32c), chunks as little-endian bytes, then blosc or
+    nothing (what EpisodeWriter creates: ``compression="zstd"`` or ``"none"``); None for any other store or
+    codec chain."""
     from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
     from zarr.codecs.sharding import ShardingCodecIndexLocation
     from zarr.storage import LocalStore
@@ -45,7 +47,7 @@ def local_blosc_shards(arr: zarr.Array) -> Path | None:
     sharding = codecs[0]
     little = [c for c in (*sharding.codecs, *sharding.index_codecs) if isinstance(c, BytesCodec)]
     layout_ok = (
-        [type(c) for c in sharding.codecs] == [BytesCodec, BloscCodec]
+        [type(c) for c in sharding.codecs] in ([BytesCodec, BloscCodec], [BytesCodec])
         and [type(c) for c in sharding.index_codecs] == [BytesCodec, Crc32cCodec]
         and all(c.endian is None or c.endian.value == "little" for c in little)
         and sharding.index_location == ShardingCodecIndexLocation.end
@@ -55,10 +57,15 @@ def local_blosc_shards(arr: zarr.Array) -> Path | None:
     return Path(arr.store.root) / arr.path if layout_ok else None
 
 
+def is_raw(arr: zarr.Array) -> bool:
+    """Whether the array's chunks are stored uncompressed (a row is at a fixed offset in its chunk)."""
+    return local_shards(arr) is not None and len(arr.metadata.codecs[0].codecs) == 1  # type: ignore[union-attr]
+
+
 def write_rows(arr: zarr.Array, lo: int, hi: int, values: np.ndarray, threads: int = WRITE_THREADS) -> None:
     """``arr[lo:hi] = values`` for an array already at least ``hi`` rows long, shard files written directly
-    when the layout allows it (:func:`local_blosc_shards`), else through zarr."""
-    folder = local_blosc_shards(arr)
+    when the layout allows it (:func:`local_shards`), else through zarr."""
+    folder = local_shards(arr)
     if folder is None:
         arr[lo:hi] = values
         return
@@ -87,17 +94,21 @@ class _ShardEncoder:
     def __init__(self, arr: zarr.Array) -> None:
         from zarr.codecs import BloscCodec, ShardingCodec
 
-        sharding, blosc = arr.metadata.codecs[0], arr.metadata.codecs[0].codecs[1]  # type: ignore[union-attr]
-        assert isinstance(sharding, ShardingCodec) and isinstance(blosc, BloscCodec)  # local_blosc_shards checked
-        self._blosc = Blosc(  # typesize is in the stored metadata (zarr evolves it at creation)
-            cname=blosc.cname.name,
-            clevel=blosc.clevel,
-            shuffle={"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}[
-                blosc.shuffle.name
-            ],
-            blocksize=blosc.blocksize,
-            typesize=blosc.typesize,
-        )
+        sharding = arr.metadata.codecs[0]  # type: ignore[union-attr]
+        assert isinstance(sharding, ShardingCodec)  # local_shards checked it
+        self._blosc: Blosc | None = None  # None: raw chunks
+        if len(sharding.codecs) == 2:
+            codec = sharding.codecs[1]
+            assert isinstance(codec, BloscCodec)
+            self._blosc = Blosc(  # typesize is in the stored metadata (zarr evolves it at creation)
+                cname=codec.cname.name,
+                clevel=codec.clevel,
+                shuffle={"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}[
+                    codec.shuffle.name
+                ],
+                blocksize=codec.blocksize,
+                typesize=codec.typesize,
+            )
         self.chunk_rows = int(sharding.chunk_shape[0])
         self.per_shard = storage_rows(arr) // self.chunk_rows
         self.row_shape = tuple(arr.shape[1:])
@@ -133,7 +144,8 @@ class _ShardEncoder:
                     chunk[a - lo : b - lo] = rows[a - start : b - start]
                 if _all_fill(chunk, self.fill):
                     continue
-                data = self._blosc.encode(chunk.view(np.uint8).reshape(-1))
+                flat = chunk.view(np.uint8).reshape(-1)
+                data = self._blosc.encode(flat) if self._blosc is not None else flat.tobytes()
             parts.append(data)
             index[i] = offset, len(data)
             offset += len(data)
@@ -159,7 +171,12 @@ class _ShardEncoder:
             return chunk
         o, k = (int(x) for x in index[i])
         try:
-            blosc.decompress(old[o : o + k], chunk)
+            if self._blosc is None:
+                if k != chunk.nbytes:
+                    raise ValueError(f"{k} bytes stored, {chunk.nbytes} expected")
+                chunk.reshape(-1).view(np.uint8)[:] = np.frombuffer(old, np.uint8, k, o)
+            else:
+                blosc.decompress(old[o : o + k], chunk)
         except Exception as e:  # a short read or bad bytes
             raise DatasetError(
                 f"{name}: chunk {i} of the stored shard is unreadable ({type(e).__name__}); the dataset is "

@@ -18,8 +18,9 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -36,6 +37,7 @@ from pwm_core.data.episodes import (
     FORMAT_VERSION,
     META_CHUNK,
     OBS,
+    READ_BLOCK_ROWS,
     REWARD,
     SHARD_ROWS,
     TASK,
@@ -52,8 +54,14 @@ from pwm_core.data.shards import write_rows
 from pwm_core.errors import DatasetError
 from pwm_core.tasks import TaskSet
 
+if TYPE_CHECKING:
+    from pwm_core.data.reader import EpisodeDataset
+
 # Bit-shuffled zstd compresses float32 columns better than plain zstd at the same speed (measured).
 _COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),)
+# "none": rows at fixed offsets in the shard files, so a training window is one read per array, no decoding
+# (the out-of-core sampler's fast path, for datasets streamed from disk); ~1.2x the bytes of "zstd" on random data
+COMPRESSIONS = ("zstd", "none")
 
 
 class EpisodeWriter:
@@ -81,13 +89,18 @@ class EpisodeWriter:
         *,
         chunk_rows: int = CHUNK_ROWS,
         shard_rows: int = SHARD_ROWS,
+        compression: str = "zstd",
     ) -> EpisodeWriter:
-        """Create an empty dataset at ``path`` (which must not exist) and open it for appending."""
+        """Create an empty dataset at ``path`` (which must not exist) and open it for appending.
+
+        ``compression``: ``"zstd"`` (blosc, bit-shuffled) or ``"none"`` for the data arrays (see COMPRESSIONS)."""
         path = normalize_path(path)
         if is_local(path) and Path(path).exists():
             raise DatasetError(f"{path} already exists; choose a new path, or append with EpisodeWriter.open")
-        if shard_rows % chunk_rows:
-            raise ValueError(f"shard_rows ({shard_rows}) must be a multiple of chunk_rows ({chunk_rows})")
+        if chunk_rows < 1 or shard_rows % chunk_rows:
+            raise ValueError(f"shard_rows ({shard_rows}) must be a multiple of chunk_rows ({chunk_rows}) >= 1")
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
         attrs: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -110,7 +123,7 @@ class EpisodeWriter:
                 shards=(shard_rows, *cols),
                 dtype=dtype,
                 fill_value=fill,
-                compressors=_COMPRESSORS,
+                compressors=_COMPRESSORS if compression == "zstd" else None,
             )
         group.create_array(
             EPISODE_TASK, shape=(0,), chunks=(META_CHUNK,), dtype="int16", fill_value=-1, compressors=_COMPRESSORS
@@ -211,6 +224,30 @@ class EpisodeWriter:
             {OBS: obs_rows, ACTION: action_rows, REWARD: reward_rows, TASK: np.repeat(ep_task, L + 1)}, ep_task, ends
         )
 
+    def append_stored(self, rows: dict[str, np.ndarray], lengths: np.ndarray, ep_task: np.ndarray) -> None:
+        """Append whole episodes given as stored rows (what :meth:`EpisodeDataset.read_range` returns for a
+        range of whole episodes of a dataset with the same obs / action widths): ``rows`` obs (n, O), action
+        (n, A), reward (n,), task (n,); ``lengths`` (k,) rows per episode (L + 1), summing to n; ``ep_task``
+        (k,) global task ids. One commit for all of them."""
+        if self._layout is None:
+            raise DatasetError(f"{self.path}: the writer is closed")
+        lengths = np.asarray(lengths, np.int64)
+        n = int(lengths.sum())
+        O, A = self.task_set.obs_dim, self.task_set.act_dim
+        shapes = {OBS: (n, O), ACTION: (n, A), REWARD: (n,), TASK: (n,)}
+        got = {
+            name: rows[key].shape
+            for key, name in (("obs", OBS), ("action", ACTION), ("reward", REWARD), ("task", TASK))
+        }
+        if lengths.size == 0 or (lengths < 2).any() or any(got[k] != shapes[k] for k in shapes):
+            raise DatasetError(f"stored rows {got} do not hold episodes of lengths summing to {n} with O={O}, A={A}")
+        ep_task = self._task_ids(ep_task, lengths.size)
+        self._write(
+            {OBS: rows["obs"], ACTION: rows["action"], REWARD: rows["reward"], TASK: rows["task"]},
+            ep_task,
+            self.num_rows + np.cumsum(lengths),
+        )
+
     def _write(self, rows: dict[str, np.ndarray], ep_task: np.ndarray, ends: np.ndarray) -> None:
         """Data first, then episode_task, then the commit marker."""
         n0, n1 = self.num_rows, int(ends[-1])
@@ -284,6 +321,53 @@ class EpisodeWriter:
         if outside:
             raise DatasetError(f"task(s) {outside} not in the dataset's task set {self.task_set.name!r}")
         return ids.astype(np.int16)
+
+
+def copy_dataset(
+    src: EpisodeDataset,
+    dst: str | os.PathLike,
+    *,
+    chunk_rows: int = CHUNK_ROWS,
+    shard_rows: int = SHARD_ROWS,
+    compression: str = "zstd",
+    provenance: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EpisodeWriter:
+    """Copy every committed episode of ``src`` into a new dataset at ``dst`` with another storage layout
+    (chunk rows, shard rows, compression), streamed in blocks of whole episodes (bounded memory; a kill
+    leaves ``dst`` holding the blocks committed so far, and a later call on the same ``dst`` goes on from
+    there). ``progress(rows_done, rows_total)`` after each block. Returns the closed writer (its counts)."""
+    dst = normalize_path(dst)
+    if is_local(dst) and (Path(dst) / "zarr.json").exists():
+        writer = EpisodeWriter.open(dst)
+        if writer.task_set.to_dict() != src.task_set.to_dict():
+            writer.close()
+            raise DatasetError(f"{dst} holds another task set; give a new path")
+    else:
+        writer = EpisodeWriter.create(
+            dst,
+            src.task_set,
+            {**src.provenance, **(provenance or {})},
+            chunk_rows=chunk_rows,
+            shard_rows=shard_rows,
+            compression=compression,
+        )
+    with writer:
+        ends, starts = src.episode_ends, src.episode_starts
+        if writer.num_episodes > src.num_episodes or (
+            writer.num_episodes and int(ends[writer.num_episodes - 1]) != writer.num_rows
+        ):
+            raise DatasetError(f"{dst} is not a partial copy of {src.path}; give a new path")
+        e = writer.num_episodes
+        while e < src.num_episodes:
+            lo = int(starts[e])  # whole episodes, about one read block
+            f = max(int(np.searchsorted(ends, lo + READ_BLOCK_ROWS, side="right")), e + 1)
+            hi = int(ends[f - 1])
+            writer.append_stored(src.read_range(lo, hi), src.episode_lengths[e:f], src.episode_task[e:f])
+            e = f
+            if progress is not None:
+                progress(hi, src.num_rows)
+    return writer
 
 
 def truncate_uncommitted(layout: Layout, ends: np.ndarray) -> dict[str, int]:

@@ -188,10 +188,14 @@ def pretrain(
             f"{f' x{dist.world_size()} ranks' if dist.world_size() > 1 else ''}; run {run.name}",
         )
         if trainer.streaming:
+            from pwm_core.data.episodes import OBS
+            from pwm_core.data.shards import is_raw
+
+            packed = [ds.path for ds in datasets if not is_raw(ds._layout.arrays[OBS])]
             info(
                 st,
                 f"windows stream from disk: the rows take {trainer.data_nbytes / 1e9:.1f} GB, over the RAM "
-                "budget (--ram-budget GB)",
+                f"budget (--ram-budget GB){_STREAM_TIP if packed else ''}",
             )
     first_val = _first_validation(run, trainer, main)
     t0 = time.monotonic()
@@ -268,6 +272,12 @@ def _per_rank_batch(batch_size: int | None, global_batch_size: int | None) -> in
             f"--global-batch-size {global_batch_size} does not divide over {world} ranks; use a multiple of {world}"
         )
     return global_batch_size // world
+
+
+_STREAM_TIP = (
+    "; compressed chunks are decoded per window: `pwmctl data rechunk DATASET` makes a copy that streams "
+    "~10x faster (docs/benchmarks.md section 7)"
+)
 
 
 def _global_batch(batch_size: int, world: int) -> str:
