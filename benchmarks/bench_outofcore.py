@@ -1,7 +1,8 @@
 """Out-of-core pre-training: a dataset larger than RAM, windows streamed from Zarr on disk.
 
-Builds (once, reused across runs) a synthetic MT30-shaped dataset with the project's own writer
-(``EpisodeWriter``; 30 tasks, obs 24 / action 6 columns, 501-row episodes, random-walk observations
+Builds (once, reused across runs) a synthetic MT30-shaped dataset (uncompressed 256-row chunks, the layout
+``pwmctl data rechunk`` makes for streaming; ``--compression zstd`` for the writer's default) with the
+project's own writer (``EpisodeWriter``; 30 tasks, obs 24 / action 6 columns, 501-row episodes, random-walk observations
 in every column, so that the bytes on disk are those of a full-width dataset, not of zero padding) under
 ``--data-dir`` (default ``benchmarks/.outofcore/``, gitignored), timing the appends. The build is
 resumable: a killed build continues from its committed episodes, writing the same episodes.
@@ -43,7 +44,8 @@ from pwm_core.tasks import resolve_tasks
 DATA_DIR = Path(__file__).resolve().parent / ".outofcore"
 EPISODE_LENGTH = 500  # transitions; 501 rows, as TD-MPC2's MT30 episodes
 BUILD_BATCH = 1024  # episodes per append (~8 shards of 65536 rows: few partial-shard rewrites)
-CHUNK_ROWS = 256  # rows per chunk: an out-of-core window decodes ~1 chunk per array (see the report)
+CHUNK_ROWS = 256  # rows per chunk: a window rarely spans two (`pwmctl data rechunk`'s default)
+COMPRESSION = "none"  # the streaming layout: rows at fixed offsets, one read per window and array
 
 
 def synthetic_batch(index: int, n: int, seed: int = 0):
@@ -63,7 +65,9 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def build_dataset(path: Path, target_bytes: float, chunk_rows: int = CHUNK_ROWS, log=print) -> dict:
+def build_dataset(
+    path: Path, target_bytes: float, chunk_rows: int = CHUNK_ROWS, compression: str = COMPRESSION, log=print
+) -> dict:
     """Append synthetic batches to ``path`` until it holds ``target_bytes`` on disk; resumes a partial build.
 
     Returns (and keeps beside ``path``, in ``<name>.build.json``) the build's numbers: rows, bytes, seconds,
@@ -74,7 +78,11 @@ def build_dataset(path: Path, target_bytes: float, chunk_rows: int = CHUNK_ROWS,
         EpisodeWriter.open(path)
         if path.exists()
         else EpisodeWriter.create(
-            path, resolve_tasks("mt30"), {"source": "bench_outofcore synthetic"}, chunk_rows=chunk_rows
+            path,
+            resolve_tasks("mt30"),
+            {"source": "bench_outofcore synthetic"},
+            chunk_rows=chunk_rows,
+            compression=compression,
         )
     )
     with writer as w:
@@ -100,6 +108,7 @@ def build_dataset(path: Path, target_bytes: float, chunk_rows: int = CHUNK_ROWS,
         "rows": ds.num_rows,
         "bytes_on_disk": dir_bytes(path),
         "chunk_rows": chunk_rows,
+        "compression": compression,
         "rows_per_s": meta["rows_written"] / max(meta["seconds"], 1e-9),
     }
     meta["mb_per_s"] = meta["rows_per_s"] * 126 / 1e6  # raw bytes per row: 31 float32 columns + an int16 task
@@ -107,20 +116,25 @@ def build_dataset(path: Path, target_bytes: float, chunk_rows: int = CHUNK_ROWS,
     return meta
 
 
-def subset(big: Path, path: Path, batches: int) -> Path:
+def subset(big: Path, path: Path, batches: int, compression: str = COMPRESSION) -> Path:
     """The first ``batches`` build batches of the big dataset, written as their own dataset (the same episodes)."""
     if not path.exists():
         with EpisodeWriter.create(
-            path, resolve_tasks("mt30"), {"source": "bench_outofcore subset"}, chunk_rows=CHUNK_ROWS
+            path,
+            resolve_tasks("mt30"),
+            {"source": "bench_outofcore subset"},
+            chunk_rows=CHUNK_ROWS,
+            compression=compression,
         ) as w:
             for i in range(batches):
                 w.append_episodes(*synthetic_batch(i, BUILD_BATCH))
     return path
 
 
-def sampler_alone(path: Path, H: int, B: int, batches: int) -> dict:
+def sampler_alone(path: Path, H: int, B: int, batches: int, cache: bool = True) -> dict:
     """windows/s of back-to-back ``sample()`` calls with prefetch (nothing else running)."""
-    sampler = OutOfCoreSampler(open_dataset(path), H, B, seed=1)
+    kwargs = {} if cache else {"cache_bytes": 0}
+    sampler = OutOfCoreSampler(open_dataset(path), H, B, seed=1, **kwargs)
     sampler.sample()
     t0 = time.perf_counter()
     for _ in range(batches):
@@ -224,7 +238,8 @@ def table(record: dict) -> str:
     ooc, ram = record["runs"]["outofcore"], record["runs"]["in_ram_subset"]
     lines = [
         f"Dataset: {b['episodes']:,} episodes, {b['rows']:,} rows, {b['bytes_on_disk'] / 1e9:.1f} GB on disk "
-        f"({b['chunk_rows']}-row chunks), RAM {record['ram_gb']:.1f} GB (available at the start "
+        f"({b['chunk_rows']}-row chunks, compression {b.get('compression', 'zstd')}), RAM {record['ram_gb']:.1f} GB "
+        "(available at the start "
         f"{record['available_gb']:.1f} GB, default budget {record['default_budget_gb']:.1f} GB); written by "
         f"`EpisodeWriter` at {b['rows_per_s']:,.0f} rows/s ({b['mb_per_s']:.1f} MB/s of raw rows).",
         "",
@@ -247,6 +262,13 @@ def table(record: dict) -> str:
         f"({ooc['read_ms_per_batch_while_training']:.0f} ms per batch read in the background). "
         f"s/step out of core / in RAM: {record['s_per_step_ratio']:.2f}.",
     ]
+    if "sampler_by_layout" in record:
+        lay = record["sampler_by_layout"]
+        lines.append(
+            f"The two layouts on the same rows (the in-RAM subset's episodes, from the page cache, no chunk cache): "
+            f"uncompressed {lay['none']['windows_per_s']:,.0f} windows/s, zstd {lay['zstd']['windows_per_s']:,.0f} "
+            f"windows/s ({lay['none']['windows_per_s'] / lay['zstd']['windows_per_s']:.1f}x)."
+        )
     return "\n".join(lines)
 
 
@@ -283,6 +305,12 @@ def main() -> None:
         help="GB, the out-of-core run's --ram-budget (default: pretrain's own default, half the available "
         "memory; a dataset under it would be loaded, so a partial build needs a smaller one)",
     )
+    p.add_argument(
+        "--compression",
+        default=COMPRESSION,
+        choices=("none", "zstd"),
+        help="the big dataset's layout (default none: what `pwmctl data rechunk` makes for streaming)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: a ~60 MB dataset in a temporary folder")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP + " (the first one is used)")
     p.add_argument("--results", type=Path, default=RESULTS)
@@ -311,16 +339,25 @@ def main() -> None:
 def run(args, root: Path, gb: float) -> None:
     q = args.quick
     available = available_memory_bytes()
-    big = root / f"mt30-{gb:g}gb.zarr"
-    build = build_dataset(big, 0 if args.no_build else gb * 1e9)
+    suffix = "" if args.compression == "zstd" else f"-{args.compression}"
+    big = root / f"mt30-{gb:g}gb{suffix}.zarr"
+    build = build_dataset(big, 0 if args.no_build else gb * 1e9, compression=args.compression)
     if args.build_only:
         print(json.dumps(build))
         return
-    small = subset(
-        big, root / f"mt30-subset-{args.subset_batches or (1 if q else 4)}.zarr", args.subset_batches or (1 if q else 4)
-    )
-    sampler = sampler_alone(big, args.horizon, args.batch_size, args.sampler_batches or (3 if q else 30))
+    n_sub = args.subset_batches or (1 if q else 4)
+    small = subset(big, root / f"mt30-subset-{n_sub}{suffix}.zarr", n_sub, args.compression)
+    batches = args.sampler_batches or (3 if q else 30)
+    sampler = sampler_alone(big, args.horizon, args.batch_size, batches)
     print(f"sampler alone: {sampler['windows_per_s']:,.0f} windows/s", flush=True)
+    # the layouts side by side on the same rows (the subset, read from the page cache: decoding and calls only)
+    layouts = {}
+    for compression in ("none", "zstd"):
+        path = root / f"mt30-subset-{n_sub}{'' if compression == 'zstd' else '-' + compression}.zarr"
+        layouts[compression] = sampler_alone(
+            subset(big, path, n_sub, compression), args.horizon, args.batch_size, batches, cache=False
+        )
+        print(f"subset, {compression}: {layouts[compression]['windows_per_s']:,.0f} windows/s", flush=True)
     # --quick: the small dataset fits any budget, so it is streamed by a budget of 0
     ooc = run_child(big, args, 0.0 if q else args.ram_budget)
     print(f"out of core: {ooc['s_per_step']:.2f} s/step, peak RSS {ooc['peak_rss_gb']:.2f} GB", flush=True)
@@ -340,6 +377,7 @@ def run(args, root: Path, gb: float) -> None:
         "default_budget_gb": default_ram_budget() / 1e9,
         "build": rounded(build, 3),
         "sampler": rounded(sampler, 1),
+        "sampler_by_layout": {k: rounded(v, 1) for k, v in layouts.items()},
         "runs": {"outofcore": rounded(ooc, 4), "in_ram_subset": rounded(ram, 4)},
         "s_per_step_ratio": round(ooc["s_per_step"] / ram["s_per_step"], 4),
     }
