@@ -14,6 +14,8 @@ import typer
 from helpers import run, run_json
 from test_tdmpc2_import import assert_imported_exactly, write_synthetic_tdmpc2_chunk
 
+from pwm_core.data.episodes import OBS
+from pwm_core.data.shards import is_raw
 from pwm_core.data import open_dataset
 from registry.hub import HubError
 from registry.hub_files import HubFile, download, find_file, parse_file_ref
@@ -61,6 +63,14 @@ def test_from_hub_converts_every_chunk_and_keeps_none(fake_hub, mt30_on_hub, tmp
     # Off a terminal, each download is one quiet line with its byte count.
     lines = [line for line in result.stderr.splitlines() if "download mt30/chunk_0.pt" in line]
     assert len(lines) == 1 and "KB / " in lines[0], result.stderr
+
+
+def test_from_hub_in_the_streaming_layout(fake_hub, mt30_on_hub, tmp_path):
+    home = tmp_path / "home"
+    import_from_hub(home, fake_hub, "--compression", "none", "--chunk-rows", "256")
+    ds = open_dataset(home / "artifacts" / "dataset" / "mt30" / "v1" / "data.zarr")
+    assert_imported_exactly(ds, mt30_on_hub)
+    assert is_raw(ds._layout.arrays[OBS]) and ds._layout.arrays[OBS].chunks[0] == 256
 
 
 def test_a_failed_download_keeps_the_converted_chunks_and_the_rerun_resumes(fake_hub, mt30_on_hub, tmp_path):

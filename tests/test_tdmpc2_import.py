@@ -10,6 +10,8 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+from pwm_core.data.episodes import OBS
+from pwm_core.data.shards import is_raw
 from pwm_core.data import import_tdmpc2, open_dataset
 from pwm_core.errors import DatasetError
 from pwm_core.tasks import TASKS_BY_ID, resolve_tasks
@@ -169,6 +171,20 @@ def test_cli_import_publishes_a_dataset_that_round_trips(tmp_path):
     assert doc["artifact"] == "dataset/mt30:v1" and doc["episodes"] == 6 and doc["transitions"] == 6 * 500
     ds = open_dataset(home / "artifacts" / "dataset" / "mt30" / "v1" / "data.zarr")
     assert_imported_exactly(ds, chunks)
+
+    # the streaming layout (uncompressed 256-row chunks), the same episodes
+    args = ["--home", str(home), "data", "import-tdmpc2", str(folder), "--name", "raw"]
+    result = CliRunner().invoke(app, [*args, "--compression", "none", "--chunk-rows", "256"])
+    assert result.exit_code == 0, result.stderr
+    raw = open_dataset(home / "artifacts" / "dataset" / "raw" / "v1" / "data.zarr")
+    assert_imported_exactly(raw, chunks)
+    assert is_raw(raw._layout.arrays[OBS]) and raw._layout.arrays[OBS].chunks[0] == 256
+    for flags, message in (
+        (["--compression", "lz4"], "--compression must be one of zstd, none"),
+        (["--chunk-rows", "300"], "--chunk-rows must divide"),
+    ):
+        result = CliRunner().invoke(app, [*args, *flags])
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
 
     bad = tmp_path / "bad.pt"
     write_synthetic_tdmpc2_chunk(bad, 2, 101, [1], obs_dim=30)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pwm_core.data.episodes import CHUNK_ROWS
 from pwm_core.data.writer import EpisodeWriter
 from pwm_core.errors import DatasetError
 from pwm_core.tasks import TaskSet, resolve_tasks
@@ -53,6 +54,8 @@ def import_tdmpc2(
     progress: Callable[[int, int], None] | None = None,
     *,
     allow_pickle: bool = False,
+    chunk_rows: int = CHUNK_ROWS,
+    compression: str = "zstd",
 ) -> ImportReport:
     """Convert TD-MPC2 ``.pt`` chunks into a new episode dataset at ``out_path``.
 
@@ -68,6 +71,8 @@ def import_tdmpc2(
             run arbitrary code. The default loads with ``weights_only=True``, which works for
             TensorDict pickles because tensordict allow-lists its reconstructors (including the
             dict-based layout of tensordict <= 0.4 that the released chunks may use).
+        chunk_rows, compression: the dataset's storage layout (``EpisodeWriter.create``); 256 and "none" make
+            the layout the out-of-core sampler streams fastest.
 
     Memory is bounded by one write batch: chunks are memory-mapped (``torch.load(mmap=True)``).
     Every batch is committed through :class:`EpisodeWriter`, so an interrupted import leaves a
@@ -92,7 +97,9 @@ def import_tdmpc2(
     total = sum(shape[0] for shape in shapes.values())
     provenance = {"source": "tdmpc2", "files": [Path(f).name for f in files], **(provenance or {})}
     done, counts = 0, np.zeros(max(task_set.ids) + 1, np.int64)
-    with EpisodeWriter.create(out_path, task_set, provenance, shard_rows=IMPORT_SHARD_ROWS) as writer:
+    with EpisodeWriter.create(
+        out_path, task_set, provenance, shard_rows=IMPORT_SHARD_ROWS, chunk_rows=chunk_rows, compression=compression
+    ) as writer:
         for f in files:
             for obs, action, reward, ep_task in _episode_batches(_load_chunk(f, allow_pickle), f, task_set, inferred):
                 writer.append_episodes(obs, action, reward, ep_task)

@@ -31,12 +31,25 @@ def import_tdmpc2(
         envvar="PWMCTL_HUB_ENDPOINT",
         help="Hub URL (default: config hub.endpoint, else HF_ENDPOINT, else https://huggingface.co).",
     ),
+    chunk_rows: int = typer.Option(4096, "--chunk-rows", min=1, help="Rows per chunk (256 for streaming)."),
+    compression: str = typer.Option(
+        "zstd",
+        "--compression",
+        help="zstd | none (none + --chunk-rows 256: the layout pretrain streams fastest, see `data rechunk`).",
+    ),
 ) -> None:
     """Convert TD-MPC2's published MT30/MT80 `.pt` chunks into a dataset, one chunk at a time."""
+    from pwm_core.data.tdmpc2 import IMPORT_SHARD_ROWS
     from pwm_core.data.tdmpc2 import import_tdmpc2 as run_import
+    from pwm_core.data.writer import COMPRESSIONS
     from pwm_core.tasks import resolve_tasks
 
     st = state(ctx)
+    if compression not in COMPRESSIONS:
+        raise fail(f"--compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
+    if IMPORT_SHARD_ROWS % chunk_rows:
+        raise fail(f"--chunk-rows must divide the import's {IMPORT_SHARD_ROWS}-row shards (e.g. 256, 4096)")
+    layout = {"chunk_rows": chunk_rows, "compression": compression}
     if from_hub is not None:
         from pwmctl.commands.data_hub import import_from_hub
         from pwmctl.commands.hub import _endpoint
@@ -45,7 +58,7 @@ def import_tdmpc2(
             raise fail(
                 f"--from-hub downloads the chunks itself: pass no chunk files, and no --tasks other than {from_hub}"
             )
-        return import_from_hub(st, from_hub, name, _endpoint(st, hub_endpoint))
+        return import_from_hub(st, from_hub, name, _endpoint(st, hub_endpoint), layout)
     if not paths:
         raise fail("name the chunk files or their folder, or download them with --from-hub mt30|mt80")
     missing = [str(p) for p in paths if not p.exists()]
@@ -61,6 +74,7 @@ def import_tdmpc2(
                 task_set,
                 provenance={"source": "TD-MPC2 chunks", "files": [p.name for p in paths]},
                 progress=lambda done, total: bar.update(1, chunk=f"{done}/{total}"),
+                **layout,
             )
         staging.name = name or report.task_set  # without --tasks, the inferred set (mt30/mt80) names it
         artifact = staging.publish(

@@ -29,9 +29,10 @@ COMMAND = "data import-tdmpc2"
 CONVERTED = "converted.json"  # [{"path", "episodes_end"}], in chunk order
 
 
-def import_from_hub(st: State, set_name: str, name: str | None, endpoint: str) -> None:
+def import_from_hub(st: State, set_name: str, name: str | None, endpoint: str, layout: dict | None = None) -> None:
     """Fetch, convert and publish the chunks of ``set_name`` (mt30 | mt80) from ``endpoint``, resuming an
-    unfinished run of the same import."""
+    unfinished run of the same import. ``layout``: the dataset's ``chunk_rows`` / ``compression`` (a resumed
+    run keeps the layout it started with)."""
     from pwm_core.data.tdmpc2 import HUB_CHUNKS, HUB_REPO
     from registry.errors import DiskError
     from registry.hub import HubError
@@ -43,7 +44,7 @@ def import_from_hub(st: State, set_name: str, name: str | None, endpoint: str) -
     reg = st.registry()
     run = _unfinished_run(reg.runs_dir, endpoint, set_name, name)
     if run is None:
-        run = _start(reg, st, endpoint, HUB_REPO, set_name, name, HUB_CHUNKS[set_name])
+        run = _start(reg, st, endpoint, HUB_REPO, set_name, name, HUB_CHUNKS[set_name], layout or {})
     else:
         done = published_by(reg, "dataset", name, run)
         if done is not None:  # killed after its publish, before the run folder was removed
@@ -114,7 +115,7 @@ def _unfinished_run(runs_dir: Path, endpoint: str, set_name: str, name: str) -> 
     return max(found, key=lambda p: p.name) if found else None
 
 
-def _start(reg, st: State, endpoint: str, repo: str, set_name: str, name: str, n_chunks: int) -> Path:
+def _start(reg, st: State, endpoint: str, repo: str, set_name: str, name: str, n_chunks: int, layout: dict) -> Path:
     """Pin the Hub's current commit, list the chunks, and make the run folder with its plan."""
     from registry.hub import HubError
     from registry.hub_files import FileRef, list_files, resolve_commit
@@ -139,6 +140,7 @@ def _start(reg, st: State, endpoint: str, repo: str, set_name: str, name: str, n
             "commit": commit,
             "task_set": set_name,
             "name": name,
+            "layout": layout,
             "chunks": [{"path": f.ref.path, "size": f.size, "sha256": f.sha256, "git_oid": f.git_oid} for f in chunks],
         },
     )
@@ -163,7 +165,11 @@ def _fetch_and_convert(st: State, run: Path, plan: dict) -> None:
         hub = {"repo": plan["repo"], "repo_type": "dataset", "commit": plan["commit"], "endpoint": plan["endpoint"]}
         provenance = {"source": "tdmpc2", "files": [Path(c["path"]).name for c in plan["chunks"]], "hub": hub}
         EpisodeWriter.create(
-            run / DATASET_DIR, resolve_tasks(plan["task_set"]), provenance, shard_rows=IMPORT_SHARD_ROWS
+            run / DATASET_DIR,
+            resolve_tasks(plan["task_set"]),
+            provenance,
+            shard_rows=IMPORT_SHARD_ROWS,
+            **plan.get("layout", {}),
         ).close()
     with EpisodeWriter.open(run / DATASET_DIR) as writer:
         for i, chunk in enumerate(plan["chunks"]):
