@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -129,6 +130,32 @@ def subset(big: Path, path: Path, batches: int, compression: str = COMPRESSION) 
             for i in range(batches):
                 w.append_episodes(*synthetic_batch(i, BUILD_BATCH))
     return path
+
+
+def disk_reads(path: Path, nbytes: int, threads: int, reads: int = 6000) -> float:
+    """The device's ceiling for the sampler: ``pread`` s/s of ``nbytes`` (a window of obs rows) at random
+    offsets of the dataset's obs shard files (random each call, so earlier calls warm no page)."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = sorted(p for p in (path / "data" / "obs").rglob("*") if p.is_file() and p.name != "zarr.json")
+    sizes = [f.stat().st_size for f in files]
+
+    def work(seed: int) -> None:
+        r = random.Random(seed)
+        for _ in range(reads // threads):
+            i = r.randrange(len(files))
+            fd = os.open(files[i], os.O_RDONLY)
+            try:
+                os.pread(fd, nbytes, r.randrange(0, max(sizes[i] - nbytes, 1)))
+            finally:
+                os.close(fd)
+
+    base = time.time_ns()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, [base + i for i in range(threads)]))
+    return reads // threads * threads / (time.perf_counter() - t0)
 
 
 def sampler_alone(path: Path, H: int, B: int, batches: int, cache: bool = True) -> dict:
@@ -262,6 +289,13 @@ def table(record: dict) -> str:
         f"({ooc['read_ms_per_batch_while_training']:.0f} ms per batch read in the background). "
         f"s/step out of core / in RAM: {record['s_per_step_ratio']:.2f}.",
     ]
+    if "disk" in record:
+        d = record["disk"]
+        lines.append(
+            f"The disk's ceiling, random reads of one window's obs rows: {d['reads_per_s_1_threads']:,.0f}/s on one "
+            f"thread, {d['reads_per_s_4_threads']:,.0f}/s on 4, {d['reads_per_s_16_threads']:,.0f}/s on 16; a "
+            "window is 3 reads (obs, action, reward)."
+        )
     if "sampler_by_layout" in record:
         lay = record["sampler_by_layout"]
         lines.append(
@@ -293,6 +327,11 @@ def main() -> None:
     )
     p.add_argument("--sampler-batches", type=int, default=None, help="batches timed alone (default 30; --quick: 3)")
     p.add_argument("--build-only", action="store_true", help="build (or finish building) the dataset, then stop")
+    p.add_argument(
+        "--disk-only",
+        action="store_true",
+        help="measure only the disk's random-read ceiling on the built dataset (its own record)",
+    )
     p.add_argument(
         "--no-build",
         action="store_true",
@@ -345,6 +384,14 @@ def run(args, root: Path, gb: float) -> None:
     if args.build_only:
         print(json.dumps(build))
         return
+    window = (args.horizon + 1) * resolve_tasks("mt30").obs_dim * 4
+    disk = {f"reads_per_s_{t}_threads": disk_reads(big, window, t) for t in (1, 4, 16)}
+    print(f"disk, random {window}-byte reads: " + ", ".join(f"{k}: {v:,.0f}" for k, v in disk.items()), flush=True)
+    if args.disk_only:
+        record = {"bench": "outofcore_disk", **common_fields(torch.device("cpu"), q), "read_bytes": window}
+        record |= {"dataset_gb": round(build["bytes_on_disk"] / 1e9, 1), **rounded(disk, 0)}
+        append_record(args.results, record)
+        return
     n_sub = args.subset_batches or (1 if q else 4)
     small = subset(big, root / f"mt30-subset-{n_sub}{suffix}.zarr", n_sub, args.compression)
     batches = args.sampler_batches or (3 if q else 30)
@@ -378,6 +425,7 @@ def run(args, root: Path, gb: float) -> None:
         "build": rounded(build, 3),
         "sampler": rounded(sampler, 1),
         "sampler_by_layout": {k: rounded(v, 1) for k, v in layouts.items()},
+        "disk": rounded(disk, 0),
         "runs": {"outofcore": rounded(ooc, 4), "in_ram_subset": rounded(ram, 4)},
         "s_per_step_ratio": round(ooc["s_per_step"] / ram["s_per_step"], 4),
     }
