@@ -16,7 +16,7 @@ def test_quickstart_runs_the_pipeline_and_publishes_a_summary(tmp_path):
         home,
         "quickstart",
         "--budget-minutes",
-        "2",
+        "1",  # capped pre-training and extraction: fine-tuning gets the rest of the minute
         "--pretrain-steps",
         "4",
         "--extract-steps",
@@ -27,23 +27,22 @@ def test_quickstart_runs_the_pipeline_and_publishes_a_summary(tmp_path):
         "2",
     )
     assert doc["report"] == "report/quickstart-cartpole-swingup:v1"
-    assert set(doc["stages_s"]) == {"collect", "pretrain", "extract", "eval"}
+    assert set(doc["stages_s"]) == {"collect", "pretrain", "extract", "finetune", "eval"}
     assert doc["iqm"]["lo"] <= doc["iqm"]["value"] <= doc["iqm"]["hi"]
     assert isinstance(doc["beats_random"], bool)
     summary = Path(doc["summary"]).read_text()
-    assert "| random |" in summary and "policy/quickstart-cartpole-swingup:v1" in summary
+    assert "| random |" in summary and "fine-tune it online" in summary
+    final = "policy/quickstart-cartpole-swingup:v2" if ", kept)" in summary else "policy/quickstart-cartpole-swingup:v1"
+    assert final in summary
     shown = run_json(home, "show", doc["report"])
     files = set(shown["manifest"]["files"])
     assert {
         "summary.md",
         "worldmodel-quickstart-cartpole-swingup-v1.png",
-        "policy-quickstart-cartpole-swingup-v1.png",
+        f"policy-quickstart-cartpole-swingup-{final[-2:]}.png",
         "report-eval-quickstart-cartpole-swingup-v1.png",
     } <= files
-    assert sorted(shown["parents"]) == [
-        "policy/quickstart-cartpole-swingup:v1",
-        "report/eval-quickstart-cartpole-swingup:v1",
-    ]
+    assert sorted(shown["parents"]) == [final, "report/eval-quickstart-cartpole-swingup:v1"]
     for png in files - {"summary.md"}:
         assert (Path(shown["path"]) / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -60,7 +59,7 @@ def test_quickstart_runs_the_pipeline_and_publishes_a_summary(tmp_path):
     )
     assert [Path(p).name for p in doc["files"]] == [
         "worldmodel-quickstart-cartpole-swingup-v1.png",
-        "policy-quickstart-cartpole-swingup-v1.png",
+        "policy-quickstart-cartpole-swingup-v2.png",  # the fine-tuned version, kept or not, is the newest
         "report-eval-quickstart-cartpole-swingup-v1.png",
     ]
     assert all(Path(p).stat().st_size > 10_000 for p in doc["files"])

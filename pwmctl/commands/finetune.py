@@ -15,7 +15,7 @@ from pwmctl.commands.pretrain import RAM_BUDGET_HELP
 from pwmctl.console import Progress, ProgressCallback, emit, fail, info, state
 from pwmctl.resolve import print_dry_run, resolve_config
 from pwmctl.runs import LOGGER_HELP, METRICS, append_jsonl, check_loggers, read_jsonl, read_plan, training_callbacks
-from pwmctl.runs import published_by, write_plan
+from pwmctl.runs import TIME_LIMIT_HELP, published_by, time_budget, write_plan
 
 CHECKPOINT = "checkpoint.pt"
 REPLAY_DIR = "replay.zarr"
@@ -48,6 +48,9 @@ def finetune(
     workers: int = typer.Option(1, "--workers", "-j", min=1, help="Environment worker processes."),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N]."),
     resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (its run id)."),
+    time_limit: float = typer.Option(
+        None, "--time-limit", min=0.01, help=TIME_LIMIT_HELP + " Counts collection and updates, not the evaluations."
+    ),
     logger: list[str] = typer.Option(None, "--logger", help=LOGGER_HELP),
     ram_budget: float = typer.Option(None, "--ram-budget", min=0.0, help=RAM_BUDGET_HELP),
     config: Path = typer.Option(None, "--config", help="YAML file of FinetuneConfig fields."),
@@ -195,7 +198,8 @@ def finetune(
         info(st, f"resumed {run.name} at round {tuner.round} ({tuner.env_steps} env steps, {tuner.updates} updates)")
     info(
         st,
-        f"fine-tuning {pol_ref} with {wm_artifact.ref} on {spec.name}: {cfg.env_steps} env steps, "
+        f"fine-tuning {pol_ref} with {wm_artifact.ref} on {spec.name}: {cfg.env_steps} env steps"
+        f"{f' or {time_limit:g} minutes' if time_limit else ''}, "
         f"{cfg.episodes_per_round} episodes then {cfg.updates_per_episode * cfg.episodes_per_round} updates "
         f"per round; run {run.name}",
     )
@@ -216,6 +220,8 @@ def finetune(
                 )
 
         callbacks = [
+            # the policy's lr decays over the updates that fit the budget
+            *time_budget(time_limit, lambda n: setattr(tuner.extractor.cfg, "steps", n)),
             OnStep(log_round),
             *training_callbacks(
                 run,

@@ -44,13 +44,27 @@ class Recipe:
     extract_batch: int = 64
     eval_every: int = 50  # policy updates between in-training evaluations (the best one is published)
     eval_seeds: int = 10
-    pretrain_share: float = 0.62  # of the budget left after collecting; extraction gets 0.33, the eval the rest
-    extract_share: float = 0.33
+    pretrain_share: float = 0.45  # of the budget left after collecting; then extraction, fine-tuning, the eval
+    extract_share: float = 0.25
+    # Online fine-tuning of the extracted policy and its model (`pwmctl finetune`): rounds of 2 episodes collected
+    # with the policy, then model + policy updates on them and the random data. The better of the policy before
+    # and after (5 evaluation episodes each) is the result.
+    finetune_share: float = 0.25
     pretrain_steps: int | None = None  # caps (None: as many as the time allows)
     extract_steps: int | None = None
 
 
-RECIPES = {"default": {}, "official": {"extract_recipe": "official", "eval_every": 200, "pretrain_horizon": 16}}
+RECIPES = {
+    "default": {},
+    "official": {
+        "extract_recipe": "official",
+        "eval_every": 200,
+        "pretrain_horizon": 16,
+        "pretrain_share": 0.62,
+        "extract_share": 0.33,
+        "finetune_share": 0.0,
+    },
+}
 
 
 def quickstart(
@@ -136,7 +150,7 @@ def quickstart(
             "(raise --budget-minutes)",
         )
     pre_minutes = max(r.pretrain_share * left / 60, 0.05)  # at least a few updates, however late
-    reserve = (1 - r.pretrain_share - r.extract_share) * left  # seconds kept for the final evaluation
+    reserve = (1 - r.pretrain_share - r.extract_share - r.finetune_share) * left  # kept for the final evaluation
     wm = pwmctl(
         "pretrain",
         "--tasks",
@@ -162,9 +176,10 @@ def quickstart(
         "--name",
         name,
     )
-    # Extraction gets what pre-training left, less the evaluation's reserve (its share, or more if pre-training
-    # ended early)
-    ext_minutes = max((budget - (time.monotonic() - t0) - reserve) / 60, 0.05)
+    # Extraction (and fine-tuning) get what pre-training left, less the evaluation's reserve, in their shares'
+    # proportion
+    rest = budget - (time.monotonic() - t0) - reserve
+    ext_minutes = max(rest * r.extract_share / (r.extract_share + r.finetune_share) / 60, 0.05)
     pol = pwmctl(
         "extract",
         spec.name,
@@ -187,17 +202,46 @@ def quickstart(
         "--name",
         name,
     )
+    ft = None
+    if r.finetune_share > 0:
+        ft_minutes = max((budget - (time.monotonic() - t0) - reserve) / 60, 0.05)
+        ft = pwmctl(
+            "finetune",
+            spec.name,
+            "--policy",
+            pol["artifact"],
+            "--env-steps",
+            str(MANY),
+            "--time-limit",
+            f"{ft_minutes:.3f}",
+            "--eval-episodes",
+            "5",
+            "--seed",
+            str(seed),
+        )
+        if ft["eval_return_after"] >= ft["eval_return_before"]:
+            pol = {**pol, "artifact": ft["policy"]}
     ev = pwmctl("eval", pol["artifact"], "random", "--seeds", str(r.eval_seeds))
 
     elapsed = time.monotonic() - t0
     doc = _publish(
-        reg, st, name, r, recipe, data, wm, pol, ev, wm["steps"], pol["steps"], stages, elapsed, budget_minutes
+        reg, st, name, r, recipe, data, wm, pol, ft, ev, wm["steps"], pol["steps"], stages, elapsed, budget_minutes
     )
     emit(st, doc, lambda: typer.echo(doc["summary_markdown"]))
 
 
+def _finetune_line(ft: dict | None) -> str:
+    if ft is None:
+        return ""
+    kept = "kept" if ft["eval_return_after"] >= ft["eval_return_before"] else "not kept: the extracted one was better"
+    return (
+        f"fine-tune it online ({ft['env_steps']} env steps, {ft['updates']} updates; 5-episode evaluation "
+        f"{ft['eval_return_before']:.1f} -> {ft['eval_return_after']:.1f}, {kept}), "
+    )
+
+
 def _publish(
-    reg, st, name, r, recipe, data, wm, pol, ev, pre_steps, ext_steps, stages, elapsed, budget_minutes
+    reg, st, name, r, recipe, data, wm, pol, ft, ev, pre_steps, ext_steps, stages, elapsed, budget_minutes
 ) -> dict:
     from pwmctl.commands.plot import plot_artifact
 
@@ -213,8 +257,9 @@ def _publish(
         f"random episodes ({r.noise} noise), pretrain a {r.size} world model for {pre_steps} updates (batch "
         f"{r.pretrain_batch}, H={r.pretrain_horizon}), extract a policy with {ext_steps} updates (batch "
         f"{r.extract_batch}, extract recipe "
-        f"{r.extract_recipe}; published: update {pol.get('selected_update', ext_steps)}), evaluate it and the "
-        f"random policy on {r.eval_seeds} seeds.",
+        f"{r.extract_recipe}; published: update {pol.get('selected_update', ext_steps)}), "
+        + _finetune_line(ft)
+        + f"evaluate it and the random policy on {r.eval_seeds} seeds.",
         "",
         "| policy | return (mean ± std) | IQM score | 95% CI |",
         "|---|---:|---:|---|",
@@ -251,6 +296,7 @@ def _publish(
                 "minutes": round(elapsed / 60, 2),
                 "pretrain_steps": pre_steps,
                 "extract_steps": ext_steps,
+                **({"finetune_updates": ft["updates"], "finetune_env_steps": ft["env_steps"]} if ft else {}),
             },
         )
     return {
