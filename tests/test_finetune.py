@@ -99,6 +99,13 @@ def test_finetune_publishes_model_policy_and_episodes_with_lineage(home):
     assert doc2["world_model"] == "worldmodel/wm-cartpole-balance-ft:v2" and "dataset" not in doc2
 
 
+def test_a_time_limit_ends_finetuning_early_and_publishes(home):
+    # 10 rounds planned; a tiny budget ends it after the first round's updates, then the usual evaluation + publish
+    doc = run_json(home, "finetune", "cartpole-balance", *TINY_FT, "--env-steps", "5000", "--time-limit", "0.01")
+    assert doc["env_steps"] == 500 and 1 <= doc["updates"] <= 2 and doc["policy"].startswith("policy/cartpole-balance")
+    assert "--time-limit" in run(home, "finetune", "cartpole-balance", "--time-limit", "0", code=2).stderr
+
+
 def test_finetune_bad_input(home):
     for args, word in (
         (["walker-walk"], "pwmctl extract walker-walk"),

@@ -17,6 +17,8 @@ def test_quickstart_runs_the_pipeline_and_publishes_a_summary(tmp_path):
         "quickstart",
         "--budget-minutes",
         "1",  # capped pre-training and extraction: fine-tuning gets the rest of the minute
+        "--finetune-share",
+        "0.3",
         "--pretrain-steps",
         "4",
         "--extract-steps",
