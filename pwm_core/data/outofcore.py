@@ -34,7 +34,6 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import google_crc32c  # zarr's own dependency (its crc32c codec)
 import numpy as np
 import torch
 import zarr
@@ -42,8 +41,8 @@ from numcodecs import blosc
 
 from pwm_core.data.episodes import ACTION, OBS, REWARD, storage_key, storage_rows
 from pwm_core.data.reader import EpisodeDataset
-from pwm_core.data.shards import EMPTY, is_raw, local_shards
 from pwm_core.data.sampler import Batch, WindowIndex, nan_error, select_episodes, target_dims
+from pwm_core.data.shards import EMPTY, decode_index, is_raw, local_shards
 from pwm_core.errors import DatasetError
 
 CACHE_BYTES = 256 * 2**20  # decoded chunks kept per sampler (LRU)
@@ -391,13 +390,13 @@ class _ChunkedArray:
                 self._indices.move_to_end(shard)
                 return index
         size = os.fstat(fd).st_size
-        raw = os.pread(fd, 16 * per_shard + 4, size - 16 * per_shard - 4) if size >= 16 * per_shard + 4 else b""
-        if len(raw) != 16 * per_shard + 4 or np.uint32(google_crc32c.value(raw[:-4])).tobytes() != raw[-4:]:
+        tail = os.pread(fd, 16 * per_shard + 4, size - 16 * per_shard - 4) if size >= 16 * per_shard + 4 else b""
+        index = decode_index(tail, per_shard)
+        if index is None:
             raise DatasetError(
                 f"{self.path}: {self.name} stored object {key} has a damaged shard index; the dataset "
                 "is corrupt - `pwmctl data fsck` lists every damaged chunk"
             )
-        index = np.frombuffer(raw[:-4], "<u8").reshape(per_shard, 2)
         with self._lock:
             self._indices[shard] = index
             while len(self._indices) > 4096:  # 64 KB each at most (4096 chunks per shard)

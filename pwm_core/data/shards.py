@@ -155,14 +155,13 @@ class _ShardEncoder:
         return b"".join([*parts, raw, np.uint32(google_crc32c.value(raw)).astype("<u4").tobytes()])
 
     def _index(self, shard: bytes, name: str) -> np.ndarray:
-        n = 16 * self.per_shard
-        raw = shard[-n - 4 :]
-        if len(raw) != n + 4 or np.uint32(google_crc32c.value(raw[:-4])).astype("<u4").tobytes() != raw[-4:]:
+        index = decode_index(shard, self.per_shard)
+        if index is None:
             raise DatasetError(
                 f"{name}: the stored shard's index is damaged; the dataset is corrupt - `pwmctl data fsck` "
                 "lists every damaged chunk"
             )
-        return np.frombuffer(raw[:-4], "<u8").reshape(self.per_shard, 2)
+        return index
 
     def _old_chunk(self, old: bytes | None, index: np.ndarray | None, i: int, name: str) -> np.ndarray:
         chunk = np.empty((self.chunk_rows, *self.row_shape), self.dtype)
@@ -183,6 +182,16 @@ class _ShardEncoder:
                 "corrupt - `pwmctl data fsck` lists every damaged chunk"
             ) from None
         return chunk
+
+
+def decode_index(tail: bytes, per_shard: int) -> np.ndarray | None:
+    """A shard's ``(per_shard, 2)`` (offset, nbytes) index from the shard file's last ``16 * per_shard + 4``
+    bytes (or the whole file), or None when they are too few or fail their crc32c."""
+    n = 16 * per_shard
+    raw = tail[-n - 4 :]
+    if len(raw) != n + 4 or np.uint32(google_crc32c.value(raw[:-4])).astype("<u4").tobytes() != raw[-4:]:
+        return None
+    return np.frombuffer(raw[:-4], "<u8").reshape(per_shard, 2)
 
 
 def _all_fill(chunk: np.ndarray, fill: object) -> bool:
