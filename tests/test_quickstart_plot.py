@@ -16,9 +16,9 @@ def test_quickstart_runs_the_pipeline_and_publishes_a_summary(tmp_path):
         home,
         "quickstart",
         "--budget-minutes",
-        "1",  # capped pre-training and extraction: fine-tuning gets the rest of the minute
+        "1",
         "--finetune-share",
-        "0.3",
+        "0.1",  # ~5 s: one round of 2 episodes and a few updates
         "--pretrain-steps",
         "4",
         "--extract-steps",

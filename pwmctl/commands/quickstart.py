@@ -219,7 +219,8 @@ def quickstart(
     )
     ft = None
     if r.finetune_share > 0:
-        ft_minutes = max((budget - (time.monotonic() - t0) - reserve) / 60, 0.05)
+        # its share, or what is left if less (the steps caps end the earlier stages early and leave time unused)
+        ft_minutes = max(min(budget - (time.monotonic() - t0) - reserve, r.finetune_share * left) / 60, 0.05)
         ft = pwmctl(
             "finetune",
             spec.name,
