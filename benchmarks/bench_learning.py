@@ -7,7 +7,8 @@ Two protocols (issue 13), each run only through `pwmctl` commands in a registry 
   CPU-cheap MPPI on the same world model (2 iterations, 64 samples), 10 seeds.
 - **P2, one world model, many policies** (PWM's own setting): ``collect`` the four tasks, ``pretrain`` one
   multi-task world model with ``--time-limit`` (30 minutes in all with the collection), ``extract`` each task
-  with a 5-minute ``--time-limit``, then evaluate every policy, its MPPI and random on each task.
+  with a 5-minute ``--time-limit``, then evaluate every policy, its MPPI and random on each task. Data, model
+  size, batch sizes and horizons are the quickstart's recipe (``pwmctl quickstart --recipe R``).
 
 Every job appends one JSON line to ``benchmarks/results.jsonl`` (``"bench": "learning"``) with the IQM, 95% CI
 and mean return of each method, P(PWM > random) and P(PWM > MPPI), the act latencies and the minutes. Jobs are
@@ -28,6 +29,8 @@ import time
 from pathlib import Path
 
 from bench_common import RESULTS, append_record, machine, now
+
+from pwmctl.commands.quickstart import RECIPES, Recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "learning.md"
@@ -192,7 +195,8 @@ def run_p2(args, commit: str) -> None:
         print(f"skip {key} (recorded)", file=sys.stderr)
         return
     job = Job(args.home, key)
-    noise = "uniform" if args.recipe == "official" else "pink"
+    # The quickstart's recipe for data and world model (uniform noise, 1M, batch 256; H=3 by default, 16 official).
+    r = Recipe(**RECIPES[args.recipe])
     t0 = time.monotonic()
     job.stage(
         "collect",
@@ -201,7 +205,7 @@ def run_p2(args, commit: str) -> None:
         "--episodes",
         str(args.p2_episodes),
         "--noise",
-        noise,
+        r.noise,
         "--seed",
         str(args.seed),
         "--name",
@@ -218,9 +222,11 @@ def run_p2(args, commit: str) -> None:
         "--data",
         "dataset/p2",
         "--size",
-        "1M",
+        r.size,
         "--batch-size",
-        "256",
+        str(r.pretrain_batch),
+        "--horizon",
+        str(r.pretrain_horizon),
         "--steps",
         "1000000",
         "--time-limit",
@@ -243,13 +249,15 @@ def run_p2(args, commit: str) -> None:
             "--wm",
             wm["artifact"],
             "--recipe",
-            args.recipe,
+            r.extract_recipe,
             "--steps",
             "1000000",
             "--time-limit",
             str(args.p2_policy_minutes),
+            "--batch-size",
+            str(r.extract_batch),
             "--eval-every",
-            "50",
+            str(r.eval_every),
             "--eval-episodes",
             "5",
             "--seed",
