@@ -36,8 +36,8 @@ def test_copy_changes_the_layout_not_the_episodes(tmp_path):
     copy_dataset(src, tmp_path / "raw.zarr", chunk_rows=8, shard_rows=32, compression="none", provenance={"x": 1})
     dst = open_dataset(tmp_path / "raw.zarr")
     assert_same_episodes(src, dst)
-    assert is_raw(dst._layout.arrays[OBS]) and not is_raw(src._layout.arrays[OBS])
-    assert dst._layout.arrays[ACTION].chunks[0] == 8 and dst.provenance == {"source": "test", "x": 1}
+    assert is_raw(dst.array(OBS)) and not dst.compressed and src.compressed
+    assert dst.array(ACTION).chunks[0] == 8 and dst.provenance == {"source": "test", "x": 1}
     # the raw copy streams the in-RAM sampler's windows
     ram, disk = WindowSampler(src, 4, 64, seed=2), OutOfCoreSampler(dst, 4, 64, seed=2)
     for _ in range(3):
@@ -93,3 +93,14 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert message in result.output, result.output
     assert Registry(tmp_path).resolve("mix", default_kind="dataset")  # nothing else published
     assert len([line for line in result.output.strip().splitlines() if line.startswith("error:")]) == 1
+
+
+def test_pretrain_streaming_compressed_rows_points_to_rechunk_and_the_copy_streams_without_the_tip(tmp_path):
+    make_dataset(tmp_path)
+    run_json(tmp_path, "data", "rechunk", "mix", "--chunk-rows", "8", "--shard-rows", "64")
+    tiny = ["--tasks", "walker-walk,mw-reach", "--size", "1M", "--batch-size", "4", "--horizon", "2", "--steps", "1"]
+    tiny += ["--ram-budget", "0", "--set", "val_batches=1"]
+    packed = run(tmp_path, "pretrain", *tiny, "--data", "dataset/mix", "--name", "packed")
+    assert "windows stream from disk" in packed.stderr and "pwmctl data rechunk" in packed.stderr, packed.stderr
+    raw = run(tmp_path, "pretrain", *tiny, "--data", "dataset/mix-stream", "--name", "raw")
+    assert "windows stream from disk" in raw.stderr and "rechunk" not in raw.stderr, raw.stderr

@@ -200,7 +200,7 @@ class _Source:
         self._selected = np.zeros(dataset.num_episodes + 1, bool)  # + 1: rows past the committed ones
         self._selected[selected] = True
         self._starts = np.append(dataset.episode_starts, dataset.num_rows)  # + 1, as _selected
-        self._arrays = {key: _ChunkedArray(dataset._layout.arrays[name], name, dataset.path) for key, name in _FIELDS}
+        self._arrays = {key: _ChunkedArray(dataset.array(name), name, dataset.path) for key, name in _FIELDS}
         self._key = id(self)
 
     def gather(self, key: str, rows: np.ndarray, cache: _ChunkCache) -> np.ndarray:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import zarr
 
 from pwm_core.data.episodes import (
     ACTION,
@@ -28,6 +29,7 @@ from pwm_core.data.episodes import (
     row_blocks,
     structure_problems,
 )
+from pwm_core.data.shards import is_raw
 from pwm_core.errors import DatasetError
 from pwm_core.tasks import TaskSet
 
@@ -155,9 +157,7 @@ class EpisodeDataset:
         """Bytes stored: every file under a local dataset directory, else the arrays' stored bytes."""
         if is_local(self.path):
             return sum(f.stat().st_size for f in Path(self.path).rglob("*") if f.is_file())
-        return sum(
-            int(self._layout.arrays[name].nbytes_stored()) for name in DATA_ARRAYS + (EPISODE_ENDS, EPISODE_TASK)
-        )
+        return sum(int(self.array(name).nbytes_stored()) for name in DATA_ARRAYS + (EPISODE_ENDS, EPISODE_TASK))
 
     # ---------------------------------------------------------------------------------- loading
     def select_episodes(self, tasks: Sequence[int | str] | None = None) -> np.ndarray:
@@ -193,8 +193,19 @@ class EpisodeDataset:
                 dst[pos : pos + k] = block if k == hi - lo else block[keep]
             pos += k
 
+    def array(self, name: str) -> zarr.Array:
+        """The stored array ``name`` (``obs``, ``action``, ``reward``, ``task``, ...) for readers that go
+        below rows, e.g. the out-of-core sampler's shard reads."""
+        return self._layout.arrays[name]
+
+    @property
+    def compressed(self) -> bool:
+        """Whether the observations are stored compressed (not the raw layout ``data rechunk
+        --compression none`` writes, whose windows stream with one read each)."""
+        return not is_raw(self.array(OBS))
+
     def _read(self, name: str, lo: int, hi: int) -> np.ndarray:
-        return read_rows(self._layout.arrays[name], name, lo, hi, self.path)
+        return read_rows(self.array(name), name, lo, hi, self.path)
 
     def rows_of(self, episodes: np.ndarray) -> int:
         """Number of rows held by ``episodes``."""

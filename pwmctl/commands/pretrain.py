@@ -188,10 +188,7 @@ def pretrain(
             f"{f' x{dist.world_size()} ranks' if dist.world_size() > 1 else ''}; run {run.name}",
         )
         if trainer.streaming:
-            from pwm_core.data.episodes import OBS
-            from pwm_core.data.shards import is_raw
-
-            packed = [ds.path for ds in datasets if not is_raw(ds._layout.arrays[OBS])]
+            packed = [ds.path for ds in datasets if ds.compressed]
             info(
                 st,
                 f"windows stream from disk: the rows take {trainer.data_nbytes / 1e9:.1f} GB, over the RAM "
