@@ -28,7 +28,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from bench_common import RESULTS, append_record, machine, now
+
+from pwm_core.evaluate import stats
 
 from pwmctl.commands.quickstart import RECIPES, Recipe
 
@@ -240,7 +243,7 @@ def run_p2(args, commit: str) -> None:
         "--name",
         "p2",
     )
-    results, policies = {}, {}
+    results, policies, reports = {}, {}, {}
     for task in args.p2_tasks:
         pol = job.stage(
             f"extract {task}",
@@ -266,6 +269,7 @@ def run_p2(args, commit: str) -> None:
         policies[task] = pol["artifact"]
         ev = job.stage(f"eval {task}", *eval_args(pol["artifact"], args.seeds))
         results[task] = summarise(ev, pol["artifact"], task)
+        reports[task] = ev["report"]
     record = {
         "bench": "learning",
         "key": key,
@@ -279,10 +283,37 @@ def run_p2(args, commit: str) -> None:
         "stages_s": {k: v["seconds"] for k, v in job.stages.items()},
         "machine": machine(),
         "results": results,
+        "aggregate": p2_aggregate(job.home / "registry", reports, policies),
         "policies": policies,
+        "reports": reports,
         "elapsed_min": round((time.monotonic() - t0) / 60, 1),
     }
     append_record(RESULTS, record)
+
+
+def p2_aggregate(registry: Path, reports: dict[str, str], policies: dict[str, str]) -> dict:
+    """Across P2's tasks (each policy evaluated on its own task): per method, the IQM [95% CI] of the (seeds,
+    tasks) normalised score matrix, and P(PWM > MPPI), P(PWM > random) averaged over the tasks, with CIs
+    (stratified bootstrap over seeds, as `pwmctl eval`), from the per-episode scores in each eval report."""
+    columns: dict[str, list[list[float]]] = {"pwm": [], "mppi": [], "random": []}
+    for task, ref in reports.items():
+        kind, rest = ref.split("/", 1)
+        name, version = rest.rsplit(":v", 1)
+        doc = json.loads((registry / "artifacts" / kind / name / f"v{version}" / "results.json").read_text())
+        labels = {"pwm": policies[task], "mppi": f"{policies[task]}+mppi", "random": "random"}
+        for method, label in labels.items():
+            eps = [e for e in doc["episodes"][label] if e["task"] == task]
+            columns[method].append([e["score"] for e in sorted(eps, key=lambda e: (e["seed"], e["episode"]))])
+    scores = {m: np.array(c, dtype=np.float64).T for m, c in columns.items()}  # (runs, tasks)
+    out: dict = {"tasks": list(reports)}
+    for method, x in scores.items():
+        lo, hi = stats.stratified_bootstrap_ci(x)
+        out[method] = {"iqm": {"value": stats.iqm(x), "lo": lo, "hi": hi}}
+    for other in ("random", "mppi"):
+        lo, hi = stats.poi_ci(scores["pwm"], scores[other])
+        poi = stats.probability_of_improvement(scores["pwm"], scores[other])
+        out[f"p_pwm_gt_{other}"] = {"poi": poi, "lo": lo, "hi": hi}
+    return out
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -352,6 +383,13 @@ def report() -> None:
                     f"| {r['recipe']} | {task} | {r['minutes']:.1f} | {_ci(res['pwm'])} | {_ci(res['mppi'])} "
                     f"| {_ci(res['random'])} | {_poi(res['p_pwm_gt_random'])} | {_poi(res['p_pwm_gt_mppi'])} "
                     f"| {_latency(res, 'pwm')} / {_latency(res, 'mppi')} | {r['key']['commit']} |"
+                )
+            agg = r.get("aggregate")
+            if agg:  # P2: the (seeds, tasks) matrix over all its tasks
+                lines.append(
+                    f"| {r['recipe']} | **all {len(agg['tasks'])} tasks** | {r['minutes']:.1f} | **{_ci(agg['pwm'])}** "
+                    f"| {_ci(agg['mppi'])} | {_ci(agg['random'])} | {_poi(agg['p_pwm_gt_random'])} "
+                    f"| {_poi(agg['p_pwm_gt_mppi'])} | - | {r['key']['commit']} |"
                 )
         lines.append("")
     if records:

@@ -41,12 +41,10 @@ def import_tdmpc2(
     """Convert TD-MPC2's published MT30/MT80 `.pt` chunks into a dataset, one chunk at a time."""
     from pwm_core.data.tdmpc2 import IMPORT_SHARD_ROWS
     from pwm_core.data.tdmpc2 import import_tdmpc2 as run_import
-    from pwm_core.data.writer import COMPRESSIONS
     from pwm_core.tasks import resolve_tasks
 
     st = state(ctx)
-    if compression not in COMPRESSIONS:
-        raise fail(f"--compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
+    check_compression(compression)
     if IMPORT_SHARD_ROWS % chunk_rows:
         raise fail(f"--chunk-rows must divide the import's {IMPORT_SHARD_ROWS}-row shards (e.g. 256, 4096)")
     layout = {"chunk_rows": chunk_rows, "compression": compression}
@@ -249,6 +247,14 @@ def _refuse_published(st, path: Path) -> None:
         f"{path} is in {where}; --repair works on a run folder's data.zarr (to repair a published "
         f"dataset, copy it out, repair the copy and publish that)"
     )
+
+
+def check_compression(compression: str) -> None:
+    """Refuse a ``--compression`` the writer does not know (one error line, exit 2)."""
+    from pwm_core.data.writer import COMPRESSIONS
+
+    if compression not in COMPRESSIONS:
+        raise fail(f"--compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
 
 
 def _open(st, ref: str):

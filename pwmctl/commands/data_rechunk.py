@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from pwmctl.commands.collect import DATASET_DIR
-from pwmctl.commands.data import _open
+from pwmctl.commands.data import _open, check_compression
 from pwmctl.console import Progress, emit, fail, human_size, state
 
 # What a dataset streamed from disk reads fastest: rows at fixed offsets (one read per window and array, no
@@ -33,12 +33,11 @@ def rechunk(
     The default layout (256-row uncompressed chunks) is what `pretrain` streams fastest when a dataset exceeds
     its --ram-budget; the source is left untouched and the copy is published as a new dataset with the source
     as its parent."""
-    from pwm_core.data.writer import COMPRESSIONS, copy_dataset
+    from pwm_core.data.writer import copy_dataset
     from registry.refs import check_name
 
     st = state(ctx)
-    if compression not in COMPRESSIONS:
-        raise fail(f"--compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
+    check_compression(compression)
     if shard_rows % chunk_rows:
         raise fail(f"--shard-rows ({shard_rows}) must be a multiple of --chunk-rows ({chunk_rows})")
     ds, label = _open(st, ref)
