@@ -421,7 +421,13 @@ class WandbMetrics(MetricsSink):
         self.run.log(dict(metrics), step=step)
 
     def close(self) -> None:
+        import wandb
+
         self.run.finish()
+        # finish() returns before W&B's service process has written the run file (on a busy machine the
+        # .wandb file held only its header when finish() returned); tearing the service down waits for it, so
+        # the metrics are on disk when the sink closes. It also ends any other W&B run of this process.
+        wandb.teardown()
 
 
 class LoggerUnavailable(RuntimeError):
