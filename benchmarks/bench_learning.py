@@ -34,6 +34,7 @@ from bench_common import RESULTS, append_record, machine, now
 from pwm_core.evaluate import stats
 
 from pwmctl.commands.quickstart import RECIPES, Recipe
+from registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "learning.md"
@@ -296,10 +297,9 @@ def p2_aggregate(registry: Path, reports: dict[str, str], policies: dict[str, st
     tasks) normalised score matrix, and P(PWM > MPPI), P(PWM > random) averaged over the tasks, with CIs
     (stratified bootstrap over seeds, as `pwmctl eval`), from the per-episode scores in each eval report."""
     columns: dict[str, list[list[float]]] = {"pwm": [], "mppi": [], "random": []}
+    reg = Registry(registry)
     for task, ref in reports.items():
-        kind, rest = ref.split("/", 1)
-        name, version = rest.rsplit(":v", 1)
-        doc = json.loads((registry / "artifacts" / kind / name / f"v{version}" / "results.json").read_text())
+        doc = json.loads((reg.resolve(ref).path / "results.json").read_text())
         labels = {"pwm": policies[task], "mppi": f"{policies[task]}+mppi", "random": "random"}
         for method, label in labels.items():
             eps = [e for e in doc["episodes"][label] if e["task"] == task]
