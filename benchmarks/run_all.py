@@ -115,6 +115,17 @@ BENCHES = [
         "machine to itself.",
     ),
     (
+        "official",
+        "bench_official.py",
+        "9. Against the official code (estimated from the side-by-side run)",
+        "the extraction update (1M/5M B=64, 5M B=512) and the world-model update (1M B=256, 5M B=1024; H=16, "
+        "rho=0.99) as they run now (default recipe: one-exp Mish, fused Adam) against the update timed beside the "
+        "official code (ATen's Mish, Adam's per-tensor loop, no model_return metric), interleaved in one process; "
+        "the published official / project ratio of that side-by-side run (an AMD EPYC with AVX-512) times this "
+        "run's baseline / now ratio estimates the speed against the official code on this machine. fp32 only "
+        "(where the CPU lacks native bf16, autocast cannot pay off: section 1).",
+    ),
+    (
         "collect",
         "bench_collect.py",
         "Extra: data collection throughput (env steps/s)",
@@ -123,8 +134,19 @@ BENCHES = [
     ),
 ]
 # Execution order: pretrain before the sampler, which compares itself with the newest pretrain line.
-RUN_ORDER = ["pretrain", "sampler", "extract", "act_latency", "eval", "collect", "overheads", "kernels", "outofcore"]
-NO_DEVICE = {"collect", "overheads", "kernels"}  # scripts without --device (CPU only)
+RUN_ORDER = [
+    "pretrain",
+    "sampler",
+    "extract",
+    "act_latency",
+    "eval",
+    "collect",
+    "overheads",
+    "kernels",
+    "official",
+    "outofcore",
+]
+NO_DEVICE = {"collect", "overheads", "kernels", "official"}  # scripts without --device (CPU only)
 
 
 # --- running ----------------------------------------------------------------------------------------
@@ -484,6 +506,25 @@ def reading_kernels(rec: dict, _: dict) -> str:
     )
 
 
+def reading_official(rec: dict, _: dict) -> str:
+    rows = rec["rows"]
+    met = [r for r in rows if r["estimated_vs_official"] >= r["target"]]
+    missed = [r for r in rows if r["estimated_vs_official"] < r["target"]]
+    text = "Estimated against the official code: " + ", ".join(
+        f"{r['what']} {r['estimated_vs_official']:.2f}x (target {r['target']:g}x)" for r in rows
+    )
+    text += f"; {len(met)} of {len(rows)} targets met."
+    if missed:
+        best = max(rows, key=lambda r: r["fraction_of_fp32_peak"])
+        text += (
+            f" The update now runs at {min(r['fraction_of_fp32_peak'] for r in rows):.0%}-"
+            f"{best['fraction_of_fp32_peak']:.0%} of the fp32 matmul peak timed in the same run (best "
+            f"{best['what']}): what is left at fp32 is the elementwise work between the small matmuls "
+            "(LayerNorm, Mish, Adam) and the matmuls' own efficiency at these shapes."
+        )
+    return text
+
+
 READINGS = {
     "extract": reading_extract,
     "pretrain": reading_pretrain,
@@ -493,6 +534,7 @@ READINGS = {
     "collect": reading_collect,
     "overheads": reading_overheads,
     "kernels": reading_kernels,
+    "official": reading_official,
     "outofcore": reading_outofcore,
 }
 
