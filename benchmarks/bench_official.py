@@ -86,9 +86,15 @@ def pretrain_case(size: str, batch: int, root: Path) -> tuple[dict[str, Callable
     def maker(kernels: str) -> Callable[[], Callable[[], object]]:
         def make():
             cfg = PretrainConfig(
-                size=size, batch_size=batch, horizon=HORIZON, rho=0.99, device="cpu", val_fraction=0.0, seed=0
+                size=size,
+                batch_size=batch,
+                horizon=HORIZON,
+                rho=0.99,
+                device="cpu",
+                val_fraction=0.0,
+                seed=0,
+                kernels=kernels,
             )
-            cfg.kernels = kernels
             return Pretrainer(cfg, model_config(cfg, task_set), [dataset], task_set).step
 
         return make

@@ -29,7 +29,10 @@ class Recipe:
     """The quickstart's settings (the "default" recipe; "official" changes what the official code does)."""
 
     task: str = "cartpole-swingup"
-    episodes: int = 30  # random-policy episodes to learn the model from
+    # Random-policy episodes to learn the model from: 100 (collecting takes ~25 s more than 30). On the same
+    # pre-training minutes MPPI on the model scores 338 against 184 with 30 episodes (docs/learning-notes.md,
+    # session 8).
+    episodes: int = 100
     # The random policy's actions: uniform (TD-MPC2's seeding). Pink noise covers more states but its policies
     # scored lower here (cartpole-swingup: 153, ~0 and 43 vs 162, 129 and 75; docs/learning-notes.md).
     noise: str = "uniform"
@@ -42,6 +45,11 @@ class Recipe:
     pretrain_horizon: int = 3
     extract_recipe: str = "default"  # `pwmctl extract --recipe`
     extract_batch: int = 64
+    # Critic passes per extraction update (`--set critic_iterations`; the extract recipes' own: 8, the official
+    # code's). 2 passes make an update ~2x cheaper, so the same minutes give ~2x the actor updates: on one
+    # 100-episode model, 4.3 minutes of extraction scored 428.5 (2 passes, 992 updates) and 406.2 (4 passes, 790)
+    # against 258.3 (8 passes, 492) (docs/learning-notes.md, session 8). None: the extract recipe's.
+    critic_iterations: int | None = 2
     eval_every: int = 50  # policy updates between in-training evaluations (the best one is published)
     eval_seeds: int = 10
     pretrain_share: float = 0.62  # of the budget left after collecting; extraction gets 0.33, the eval the rest
@@ -59,6 +67,7 @@ RECIPES = {
     "default": {},
     "official": {
         "extract_recipe": "official",
+        "critic_iterations": None,
         "eval_every": 200,
         "pretrain_horizon": 16,
     },
@@ -83,7 +92,7 @@ def quickstart(
     max_extract_steps: int = typer.Option(
         None, "--extract-steps", min=1, help="Upper bound on policy updates \\[default: the time allows]."
     ),
-    episodes: int = typer.Option(None, "--episodes", min=1, help="Random-policy episodes \\[default: 30]."),
+    episodes: int = typer.Option(None, "--episodes", min=1, help="Random-policy episodes \\[default: 100]."),
     eval_seeds: int = typer.Option(None, "--seeds", min=2, help="Evaluation seeds \\[default: 10]."),
     name: str = typer.Option(None, "--name", help="Name of the artifacts \\[default: quickstart-<task>]."),
     finetune_share: float = typer.Option(
@@ -214,6 +223,7 @@ def quickstart(
         "5",
         "--seed",
         str(seed),
+        *(["--set", f"critic_iterations={r.critic_iterations}"] if r.critic_iterations else []),
         "--name",
         name,
     )
