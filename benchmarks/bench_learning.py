@@ -7,8 +7,9 @@ Two protocols (issue 13), each run only through `pwmctl` commands in a registry 
   CPU-cheap MPPI on the same world model (2 iterations, 64 samples), 10 seeds.
 - **P2, one world model, many policies** (PWM's own setting): ``collect`` the four tasks, ``pretrain`` one
   multi-task world model with ``--time-limit`` (30 minutes in all with the collection), ``extract`` each task
-  with a 5-minute ``--time-limit``, then evaluate every policy, its MPPI and random on each task. Data, model
-  size, batch sizes and horizons are the quickstart's recipe (``pwmctl quickstart --recipe R``).
+  with a 5-minute ``--time-limit``, then evaluate every policy, its MPPI and random on each task. Episodes per
+  task, model size, batch sizes, horizons and critic passes are the quickstart's recipe (``pwmctl quickstart
+  --recipe R``).
 
 Every job appends one JSON line to ``benchmarks/results.jsonl`` (``"bench": "learning"``) with the IQM, 95% CI
 and mean return of each method, P(PWM > random) and P(PWM > MPPI), the act latencies and the minutes. Jobs are
@@ -207,7 +208,7 @@ def run_p2(args, commit: str) -> None:
         "collect",
         tasks,
         "--episodes",
-        str(args.p2_episodes),
+        str(args.p2_episodes or r.episodes),
         "--noise",
         r.noise,
         "--seed",
@@ -266,6 +267,7 @@ def run_p2(args, commit: str) -> None:
             "5",
             "--seed",
             str(args.seed),
+            *(["--set", f"critic_iterations={r.critic_iterations}"] if r.critic_iterations else []),
         )
         policies[task] = pol["artifact"]
         ev = job.stage(f"eval {task}", *eval_args(pol["artifact"], args.seeds))
@@ -446,7 +448,9 @@ def main() -> None:
     ap.add_argument("--p1-minutes", type=float, default=15.0)
     ap.add_argument("--p2-wm-minutes", type=float, default=30.0)
     ap.add_argument("--p2-policy-minutes", type=float, default=5.0)
-    ap.add_argument("--p2-episodes", type=int, default=30, help="episodes per task collected for P2")
+    ap.add_argument(
+        "--p2-episodes", type=int, default=None, help="episodes per task collected for P2 (default: the recipe's)"
+    )
     ap.add_argument("--seeds", type=int, default=10, help="evaluation seeds")
     ap.add_argument("--seed", type=int, default=0, help="training seed")
     ap.add_argument("--home", type=Path, default=ROOT / "benchmarks" / ".learning", help="registries of the jobs")
