@@ -5,7 +5,9 @@ dyn/rew [512, 512], latent 512, 5 Q-heads; MT30 padding obs 24 / action 6, task 
 and precision (fp32, bf16 autocast), times one env's action from a raw observation, as ``pwmctl eval``
 calls it (numpy in, numpy out):
 
-- ``policy``: the extracted policy's ``act`` (encoder + actor, deterministic);
+- ``policy``: the extracted policy's ``act`` (encoder + actor, deterministic, through functional ops bound to
+  the parameters);
+- ``policy-modules``: the same computation through the ``nn.Module`` calls (``act`` before; bit-equal);
 - ``mppi-wm``: TD-MPC2's MPPI with the world model's own prior and Q (``PlannerActor``);
 - ``mppi-policy``: the same planner with the policy's actor and critics as prior and value.
 
@@ -152,7 +154,16 @@ def main() -> None:
                     with autocast(device, precision):
                         return policy.act(obs)
 
-                actors = {"policy": (act_policy, n_calls * 20, policy_flops(mcfg, ext))}
+                @torch.no_grad()
+                def act_modules(precision=precision, policy=policy, obs=obs, device=device) -> np.ndarray:
+                    with autocast(device, precision):  # act before its bound functional ops: module calls
+                        a = policy.actor(policy.encode(policy._obs(obs)), deterministic=True)
+                        return a[..., : spec.act_dim].float().cpu().numpy()
+
+                actors = {
+                    "policy": (act_policy, n_calls * 20, policy_flops(mcfg, ext)),
+                    "policy-modules": (act_modules, n_calls * 20, policy_flops(mcfg, ext)),
+                }
                 for name, planner in planners.items():
                     actor = PlannerActor(planner, mcfg.task_names, spec.act_dim)
                     actors[name] = (

@@ -24,7 +24,7 @@ from pwm_core.errors import PwmError
 from pwm_core.io import atomic_write
 from pwm_core.nn.actor_critic import Actor, CriticEnsemble
 from pwm_core.nn.checkpoint import load_matching, one_line
-from pwm_core.nn.layers import SimNorm, mlp
+from pwm_core.nn.layers import SimNorm, inference_plan, mlp
 from pwm_core.tasks import TASKS
 
 if TYPE_CHECKING:
@@ -124,6 +124,7 @@ class Policy(nn.Module):
         self.register_buffer("ret_rms_mean", torch.zeros(()))
         self.register_buffer("ret_rms_var", torch.ones(()))
         self.register_buffer("ret_rms_count", torch.zeros((), dtype=torch.float64))
+        self._plan: list | None = None  # act's functional ops, bound to the parameters (built on first use)
         if tensors is not None:
             self.load_tensors(tensors)
         self.eval()
@@ -136,6 +137,11 @@ class Policy(nn.Module):
     def load_tensors(self, tensors: dict[str, Tensor], where: str = "policy tensors") -> None:
         """Load :func:`policy_tensors`; any missing, unexpected or mis-shaped tensor is one PwmError."""
         load_matching(self, tensors, f"{where} do not match the policy config")
+        self._plan = None
+
+    def _apply(self, fn, recurse=True):  # .to(), .half(), ...: parameters may be new tensors
+        self._plan = None
+        return super()._apply(fn, recurse)
 
     def encode(self, obs: Tensor) -> Tensor:
         """obs (N, O) padded -> z (N, L); the world model's encode with this task's embedding row."""
@@ -149,9 +155,17 @@ class Policy(nn.Module):
         global generator.
         """
         x = self._obs(obs)
-        a = self.actor(self.encode(x), deterministic=deterministic)[..., : self.config["task_act_dim"]]
-        a = a.float().cpu().numpy()
-        return a[0] if np.ndim(obs) == 1 else a
+        if deterministic:  # tanh(mu(h(o))) through the bound functional ops: bit-equal, less per-op overhead
+            if self._plan is None:
+                self._plan = inference_plan(self.encoder) + inference_plan(self.actor.mu_net)
+            h = torch.cat([x, self.task_embedding.expand(*x.shape[:-1], -1)], dim=-1)
+            for op in self._plan:
+                h = op(h)
+            a = torch.tanh(h)
+        else:
+            a = self.actor(self.encode(x), deterministic=False)
+        out = a[..., : self.config["task_act_dim"]].float().cpu().numpy()
+        return out[0] if np.ndim(obs) == 1 else out
 
     @torch.no_grad()
     def value(self, obs: np.ndarray | Tensor) -> np.ndarray:

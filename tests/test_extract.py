@@ -26,6 +26,7 @@ from pwm_core.train.extract import (
     linear_lr,
     load_policy,
     one_step_targets,
+    policy_tensors,
     save_policy,
     start_state_sampler,
     td_lambda_targets,
@@ -375,8 +376,36 @@ def test_policy_save_load_gives_identical_actions(tmp_path):
     assert np.array_equal(policy.act(obs[:, :5]), expected)  # unpadded observations are padded
     assert policy.act(obs[0, :5].numpy()).shape == (1,)
     assert np.array_equal(Policy.from_extractor(ex).act(obs), expected)
+    ex.step()  # new weights loaded into the same policy: act follows them
+    policy.load_tensors(policy_tensors(ex))
+    assert np.array_equal(policy.to("cpu").act(obs), ex.act(obs)[:, :1].numpy())
     with pytest.raises(PwmError, match="takes 5"):
         policy.act(obs[:, :7])
+
+
+@pytest.mark.parametrize("kernels", ["exact", "fast"])
+def test_inference_plan_is_bit_equal_to_calling_the_modules(kernels):
+    from pwm_core.nn.kernels import use_kernels
+    from pwm_core.nn.layers import SimNorm, inference_plan, mlp
+
+    def run(seq, x):
+        for op in inference_plan(seq):
+            x = op(x)
+        return x
+
+    torch.manual_seed(0)
+    encoder = mlp(11, [32], 16, act=SimNorm(8)).eval()
+    actor = Actor(16, 3, (24, 12), min_logstd=-1.4)
+    x = torch.randn(10, 11)
+    with use_kernels(kernels), torch.no_grad():
+        z = encoder(x)
+        assert torch.equal(run(encoder, x), z)
+        assert torch.equal(run(actor.mu_net, z), actor.mu_net(z))
+        dropped = mlp(11, [32], 4, dropout=0.5).train()  # dropout in training mode: the module's own path
+        torch.manual_seed(1)
+        expected = dropped(x)
+        torch.manual_seed(1)
+        assert torch.equal(run(dropped, x), expected)
 
 
 def test_load_policy_rejects_missing_corrupt_and_mismatched_files(tmp_path):
