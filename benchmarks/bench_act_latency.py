@@ -93,10 +93,10 @@ def table(record: dict) -> str:
     base = {(r["size"], r["precision"]): r["p50_ms"] for r in record["rows"] if r["actor"] == "policy"}
     for r in record["rows"]:
         ratio = r["p50_ms"] / base[r["size"], r["precision"]] if (r["size"], r["precision"]) in base else float("nan")
+        times = f"{ratio:,.0f}x" if ratio >= 10 else f"{ratio:.2f}x"
         lines.append(
             f"| {r['size']} | {r['precision']} | {r['actor']} | {r['calls']} | {r['mean_ms']:.2f} | "
-            f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['hz']:.1f} | {r['mflop_per_action']:.1f} | "
-            f"{ratio:,.0f}x |"
+            f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['hz']:.1f} | {r['mflop_per_action']:.1f} | {times} |"
         )
     return "\n".join(lines)
 
