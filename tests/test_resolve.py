@@ -49,6 +49,7 @@ def test_each_layer_overrides_the_ones_below_and_is_named(home, tmp_path):
         "mask_actions": "recipe",
         "keep": "recipe",
         "kernels": "recipe",
+        "critic_iterations": "recipe",
         "device": "user",
         "steps": "user",
         "gamma": "user",

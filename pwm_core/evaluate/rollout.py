@@ -2,7 +2,9 @@
 
 An evaluation *unit* is one (actor, task, seed): an env built with that seed runs ``episodes``
 episodes in a row (episode k is the env's k-th reset), so a result depends only on the actor, the
-task, the seed and k, never on how units are batched or spread over worker processes. Units run
+task, the seed and k, never on how units are batched or spread over worker processes, up to float
+rounding: a matmul may round a row differently in another batch (~1e-7 in an action), which a long
+chaotic episode can grow to a few tenths of a percent of its return. Units run
 in waves of at most ``workers * envs_per_worker`` envs over one :class:`VectorEnv` per wave.
 """
 

@@ -45,11 +45,9 @@ class Recipe:
     pretrain_horizon: int = 3
     extract_recipe: str = "default"  # `pwmctl extract --recipe`
     extract_batch: int = 64
-    # Critic passes per extraction update (`--set critic_iterations`; the extract recipes' own: 8, the official
-    # code's). 2 passes make an update ~2x cheaper, so the same minutes give ~2x the actor updates: on one
-    # 100-episode model, 4.3 minutes of extraction scored 428.5 (2 passes, 992 updates) and 406.2 (4 passes, 790)
-    # against 258.3 (8 passes, 492) (docs/learning-notes.md, session 8). None: the extract recipe's.
-    critic_iterations: int | None = 2
+    # Critic passes per extraction update (`--set critic_iterations`); None: the extract recipe's (default 2,
+    # official 8).
+    critic_iterations: int | None = None
     eval_every: int = 50  # policy updates between in-training evaluations (the best one is published)
     eval_seeds: int = 10
     pretrain_share: float = 0.62  # of the budget left after collecting; extraction gets 0.33, the eval the rest
@@ -67,7 +65,6 @@ RECIPES = {
     "default": {},
     "official": {
         "extract_recipe": "official",
-        "critic_iterations": None,
         "eval_every": 200,
         "pretrain_horizon": 16,
     },
