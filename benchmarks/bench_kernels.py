@@ -1,13 +1,18 @@
-"""Exact vs fast Mish kernels (``pwm_core.nn.kernels``), each pair measured in the same run, interleaved.
+"""Exact vs fast vs fused kernels (``pwm_core.nn.kernels``), measured in the same run, interleaved.
 
 Mish runs after every hidden layer (world model, actor, critic). torch.profiler on this CPU put ATen's
 ``mish`` + ``mish_backward`` at about a third of an update (pre-training 1M B=256 H=16; extraction 1M
 B=64): more than the matmuls. The ``fast`` kernel computes the same function from one ``exp``.
 
-Measured, ``exact`` and ``fast`` alternating in every round so a change in machine load hits both alike:
-(1) Mish forward + backward alone at the shapes an update uses; (2) ``Extractor.step()`` at 1M and 5M,
-B=64; (3) ``Pretrainer.step()`` at 1M B=256 (H=16) and H=3. The table gives median seconds and the
-ratio exact/fast (higher is faster), plus the largest difference of the two Mish outputs.
+``fused`` runs each hidden layer's Mish and LayerNorm (with its affine) as one compiled kernel forward and
+one backward (``torch.compile``; a lone Mish runs ``fast``'s kernel).
+
+Measured, the modes alternating in every round so a change in machine load hits all alike: (1) Mish
+forward + backward alone at the shapes an update uses; (2) the Mish + LayerNorm blocks forward + backward
+(the critic's (3, 256, 400) and (3, 256, 200), the world model's (4096, 384)); (3) ``Extractor.step()`` at
+1M and 5M, B=64 (the official recipe's 8 critic passes); (4) ``Pretrainer.step()`` at 1M B=256 (H=16) and
+H=3. Compilation happens in the warm-up call, outside the timing. The table gives median seconds and the
+ratios exact/fast and fast/fused (higher is faster), plus the largest difference of the Mish outputs.
 
 Run: ``python benchmarks/bench_kernels.py [--quick] [--rounds 5]``; appends one JSON line to
 ``benchmarks/results.jsonl`` (bench ``kernels``).
@@ -26,11 +31,12 @@ import torch
 
 from bench_common import RESULTS, append_record, common_fields, rounded
 from pwm_core.nn import WorldModel, world_model_config
+from pwm_core.nn import kernels
 from pwm_core.nn.kernels import mish, use_kernels
 from pwm_core.tasks import resolve_tasks
 from pwm_core.train.extract import ExtractConfig, Extractor
 
-MODES = ("exact", "fast")
+MODES = ("exact", "fast", "fused")
 
 
 def interleaved(make: Callable[[str], Callable[[], object]], rounds: int, reps: int) -> dict[str, float]:
@@ -54,6 +60,29 @@ def mish_case(shape: tuple[int, ...]) -> Callable[[str], Callable[[], object]]:
     x = (torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 3).requires_grad_()
     g = torch.randn(shape)
     return lambda mode: lambda: torch.autograd.grad(mish(x), x, g)
+
+
+def block_case(kind: str, shape: tuple[int, ...], affine: tuple[int, ...]) -> Callable[[str], Callable[[], object]]:
+    """``kind`` (mish_norm: the actor's and critic's order; norm_mish: TD-MPC2's) forward + backward: the
+    mode's eager ops, or the compiled block under ``fused``."""
+    g0 = torch.Generator().manual_seed(0)
+    x = (torch.randn(*shape, generator=g0) * 3).requires_grad_()
+    w, b = torch.ones(affine, requires_grad=True), torch.zeros(affine, requires_grad=True)
+    g = torch.randn(shape, generator=g0)
+
+    def eager(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if kind == "mish_norm":
+            return torch.nn.functional.layer_norm(mish(x), x.shape[-1:]) * w + b
+        return mish(torch.nn.functional.layer_norm(x, x.shape[-1:]) * w + b)
+
+    def make(mode: str) -> Callable[[], object]:
+        def run() -> object:
+            y = getattr(kernels, kind)(x, w, b) if mode == "fused" else eager(x, w, b)
+            return torch.autograd.grad(y, (x, w, b), g)
+
+        return run
+
+    return make
 
 
 def extractor_case(size: str, batch: int) -> Callable[[str], Callable[[], object]]:
@@ -100,15 +129,19 @@ def max_difference() -> float:
 def table(record: dict) -> str:
     lines = [
         f"{record.get('threads')} torch threads, fp32; median of {record['rounds']} interleaved rounds; "
-        f"ratio = exact / fast (higher is faster); max |fast - exact| of Mish on [-60, 60]: "
+        f"ratios: exact / fast and fast / fused (higher is faster); max |fast - exact| of Mish on [-60, 60]: "
         f"{record['max_abs_difference']:.2g}",
         "",
-        "| what | exact s | fast s | ratio |",
-        "|---|---:|---:|---:|",
+        "| what | exact s | fast s | fused s | exact / fast | fast / fused |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in record["rows"]:
         s = r["seconds"]
-        lines.append(f"| {r['what']} | {s['exact']:.4g} | {s['fast']:.4g} | **{s['exact'] / s['fast']:.2f}x** |")
+        fused = f"{s['fused']:.4g}" if "fused" in s else "-"  # records before the fused kernels have none
+        ratio = f"**{s['fast'] / s['fused']:.2f}x**" if "fused" in s else "-"
+        lines.append(
+            f"| {r['what']} | {s['exact']:.4g} | {s['fast']:.4g} | {fused} | {s['exact'] / s['fast']:.2f}x | {ratio} |"
+        )
     return "\n".join(lines)
 
 
@@ -123,10 +156,25 @@ def main() -> None:
         cases: list[tuple[str, Callable[[], Callable[[str], Callable[[], object]]], int]] = [
             ("Mish fwd+bwd (64, 384): extraction", lambda: mish_case((64, 384)), 200),
             ("Mish fwd+bwd (4096, 384): pre-training 1M B=256 H=16", lambda: mish_case((4096, 384)), 5),
+            (
+                "Mish + LayerNorm fwd+bwd (3, 256, 400): critic, layer 1",
+                lambda: block_case("mish_norm", (3, 256, 400), (3, 1, 400)),
+                50,
+            ),
             ("extract 1M B=64 (Extractor.step)", lambda: extractor_case("1M", 64), 5),
         ]
         if not args.quick:
             cases += [
+                (
+                    "Mish + LayerNorm fwd+bwd (3, 256, 200): critic, layer 2",
+                    lambda: block_case("mish_norm", (3, 256, 200), (3, 1, 200)),
+                    50,
+                ),
+                (
+                    "LayerNorm + Mish fwd+bwd (4096, 384): world model 1M B=256 H=16",
+                    lambda: block_case("norm_mish", (4096, 384), (384,)),
+                    10,
+                ),
                 ("extract 5M B=64", lambda: extractor_case("5M", 64), 3),
                 ("pretrain 1M B=256 H=16 (Pretrainer.step)", lambda: pretrainer_case("1M", 256, 16, Path(tmp)), 2),
                 ("pretrain 1M B=256 H=3", lambda: pretrainer_case("1M", 256, 3, Path(tmp)), 5),

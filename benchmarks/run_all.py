@@ -103,8 +103,8 @@ BENCHES = [
     (
         "kernels",
         "bench_kernels.py",
-        "8. Mish kernels: exact (ATen) vs fast (one exp)",
-        "the two Mish kernels (`pwm_core.nn.kernels`), forward + backward alone at an update's shapes and inside "
+        "8. Mish kernels: exact (ATen) vs fast (one exp) vs fused (compiled with LayerNorm)",
+        "the Mish kernels (`pwm_core.nn.kernels`), forward + backward alone at an update's shapes and inside "
         "`Extractor.step()` and `Pretrainer.step()`, in interleaved rounds in one process. Mish after every hidden "
         "layer was a third of an update's CPU time (torch.profiler, pre-training 1M B=256 H=16 and extraction 1M "
         "B=64): ATen's kernel evaluates exp, log1p and tanh per element, forward and again backward; the fast one "
@@ -112,7 +112,9 @@ BENCHES = [
         "(equal to float32 ulps). An earlier one-exp version that recomputed everything in the backward measured "
         "0.56-0.78x at pre-training shapes; with the second core busy with another process, the fast kernel's "
         "many small ops lose (measured 0.07-0.7x, each op waiting for a busy core): the ratios below are for a "
-        "machine to itself.",
+        "machine to itself. The fused kernels trace the one-exp formula and the LayerNorm with its affine into "
+        "`torch.compile` (inductor), one kernel forward and one backward per layer instead of a dozen eager ops "
+        "each; ATen's Mish compiled this way was slower than eager (its exp, log1p and tanh per element).",
     ),
     (
         "official",
@@ -498,26 +500,35 @@ def reading_outofcore(rec: dict, latest: dict) -> str:
 
 def reading_kernels(rec: dict, _: dict) -> str:
     rows = {r["what"]: r["seconds"] for r in rec["rows"]}
-    steps = [
-        (w.split(" (")[0], s["exact"] / s["fast"]) for w, s in rows.items() if w.startswith(("extract", "pretrain"))
-    ]
-    alone = [
-        (w.split(":")[0].removeprefix("Mish fwd+bwd "), s["exact"] / s["fast"])
-        for w, s in rows.items()
-        if w.startswith("Mish")
-    ]
+
+    def ratios(a: str, b: str, prefixes: tuple[str, ...], cut: str) -> list[tuple[str, float]]:
+        return [(w.split(cut)[0], s[a] / s[b]) for w, s in rows.items() if w.startswith(prefixes) and b in s]
+
+    steps, fused = (
+        ratios("exact", "fast", ("extract", "pretrain"), " ("),
+        ratios("fast", "fused", ("extract", "pretrain"), " ("),
+    )
+    alone = [(w.removeprefix("Mish fwd+bwd "), r) for w, r in ratios("exact", "fast", ("Mish fwd",), ":")]
+    blocks = ratios("fast", "fused", ("Mish + LayerNorm", "LayerNorm + Mish"), ":")
     text = "The fast kernel speeds up " + ", ".join(f"{w} {r:.2f}x" for w, r in steps) if steps else ""
     if alone:
         lead = "; Mish forward + backward alone " if text else "Mish forward + backward alone "
         text += lead + ", ".join(f"{w} {r:.1f}x" for w, r in alone)
-    return (
-        (
-            text + f" (max |fast - exact| {rec['max_abs_difference']:.1g} on [-60, 60]). Pre-training and the "
-            "default extraction recipe run it; the official recipe keeps ATen's."
+    if not text:
+        return ""
+    text += f" (max |fast - exact| {rec['max_abs_difference']:.1g} on [-60, 60])."
+    if fused:
+        text += (
+            " The fused kernels (Mish and LayerNorm compiled as one kernel per layer) over the fast one: "
+            + ", ".join(f"{w} {r:.2f}x" for w, r in fused)
+            + "; the blocks alone "
+            + ", ".join(f"{w} {r:.1f}x" for w, r in blocks)
+            + ". Pre-training and the default extraction recipe run the fused kernels; the official recipe keeps "
+            "ATen's."
         )
-        if text
-        else ""
-    )
+    else:
+        text += " Pre-training and the default extraction recipe run it; the official recipe keeps ATen's."
+    return text
 
 
 def reading_official(rec: dict, _: dict) -> str:

@@ -58,7 +58,7 @@ def test_results_do_not_depend_on_workers_or_batching():
     alone = evaluate(random_actor(1, seed=7), tasks, seeds, envs_per_worker=1)  # 4 waves of 1 env
     together = evaluate(
         {"random": random_actor(1, seed=7), "zero": constant_actor(0.0)}, tasks, seeds, workers=2, envs_per_worker=4
-    )  # 1 wave of 8 envs over 2 processes
+    )  # 2 waves (one per actor) of 4 envs over 2 processes
     assert [r.actor for r in together.episodes] == ["random"] * 4 + ["zero"] * 4
     assert [(r.task, r.seed, r.ret) for r in together.by_actor()["random"]] == [
         (r.task, r.seed, r.ret) for r in alone.episodes

@@ -108,3 +108,99 @@ def test_extraction_runs_the_kernel_its_config_names(monkeypatch):
     for key in ("actor_loss", "value_loss"):
         assert results["fast"][key] == pytest.approx(results["exact"][key], rel=1e-4, abs=1e-6)
     assert current_kernels() == "exact"
+
+
+# ------------------------------------------------------------------------- fused (compiled) blocks
+def _eager_block(kind: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if kind == "mish_norm":
+        return F.layer_norm(mish(x), x.shape[-1:]) * w + b
+    return mish(F.layer_norm(x, x.shape[-1:]) * w + b)
+
+
+@pytest.mark.parametrize("kind", ["mish_norm", "norm_mish"])
+@pytest.mark.parametrize(("shape", "affine"), [((3, 40, 160), (3, 1, 160)), ((130, 128), (128,))])
+def test_fused_blocks_match_the_eager_ops_in_values_and_gradients(kind, shape, affine):
+    g = torch.Generator().manual_seed(0)
+    x, grad = 3 * torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    w, b = 1 + torch.randn(affine, generator=g), torch.randn(affine, generator=g)
+    out = {}
+    for mode in ("fast", "fused"):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        with use_kernels(mode):
+            y = getattr(kernels, kind)(*leaves) if mode == "fused" else _eager_block(kind, *leaves)
+        assert y is not None
+        y.backward(grad)
+        out[mode] = [y.detach(), *(t.grad for t in leaves)]
+    for fused, eager in zip(out["fused"], out["fast"]):
+        torch.testing.assert_close(fused, eager, rtol=1e-5, atol=2e-5)
+
+
+def test_fused_blocks_run_only_under_the_fused_kernels_in_float32_on_large_layers():
+    x, w, b = torch.randn(128, 128), torch.ones(128), torch.zeros(128)
+    for mode in ("exact", "fast"):
+        with use_kernels(mode):
+            assert kernels.mish_norm(x, w, b) is None and kernels.norm_mish(x, w, b) is None
+    with use_kernels("fused"):
+        assert kernels.norm_mish(x.bfloat16(), w.bfloat16(), b.bfloat16()) is None
+        assert kernels.norm_mish(x[:127], w, b) is None  # 16,256 < MIN_FUSED_NUMEL activations: eager
+        assert torch.equal(mish(x), kernels._ExpMish.apply(x))  # a lone Mish runs the fast kernel
+
+
+def test_modules_under_fused_kernels_match_the_fast_ones(monkeypatch):
+    """World model (NormedLinear, Q ensemble), actor and critic: outputs and parameter gradients."""
+    from pwm_core.nn import WorldModel, world_model_config
+    from pwm_core.nn.actor_critic import Actor, CriticEnsemble
+    from pwm_core.tasks import resolve_tasks
+
+    torch.manual_seed(0)
+    model = WorldModel(world_model_config("1M", resolve_tasks("cartpole-balance"))).eval()
+    L, A = model.cfg.latent_dim, model.cfg.act_dim
+    actor, critic = Actor(L, A), CriticEnsemble(L)
+    n = 64  # 64 x 256 activations and up: the layers large enough to fuse (MIN_FUSED_NUMEL)
+    obs, task = torch.randn(n, model.cfg.obs_dim), torch.zeros(n, dtype=torch.long)
+    eps = torch.randn(n, A)
+    fused_calls, fused = [], kernels._fused
+
+    def counted(*args):
+        out = fused(*args)
+        if out is not None:
+            fused_calls.append(args[0])
+        return out
+
+    monkeypatch.setattr(kernels, "_fused", counted)
+    params = [*model.parameters(), *actor.parameters(), *critic.parameters()]
+    out = {}
+    for mode in ("fast", "fused"):
+        with use_kernels(mode):
+            z = model.encode(obs, task)
+            a = actor(z, eps=eps)
+            ys = [z, a, model.next(z, a, task), model.reward(z, a, task), model.Q(z, a, task, return_type="all")]
+            ys.append(critic(z))
+        grads = torch.autograd.grad(sum(y.float().square().sum() for y in ys), params, allow_unused=True)
+        out[mode] = [y.detach() for y in ys] + [g for g in grads if g is not None]
+    assert len(out["fused"]) == len(out["fast"]) > 6
+    assert {"mish_norm", "norm_mish"} <= set(fused_calls)
+    for fused, fast in zip(out["fused"], out["fast"]):  # float32 rounding, summed over many rows in a gradient
+        assert (fused - fast).norm() <= 1e-5 * fast.norm() + 1e-6
+
+
+def test_a_failed_compile_is_one_warning_and_the_eager_ops_run(monkeypatch, caplog):
+    from pwm_core.nn.layers import NormedLinear
+
+    def no_compiler(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("no C++ compiler found\ntraceback details")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(kernels, "_compiled", {})
+    monkeypatch.setattr(kernels, "_compile_failed", False)
+    layer, x = NormedLinear(8, 128), torch.randn(128, 8)
+    with use_kernels("fast"):
+        expected = layer(x)
+    with caplog.at_level("WARNING"), use_kernels("fused"):
+        assert torch.equal(layer(x), expected) and torch.equal(layer(x), expected)
+    (record,) = caplog.records
+    assert "torch.compile failed (RuntimeError: no C++ compiler found)" in record.getMessage()
+    assert "fast" in record.getMessage()

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from pwm_core.nn.kernels import Mish, mish
+from pwm_core.nn.kernels import Mish, mish, mish_norm
 from pwm_core.nn.layers import EnsembleLayerNorm
 
 
@@ -57,12 +57,24 @@ class Actor(nn.Module):
         """
         with torch.no_grad():
             self.logstd.clamp_(min=self.min_logstd)  # lower clamp only, in place (official clamp_std)
-        mu = self.mu_net(z)
+        mu = self._mu(z)
         if deterministic:
             return torch.tanh(mu)
         if eps is None:
             eps = torch.randn_like(mu)
         return torch.tanh(mu + self.logstd.exp() * eps)
+
+    def _mu(self, z: Tensor) -> Tensor:
+        """mu_net(z); each Linear -> Mish -> LayerNorm block's Mish and LayerNorm as one kernel where the
+        ``fused`` kernels are in force (``mu_net`` keeps its layout: state dicts are unchanged)."""
+        layers = list(self.mu_net)
+        h = z
+        for i in range(0, len(layers) - 1, 3):
+            linear, act, norm = layers[i : i + 3]
+            h = linear(h)
+            fused = mish_norm(h, cast(nn.LayerNorm, norm).weight, cast(nn.LayerNorm, norm).bias)
+            h = norm(act(h)) if fused is None else fused
+        return layers[-1](h)
 
 
 class CriticEnsemble(nn.Module):
@@ -108,8 +120,10 @@ class CriticEnsemble(nn.Module):
                 h = F.linear(h, w.reshape(k * out, -1), b.reshape(-1)).unflatten(-1, (k, out)).transpose(0, 1)
             else:
                 h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-            if i < n_layers - 1:
-                h = self.norms[i](mish(h), detach=detach)  # Mish, then LayerNorm
+            if i < n_layers - 1:  # Mish, then LayerNorm
+                norm = cast(EnsembleLayerNorm, self.norms[i])
+                fused = mish_norm(h, *norm.affine(detach=detach))
+                h = norm(mish(h), detach=detach) if fused is None else fused
         return h.reshape(h.shape[0], *lead, 1)
 
     def min(self, z: Tensor, detach: bool = False) -> Tensor:

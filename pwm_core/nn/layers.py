@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from pwm_core.nn.kernels import Mish, mish
+from pwm_core.nn.kernels import Mish, mish, norm_mish
 
 
 class NormedLinear(nn.Linear):
@@ -31,6 +31,8 @@ class NormedLinear(nn.Linear):
         x = super().forward(x)
         if self.dropout is not None:
             x = self.dropout(x)
+        if isinstance(self.act, Mish) and (fused := norm_mish(x, self.ln.weight, self.ln.bias)) is not None:
+            return fused
         return self.act(self.ln(x))
 
     def extra_repr(self) -> str:
@@ -134,8 +136,12 @@ class EnsembleLayerNorm(nn.Module):
         _register(self, "bias", torch.zeros(num, dim), learnable)
 
     def forward(self, x: Tensor, heads: Tensor | None = None, detach: bool = False) -> Tensor:
-        w, b = _select(self.weight, heads, detach), _select(self.bias, heads, detach)
-        return F.layer_norm(x, x.shape[-1:]) * w.unsqueeze(1) + b.unsqueeze(1)
+        w, b = self.affine(heads, detach)
+        return F.layer_norm(x, x.shape[-1:]) * w + b
+
+    def affine(self, heads: Tensor | None = None, detach: bool = False) -> tuple[Tensor, Tensor]:
+        """weight and bias of the selected heads as (K, 1, D), broadcasting against x (K, N, D)."""
+        return _select(self.weight, heads, detach).unsqueeze(1), _select(self.bias, heads, detach).unsqueeze(1)
 
     def extra_repr(self) -> str:
         return f"num={self.weight.shape[0]}, dim={self.weight.shape[1]}"
@@ -182,6 +188,8 @@ class EnsembleLinear(nn.Module):
             return x
         if self.p:
             x = F.dropout(x, self.p, self.training)  # independent mask per head
+        if (fused := norm_mish(x, *self.ln.affine(heads, detach))) is not None:
+            return fused
         return mish(self.ln(x, heads, detach))
 
     def extra_repr(self) -> str:
