@@ -320,7 +320,7 @@ def p2_aggregate(registry: Path, reports: dict[str, str], policies: dict[str, st
 
 # ------------------------------------------------------------------------------------------ report
 def newest_records() -> list[dict]:
-    """The newest learning record of each (protocol, tasks, recipe, budget) cell."""
+    """The newest learning record of each (protocol, tasks, recipe, budget, training seed) cell."""
     rows: dict[str, dict] = {}
     for line in RESULTS.read_text().splitlines() if RESULTS.exists() else []:
         try:
@@ -352,7 +352,7 @@ def _latency(res: dict, which: str) -> str:
 
 
 def report() -> None:
-    records = sorted(newest_records(), key=lambda r: (r["protocol"], r["recipe"], r["tasks"]))
+    records = sorted(newest_records(), key=lambda r: (r["protocol"], r["recipe"], r["tasks"], r["key"].get("seed", 0)))
     lines = [
         "# Learning benchmark",
         "",
@@ -375,21 +375,23 @@ def report() -> None:
         lines += [
             f"## {title}",
             "",
-            "| recipe | task | budget (min) | PWM IQM [95% CI] | MPPI IQM | random IQM | P(PWM > random) | "
+            "| recipe | seed | task | budget (min) | PWM IQM [95% CI] | MPPI IQM | random IQM | P(PWM > random) | "
             "P(PWM > MPPI) | PWM / MPPI act ms | commit |",
-            "|---|---|---:|---|---|---|---|---|---|---|",
+            "|---|---:|---|---:|---|---|---|---|---|---|---|",
         ]
         for r in rows:
+            seed = r["key"].get("seed", 0)  # the training seed; each seed is a row of its own
             for task, res in r["results"].items():
                 lines.append(
-                    f"| {r['recipe']} | {task} | {r['minutes']:.1f} | {_ci(res['pwm'])} | {_ci(res['mppi'])} "
+                    f"| {r['recipe']} | {seed} | {task} | {r['minutes']:.1f} | {_ci(res['pwm'])} | {_ci(res['mppi'])} "
                     f"| {_ci(res['random'])} | {_poi(res['p_pwm_gt_random'])} | {_poi(res['p_pwm_gt_mppi'])} "
                     f"| {_latency(res, 'pwm')} / {_latency(res, 'mppi')} | {r['key']['commit']} |"
                 )
             agg = r.get("aggregate")
             if agg:  # P2: the (seeds, tasks) matrix over all its tasks
                 lines.append(
-                    f"| {r['recipe']} | **all {len(agg['tasks'])} tasks** | {r['minutes']:.1f} | **{_ci(agg['pwm'])}** "
+                    f"| {r['recipe']} | {seed} | **all {len(agg['tasks'])} tasks** | {r['minutes']:.1f} "
+                    f"| **{_ci(agg['pwm'])}** "
                     f"| {_ci(agg['mppi'])} | {_ci(agg['random'])} | {_poi(agg['p_pwm_gt_random'])} "
                     f"| {_poi(agg['p_pwm_gt_mppi'])} | - | {r['key']['commit']} |"
                 )
@@ -416,7 +418,14 @@ def _figure(records: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = [(f"{r['protocol']} {r['recipe']}\n{task}", res) for r in records for task, res in r["results"].items()]
+    cells = [
+        (
+            f"{r['protocol']} {r['recipe']}" + (f" s{r['key']['seed']}" if r["key"].get("seed") else "") + f"\n{task}",
+            res,
+        )
+        for r in records
+        for task, res in r["results"].items()
+    ]
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(cells)), 3.6))
     for j, (method, color) in enumerate((("pwm", "C0"), ("mppi", "C1"), ("random", "C7"))):
         xs = [i + (j - 1) * 0.27 for i in range(len(cells))]

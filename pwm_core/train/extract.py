@@ -572,8 +572,8 @@ EXTRACT_RECIPES: dict[str, dict[str, Any]] = {
         "batch_size": 64,  # the paper's batch: ~5x the updates per minute of 512 on a CPU
         "mask_actions": True,  # padded action dims stay zero (TD-MPC2): mixed action sizes beat random
         "keep": "best",  # publish the best real-env evaluation: extraction peaks, then exploits model errors
-        # Mish + LayerNorm of each hidden layer as one compiled kernel (the one-exp Mish): 1.13x per update over
-        # the eager one-exp kernels at 1M B=64, 1.07x at 5M (benchmarks/bench_kernels.py)
+        # Mish + LayerNorm of each hidden layer as one compiled kernel (the one-exp Mish): 1.09-1.13x per update
+        # over the eager one-exp kernels at 1M B=64, 1.07x at 5M (benchmarks/bench_kernels.py)
         "kernels": "fused",
         # 2 critic passes per update, not 8: ~2x the actor updates per minute at B=64. Same world models and
         # minutes, 10 seeds: better on cartpole-balance (0.991 vs 0.808), cartpole-swingup (428.5 vs 258.3) and

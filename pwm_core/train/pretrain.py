@@ -81,8 +81,8 @@ class PretrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str | None = None  # None (fp32) or "bf16": forward passes under torch.autocast(bfloat16)
     compile: bool = False  # torch.compile the world-model loss
-    # Mish kernel: fused (the one-exp Mish and LayerNorm compiled as one kernel per layer; 1.12x per update over
-    # fast at 1M B=256 H=3, 1.19x at H=16) | fast (one exp, eager) | exact (ATen's)
+    # Mish kernel: fused (the one-exp Mish and LayerNorm compiled as one kernel per layer; 1.07-1.17x per update
+    # over fast at 1M B=256 H=3, 1.15-1.19x at H=16) | fast (one exp, eager) | exact (ATen's)
     kernels: str = "fused"
     ram_budget_gb: float | None = None  # rows held in RAM at most (None: half the available memory); beyond, the
     # windows stream from the Zarr arrays on disk (the same windows: this never changes a run)
