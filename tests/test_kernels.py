@@ -146,6 +146,13 @@ def test_fused_blocks_run_only_under_the_fused_kernels_in_float32_on_large_layer
         assert torch.equal(mish(x), kernels._ExpMish.apply(x))  # a lone Mish runs the fast kernel
 
 
+def test_fused_blocks_leave_a_compiled_region_to_its_compiler(monkeypatch):
+    """Inside torch.compile (--compile) the blocks run their eager ops, for the outer compiler to fuse."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with use_kernels("fused"):
+        assert kernels.mish_norm(torch.randn(128, 128), torch.ones(128), torch.zeros(128)) is None
+
+
 def test_modules_under_fused_kernels_match_the_fast_ones(monkeypatch):
     """World model (NormedLinear, Q ensemble), actor and critic: outputs and parameter gradients."""
     from pwm_core.nn import WorldModel, world_model_config

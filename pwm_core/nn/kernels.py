@@ -1,4 +1,4 @@
-"""Mish, the activation of every hidden layer, with two kernels: ``exact`` and ``fast``.
+"""Mish, the activation of every hidden layer, with three kernels: ``exact``, ``fast`` and ``fused``.
 
 ``exact`` is ATen's ``mish`` (x * tanh(softplus(x))), what TD-MPC2 and the official PWM code run: the
 official extraction recipe keeps it, so it stays equal to the official code bit for bit. ``fast``
@@ -13,8 +13,8 @@ float32 (bf16 autocast) use ATen's kernel.
 ``fused`` (float32 only) runs each hidden layer's elementwise chain, Mish and LayerNorm with its affine, as
 one compiled kernel forward and one backward (:func:`mish_norm`, :func:`norm_mish`, via ``torch.compile``):
 the one-exp formula, traced, so the compiler derives and fuses its gradient. Eager ops make a dozen passes
-over the layer's activations forward and as many backward; fused, a few: 2.7x less time for the critic's
-(3, 256, 400) block forward + backward on an AMD EPYC (benchmarks/bench_kernels.py). The first call of
+over the layer's activations forward and as many backward; fused, a few: 2.0-2.7x less time for the
+critic's (3, 256, 400) block forward + backward on an AMD EPYC (benchmarks/bench_kernels.py). The first call of
 each shape compiles (seconds; inductor caches the kernels on disk for later processes). Where compiling
 fails (no C++ compiler, an unsupported platform) a warning line says so once and the ``fast`` eager kernels
 run instead; non-float32 inputs (bf16 autocast) and layers of fewer than 16,384 activations (where a
@@ -117,6 +117,8 @@ def _fused(name: str, fn: Callable[..., Tensor], *args: Tensor) -> Tensor | None
     global _compile_failed
     x = args[0]
     if _mode != "fused" or _compile_failed or x.dtype != torch.float32 or x.numel() < MIN_FUSED_NUMEL:
+        return None
+    if torch.compiler.is_compiling():  # inside a compiled region (--compile): its compiler fuses the eager ops
         return None
     compiled = _compiled.get(name)
     if compiled is None:
