@@ -121,7 +121,8 @@ BENCHES = [
         "bench_official.py",
         "9. Against the official code (estimated from the side-by-side run)",
         "the extraction update (1M/5M B=64, 5M B=512) and the world-model update (1M B=256, 5M B=1024; H=16, "
-        "rho=0.99) as they run now (default recipe: one-exp Mish, fused Adam) against the update timed beside the "
+        "rho=0.99) as they run now (default recipe: one-exp Mish compiled with LayerNorm, fused Adam; the official "
+        "8 critic passes per extraction update on both sides) against the update timed beside the "
         "official code (ATen's Mish, Adam's per-tensor loop, no model_return metric), interleaved in one process; "
         "the published official / project ratio of that side-by-side run (an AMD EPYC with AVX-512) times this "
         "run's baseline / now ratio estimates the speed against the official code on this machine. fp32 only "
