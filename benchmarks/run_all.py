@@ -125,8 +125,9 @@ BENCHES = [
         "8 critic passes per extraction update on both sides) against the update timed beside the "
         "official code (ATen's Mish, Adam's per-tensor loop, no model_return metric), interleaved in one process; "
         "the published official / project ratio of that side-by-side run (an AMD EPYC with AVX-512) times this "
-        "run's baseline / now ratio estimates the speed against the official code on this machine. fp32 only "
-        "(where the CPU lacks native bf16, autocast cannot pay off: section 1).",
+        "run's baseline / now ratio estimates the speed against the official code on this machine. fp32, plus the "
+        "extraction at 5M B=512 under bf16 autocast where the CPU has native bf16 (without it autocast cannot pay "
+        "off: section 1).",
     ),
     (
         "collect",
@@ -540,10 +541,11 @@ def reading_official(rec: dict, _: dict) -> str:
         f"{r['what']} {r['estimated_vs_official']:.2f}x (target {r['target']:g}x)" for r in rows
     )
     text += f"; {len(met)} of {len(rows)} targets met."
-    if missed:
-        best = max(rows, key=lambda r: r["fraction_of_fp32_peak"])
+    fp32 = [r for r in rows if not r["what"].endswith("bf16")]  # a bf16 row's FLOP/s is not against fp32's peak
+    if missed and fp32:
+        best = max(fp32, key=lambda r: r["fraction_of_fp32_peak"])
         text += (
-            f" The update now runs at {min(r['fraction_of_fp32_peak'] for r in rows):.0%}-"
+            f" The fp32 update now runs at {min(r['fraction_of_fp32_peak'] for r in fp32):.0%}-"
             f"{best['fraction_of_fp32_peak']:.0%} of the fp32 matmul peak timed in the same run (best "
             f"{best['what']}): what is left at fp32 is the elementwise work between the small matmuls "
             "(LayerNorm, Mish, Adam) and the matmuls' own efficiency at these shapes."
