@@ -100,9 +100,12 @@ def test_finetune_publishes_model_policy_and_episodes_with_lineage(home):
 
 
 def test_a_time_limit_ends_finetuning_early_and_publishes(home):
-    # 10 rounds planned; a tiny budget ends it after the first round's updates, then the usual evaluation + publish
+    # 10 rounds planned; a tiny budget (0.6 s) ends it after a round or a few (how many fit depends on the
+    # machine's speed), then the usual evaluation + publish
     doc = run_json(home, "finetune", "cartpole-balance", *TINY_FT, "--env-steps", "5000", "--time-limit", "0.01")
-    assert doc["env_steps"] == 500 and 1 <= doc["updates"] <= 2 and doc["policy"].startswith("policy/cartpole-balance")
+    rounds = doc["env_steps"] // 500
+    assert doc["env_steps"] % 500 == 0 and 1 <= rounds < 10, doc
+    assert 1 <= doc["updates"] <= 2 * rounds and doc["policy"].startswith("policy/cartpole-balance")
     assert "--time-limit" in run(home, "finetune", "cartpole-balance", "--time-limit", "0", code=2).stderr
 
 
