@@ -37,7 +37,8 @@ def test_quickstart_runs_the_pipeline_and_publishes_a_summary(tmp_path):
     final = "policy/quickstart-cartpole-swingup:v2" if ", kept)" in summary else "policy/quickstart-cartpole-swingup:v1"
     extracted = run_json(home, "show", "policy/quickstart-cartpole-swingup:v1")["manifest"]["config"]["extract"]
     assert extracted["critic_iterations"] == 2  # the default extract recipe's (official: 8)
-    assert final in summary
+    assert final in summary and doc["policy"] == final
+    assert doc["world_model"].startswith("worldmodel/quickstart-cartpole-swingup")
     shown = run_json(home, "show", doc["report"])
     files = set(shown["manifest"]["files"])
     assert {

@@ -222,10 +222,12 @@ class TimeBudget(Callback):
     """End the run after ``seconds`` of wall time, as if it were done (the usual end: final evaluation,
     checkpoint, publish). It fits the planned total to the budget, so schedules that run over the planned
     steps (extraction's lr decay) end with it: at ``fit_at`` fractions of the budget it measures the step
-    rate since ``warmup`` of the budget had passed (the first steps are slow: allocations, first calls,
-    caches) and sets the total to the steps done plus what fits in the time left, never above the total
-    first planned, calling ``set_total(n)`` on each change. Put it first: callbacks that act "at the last
-    step" then see the fitted total."""
+    rate (since the last fit; the first fit since ``warmup`` of the budget had passed, as the first steps
+    are slow: allocations, first calls, compiling) and sets the total to the steps done plus what fits in
+    the time left, never above the total first planned, calling ``set_total(n)`` on each change. When the
+    steps reach the fitted total with more than ``slack`` of the budget left (a slow stretch, e.g. a
+    compile or another job, made a fit too low), it fits again instead of ending: the budget is used.
+    Put it first: callbacks that act "at the last step" then see the fitted total."""
 
     def __init__(
         self,
@@ -234,46 +236,55 @@ class TimeBudget(Callback):
         fit_at: Sequence[float] = (0.1, 0.3, 0.6),
         warmup: float = 0.03,
         min_steps: int = 3,
+        slack: float = 0.02,
     ) -> None:
         self.seconds, self.set_total, self.min_steps = seconds, set_total, min_steps
-        self.fit_at, self.warmup = sorted(fit_at), warmup
+        self.fit_at, self.warmup, self.slack = sorted(fit_at), warmup, slack
         self.fitted: int | None = None  # the total after the last fit
         self.fits: list[int] = []  # every fitted total, in order
         self._t0 = time.monotonic()
         self._start = 0
         self._planned: int | None = None
         self._mark: tuple[float, int] | None = None  # (time, step) when the warm-up ended
+        self._last: tuple[float, int] | None = None  # (time, step) of the last fit (the mark before the first)
         self._next = 0  # index of the next fit in fit_at
 
     def on_start(self, state: LoopState) -> None:
         self._t0, self._start, self._planned = time.monotonic(), state.step, state.total
-        self._mark, self._next = None, 0
+        self._mark = self._last = None
+        self._next = 0
 
     def on_step(self, state: LoopState) -> None:
         now = time.monotonic()
         elapsed = now - self._t0
         warm = elapsed >= self.warmup * self.seconds and state.step - self._start >= self.min_steps
         if self._mark is None and warm:
-            self._mark = (now, state.step)
-        if (
-            self._mark is not None
-            and self._planned is not None
-            and self._next < len(self.fit_at)
-            and elapsed >= self.fit_at[self._next] * self.seconds
-            and state.step - self._mark[1] >= self.min_steps
-        ):
-            self._next += 1
-            rate = (state.step - self._mark[1]) / max(now - self._mark[0], 1e-9)
-            fits = min(state.step + int(rate * max(self.seconds - elapsed, 0.0)), self._planned)
-            fits = max(fits, state.step)
-            if fits != state.total:
-                state.total = fits
-                if self.set_total is not None:
-                    self.set_total(fits)
-            self.fitted = state.total
-            self.fits.append(state.total)
+            self._mark = self._last = (now, state.step)
         if elapsed >= self.seconds:  # this is the last step: "at the end" callbacks after this one see it
             state.total, state.finish = state.step, True
+            return
+        if self._mark is None or self._last is None or self._planned is None:
+            return
+        due = self._next < len(self.fit_at) and elapsed >= self.fit_at[self._next] * self.seconds
+        early = state.total is not None and state.step >= state.total and elapsed < (1 - self.slack) * self.seconds
+        if early and state.step < self._planned and state.step - self._mark[1] >= self.min_steps:
+            due = True
+        if not due or state.step - self._mark[1] < self.min_steps:
+            return
+        while self._next < len(self.fit_at) and elapsed >= self.fit_at[self._next] * self.seconds:
+            self._next += 1
+        # the rate since the last fit: a slow stretch before it (compiling, a busy machine) is not carried on
+        since = self._last if state.step - self._last[1] >= self.min_steps else self._mark
+        rate = (state.step - since[1]) / max(now - since[0], 1e-9)
+        fits = min(state.step + int(rate * (self.seconds - elapsed)), self._planned)
+        fits = max(fits, state.step)
+        self._last = (now, state.step)
+        if fits != state.total:
+            state.total = fits
+            if self.set_total is not None:
+                self.set_total(fits)
+        self.fitted = state.total
+        self.fits.append(state.total)
 
 
 class KeepBest(Callback):

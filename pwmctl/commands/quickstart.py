@@ -324,6 +324,8 @@ def _publish(
         )
     return {
         "report": artifact.ref,
+        "policy": label,
+        "world_model": wm["artifact"],
         "beats_random": beats,
         "iqm": mine,
         "iqm_random": rnd,
