@@ -58,7 +58,11 @@ def extract(
     eval_episodes: int = typer.Option(10, "--eval-episodes", min=1, help="Episodes per evaluation (one seed each)."),
     name: str = typer.Option(None, "--name", help="Policy name \\[default: the task]."),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N]."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the imagined rollout."),
+    compile: bool = typer.Option(
+        False,
+        "--compile",
+        help="torch.compile one imagined-rollout step and the critic's loss (tens of seconds on the first update).",
+    ),
     amp: str = typer.Option(None, "--amp", help="bf16: bfloat16 autocast."),
     config: Path = typer.Option(None, "--config", help="YAML file of ExtractConfig fields."),
     overrides: list[str] = typer.Option(None, "--set", help="key=value ExtractConfig override (repeatable)."),
