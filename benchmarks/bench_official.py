@@ -16,8 +16,9 @@ The baseline switches reproduce the settings timed then, not every line of that 
 faster since counts on both sides, so the estimate errs low. Each row also gives the matmul FLOPs of the
 update and how far ``now`` is from the fp32 matmul peak timed in the same run (the roofline).
 
-Each fp32 extraction row also times the update with ``compile`` on (``pwmctl extract --compile``: the rollout
-step and the critic's loss compiled, each one graph reused every step): its estimate is a column of its own.
+Each fp32 row also times the update with ``compile`` on (``pwmctl extract --compile``: the rollout step and the
+critic's loss compiled, each one graph reused every step; ``pwmctl pretrain --compile``: the world-model loss
+compiled): its estimate is a column of its own.
 
 Where the CPU has native bf16 (AVX512-BF16 or AMX), the extraction at 5M B=512 is also timed under bf16
 autocast against the same fp32 baseline (target 2.5x the official fp32 speed).
@@ -102,7 +103,7 @@ def pretrain_case(size: str, batch: int, root: Path) -> tuple[dict[str, Callable
     root.mkdir(parents=True, exist_ok=True)
     dataset = synthetic_dataset(root)
 
-    def maker(kernels: str) -> Callable[[], Callable[[], object]]:
+    def maker(kernels: str, compile: bool = False) -> Callable[[], Callable[[], object]]:
         def make():
             cfg = PretrainConfig(
                 size=size,
@@ -113,6 +114,7 @@ def pretrain_case(size: str, batch: int, root: Path) -> tuple[dict[str, Callable
                 val_fraction=0.0,
                 seed=0,
                 kernels=kernels,
+                compile=compile,
             )
             return Pretrainer(cfg, model_config(cfg, task_set), [dataset], task_set).step
 
@@ -120,9 +122,8 @@ def pretrain_case(size: str, batch: int, root: Path) -> tuple[dict[str, Callable
 
     cfg = PretrainConfig(size=size, batch_size=batch, horizon=HORIZON)
     # after: the pre-training default's kernels (PretrainConfig().kernels)
-    return {"before": maker("exact"), "after": maker(cfg.kernels)}, update_flops(
-        model_config(cfg, task_set), batch, HORIZON
-    )
+    makers = {"before": maker("exact"), "after": maker(cfg.kernels), "compiled": maker(cfg.kernels, True)}
+    return makers, update_flops(model_config(cfg, task_set), batch, HORIZON)
 
 
 def table(record: dict) -> str:

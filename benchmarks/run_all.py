@@ -543,8 +543,9 @@ def reading_official(rec: dict, _: dict) -> str:
     text += f"; {len(met)} of {len(rows)} targets met."
     compiled = [r for r in rows if "compiled_s" in r]
     if compiled:
-        text += " With `--compile` (the rollout step and the critic loss compiled): " + ", ".join(
-            f"{r['what']} {r['estimated_vs_official_compiled']:.2f}x" for r in compiled
+        text += (
+            " With `--compile` (extraction: the rollout step and the critic loss compiled; pre-training: the loss): "
+            + ", ".join(f"{r['what']} {r['estimated_vs_official_compiled']:.2f}x" for r in compiled)
         )
         text += (
             f" ({sum(r['estimated_vs_official_compiled'] >= r['target'] for r in compiled)} of {len(compiled)} "
