@@ -107,7 +107,8 @@ class ExtractConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str | None = None  # None (fp32) or "bf16": rollout and critic forward passes under autocast
     # torch.compile one rollout step (action, reward, dynamics, value) and the critic's loss, each a graph reused
-    # every step: 1.2-1.4x per update at 1M B=64 after ~40 s of compiling (benchmarks/bench_kernels.py)
+    # every step: 1.15-1.25x per update over the fused kernels (benchmarks/bench_official.py), after tens of
+    # seconds of compiling on the first update
     compile: bool = False
     # Mish kernel: exact (ATen's, the official code's) | fast (one exp; ours) | fused (fast, compiled with LayerNorm)
     kernels: str = "exact"
