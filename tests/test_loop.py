@@ -232,7 +232,7 @@ def test_a_time_budget_is_used_to_the_end_after_a_slow_stretch_made_a_fit_too_lo
     Loop(step, lambda: n[0], 100_000, [budget]).run()
     took = time.monotonic() - t0
     assert took >= 1.4 and n[0] >= 60, (took, n[0], totals)  # ~12 slow steps, then ~200 fast ones fit
-    assert len(totals) >= 3 and totals[-1] > totals[1]  # the fits after the slow stretch raised the total
+    assert len(totals) >= 2 and totals[-1] > totals[0]  # the fits after the slow stretch raised the total
     assert budget.fitted == totals[-1] and totals[-1] <= 100_000
 
 
