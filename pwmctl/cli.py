@@ -6,10 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from pwmctl import __version__
 from pwmctl.commands.data_export import FORMATS as FILE_FORMATS  # `data export --format parquet`
 from pwmctl.console import EXIT_USAGE, State, default_home, stderr
+
+try:  # typer carries its own copy of click since 0.2x
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer, on click itself
+    from click.exceptions import NoArgsIsHelpError, UsageError  # type: ignore[assignment]
 
 _GLOBAL_WITH_VALUE = ("--format", "--home")
 _GLOBAL_FLAGS = ("-q", "--quiet", "-v", "-vv", "--verbose")
@@ -42,8 +48,9 @@ def hoist_global_options(args: list[str]) -> list[str]:
 
 
 class PwmGroup(typer.core.TyperGroup):
-    """Root group: global options anywhere on the line; user errors raised anywhere below become
-    one line on stderr and exit code 2."""
+    """Root group: global options anywhere on the line; user errors raised anywhere below, and usage
+    errors (an option out of its range, an unknown option or command), become one line on stderr and
+    exit code 2."""
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist_global_options(list(args)))
@@ -56,6 +63,13 @@ class PwmGroup(typer.core.TyperGroup):
             return super().invoke(ctx)
         except (PwmError, RegistryError) as e:
             stderr.print(f"[bold red]error:[/] {e}", soft_wrap=True, markup=True, highlight=False)
+            raise typer.Exit(EXIT_USAGE) from None
+        except NoArgsIsHelpError:
+            raise  # a group called bare: its help, as click prints it
+        except UsageError as e:
+            hint = f"; see '{e.ctx.command_path} --help'" if e.ctx is not None else ""
+            message = escape(e.format_message().rstrip("."))
+            stderr.print(f"[bold red]error:[/] {message}{hint}", soft_wrap=True, highlight=False)
             raise typer.Exit(EXIT_USAGE) from None
 
 

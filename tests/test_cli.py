@@ -109,6 +109,25 @@ def test_missing_artifact_and_bad_kind_give_one_line(home):
         assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
 
 
+def test_usage_errors_are_one_line_naming_the_help_to_read(home):
+    for args, words in (
+        (["extract", "cartpole-balance", "--time-limit", "0"], ("--time-limit", "0.01", "pwmctl extract --help")),
+        (["extract", "cartpole-balance", "--steps", "0"], ("--steps", "greater than or equal to 1")),
+        (["collect", "cartpole-balance", "--bogus"], ("No such option: --bogus", "pwmctl collect --help")),
+        (["nosuchcommand"], ("No such command", "pwmctl --help")),
+        (["data", "nosuch"], ("No such command", "pwmctl data --help")),
+        (["ls", "--format", "xml"], ("--format", "'xml' is not one of human, json")),
+    ):
+        result = run(home, *args, code=None)
+        assert result.exit_code == 2, args
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, result.stderr)
+        assert all(w in lines[0] for w in words), (args, lines[0])
+    assert not home.exists() or not any(home.rglob("manifest.json"))
+    bare = run(home, "runs", code=None)  # a group called bare still shows its help
+    assert bare.exit_code == 2 and "Usage" in bare.stdout + bare.stderr
+
+
 def test_verify_reports_a_tampered_file_and_rm_removes(home):
     run(home, "collect", "cartpole-balance", "-n", "1")
     artifact = run_json(home, "show", "dataset/cartpole-balance")
