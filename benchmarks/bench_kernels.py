@@ -11,7 +11,8 @@ Measured, the modes alternating in every round so a change in machine load hits 
 forward + backward alone at the shapes an update uses; (2) the Mish + LayerNorm blocks forward + backward
 (the critic's (3, 256, 400) and (3, 256, 200), the world model's (4096, 384)); (3) ``Extractor.step()`` at
 1M and 5M, B=64 (the official recipe's 8 critic passes); (4) ``Pretrainer.step()`` at 1M B=256 (H=16) and
-H=3. Compilation happens in the warm-up call, outside the timing. The table gives median seconds and the
+H=3; (5) the Q-heads' dropout (p = 0.01) forward + backward, ATen's against the sparse draw of the fast and
+fused kernels. Compilation happens in the warm-up call, outside the timing. The table gives median seconds and the
 ratios exact/fast and fast/fused (higher is faster), plus the largest difference of the Mish outputs.
 
 Run: ``python benchmarks/bench_kernels.py [--quick] [--rounds 5]``; appends one JSON line to
@@ -85,6 +86,13 @@ def block_case(kind: str, shape: tuple[int, ...], affine: tuple[int, ...]) -> Ca
         return run
 
     return make
+
+
+def dropout_case(shape: tuple[int, ...], p: float) -> Callable[[str], Callable[[], object]]:
+    """Dropout forward + backward (the mode's: ATen's under exact, the sparse mask otherwise)."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    g = torch.randn(shape)
+    return lambda mode: lambda: torch.autograd.grad(kernels.dropout(x, p), x, g)
 
 
 def extractor_case(size: str, batch: int) -> Callable[[str], Callable[[], object]]:
@@ -183,6 +191,11 @@ def main() -> None:
                 ("extract 5M B=64", lambda: extractor_case("5M", 64), 3),
                 ("pretrain 1M B=256 H=16 (Pretrainer.step)", lambda: pretrainer_case("1M", 256, 16, Path(tmp)), 2),
                 ("pretrain 1M B=256 H=3", lambda: pretrainer_case("1M", 256, 3, Path(tmp)), 5),
+                (
+                    "Dropout p=0.01 fwd+bwd (2, 4096, 384): Q-heads 1M B=256 H=16",
+                    lambda: dropout_case((2, 4096, 384), 0.01),
+                    5,
+                ),
             ]
         rows = []
         for what, build, reps in cases:

@@ -211,3 +211,45 @@ def test_a_failed_compile_is_one_warning_and_the_eager_ops_run(monkeypatch, capl
     (record,) = caplog.records
     assert "torch.compile failed (RuntimeError: no C++ compiler found)" in record.getMessage()
     assert "fast" in record.getMessage()
+
+
+# ------------------------------------------------------------------------------------------- dropout
+def test_exact_dropout_is_atens():
+    x = torch.randn(64, 100)
+    with use_kernels("exact"):
+        torch.manual_seed(3)
+        got = kernels.dropout(x, 0.01)
+    torch.manual_seed(3)
+    assert torch.equal(got, F.dropout(x, 0.01, True))
+    with use_kernels("fused"):
+        assert kernels.dropout(x, 0.01, training=False) is x and kernels.dropout(x, 0.0) is x
+
+
+@pytest.mark.parametrize("mode", ["fast", "fused"])
+def test_sparse_dropout_is_a_bernoulli_mask_scaled_by_one_over_keep(mode):
+    # 4,000 masks of 500 elements at p = 0.2 (seeded, so the test is deterministic): the overall rate within
+    # 3 sigma of 0.2 (sigma = sqrt(0.16 / 2e6) = 2.8e-4); each position's rate (sigma 0.0063) within 5 sigma;
+    # two neighbours dropped together at p^2 = 0.04 (independence); kept elements scaled by exactly 1 / 0.8
+    torch.manual_seed(0)
+    with use_kernels(mode):
+        y = torch.stack([kernels.dropout(torch.ones(500), 0.2) for _ in range(4000)])
+    dropped = (y == 0).double()
+    assert abs(dropped.mean().item() - 0.2) < 3 * 2.83e-4
+    assert (dropped.mean(0) - 0.2).abs().max().item() < 5 * 0.0063
+    assert abs((dropped[:, :-1] * dropped[:, 1:]).mean().item() - 0.04) < 0.002
+    assert set(y.unique().tolist()) == {0.0, 1.0 / (1.0 - 0.2)}
+
+
+def test_sparse_dropout_is_seeded_differentiable_and_takes_any_strides():
+    x = torch.randn(3, 64, 200).transpose(0, 1).requires_grad_()  # (64, 3, 200), not contiguous
+    with use_kernels("fused"):
+        torch.manual_seed(7)
+        y = kernels.dropout(x, 0.01)
+        torch.manual_seed(7)
+        again = kernels.dropout(x, 0.01)
+    assert torch.equal(y, again) and y.shape == x.shape
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / 0.99)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(g == 0, ~kept) and torch.allclose(g[kept], torch.full_like(g[kept], 1 / 0.99))
+    assert 0 < (~kept).sum().item() < 0.03 * x.numel()  # ~384 of 38,400 expected

@@ -20,6 +20,9 @@ fails (no C++ compiler, an unsupported platform) a warning line says so once and
 run instead; non-float32 inputs (bf16 autocast) and layers of fewer than 16,384 activations (where a
 compiled call's overhead eats the gain) take the eager path too.
 
+Dropout (TD-MPC2's Q-heads, p = 0.01) follows the kernels too (:func:`dropout`): ``exact`` is ATen's, the others
+draw the same Bernoulli mask sparsely on a CPU.
+
 Which kernel runs is set for a block of code with :func:`use_kernels` (training configs carry it as
 ``kernels``); the default is ``exact``.
 """
@@ -27,6 +30,7 @@ Which kernel runs is set for a block of code with :func:`use_kernels` (training 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -84,6 +88,37 @@ def mish(x: Tensor) -> Tensor:
     if _mode != "exact" and x.dtype == torch.float32:
         return _ExpMish.apply(x)
     return F.mish(x)
+
+
+# Above this rate a sparse draw saves little over one draw per element.
+SPARSE_DROPOUT_MAX_P = 0.25
+
+
+def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """Zero each element of x with probability p and scale the rest by 1 / (1 - p) (``F.dropout``) with the
+    kernels in force.
+
+    ``exact`` is ATen's ``F.dropout``, what TD-MPC2 runs. Otherwise, on a CPU and for p <= 0.25, the same
+    Bernoulli(p) mask is drawn sparsely: the gaps between successive dropped elements are Geometric(p), so a
+    1% dropout draws ~n / 100 random numbers where ATen's CPU Bernoulli draws n (at TD-MPC2's 1M model, B=256,
+    H=16: 3 ms per mask against 23 ms). The same distribution from another random stream (seeded by the same
+    global generator, so runs and resumes stay reproducible).
+    """
+    if not training or p == 0.0:
+        return x
+    sparse = _mode != "exact" and x.device.type == "cpu" and 0.0 < p <= SPARSE_DROPOUT_MAX_P
+    if not sparse or torch.compiler.is_compiling():  # (a compiled region draws its own mask)
+        return F.dropout(x, p, True)
+    n = x.numel()
+    mean = n * p
+    draws = int(mean + 8.0 * math.sqrt(mean) + 16)  # enough to pass n but for a ~1e-15 chance
+    ends = torch.empty(draws, dtype=torch.float64).geometric_(p).cumsum_(0)  # 1-based positions of the drops
+    while ends[-1] < n:
+        ends = torch.cat([ends, torch.empty(draws, dtype=torch.float64).geometric_(p).cumsum_(0) + ends[-1]])
+    dropped = ends[ends <= n].long() - 1
+    mask = torch.full(x.shape, 1.0 / (1.0 - p), dtype=x.dtype)  # contiguous, whatever x's strides
+    mask.view(-1).index_fill_(0, dropped, 0.0)
+    return x * mask
 
 
 # ------------------------------------------------------------------------------ fused (compiled) blocks

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from pwm_core.nn.kernels import Mish, mish, norm_mish
+from pwm_core.nn.kernels import Mish, dropout, mish, norm_mish
 
 
 class NormedLinear(nn.Linear):
@@ -187,7 +187,7 @@ class EnsembleLinear(nn.Module):
         if self.ln is None:
             return x
         if self.p:
-            x = F.dropout(x, self.p, self.training)  # independent mask per head
+            x = dropout(x, self.p, self.training)  # independent mask per head
         if (fused := norm_mish(x, *self.ln.affine(heads, detach))) is not None:
             return fused
         return mish(self.ln(x, heads, detach))
