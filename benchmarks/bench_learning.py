@@ -5,7 +5,8 @@ Two protocols (issue 13), each run only through `pwmctl` commands in a registry 
 - **P1, one task from nothing**: ``pwmctl quickstart --task T --budget-minutes 15 --recipe R`` (collection,
   pre-training, extraction inside the budget), then ``pwmctl eval POLICY random --planner mppi`` with a
   CPU-cheap MPPI on the same world model (2 iterations, 64 samples), 10 seeds. ``--finetune-share F`` gives F of
-  the budget to online fine-tuning (the quickstart's option; a job and a table row of its own).
+  the budget to online fine-tuning, ``--extract-seeds K`` splits the extraction minutes over K seeds and keeps the
+  best (the quickstart's options; each a job and a table row of its own).
 - **P2, one world model, many policies** (PWM's own setting): ``collect`` the four tasks, ``pretrain`` one
   multi-task world model with ``--time-limit`` (30 minutes in all with the collection), ``extract`` each task
   with a 5-minute ``--time-limit``, then evaluate every policy, its MPPI and random on each task. Episodes per
@@ -149,6 +150,8 @@ def run_p1(args, task: str, commit: str) -> None:
     }
     if args.finetune_share:  # a key of its own only when on: older records stay the same cells
         key["finetune_share"] = args.finetune_share
+    if args.extract_seeds > 1:
+        key["extract_seeds"] = args.extract_seeds
     if json.dumps(key, sort_keys=True) in done_keys() and not args.force:
         print(f"skip {key} (recorded)", file=sys.stderr)
         return
@@ -169,8 +172,9 @@ def run_p1(args, task: str, commit: str) -> None:
         "--name",
         "p1",
         *(["--finetune-share", str(args.finetune_share)] if args.finetune_share else []),
+        *(["--extract-seeds", str(args.extract_seeds)] if args.extract_seeds > 1 else []),
     )
-    policy = qs.get("policy", "policy/p1:v1")  # the fine-tuned one where --finetune-share kept it
+    policy = qs.get("policy", "policy/p1:v1")  # the fine-tuned one where --finetune-share kept it, the best of K
     ev = job.stage("eval", *eval_args(policy, args.seeds))
     record = {
         "bench": "learning",
@@ -178,7 +182,10 @@ def run_p1(args, task: str, commit: str) -> None:
         "time": now(),
         "protocol": "P1",
         "tasks": [task],
-        "recipe": args.recipe + (f" + finetune {args.finetune_share:g}" if args.finetune_share else ""),
+        "recipe": args.recipe
+        + (f" + finetune {args.finetune_share:g}" if args.finetune_share else "")
+        + (f" + best of {args.extract_seeds} extractions" if args.extract_seeds > 1 else ""),
+        "extractions": qs.get("extractions"),
         "minutes": round(qs["minutes"], 2),
         "stages_s": qs["stages_s"],
         "machine": machine(),
@@ -461,6 +468,9 @@ def main() -> None:
     ap.add_argument("--p1-minutes", type=float, default=15.0)
     ap.add_argument(
         "--finetune-share", type=float, default=0.0, help="P1: share of the budget for online fine-tuning (quickstart)"
+    )
+    ap.add_argument(
+        "--extract-seeds", type=int, default=1, help="P1: extractions sharing the extraction minutes, best kept"
     )
     ap.add_argument("--p2-wm-minutes", type=float, default=30.0)
     ap.add_argument("--p2-policy-minutes", type=float, default=5.0)
