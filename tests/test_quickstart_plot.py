@@ -75,3 +75,38 @@ def test_quickstart_runs_the_pipeline_and_publishes_a_summary(tmp_path):
 def test_quickstart_refuses_metaworld(tmp_path):
     result = run(tmp_path, "quickstart", "--task", "mw-reach", code=2)
     assert "DMC task" in result.stderr
+
+
+@pytest.mark.slow
+def test_quickstart_keeps_the_best_of_several_extractions(tmp_path):
+    home = tmp_path / "home"
+    doc = run_json(
+        home,
+        "quickstart",
+        "--task",
+        "cartpole-balance",
+        "--budget-minutes",
+        "1",
+        "--extract-seeds",
+        "2",
+        "--pretrain-steps",
+        "2",
+        "--extract-steps",
+        "2",
+        "--episodes",
+        "2",
+        "--seeds",
+        "2",
+    )
+    runs = doc["extractions"]
+    assert [r["policy"] for r in runs] == [
+        "policy/quickstart-cartpole-balance:v1",
+        "policy/quickstart-cartpole-balance:v2",
+    ]
+    best = max(runs, key=lambda r: r["eval_return"])  # the first of equals
+    assert doc["policy"] == best["policy"]
+    seeds = [run_json(home, "show", r["policy"])["manifest"]["config"]["extract"]["seed"] for r in runs]
+    assert seeds == [0, 1]
+    summary = Path(doc["summary"]).read_text()
+    assert "keep the best of 2 extractions" in summary and best["policy"] in summary
+    assert run_json(home, "show", doc["report"])["manifest"]["metrics"]["extract_seeds"] == 2

@@ -49,6 +49,9 @@ class Recipe:
     # official 8).
     critic_iterations: int | None = None
     eval_every: int = 50  # policy updates between in-training evaluations (the best one is published)
+    # Independent extractions (seeds seed, seed + 1, ...) sharing the extraction's minutes; the one whose best
+    # in-training evaluation scored highest is the result (`--extract-seeds`).
+    extract_seeds: int = 1
     eval_seeds: int = 10
     pretrain_share: float = 0.62  # of the budget left after collecting; extraction gets 0.33, the eval the rest
     extract_share: float = 0.33
@@ -92,6 +95,14 @@ def quickstart(
     episodes: int = typer.Option(None, "--episodes", min=1, help="Random-policy episodes \\[default: 100]."),
     eval_seeds: int = typer.Option(None, "--seeds", min=2, help="Evaluation seeds \\[default: 10]."),
     name: str = typer.Option(None, "--name", help="Name of the artifacts \\[default: quickstart-<task>]."),
+    extract_seeds: int = typer.Option(
+        None,
+        "--extract-seeds",
+        min=1,
+        max=16,
+        help="Extract K policies (seeds seed..seed+K-1) in the extraction's minutes and keep the one with the "
+        "best in-training evaluation \\[default: 1].",
+    ),
     finetune_share: float = typer.Option(
         0.0,
         "--finetune-share",
@@ -135,6 +146,7 @@ def quickstart(
         episodes=episodes,
         eval_seeds=eval_seeds,
         noise=noise,
+        extract_seeds=extract_seeds,
     )
     name = name or f"quickstart-{spec.name}"
     t0, budget = time.monotonic(), budget_minutes * 60
@@ -200,30 +212,37 @@ def quickstart(
     # Extraction (and fine-tuning) get what pre-training left, less the evaluation's reserve, in their shares'
     # proportion
     rest = budget - (time.monotonic() - t0) - reserve
-    ext_minutes = max(rest * r.extract_share / (r.extract_share + r.finetune_share) / 60, 0.05)
-    pol = pwmctl(
-        "extract",
-        spec.name,
-        "--wm",
-        wm["artifact"],
-        "--recipe",
-        r.extract_recipe,
-        "--steps",
-        str(r.extract_steps or MANY),
-        "--time-limit",
-        f"{ext_minutes:.3f}",
-        "--batch-size",
-        str(r.extract_batch),
-        "--eval-every",
-        str(r.eval_every),
-        "--eval-episodes",
-        "5",
-        "--seed",
-        str(seed),
-        *(["--set", f"critic_iterations={r.critic_iterations}"] if r.critic_iterations else []),
-        "--name",
-        name,
-    )
+    ext_end = time.monotonic() + rest * r.extract_share / (r.extract_share + r.finetune_share)
+    candidates = []
+    for k in range(r.extract_seeds):
+        # each gets an equal share of what is left of the extraction's time (an early end passes time on)
+        ext_minutes = max((ext_end - time.monotonic()) / (r.extract_seeds - k) / 60, 0.05)
+        candidates.append(
+            pwmctl(
+                "extract",
+                spec.name,
+                "--wm",
+                wm["artifact"],
+                "--recipe",
+                r.extract_recipe,
+                "--steps",
+                str(r.extract_steps or MANY),
+                "--time-limit",
+                f"{ext_minutes:.3f}",
+                "--batch-size",
+                str(r.extract_batch),
+                "--eval-every",
+                str(r.eval_every),
+                "--eval-episodes",
+                "5",
+                "--seed",
+                str(seed + k),
+                *(["--set", f"critic_iterations={r.critic_iterations}"] if r.critic_iterations else []),
+                "--name",
+                name,
+            )
+        )
+    pol = max(candidates, key=lambda c: c["eval_return"])  # the first of equals
     ft = None
     if r.finetune_share > 0:
         # its share, or what is left if less (the steps caps end the earlier stages early and leave time unused)
@@ -248,9 +267,32 @@ def quickstart(
 
     elapsed = time.monotonic() - t0
     doc = _publish(
-        reg, st, name, r, recipe, data, wm, pol, ft, ev, wm["steps"], pol["steps"], stages, elapsed, budget_minutes
+        reg,
+        st,
+        name,
+        r,
+        recipe,
+        data,
+        wm,
+        pol,
+        candidates,
+        ft,
+        ev,
+        wm["steps"],
+        pol["steps"],
+        stages,
+        elapsed,
+        budget_minutes,
     )
     emit(st, doc, lambda: typer.echo(doc["summary_markdown"]))
+
+
+def _candidates_line(candidates: list[dict]) -> str:
+    if len(candidates) < 2:
+        return ""
+    scores = ", ".join(f"{c['eval_return']:.1f}" for c in candidates)
+    best = max(candidates, key=lambda c: c["eval_return"])["artifact"]
+    return f"keep the best of {len(candidates)} extractions (best evaluations {scores}: {best}), "
 
 
 def _finetune_line(ft: dict | None) -> str:
@@ -264,7 +306,7 @@ def _finetune_line(ft: dict | None) -> str:
 
 
 def _publish(
-    reg, st, name, r, recipe, data, wm, pol, ft, ev, pre_steps, ext_steps, stages, elapsed, budget_minutes
+    reg, st, name, r, recipe, data, wm, pol, candidates, ft, ev, pre_steps, ext_steps, stages, elapsed, budget_minutes
 ) -> dict:
     from pwmctl.commands.plot import plot_artifact
 
@@ -281,6 +323,7 @@ def _publish(
         f"{r.pretrain_batch}, H={r.pretrain_horizon}), extract a policy with {ext_steps} updates (batch "
         f"{r.extract_batch}, extract recipe "
         f"{r.extract_recipe}; published: update {pol.get('selected_update', ext_steps)}), "
+        + _candidates_line(candidates)
         + _finetune_line(ft)
         + f"evaluate it and the random policy on {r.eval_seeds} seeds.",
         "",
@@ -319,6 +362,7 @@ def _publish(
                 "minutes": round(elapsed / 60, 2),
                 "pretrain_steps": pre_steps,
                 "extract_steps": ext_steps,
+                "extract_seeds": len(candidates),
                 **({"finetune_updates": ft["updates"], "finetune_env_steps": ft["env_steps"]} if ft else {}),
             },
         )
@@ -326,6 +370,10 @@ def _publish(
         "report": artifact.ref,
         "policy": label,
         "world_model": wm["artifact"],
+        # every extraction: its policy, the best in-training evaluation, its updates
+        "extractions": [
+            {"policy": c["artifact"], "eval_return": c["eval_return"], "steps": c["steps"]} for c in candidates
+        ],
         "beats_random": beats,
         "iqm": mine,
         "iqm_random": rnd,
